@@ -1,0 +1,34 @@
+# One-command entry points; every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# pip warns about every missing local index folder; keep its real errors only.
+QUIET  := 2>&1 | { grep -v "is ignored: it is neither" || true; }
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+.PHONY: install train test clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned (its CPU wheel lies on local disk); safety-gymnasium
+# 1.0.0 is installed without its stale pins (gymnasium 0.28), its real deps come from setup.cfg.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip wheel setuptools $(QUIET)
+	$(PIP) torch==2.13.0 $(QUIET)
+	$(PIP) --no-deps safety-gymnasium==1.0.0 $(QUIET)
+	$(PIP) -e ".[dev]" $(QUIET)
+	$(PY) -c "import metacpo_rllib.envs.compat as c; c.apply(); import torch, ray, cvxpylayers, mlflow, safety_gymnasium"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/metacpo train --family PointCircle --algo meta-cpo --iterations 3
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
