@@ -1,0 +1,120 @@
+"""The Batch: one task's sampled episodes as torch tensors, with reward and cost advantages."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metacpo_rllib.optim.advantages import episode_advantages
+
+
+class BadBatchError(ValueError):
+    """Non-finite environment output (reward, cost or observation) in a task's episodes."""
+
+    def __init__(self, field: str, task_id: int) -> None:
+        super().__init__(f"{field}: non-finite values in episodes of task {task_id}")
+        self.field = field
+        self.task_id = task_id
+
+
+@dataclasses.dataclass
+class EpisodeData:
+    """One complete episode as numpy arrays (T steps).
+
+    ``obs[t]`` is the observation at which ``actions[t]`` was taken; ``logp[t]`` its
+    log-probability under the sampling policy; ``costs[t]`` is ``info["cost"]`` of step t.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    logp: np.ndarray
+    rewards: np.ndarray
+    costs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+@dataclasses.dataclass
+class Batch:
+    """Steps of one task, flattened over episodes.
+
+    Advantages are fixed data (computed once from the sampled episodes). ``adv_reward`` is
+    normalised (only its direction matters); ``adv_cost`` is in episode-cost units, so the
+    cost surrogate ``sum(ratio * adv_cost) / num_episodes`` predicts changes of the mean
+    episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is c = J_C - h.
+    """
+
+    obs: Tensor           # [N, obs_dim] float32
+    actions: Tensor       # [N, act_dim] float32
+    logp: Tensor          # [N] log-prob under the sampling policy
+    adv_reward: Tensor    # [N]
+    adv_cost: Tensor      # [N]
+    ep_returns: Tensor    # [E] undiscounted episode returns
+    ep_costs: Tensor      # [E] undiscounted episode costs
+    task_id: int = 0
+    cost_limit: float = 0.0
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.ep_returns.shape[0])
+
+    @property
+    def mean_return(self) -> float:
+        return float(self.ep_returns.mean())
+
+    @property
+    def mean_cost(self) -> float:
+        return float(self.ep_costs.mean())
+
+    @property
+    def constraint_value(self) -> float:
+        """c = J_C - h in episode-cost units (positive = violating)."""
+        return self.mean_cost - self.cost_limit
+
+
+def make_batch(
+    episodes: Sequence[EpisodeData],
+    *,
+    task_id: int = 0,
+    cost_limit: float = 0.0,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    cost_gamma: float = 1.0,
+    cost_lam: float = 0.95,
+) -> Batch:
+    """Build a Batch from complete episodes of one task (GAE for reward and for cost)."""
+    if not episodes:
+        raise ValueError(f"episodes: no episodes for task {task_id}")
+    for field in ("obs", "rewards", "costs"):
+        if not all(np.all(np.isfinite(getattr(ep, field))) for ep in episodes):
+            raise BadBatchError(field, task_id)
+    obs = [np.asarray(ep.obs, dtype=np.float64) for ep in episodes]
+    rewards = [np.asarray(ep.rewards, dtype=np.float64) for ep in episodes]
+    costs = [np.asarray(ep.costs, dtype=np.float64) for ep in episodes]
+    adv_r = np.concatenate(episode_advantages(obs, rewards, gamma, lam))
+    adv_c = np.concatenate(episode_advantages(obs, costs, cost_gamma, cost_lam))
+    adv_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
+
+    def cat(field: str) -> Tensor:
+        return torch.as_tensor(np.concatenate([getattr(ep, field) for ep in episodes]),
+                               dtype=torch.float32)
+
+    return Batch(
+        obs=cat("obs"),
+        actions=cat("actions"),
+        logp=cat("logp"),
+        adv_reward=torch.as_tensor(adv_r, dtype=torch.float32),
+        adv_cost=torch.as_tensor(adv_c, dtype=torch.float32),
+        ep_returns=torch.tensor([r.sum() for r in rewards], dtype=torch.float32),
+        ep_costs=torch.tensor([c.sum() for c in costs], dtype=torch.float32),
+        task_id=int(task_id),
+        cost_limit=float(cost_limit),
+    )
