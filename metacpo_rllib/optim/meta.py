@@ -157,6 +157,23 @@ def query_objectives(
     return torch.stack(rewards).mean(), torch.stack(costs).mean(), steps
 
 
+def meta_gradients(
+    module: nn.Module,
+    theta: Params,
+    support: Sequence[Sequence[Batch]],
+    query: Sequence[Batch],
+    cfg: UpdateConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[CPOStep]]:
+    """Meta-objective and meta-constraint surrogates at ``theta`` (leaves requiring grad)
+    and their exact gradients g, b w.r.t. theta: one reverse pass each through all K inner
+    steps of every task (b is None when unconstrained)."""
+    tensors = list(theta.values())
+    reward, cost, inner = query_objectives(module, theta, support, query, cfg, create_graph=True)
+    g = flatten(torch.autograd.grad(reward, tensors, retain_graph=cfg.constrained))
+    b = flatten(torch.autograd.grad(cost, tensors)) if cfg.constrained else None
+    return reward.detach(), cost.detach(), g, b, inner
+
+
 def meta_update(
     module: nn.Module,
     params: Params,
@@ -176,15 +193,12 @@ def meta_update(
     if any(len(s) != cfg.inner_steps for s in support):
         raise ValueError(f"support: each task needs inner_steps={cfg.inner_steps} batches")
     theta = detached(params)
-    tensors = list(theta.values())
-    reward, cost, inner = query_objectives(module, theta, support, query, cfg, create_graph=True)
-    g = flatten(torch.autograd.grad(reward, tensors, retain_graph=cfg.constrained))
-    b = flatten(torch.autograd.grad(cost, tensors)) if cfg.constrained else None
+    reward, cost, g, b, inner = meta_gradients(module, theta, support, query, cfg)
     c = float(sum(q.constraint_value for q in query) / len(query))
     # The outer trust region is measured on the states θ itself visited.
     metric_obs = torch.cat([s[0].obs if s else q.obs for s, q in zip(support, query)])
-    step = constrained_step(module, theta, g.detach(), None if b is None else b.detach(), c,
-                            cfg.delta, metric_obs, cfg, create_graph=False)
+    step = constrained_step(module, theta, g, b, c, cfg.delta, metric_obs, cfg,
+                            create_graph=False)
 
     def evaluate(candidate: Params) -> tuple[float, float, float]:
         new_reward, new_cost, _ = query_objectives(module, candidate, support, query, cfg,

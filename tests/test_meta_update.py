@@ -1,0 +1,143 @@
+"""The exact meta-gradient, the Fisher products and the one-code-path update (pure torch)."""
+import dataclasses
+
+import pytest
+import torch
+
+from metacpo_rllib.optim import Batch, GaussianMLP, UpdateConfig, meta_update, params_of
+from metacpo_rllib.optim.meta import adapt, meta_gradients, query_objectives
+from metacpo_rllib.optim.policy import detached, flatten, forward, log_prob, unflatten
+from metacpo_rllib.optim.surrogate import fisher_vector_product, mean_kl
+
+OBS, ACT = 3, 2
+
+
+def small_policy(seed=0):
+    torch.manual_seed(seed)
+    module = GaussianMLP(OBS, ACT, hidden=(6,)).double()
+    with torch.no_grad():  # a non-trivial mean head (the default init is nearly zero)
+        module.mean.weight.normal_(0.0, 0.5)
+    return module
+
+
+def random_batch(module, params, gen, n=64, episodes=4, task_id=0, cost_limit=1.0, cost=2.0):
+    """A batch 'sampled' by ``params``: actions from the policy, logp recorded."""
+    obs = torch.randn(n, OBS, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        mean, log_std = forward(module, params, obs)
+        actions = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=gen,
+                                                          dtype=torch.float64)
+        logp = log_prob(mean, log_std, actions)
+    return Batch(obs=obs, actions=actions, logp=logp,
+                 adv_reward=torch.randn(n, generator=gen, dtype=torch.float64),
+                 adv_cost=torch.randn(n, generator=gen, dtype=torch.float64),
+                 ep_returns=torch.zeros(episodes, dtype=torch.float64),
+                 ep_costs=torch.full((episodes,), cost, dtype=torch.float64),
+                 task_id=task_id, cost_limit=cost_limit)
+
+
+def meta_batches(module, theta, cfg, tasks=2, seed=0):
+    """Support batches sampled along the adaptation path (as the real pipeline does)."""
+    gen = torch.Generator().manual_seed(seed)
+    support, query = [], []
+    for i in range(tasks):
+        phi, batches = theta, []
+        for _ in range(cfg.inner_steps):
+            batches.append(random_batch(module, phi, gen, task_id=i, cost=1.0 + i))
+            phi, _ = adapt(module, phi, batches[-1:], cfg)
+        support.append(batches)
+        query.append(random_batch(module, phi, gen, task_id=i, cost=1.0 + i))
+    return support, query
+
+
+def test_fisher_vector_product_equals_the_kl_hessian():
+    module = small_policy()
+    params = detached(params_of(module))
+    obs = torch.randn(32, OBS, dtype=torch.float64)
+    tensors = list(params.values())
+    kl = mean_kl(module, params, params, obs)
+    grad = flatten(torch.autograd.grad(kl, tensors, create_graph=True))
+    fvp = fisher_vector_product(module, params, obs)
+    for _ in range(3):
+        v = torch.randn(grad.numel(), dtype=torch.float64)
+        hv = flatten(torch.autograd.grad(grad @ v, tensors, retain_graph=True))
+        assert torch.allclose(fvp(v), hv, atol=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "fisher"])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_meta_gradient_matches_central_finite_differences(metric, constrained):
+    module = small_policy()
+    cfg = UpdateConfig(inner_steps=2, constrained=constrained, metric=metric,
+                       inner_delta=0.01 if metric == "fisher" else 0.005, cg_iters=40,
+                       cg_damping=0.01)
+    theta = detached(params_of(module))
+    support, query = meta_batches(module, theta, cfg)
+    _, _, g, b, steps = meta_gradients(module, theta, support, query, cfg)
+    assert len(steps) == 4
+    flat = flatten(theta).detach()
+
+    def objectives(vector):
+        p = detached(unflatten(vector, theta))
+        reward, cost, _ = query_objectives(module, p, support, query, cfg, create_graph=False)
+        return torch.stack([reward.detach(), cost.detach()])
+
+    eps = 1e-5
+    fd = torch.stack([
+        (objectives(flat + eps * e) - objectives(flat - eps * e)) / (2 * eps)
+        for e in torch.eye(flat.numel(), dtype=torch.float64)
+    ])
+    assert torch.allclose(g, fd[:, 0], rtol=1e-5, atol=1e-7)
+    if constrained:
+        assert torch.allclose(b, fd[:, 1], rtol=1e-5, atol=1e-7)
+    else:
+        assert b is None
+
+
+def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters():
+    module = small_policy()
+    exact_cfg = UpdateConfig(inner_steps=1, metric="euclidean", inner_delta=0.05)
+    fo_cfg = dataclasses.replace(exact_cfg, first_order=True)
+    theta = detached(params_of(module))
+    support, query = meta_batches(module, theta, exact_cfg)
+    _, _, g_exact, _, _ = meta_gradients(module, theta, support, query, exact_cfg)
+    _, _, g_fo, _, _ = meta_gradients(module, theta, support, query, fo_cfg)
+    expected = 0
+    for task_support, task_query in zip(support, query):
+        phi, _ = adapt(module, theta, task_support, fo_cfg)
+        reward, _, _ = query_objectives(module, phi, [[]], [task_query],
+                                        dataclasses.replace(fo_cfg, inner_steps=0), False)
+        expected = expected + flatten(torch.autograd.grad(reward, list(phi.values()))) / 2
+    assert torch.allclose(g_fo, expected, atol=1e-10)
+    assert not torch.allclose(g_fo, g_exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("inner_steps, constrained", [(0, True), (0, False), (1, True), (2, False)])
+def test_one_code_path_for_the_four_algorithms(inner_steps, constrained):
+    module = small_policy()
+    cfg = UpdateConfig(inner_steps=inner_steps, constrained=constrained, metric="fisher",
+                       delta=0.01, inner_delta=0.01)
+    theta = detached(params_of(module))
+    support, query = meta_batches(module, theta, cfg, tasks=3)
+    new, info = meta_update(module, theta, support, query, cfg)
+    assert set(new) == set(theta)
+    assert all(torch.isfinite(torch.tensor(v)) for v in info.values())
+    assert info["outer_case"] in ({0, 1, 2, 3} if constrained else {4})
+    if info["line_search_accepted"]:
+        assert not torch.equal(flatten(new), flatten(theta))
+        assert info["outer_kl"] <= cfg.delta * (1 + 1e-6)
+        if info["outer_case"] != 0:
+            assert info["outer_surrogate_reward_change"] > 0
+    else:
+        assert torch.equal(flatten(new), flatten(theta))
+    assert ("inner_case_0" in info) == (inner_steps > 0)
+
+
+def test_update_config_validation_names_the_field():
+    for field, value in [("inner_steps", -1), ("delta", 0.0), ("inner_delta", float("nan")),
+                         ("metric", "l1"), ("backend", "scs"), ("cg_iters", 0),
+                         ("line_search_decay", 1.0), ("constrained", "yes")]:
+        with pytest.raises(ValueError, match=field):
+            UpdateConfig(**{field: value}).validate()
+    with pytest.raises(ValueError, match="backend"):
+        UpdateConfig(backend="cvxpylayers_primal", metric="fisher").validate()
