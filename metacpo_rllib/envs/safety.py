@@ -1,0 +1,428 @@
+"""Safety-gymnasium task families (PointCircle, CarCircleHazard, PointButton) and their TaskEnv.
+
+How a task reaches the simulator. safety-gymnasium 1.0.0 builds one ``BaseTask`` object per env
+(agent, geoms, observation space). Every ``Builder.reset`` then samples a fresh layout from the
+task's placement dict and recompiles the MuJoCo model from generated XML (``World.rebuild``).
+So geom *attributes* (circle radius, wall offset, hazard count and area, placement extents) are
+read again at every reset, the *placement dict* (which objects exist, where each may go) is
+cached after the first reset, and the *observation space* is fixed at construction. A task
+change therefore
+
+* mutates geom attributes of the existing task object (no new Builder, agent or spaces);
+* drops the cached placement dict only when counts, wall offsets or extents changed, so the
+  next reset rebuilds it (a few dict entries);
+* takes effect at the next ``reset``, through the model recompile safety-gymnasium does anyway.
+
+Spaces are identical across all tasks of a family: each family has a fixed set of object types
+and lidar has a fixed number of bins whatever the number of objects.
+
+Lean world: safety-gymnasium compiles a 190 MB HD star skybox into every model, at every reset
+(>95 % of a reset, ~0.3 s). It is visual only, so by default (``lean_world=True``) our envs use a
+small gradient skybox instead; physics, non-vision observations, reward and cost are unchanged.
+
+Conventions: float32 observations and actions; ``info["cost"]`` is safety-gymnasium's 0/1
+per-step indicator (1 when any constraint is violated in that step); cost limits are in the
+same episode units. Design choices:
+
+* Episode length (``max_episode_steps``): 500 for the circle families, 1000 for PointButton,
+  as safety-gymnasium registers Circle/Button and as the paper authors' tasks set ``num_steps``
+  (their sampler's horizon is 500 for circle tasks).
+* Hazard and button positions are not task parameters: as in the authors' tasks, every episode
+  draws them with safety-gymnasium's layout sampler inside the task's area, from the env's
+  seeded RNG. ``reset(seed=s)`` makes a layout reproducible; unseeded envs start from OS
+  entropy. A task fixes the counts and the placement area, not one particular layout.
+* Circle tasks start the agent in [-0.2, 0.2]² (as the authors' tasks do), so it always starts
+  between the walls; tasks with ``radius * factor <= 0.25`` are rejected.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from typing import Any, Callable, Mapping
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+from metacpo_rllib.envs import compat
+from metacpo_rllib.envs.base import Task, TaskEnv, TaskFamily, check_range
+
+compat.apply()
+
+# pylint: disable=wrong-import-position
+from safety_gymnasium import world as _sg_world  # noqa: E402
+from safety_gymnasium.assets.geoms import Hazards, Sigwalls  # noqa: E402
+from safety_gymnasium.bases.base_task import BaseTask  # noqa: E402
+from safety_gymnasium.builder import Builder  # noqa: E402
+from safety_gymnasium.tasks.safe_navigation.button.button_level0 import ButtonLevel0  # noqa: E402
+from safety_gymnasium.tasks.safe_navigation.circle.circle_level0 import CircleLevel0  # noqa: E402
+
+__all__ = [
+    "SafetyTaskEnv",
+    "PointCircleFamily",
+    "CarCircleHazardFamily",
+    "PointButtonFamily",
+    "make_bare_env",
+]
+
+AGENT_START = 0.2  # half-width of the agent's start square in the circle tasks
+WALL_MARGIN = 0.05  # walls must lie at least this far beyond the start square
+FLOOR = 3.5  # safety-gymnasium's floor half-size: nothing is placed beyond it
+MAX_OBJECTS = 30  # cap on each object count (layout sampling slows down, then fails)
+# Counts start at 1: safety-gymnasium's lidar cannot observe an empty object group.
+CIRCLE_HAZARD_SIZE = 0.12
+CIRCLE_HAZARD_KEEPOUT = 0.3  # default; safety-gymnasium's own default (0.4) makes 12-hazard
+#                              test layouts take 60-130 ms of rejection sampling per reset
+BUTTON_KEEPOUT = 0.2  # buttons and hazards of PointButton (the authors' value)
+
+
+# -- lean world ---------------------------------------------------------------------------------
+LEAN_SKYBOX = {"@type": "skybox", "@builtin": "gradient", "@rgb1": "0.3 0.3 0.45",
+               "@rgb2": "0 0 0", "@width": "32", "@height": "192"}
+_assets_config: dict | None = None
+_yaml_swap = threading.Lock()
+
+
+class _LeanAssetsYaml:
+    """What ``safety_gymnasium.world`` sees as ``yaml`` while a lean world builds: the assets
+    config parsed once, with :data:`LEAN_SKYBOX` in place of the six HD star images."""
+
+    FullLoader = yaml.FullLoader
+
+    @staticmethod
+    def load(stream: Any, Loader: Any = None) -> dict:  # noqa: N803 - yaml's signature
+        global _assets_config
+        if _assets_config is None:
+            config = yaml.load(stream, Loader=Loader)  # noqa: S506 - the package's own file
+            config["textures"]["skybox"] = LEAN_SKYBOX
+            _assets_config = config
+        return copy.deepcopy(_assets_config)
+
+
+class _LeanWorld(_sg_world.World):
+    """safety-gymnasium's World, compiled with :data:`LEAN_SKYBOX`."""
+
+    def build(self) -> None:
+        with _yaml_swap:  # the module global is swapped only for this call
+            _sg_world.yaml = _LeanAssetsYaml
+            try:
+                super().build()
+            finally:
+                _sg_world.yaml = yaml
+
+
+# -- safety-gymnasium tasks with adjustable layouts ---------------------------------------------
+class _CircleTask(CircleLevel0):
+    """Circle reward, two constraint walls at x = ±radius·factor, optionally hazards."""
+
+    def __init__(self, config: dict, num_steps: int, hazard_keepout: float | None) -> None:
+        super().__init__(config=config)
+        self.num_steps = num_steps
+        self.agent.placements = [(-AGENT_START, -AGENT_START, AGENT_START, AGENT_START)]
+        self.agent.keepout = 0.0
+        self._add_geoms(Sigwalls(num=2, locate_factor=1.125, size=FLOOR, is_constrained=True))
+        if hazard_keepout is not None:
+            self._add_geoms(Hazards(num=0, size=CIRCLE_HAZARD_SIZE, keepout=hazard_keepout,
+                                    is_constrained=True))
+
+    def configure(self, radius: float, factor: float, num_hazards: int | None = None,
+                  hazard_extent: float | None = None) -> bool:
+        """Set the layout; True when the placement dict had to be dropped."""
+        self.circle.radius = float(radius)  # pylint: disable=no-member
+        stale = False
+        wall = float(radius) * float(factor)
+        walls = self.sigwalls  # pylint: disable=no-member
+        if walls.locate_factor != wall:
+            walls.locate_factor = wall
+            walls.__post_init__()  # recomputes the wall locations from locate_factor
+            stale = True
+        if num_hazards is not None:
+            hazards = self.hazards  # pylint: disable=no-member
+            area = [(-hazard_extent, -hazard_extent, hazard_extent, hazard_extent)]
+            if hazards.num != num_hazards or hazards.placements != area:
+                hazards.num, hazards.placements = int(num_hazards), area
+                stale = True
+        if stale:
+            self.placements_conf.placements = None
+        return stale
+
+
+class _ButtonTask(ButtonLevel0):
+    """Press the goal button among ``num_buttons`` (other buttons cost), avoid the hazards."""
+
+    def __init__(self, config: dict, num_steps: int) -> None:
+        super().__init__(config=config)
+        self.num_steps = num_steps
+        self.buttons.is_constrained = True  # pylint: disable=no-member
+        self.buttons.keepout = BUTTON_KEEPOUT  # pylint: disable=no-member
+        self._add_geoms(Hazards(num=0, keepout=BUTTON_KEEPOUT, is_constrained=True))
+
+    def configure(self, extent: float, num_buttons: int, num_hazards: int) -> bool:
+        """Set the layout; True when the placement dict had to be dropped."""
+        extents = (-float(extent), -float(extent), float(extent), float(extent))
+        buttons, hazards = self.buttons, self.hazards  # pylint: disable=no-member
+        if (tuple(self.placements_conf.extents), buttons.num, hazards.num) == (
+                extents, num_buttons, num_hazards):
+            return False
+        self.placements_conf.extents = extents
+        buttons.num, hazards.num = int(num_buttons), int(num_hazards)
+        self.placements_conf.placements = None
+        return True
+
+
+class _Builder(Builder):
+    """safety-gymnasium's Builder around a task object we construct (no registry lookup).
+
+    With ``lean_world`` the task gets a :class:`_LeanWorld` up front, so ``Underlying._build``
+    takes its rebuild path from the first reset on (the stock path creates the World at the
+    first reset and builds it twice).
+    """
+
+    def __init__(self, task_factory: Callable[[dict], BaseTask], agent: str,
+                 lean_world: bool = True, **kwargs: Any) -> None:
+        self._task_factory = task_factory
+        self._lean_world = lean_world
+        with warnings.catch_warnings():  # gymnasium Box: float32 bounds cast to float64 dtype
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+            super().__init__(task_id=f"metacpo-{agent}", config={"agent_name": agent}, **kwargs)
+
+    def _get_task(self) -> BaseTask:
+        task = self._task_factory(self.config)
+        task.build_observation_space()
+        if self._lean_world:
+            task.world = _LeanWorld(task.agent, task._obstacles)  # pylint: disable=protected-access
+        return task
+
+
+def _entropy_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**32))
+
+
+# -- the TaskEnv --------------------------------------------------------------------------------
+class SafetyTaskEnv(TaskEnv):
+    """A safety-gymnasium env whose layout and cost limit come from a Task of its family.
+
+    ``set_task`` validates and stores the task; it takes effect at the next ``reset`` (the
+    first task set on a fresh env applies at once). ``get_task`` returns the latest task set.
+    ``reset(seed=s)`` seeds safety-gymnasium's layout RNG. Observations are float32;
+    ``info["cost"]`` is the 0/1 step cost and ``info["task_id"]`` the current task's id; the
+    ``cost_*`` entries of safety-gymnasium stay in ``info``.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "depth_array"], "render_fps": 30}
+
+    def __init__(self, family: "_SafetyFamily", render_mode: str | None = None) -> None:
+        self.family = family
+        self._sg = _Builder(family._task_factory, family.agent, lean_world=family.lean_world,
+                            render_mode=render_mode)
+        self._sg.set_seed(_entropy_seed())
+        obs, act = self._sg.observation_space, self._sg.action_space
+        self.observation_space = gym.spaces.Box(obs.low.astype(np.float32),
+                                                obs.high.astype(np.float32), dtype=np.float32)
+        self.action_space = gym.spaces.Box(act.low.astype(np.float32),
+                                           act.high.astype(np.float32), dtype=np.float32)
+        self.render_mode = render_mode
+        self._task: Task | None = None
+        self._pending: Task | None = None
+        self._task_id = -1
+
+    # -- task API ---------------------------------------------------------------------------
+    def set_task(self, task: Task | Mapping[str, Any]) -> None:
+        self._pending = self.family.validate_task(task)
+        if self._task is None:
+            self._apply(self._pending)
+
+    def get_task(self) -> Task:
+        return self._pending if self._pending is not None else self._task
+
+    def _apply(self, task: Task) -> None:
+        self._sg.task.configure(**task.params)
+        self._task, self._task_id = task, int(task.task_id)
+
+    @property
+    def sim_task(self) -> BaseTask:
+        """The underlying safety-gymnasium task object (geoms, agent, model, data)."""
+        return self._sg.task
+
+    # -- gymnasium API ----------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self._pending is not None and self._pending is not self._task:
+            self._apply(self._pending)
+        if self._task is None:
+            raise RuntimeError("SafetyTaskEnv.reset: no task set (build it with family.make_env)")
+        obs, info = self._sg.reset(seed=seed)
+        info["cost"] = 0.0
+        info["task_id"] = self._task_id
+        return obs.astype(np.float32), info
+
+    def step(self, action):
+        obs, reward, cost, terminated, truncated, info = self._sg.step(
+            np.asarray(action, dtype=np.float64))
+        info["cost"] = float(cost)
+        info["task_id"] = self._task_id
+        return obs.astype(np.float32), float(reward), terminated, truncated, info
+
+    def render(self):
+        return self._sg.render()
+
+
+# -- families -----------------------------------------------------------------------------------
+def _check_count(params: Mapping[str, Any], key: str, low: int, high: int = MAX_OBJECTS) -> int:
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"task.params.{key}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"task.params.{key}: must lie in [{low}, {high}], got {value}")
+    return int(value)
+
+
+class _SafetyFamily(TaskFamily):
+    """Shared plumbing: agent name, task factory, ``max_episode_steps`` and ``lean_world``."""
+
+    agent: str = ""
+    default_episode_steps: int = 500
+
+    def __init__(self, max_episode_steps: int | None = None, lean_world: bool = True,
+                 **limits: float) -> None:
+        super().__init__(**limits)
+        steps = self.default_episode_steps if max_episode_steps is None else max_episode_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"max_episode_steps: expected a positive integer, got {steps!r}")
+        self.max_episode_steps = int(steps)
+        self.lean_world = bool(lean_world)
+
+    def _task_factory(self, config: dict) -> BaseTask:
+        raise NotImplementedError
+
+    def _make_env(self) -> SafetyTaskEnv:
+        return SafetyTaskEnv(self)
+
+    def make_bare_env(self, lean_world: bool = False) -> Builder:
+        """This family's safety-gymnasium Builder without the task layer (6-tuple ``step``,
+        float64 obs); configure it with ``env.task.configure(**task.params)``."""
+        return _Builder(self._task_factory, self.agent, lean_world=lean_world)
+
+
+class _CircleFamily(_SafetyFamily):
+    """Circle tasks: reward for running along a circle of ``radius``; cost 1 for each step with
+    |x| > ``radius * factor`` (beyond one of the two walls)."""
+
+    def _task_factory(self, config: dict) -> BaseTask:
+        return _CircleTask(config, self.max_episode_steps, None)
+
+    def validate_params(self, params: Mapping[str, Any]) -> None:
+        check_range(params, "radius", 0.0, FLOOR)
+        check_range(params, "factor", 0.0, 1.0)
+        wall = float(params["radius"]) * float(params["factor"])
+        if wall <= AGENT_START + WALL_MARGIN:
+            raise ValueError(
+                f"task.params.factor: walls at radius*factor = {wall:.3f} must lie beyond the "
+                f"agent's start square (> {AGENT_START + WALL_MARGIN})")
+
+
+class PointCircleFamily(_CircleFamily):
+    """Point agent on the circle task with two constraint walls at x = ±radius·factor.
+
+    Train: radius U(1.0, 1.5), factor U(0.55, 0.75); test: radius U(2.0, 2.5),
+    factor U(0.55, 0.65). Episodes last ``max_episode_steps`` (default 500).
+    """
+
+    name = "PointCircle"
+    param_keys = ("radius", "factor")
+    agent = "Point"
+    RANGES = {"train": {"radius": (1.0, 1.5), "factor": (0.55, 0.75)},
+              "test": {"radius": (2.0, 2.5), "factor": (0.55, 0.65)}}
+
+    def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
+        ranges = self.RANGES[split]
+        return {"radius": float(rng.uniform(*ranges["radius"])),
+                "factor": float(rng.uniform(*ranges["factor"]))}
+
+
+class CarCircleHazardFamily(_CircleFamily):
+    """Car agent on the circle task with the two walls plus hazards of size 0.12.
+
+    Train: radius U(1.0, 1.5), factor U(0.55, 0.75), num_hazards U{4..6}, hazard_extent 1.4;
+    test: radius U(1.5, 2.0), factor U(0.55, 0.65), num_hazards U{10..12}, hazard_extent 1.8.
+    Each episode places the hazards in [-hazard_extent, hazard_extent]² (layout RNG), centres
+    at least ``2 * hazard_keepout`` apart and ``hazard_keepout`` (default 0.3) from the start.
+    Episodes last ``max_episode_steps`` (default 500).
+    """
+
+    name = "CarCircleHazard"
+    param_keys = ("radius", "factor", "num_hazards", "hazard_extent")
+    agent = "Car"
+    RANGES = {"train": {"radius": (1.0, 1.5), "factor": (0.55, 0.75), "num_hazards": (4, 6),
+                        "hazard_extent": 1.4},
+              "test": {"radius": (1.5, 2.0), "factor": (0.55, 0.65), "num_hazards": (10, 12),
+                       "hazard_extent": 1.8}}
+
+    def __init__(self, hazard_keepout: float = CIRCLE_HAZARD_KEEPOUT, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        check_range({"hazard_keepout": hazard_keepout}, "hazard_keepout", 0.0, 1.0,
+                    low_open=False)
+        self.hazard_keepout = float(hazard_keepout)
+
+    def _task_factory(self, config: dict) -> BaseTask:
+        return _CircleTask(config, self.max_episode_steps, self.hazard_keepout)
+
+    def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
+        ranges = self.RANGES[split]
+        low, high = ranges["num_hazards"]
+        return {"radius": float(rng.uniform(*ranges["radius"])),
+                "factor": float(rng.uniform(*ranges["factor"])),
+                "num_hazards": int(rng.integers(low, high + 1)),
+                "hazard_extent": float(ranges["hazard_extent"])}
+
+    def validate_params(self, params: Mapping[str, Any]) -> None:
+        super().validate_params(params)
+        _check_count(params, "num_hazards", 1)
+        check_range(params, "hazard_extent", self.hazard_keepout, FLOOR, high_open=False)
+
+
+class PointButtonFamily(_SafetyFamily):
+    """Point agent pressing a goal button among ``num_buttons``; hazards and wrong buttons cost.
+
+    Train: extent U(1.75, 2.0), num_buttons U{3..6}, num_hazards = num_buttons + 3;
+    test: extent U(2.6, 2.9), num_buttons U{6..10}, num_hazards = num_buttons + 6.
+    Each episode places agent, buttons and hazards (size 0.2) in [-extent, extent]² (layout
+    RNG). No gremlins (as in the authors' tasks). Episodes last ``max_episode_steps``
+    (default 1000).
+    """
+
+    name = "PointButton"
+    param_keys = ("extent", "num_buttons", "num_hazards")
+    agent = "Point"
+    default_episode_steps = 1000
+    RANGES = {"train": {"extent": (1.75, 2.0), "num_buttons": (3, 6), "extra_hazards": 3},
+              "test": {"extent": (2.6, 2.9), "num_buttons": (6, 10), "extra_hazards": 6}}
+
+    def _task_factory(self, config: dict) -> BaseTask:
+        return _ButtonTask(config, self.max_episode_steps)
+
+    def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
+        ranges = self.RANGES[split]
+        low, high = ranges["num_buttons"]
+        buttons = int(rng.integers(low, high + 1))
+        return {"extent": float(rng.uniform(*ranges["extent"])), "num_buttons": buttons,
+                "num_hazards": buttons + ranges["extra_hazards"]}
+
+    def validate_params(self, params: Mapping[str, Any]) -> None:
+        check_range(params, "extent", 1.0, FLOOR, low_open=False, high_open=False)
+        _check_count(params, "num_buttons", 1)
+        _check_count(params, "num_hazards", 1)
+
+
+def make_bare_env(family: str | _SafetyFamily, task: Task | Mapping[str, Any] | None = None,
+                  lean_world: bool = False, **overrides: Any) -> Builder:
+    """A safety-gymnasium Builder laid out as ``task`` without the task layer (benchmarks)."""
+    if isinstance(family, str):
+        from metacpo_rllib.envs import make_family
+
+        family = make_family(family, **overrides)
+    task = family.default_task() if task is None else family.validate_task(task)
+    env = family.make_bare_env(lean_world=lean_world)
+    env.task.configure(**task.params)
+    return env
