@@ -1,0 +1,16 @@
+"""The RLlib layer: MetaCPO / MetaTRPO / CPO / TRPO configs and algorithms (new API stack)."""
+from metacpo_rllib.rllib.algorithm import CPO, TRPO, MetaCPO, MetaTRPO
+from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
+from metacpo_rllib.rllib.registry import ALGORITHMS, register_algorithms, register_envs
+
+register_envs()
+register_algorithms()
+
+#: CLI algorithm names -> config classes.
+ALGO_CONFIGS = {"meta-cpo": MetaCPOConfig, "meta-trpo": MetaTRPOConfig,
+                "cpo": CPOConfig, "trpo": TRPOConfig}
+
+__all__ = [
+    "ALGORITHMS", "ALGO_CONFIGS", "CPO", "CPOConfig", "MetaCPO", "MetaCPOConfig", "MetaTRPO",
+    "MetaTRPOConfig", "TRPO", "TRPOConfig",
+]

@@ -1,0 +1,255 @@
+"""MetaCPOConfig and its three variants (MetaTRPO, CPO, TRPO): one config class, two switches."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from metacpo_rllib.envs import FAMILIES, make_family
+from metacpo_rllib.envs.base import check_cost_limit
+from metacpo_rllib.rllib.registry import family_overrides  # (importing registers the envs)
+from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
+
+_UNSET = NotProvided
+
+
+def _bad(field: str, why: str, value: Any) -> None:
+    raise ValueError(f"{field}: {why}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+class MetaCPOConfig(AlgorithmConfig):
+    """Config of Meta-CPO and, through the switches ``meta`` / ``constrained``, of
+    Meta-TRPO, CPO and TRPO (all run the same training step and the same optim update).
+
+    ``meta=False`` means no inner loop (``inner_steps`` is 0); ``constrained=False``
+    means TRPO steps (the cost constraint is ignored by the update, still measured).
+    """
+
+    #: (meta, constrained) defaults of this class; the variants override them.
+    _switches: tuple[bool, bool] = (True, True)
+
+    def __init__(self, algo_class: Optional[type] = None) -> None:
+        if algo_class is None:
+            from metacpo_rllib.rllib.algorithm import MetaCPO
+            algo_class = MetaCPO
+        super().__init__(algo_class=algo_class)
+        meta, constrained = self._switches
+        self.meta = meta
+        self.constrained = constrained
+        self.inner_steps = 1 if meta else 0
+        self.tasks_per_iteration = 4
+        self.episodes_per_task = 4
+        self.cost_limit = None
+        self.trust_region_delta = 0.01
+        self.inner_delta = 0.01
+        self.metric = "fisher"
+        self.backend = "closed_form"
+        self.cg_iters = 10
+        self.cg_damping = 0.1
+        self.line_search_steps = 15
+        self.line_search_decay = 0.8
+        self.gamma = 0.99
+        self.lambda_ = 0.95
+        self.cost_gamma = 1.0
+        self.cost_lambda = 0.95
+        self.first_order = False
+        self.torch_num_threads = 1
+        # Sampling: whole episodes; actions are not squashed, only the copy sent to the
+        # env is clipped, so the stored actions and log-probs are what the update sees.
+        self.batch_mode = "complete_episodes"
+        self.normalize_actions = False
+        self.clip_actions = True
+        self.num_env_runners = 0
+
+    # -- setters ------------------------------------------------------------------------
+    def training(
+        self,
+        *,
+        inner_steps: int = _UNSET,
+        tasks_per_iteration: int = _UNSET,
+        episodes_per_task: int = _UNSET,
+        cost_limit: Optional[float] = _UNSET,
+        trust_region_delta: float = _UNSET,
+        inner_delta: float = _UNSET,
+        metric: str = _UNSET,
+        backend: str = _UNSET,
+        cg_iters: int = _UNSET,
+        cg_damping: float = _UNSET,
+        line_search_steps: int = _UNSET,
+        line_search_decay: float = _UNSET,
+        lambda_: float = _UNSET,
+        cost_gamma: float = _UNSET,
+        cost_lambda: float = _UNSET,
+        first_order: bool = _UNSET,
+        seed: Optional[int] = _UNSET,
+        meta: bool = _UNSET,
+        constrained: bool = _UNSET,
+        torch_num_threads: Optional[int] = _UNSET,
+        **kwargs: Any,
+    ) -> "MetaCPOConfig":
+        """Set the Meta-CPO fields (plus AlgorithmConfig's, e.g. ``gamma``).
+
+        ``inner_steps``: K inner CPO steps (sampling rounds K + 1); ``meta=False`` sets it
+        to 0 unless given in the same call. ``cost_limit``: override of every task's limit
+        (None: the family's default). ``trust_region_delta`` / ``inner_delta``: outer and
+        inner trust-region radii. ``seed``: seeds the task RNG (and RLlib's own seeding).
+        ``torch_num_threads``: torch threads of the Learner's process (None: torch's
+        default); the update is many tiny ops, for which 1 thread is fastest.
+        """
+        super().training(**kwargs)
+        values = dict(
+            tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
+            cost_limit=cost_limit, trust_region_delta=trust_region_delta,
+            inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
+            cg_damping=cg_damping, line_search_steps=line_search_steps,
+            line_search_decay=line_search_decay, lambda_=lambda_, cost_gamma=cost_gamma,
+            cost_lambda=cost_lambda, first_order=first_order, seed=seed,
+            constrained=constrained, torch_num_threads=torch_num_threads,
+        )
+        for name, value in values.items():
+            if value is not _UNSET:
+                setattr(self, name, value)
+        if meta is not _UNSET:
+            self.meta = meta
+            if inner_steps is _UNSET and isinstance(meta, bool):
+                self.inner_steps = (max(self.inner_steps, 1) if meta else 0)
+        if inner_steps is not _UNSET:
+            self.inner_steps = inner_steps
+        return self
+
+    # -- derived ------------------------------------------------------------------------
+    def update_config(self):
+        """The optim ``UpdateConfig`` of this config (not validated)."""
+        from metacpo_rllib.optim import UpdateConfig
+
+        return UpdateConfig(
+            inner_steps=self.inner_steps if self.meta else 0,
+            constrained=self.constrained,
+            delta=self.trust_region_delta,
+            inner_delta=self.inner_delta,
+            metric=self.metric,
+            backend=self.backend,
+            cg_iters=self.cg_iters,
+            cg_damping=self.cg_damping,
+            line_search_steps=self.line_search_steps,
+            line_search_decay=self.line_search_decay,
+            first_order=self.first_order,
+        )
+
+    def batch_kwargs(self) -> dict[str, float]:
+        """Discounting / GAE keyword arguments of optim's ``make_batch``."""
+        return {"gamma": self.gamma, "lam": self.lambda_,
+                "cost_gamma": self.cost_gamma, "cost_lam": self.cost_lambda}
+
+    def make_family(self):
+        """The task family named by ``env`` with ``env_config`` as its overrides."""
+        return make_family(self.env, **family_overrides(self.env_config))
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check the Meta-CPO fields first (ValueError naming the field), then RLlib's."""
+        self.validate_metacpo()
+        super().validate()
+
+    def validate_metacpo(self) -> None:
+        """Raise ValueError naming the first invalid Meta-CPO field."""
+        for field in ("meta", "constrained", "first_order"):
+            if not isinstance(getattr(self, field), bool):
+                _bad(field, "expected a bool", getattr(self, field))
+        if not _is_int(self.inner_steps) or self.inner_steps < 0:
+            _bad("inner_steps", "expected an integer >= 0", self.inner_steps)
+        if self.meta and self.inner_steps < 1:
+            _bad("inner_steps", "meta-learning (meta=True) needs >= 1 inner step",
+                 self.inner_steps)
+        if not self.meta and self.inner_steps != 0:
+            _bad("inner_steps", "must be 0 when meta=False (CPO / TRPO)", self.inner_steps)
+        for field in ("tasks_per_iteration", "episodes_per_task"):
+            value = getattr(self, field)
+            if not _is_int(value) or value < 1:
+                _bad(field, "expected an integer >= 1", value)
+        if self.cost_limit is not None:
+            check_cost_limit(self.cost_limit, "cost_limit")
+        for field in ("trust_region_delta", "inner_delta"):
+            value = getattr(self, field)
+            if not _is_num(value) or value <= 0:
+                _bad(field, "expected a finite number > 0", value)
+        for field, low_open in (("gamma", True), ("lambda_", False),
+                                ("cost_gamma", True), ("cost_lambda", False)):
+            value = getattr(self, field)
+            ok = _is_num(value) and (value > 0 if low_open else value >= 0) and value <= 1
+            if not ok:
+                _bad(field, f"expected a number in {'(' if low_open else '['}0, 1]", value)
+        if self.torch_num_threads is not None and (
+                not _is_int(self.torch_num_threads) or self.torch_num_threads < 1):
+            _bad("torch_num_threads", "expected an integer >= 1 or None", self.torch_num_threads)
+        if self.seed is not None and not _is_int(self.seed):
+            _bad("seed", "expected an integer or None", self.seed)
+        self.update_config().validate()  # metric, backend, cg_*, line_search_*
+        if not isinstance(self.env, str) or self.env not in FAMILIES:
+            _bad("env", f"expected a task family, one of {list(FAMILIES)}", self.env)
+        self.make_family()  # raises ValueError naming an invalid family override
+        if self.num_learners > 1:
+            _bad("num_learners", "the Meta-CPO update runs on one Learner (0 or 1)",
+                 self.num_learners)
+        if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
+            _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
+
+    # -- RLlib defaults -------------------------------------------------------------------
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(
+            module_class=GaussianMLPModule,
+            model_config={"policy_hidden": list(DEFAULT_HIDDEN),
+                          "init_log_std": DEFAULT_INIT_LOG_STD},
+        )
+
+    def get_default_learner_class(self) -> type:
+        from metacpo_rllib.rllib.learner import MetaCPOTorchLearner
+
+        return MetaCPOTorchLearner
+
+
+class MetaTRPOConfig(MetaCPOConfig):
+    """Meta-TRPO: meta-learning with unconstrained (TRPO) inner and outer steps."""
+
+    _switches = (True, False)
+
+    def __init__(self, algo_class: Optional[type] = None) -> None:
+        if algo_class is None:
+            from metacpo_rllib.rllib.algorithm import MetaTRPO
+            algo_class = MetaTRPO
+        super().__init__(algo_class=algo_class)
+
+
+class CPOConfig(MetaCPOConfig):
+    """CPO: no inner loop; the CPO update on the tasks' batches sampled by θ."""
+
+    _switches = (False, True)
+
+    def __init__(self, algo_class: Optional[type] = None) -> None:
+        if algo_class is None:
+            from metacpo_rllib.rllib.algorithm import CPO
+            algo_class = CPO
+        super().__init__(algo_class=algo_class)
+
+
+class TRPOConfig(MetaCPOConfig):
+    """TRPO: no inner loop and no constraint in the update."""
+
+    _switches = (False, False)
+
+    def __init__(self, algo_class: Optional[type] = None) -> None:
+        if algo_class is None:
+            from metacpo_rllib.rllib.algorithm import TRPO
+            algo_class = TRPO
+        super().__init__(algo_class=algo_class)

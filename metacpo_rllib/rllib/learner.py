@@ -1,0 +1,148 @@
+"""The Learner: holds θ, builds optim Batches, computes adapted weights and runs optim's meta_update."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+
+from metacpo_rllib.optim import (
+    BadBatchError,
+    Batch,
+    GaussianMLP,
+    Params,
+    adaptation_step,
+    inner_step,
+    make_batch,
+    meta_update,
+    params_of,
+)
+from metacpo_rllib.rllib.module import params_to_weights
+
+
+def batch_summary(batch: Batch) -> dict[str, float]:
+    """What the algorithm reports about one task's batch."""
+    return {"task_id": batch.task_id, "mean_return": batch.mean_return,
+            "mean_cost": batch.mean_cost, "cost_limit": batch.cost_limit,
+            "num_steps": batch.num_steps, "num_episodes": batch.num_episodes}
+
+
+class MetaCPOTorchLearner(TorchLearner):
+    """A TorchLearner whose update is optim's constrained trust-region step, not SGD.
+
+    Per meta-iteration the algorithm calls (through ``LearnerGroup.foreach_learner``)
+    ``begin(T)``, then ``add_round(k, samples)`` for rounds k = 0..K (rounds < K return
+    each task's adapted weights φ_i^{k+1}), then ``meta_step()``, which replaces θ in
+    the RLModule. ``begin(T)`` + ``adapt_round`` serve test-time adaptation.
+    The registered (unused) optimizer only satisfies the Learner API.
+    """
+
+    def build(self) -> None:
+        super().build()
+        threads = getattr(self.config, "torch_num_threads", None)
+        if threads:  # the update is many tiny ops: extra threads only add contention
+            torch.set_num_threads(int(threads))
+        self._reset_rounds(0)
+
+    # -- helpers --------------------------------------------------------------------------
+    @property
+    def policy(self) -> GaussianMLP:
+        """The GaussianMLP inside the default RLModule (θ are its parameters)."""
+        return self.module[DEFAULT_MODULE_ID].unwrapped().pi
+
+    def theta_weights(self) -> dict[str, Any]:
+        """θ as an RLModule state dict (what EnvRunners load)."""
+        return params_to_weights(params_of(self.policy))
+
+    def adapted_params(self, index: int) -> Params:
+        """Task ``index``'s current adapted parameters (θ before any inner step)."""
+        phi = self._phi[index]
+        return {k: v.detach().clone() for k, v in (phi or params_of(self.policy)).items()}
+
+    def _reset_rounds(self, num_tasks: int) -> None:
+        self._phi: list[Optional[Params]] = [None] * num_tasks
+        self._support: list[list[Batch]] = [[] for _ in range(num_tasks)]
+        self._query: list[Optional[Batch]] = [None] * num_tasks
+        self._dropped: dict[int, str] = {}
+
+    def _batch(self, index: int, sample: Optional[dict[str, Any]]) -> Optional[Batch]:
+        """Build task ``index``'s Batch; a task with non-finite env output is dropped."""
+        if sample is None or index in self._dropped:
+            return None
+        try:
+            return make_batch(sample["episodes"], task_id=sample["task_id"],
+                              cost_limit=sample["cost_limit"], **self.config.batch_kwargs())
+        except BadBatchError as err:
+            self._dropped[index] = str(err)
+            return None
+
+    # -- the per-iteration protocol -------------------------------------------------------
+    def begin(self, num_tasks: int) -> dict[str, Any]:
+        """Start a meta-iteration (or an adaptation run) over ``num_tasks`` tasks; returns θ."""
+        self._reset_rounds(num_tasks)
+        return self.theta_weights()
+
+    def add_round(self, round_index: int, samples: Sequence[Optional[dict[str, Any]]]
+                  ) -> dict[str, Any]:
+        """Take in sampling round ``round_index`` (one entry per task: ``{"episodes",
+        "task_id", "cost_limit"}`` or None for a dropped task).
+
+        Rounds k < K are support batches: each task takes one optim ``inner_step`` and its
+        new weights are returned. Round K is the query round.
+        """
+        cfg = self.config.update_config()
+        summaries: list[Optional[dict]] = [None] * len(samples)
+        weights: list[Optional[dict]] = [None] * len(samples)
+        for i, sample in enumerate(samples):
+            batch = self._batch(i, sample)
+            if batch is None:
+                continue
+            summaries[i] = batch_summary(batch)
+            if round_index < cfg.inner_steps:
+                self._support[i].append(batch)
+                phi = self._phi[i] or params_of(self.policy)
+                self._phi[i], _ = inner_step(self.policy, phi, batch, cfg, create_graph=False)
+                weights[i] = params_to_weights(self._phi[i])
+            else:
+                self._query[i] = batch
+        return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
+
+    def meta_step(self) -> dict[str, float]:
+        """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ."""
+        cfg = self.config.update_config()
+        keep = [i for i, q in enumerate(self._query)
+                if q is not None and i not in self._dropped]
+        if not keep:
+            self._reset_rounds(0)
+            return {"num_tasks_updated": 0.0}
+        policy = self.policy
+        new_theta, info = meta_update(policy, params_of(policy),
+                                      [self._support[i] for i in keep],
+                                      [self._query[i] for i in keep], cfg)
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                param.copy_(new_theta[name])
+        self._reset_rounds(0)
+        return {**info, "num_tasks_updated": float(len(keep))}
+
+    def adapt_round(self, samples: Sequence[Optional[dict[str, Any]]], update: bool
+                    ) -> dict[str, Any]:
+        """Test-time adaptation: summarise each task's batch and, if ``update``, take one
+        optim ``adaptation_step`` from its current parameters; θ is left unchanged."""
+        cfg = self.config.update_config()
+        summaries: list[Optional[dict]] = [None] * len(samples)
+        weights: list[Optional[dict]] = [None] * len(samples)
+        for i, sample in enumerate(samples):
+            batch = self._batch(i, sample)
+            if batch is None:
+                continue
+            summaries[i] = batch_summary(batch)
+            if update:
+                self._phi[i], _ = adaptation_step(self.policy, self.adapted_params(i), batch, cfg)
+                weights[i] = params_to_weights(self._phi[i])
+        return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> Any:
+        raise NotImplementedError(
+            "MetaCPOTorchLearner has no SGD loss; its update is meta_step()")

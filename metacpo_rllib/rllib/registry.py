@@ -1,0 +1,44 @@
+"""Registration with Ray: every task family as an env name, the four algorithms as Tune trainables."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ray.tune.registry import register_env, register_trainable
+
+from metacpo_rllib.envs import FAMILIES, make_family
+
+#: Tune / RLlib names of the algorithms -> "module:class".
+ALGORITHMS: dict[str, str] = {
+    "MetaCPO": "metacpo_rllib.rllib.algorithm:MetaCPO",
+    "MetaTRPO": "metacpo_rllib.rllib.algorithm:MetaTRPO",
+    "CPO": "metacpo_rllib.rllib.algorithm:CPO",
+    "TRPO": "metacpo_rllib.rllib.algorithm:TRPO",
+}
+
+
+def family_overrides(env_config: Any) -> dict[str, Any]:
+    """The family constructor overrides carried by an ``env_config`` (an EnvContext or
+    dict); RLlib's own key ``num_envs`` is dropped."""
+    return {k: v for k, v in dict(env_config or {}).items() if k != "num_envs"}
+
+
+def make_family_env(family: str, env_config: Any) -> Any:
+    """Env creator: build one env of ``family`` inside the calling (runner) process;
+    ``env_config`` carries the family's constructor overrides."""
+    return make_family(family, **family_overrides(env_config)).make_env()
+
+
+def register_envs() -> None:
+    """Register each family name (``config.environment("PointNav")``)."""
+    for name in FAMILIES:
+        register_env(name, functools.partial(make_family_env, name))
+
+
+def register_algorithms() -> None:
+    """Register the Algorithm classes with Tune (``tune.run("MetaCPO", ...)``)."""
+    import importlib
+
+    for name, target in ALGORITHMS.items():
+        module, cls = target.split(":")
+        register_trainable(name, getattr(importlib.import_module(module), cls))
