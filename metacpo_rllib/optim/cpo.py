@@ -1,0 +1,221 @@
+"""The CPO step (Achiam et al. 2017): analytic dual solution and dispatch to the cvxpylayers backends.
+
+Problem, for a step ``x`` in parameter space::
+
+    maximise  gᵀx   subject to   ½ xᵀHx ≤ δ   and   c + bᵀx ≤ 0
+
+``g`` is the gradient of the reward surrogate (ascent direction), ``b`` the gradient of the
+cost surrogate, ``c = J_C(π) − h`` the constraint value in episode-cost units (positive =
+violating), ``H`` an SPD metric (Fisher through ``hvp``, or the identity) and ``δ`` the
+trust-region radius. With ``v = H⁻¹g``, ``w = H⁻¹b`` and the scalars ``q = gᵀv``,
+``r = gᵀw``, ``s = bᵀw``, the Lagrangian dual is (λ, ν ≥ 0)::
+
+    minimise  D(λ, ν) = (q − 2rν + sν²) / (2λ) + λδ − νc,     x* = (v − ν* w) / λ*
+
+so ``ν*(λ) = max(0, (λc + r)/s)``. (The sign of ``r`` here is that of the reward gradient;
+references written with a loss gradient carry ``−r`` instead.) Cases, OmniSafe numbering:
+0 infeasible (recovery step ``−√(2δ/s) w``), 1 ``c > 0`` but feasible, 2 ``c ≤ 0`` and the
+constraint plane cuts the trust region, 3 the whole trust region is feasible, 4 ``b ≈ 0``
+(``bᵀb ≤ eps``) with ``c ≤ 0``, or ``b=None`` (TRPO step ``√(2δ/q) v``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from metacpo_rllib.optim.linalg import conjugate_gradient, safe_div, safe_sqrt
+from metacpo_rllib.optim.linalg import scalar_float as _f
+
+BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
+
+CASE_INFEASIBLE, CASE_RECOVERY, CASE_CUT, CASE_FEASIBLE, CASE_TRPO = 0, 1, 2, 3, 4
+
+
+@dataclass
+class CPOStep:
+    """Result of one CPO step; every tensor is differentiable w.r.t. g, b, c (and hvp's graph).
+
+    ``x = (H⁻¹g − ν H⁻¹b)/λ`` in cases 1–4, except in the degenerate ``g ∥ b`` limit of
+    cases 1–2 where ``λ = 0`` and ``x = −(c/s) H⁻¹b`` (the minimum-norm optimal point). In
+    case 0, ``λ = 0``, ``ν = √(2δ/s)`` and ``x = −ν H⁻¹b``.
+    """
+
+    x: Tensor
+    lam: Tensor
+    nu: Tensor
+    case: int
+    q: Tensor
+    r: Tensor
+    s: Tensor
+    predicted_reward_change: Tensor
+    predicted_cost_change: Tensor
+
+
+def cpo_step(
+    g: Tensor,
+    b: Tensor | None,
+    c: float | Tensor,
+    delta: float | Tensor,
+    *,
+    hvp: Callable[[Tensor], Tensor] | None = None,
+    backend: str = "closed_form",
+    cg_iters: int = 10,
+    cg_damping: float = 0.0,
+    cg_tol: float = 1e-10,
+    eps: float = 1e-8,
+) -> CPOStep:
+    """Solve the CPO subproblem (module docstring) and return a differentiable :class:`CPOStep`.
+
+    ``hvp=None`` means ``H = I`` exactly; otherwise ``H⁻¹g, H⁻¹b`` come from CG on
+    ``H + cg_damping·I``, which is then also the trust-region metric. ``b=None`` gives the
+    TRPO step. ``eps`` is the ``bᵀb`` threshold below which ``b`` counts as zero.
+    ``backend`` is one of :data:`BACKENDS`; all give the same ``x``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "cvxpylayers_primal" and hvp is not None:
+        raise ValueError("backend 'cvxpylayers_primal' is Euclidean only (H = I); pass hvp=None "
+                         "or use backend='closed_form' / 'cvxpylayers_dual' for a Fisher metric")
+    g, b, c, delta = _check_inputs(g, b, c, delta)
+    v, w = _metric_solve(g, b, hvp, cg_iters, cg_damping, cg_tol)
+    zero = g.new_zeros(())
+    q = g @ v
+    r, s = (g @ w, b @ w) if b is not None else (zero, zero)
+    bb = _f(b @ b) if b is not None else 0.0
+    case = classify(_f(q), _f(r), _f(s), _f(c), _f(delta), bb, has_b=b is not None, eps=eps)
+
+    step = None
+    if backend != "closed_form" and case not in (CASE_INFEASIBLE, CASE_TRPO):
+        from metacpo_rllib.optim import dco  # lazy: cvxpy is slow to import
+
+        if backend == "cvxpylayers_dual":
+            step = dco.dual_step(g, b, v, w, q, r, s, c, delta)
+        else:
+            step = dco.primal_step(g, b, c, delta)
+    if step is None:  # closed form, or a cvxpylayers backend's analytic fallback
+        step = closed_form(case, g, b, v, w, q, r, s, c, delta)
+    x, lam, nu = step
+    return CPOStep(
+        x=x, lam=lam, nu=nu, case=case, q=q, r=r, s=s,
+        predicted_reward_change=g @ x,
+        predicted_cost_change=b @ x if b is not None else zero,
+    )
+
+
+def classify(q: float, r: float, s: float, c: float, delta: float, bb: float, *,
+             has_b: bool = True, eps: float = 1e-8) -> int:
+    """Case number 0–4 from the (float) scalars; see the module docstring."""
+    if not has_b or (bb <= eps and c <= 0.0):
+        return CASE_TRPO
+    if s <= 0.0:  # b ≠ 0 but bᵀH⁻¹b ≤ 0 (CG breakdown): no usable cost direction
+        return CASE_FEASIBLE if c <= 0.0 else CASE_INFEASIBLE
+    big_b = 2.0 * delta - c * c / s  # ≥ 0 ⟺ the plane c + bᵀx = 0 meets the trust region
+    if c <= 0.0:
+        return CASE_FEASIBLE if big_b < 0.0 else CASE_CUT
+    return CASE_RECOVERY if big_b >= 0.0 else CASE_INFEASIBLE
+
+
+def trpo_step_is_feasible(q: float, r: float, c: float, delta: float) -> bool:
+    """Whether the TRPO step ``√(2δ/q) H⁻¹g`` satisfies ``c + bᵀx ≤ 0`` (then ν* = 0)."""
+    if q <= 0.0:
+        return c <= 0.0
+    return c + r * math.sqrt(2.0 * delta / q) <= 0.0
+
+
+def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q: Tensor,
+                r: Tensor, s: Tensor, c: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Analytic ``(x, λ*, ν*)`` for a classified instance (torch ops, NaN-free).
+
+    Cases 1–2 are solved by their active set (the TRPO step if it satisfies the cost
+    constraint, else the plane ∩ sphere point), which gives the same λ*, ν* as the
+    appendix's piecewise minimisation of the dual over λ (checked in the tests) without
+    comparing the two pieces numerically.
+    """
+    zero = g.new_zeros(())
+    two_delta = 2.0 * delta
+    if case == CASE_INFEASIBLE:
+        nu = safe_sqrt(safe_div(two_delta, s))
+        return -nu * w, zero, nu
+    if case in (CASE_FEASIBLE, CASE_TRPO) or trpo_step_is_feasible(_f(q), _f(r), _f(c), _f(delta)):
+        lam = safe_sqrt(q / two_delta)
+        return safe_div(1.0, lam) * v, lam, zero
+    # cases 1–2 with the cost constraint active: the optimum lies on the plane
+    # bᵀx = −c and (unless g ∥ b) on the trust-region sphere. With u = v − (r/s) w
+    # (H-orthogonal to w, uᵀHu = A = q − r²/s) and B = 2δ − c²/s:
+    #   x = √(B/A) u − (c/s) w,  λ = √(A/B),  ν = (λc + r)/s,
+    # which equals (v − νw)/λ but stays finite as A → 0 or B → 0.
+    u, big_a = cost_orthogonal_part(g, b, v, w, r, s)
+    big_b = torch.clamp(two_delta - c * c / s, min=0.0)
+    tiny = torch.finfo(g.dtype).tiny
+    a_floor = (100.0 * torch.finfo(g.dtype).eps) ** 2 * _f(q)  # A below this is rounding
+    sqrt_a = safe_sqrt(big_a, a_floor)
+    x = safe_div(safe_sqrt(big_b), sqrt_a) * u - (c / s) * w
+    lam = sqrt_a / torch.sqrt(torch.clamp(big_b, min=tiny))
+    nu = torch.clamp((lam * c + r) / s, min=0.0)
+    return x, lam, nu
+
+
+def cost_orthogonal_part(g: Tensor, b: Tensor, v: Tensor, w: Tensor, r: Tensor, s: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+    """``u = v − (r/s) w`` (the part of H⁻¹g H-orthogonal to H⁻¹b) and ``A = uᵀHu = q − r²/s``.
+
+    ``A`` is computed as ``uᵀ(g − (r/s) b)``, which avoids the cancellation of ``q − r²/s``
+    when ``g`` is nearly parallel to ``b``; clamped at 0.
+    """
+    rs = r / s
+    u = v - rs * w
+    return u, torch.clamp(u @ (g - rs * b), min=0.0)
+
+
+def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,
+                  iters: int, damping: float, tol: float) -> tuple[Tensor, Tensor]:
+    """``(H⁻¹g, H⁻¹b)``; identity when ``hvp`` is None; both right-hand sides in one CG."""
+    if hvp is None:
+        return g, (b if b is not None else torch.zeros_like(g))
+    if b is None:
+        return conjugate_gradient(hvp, g, iters, damping, tol), torch.zeros_like(g)
+    sol = conjugate_gradient(hvp, torch.stack([g, b], dim=1), iters, damping, tol)
+    return sol[:, 0], sol[:, 1]
+
+
+def _check_inputs(g: Tensor, b: Tensor | None, c: float | Tensor, delta: float | Tensor
+                  ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Shapes, dtypes, finiteness and ``delta > 0``; returns c, delta as 0-d tensors like g."""
+    if not torch.is_tensor(g) or g.dim() != 1 or not g.is_floating_point():
+        raise ValueError("g must be a 1-D floating-point tensor")
+    _check_finite(g, "g")
+    if b is not None:
+        if not torch.is_tensor(b) or b.shape != g.shape:
+            raise ValueError(f"b must be a tensor of shape {tuple(g.shape)} (like g) or None")
+        b = b.to(g.dtype)
+        _check_finite(b, "b")
+    c = _scalar(c, g, "c")
+    delta = _scalar(delta, g, "delta")
+    if not _f(delta) > 0.0:
+        raise ValueError(f"delta must be > 0, got {_f(delta)}")
+    return g, b, c, delta
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    """Raise ValueError naming ``name`` if ``t`` has a NaN/inf.
+
+    A NaN/inf makes the sum non-finite, so one reduction settles the common case;
+    the elementwise test (several times slower at large n) runs only if the sum is not
+    finite, which also covers a sum that merely overflowed.
+    """
+    if not math.isfinite(_f(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _scalar(value: float | Tensor, like: Tensor, name: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}")
+    t = t.reshape(())
+    if not torch.isfinite(t):
+        raise ValueError(f"{name} is NaN or inf")
+    return t

@@ -1,0 +1,79 @@
+"""Differentiable small linear-algebra helpers: conjugate gradient, NaN-free division and sqrt."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+HVP = Callable[[Tensor], Tensor]
+
+
+def scalar_float(t: Tensor) -> float:
+    """Python float of a one-element tensor, for control flow only (never on the data path)."""
+    return float(t.detach())
+
+
+def safe_div(num: Tensor | float, den: Tensor, eps: float = 0.0) -> Tensor:
+    """``num / den`` where ``|den| > eps``, else 0 — with finite gradients everywhere.
+
+    Uses the double-``where`` trick: the masked-out branch divides by 1, so no inf/NaN
+    enters the backward pass either.
+    """
+    ok = den.abs() > eps
+    one = torch.ones((), dtype=den.dtype, device=den.device)
+    return torch.where(ok, num / torch.where(ok, den, one), torch.zeros((), dtype=den.dtype,
+                                                                     device=den.device))
+
+
+def safe_sqrt(x: Tensor, eps: float = 0.0) -> Tensor:
+    """``sqrt(x)`` where ``x > eps``, else 0 — the gradient is finite (0) at and below eps."""
+    ok = x > eps
+    return torch.where(ok, torch.sqrt(torch.where(ok, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def conjugate_gradient(
+    hvp: HVP,
+    v: Tensor,
+    iters: int,
+    damping: float = 0.0,
+    tol: float = 1e-10,
+    *,
+    batched_hvp: bool = False,
+) -> Tensor:
+    """Approximately solve ``(H + damping·I) x = v`` by conjugate gradient from x₀ = 0.
+
+    ``hvp(u) = H u`` for an SPD ``H`` given only through products. ``v`` is ``(n,)`` or
+    ``(n, k)`` (k right-hand sides solved together: one shared loop, per-column step
+    sizes; ``hvp`` is called once per column unless ``batched_hvp`` says it maps an
+    ``(n, k)`` block to ``H @ block``). Stops after ``iters`` iterations or once every
+    column's squared residual ``rᵀr`` is below ``tol`` (absolute, the usual TRPO/CPO
+    convention). Plain torch ops only, so the result is differentiable w.r.t. ``v`` and
+    whatever ``hvp`` depends on (unrolled CG); the stopping test is the only Python-side
+    read of a value.
+    """
+    if v.dim() not in (1, 2):
+        raise ValueError(f"v must have shape (n,) or (n, k), got {tuple(v.shape)}")
+    single = v.dim() == 1
+    rhs = v.unsqueeze(1) if single else v
+    k = rhs.shape[1]
+
+    def apply(p: Tensor) -> Tensor:
+        hp = hvp(p) if batched_hvp else torch.stack([hvp(p[:, j]) for j in range(k)], dim=1)
+        return hp + damping * p if damping else hp
+
+    x = torch.zeros_like(rhs)
+    r = rhs
+    p = rhs
+    rr = (r * r).sum(0)
+    for _ in range(iters):
+        if scalar_float(rr.max()) < tol:
+            break
+        hp = apply(p)
+        alpha = safe_div(rr, (p * hp).sum(0))
+        x = x + alpha * p
+        r = r - alpha * hp
+        rr_new = (r * r).sum(0)
+        p = r + safe_div(rr_new, rr) * p
+        rr = rr_new
+    return x.squeeze(1) if single else x
