@@ -215,7 +215,8 @@ def test_two_tasks_give_different_episodes(name: str, envs) -> None:
 
 def test_task_takes_effect_at_next_reset(envs) -> None:
     env = envs["PointCircle"]
-    old, new = (_task("PointCircle", task_id=i, radius=r, factor=0.6) for i, r in ((1, 1.1), (2, 2.2)))
+    old, new = (_task("PointCircle", task_id=i, radius=r, factor=0.6)
+                for i, r in ((1, 1.1), (2, 2.2)))
     env.set_task(old)
     env.reset(seed=0)
     sim = env.sim_task
@@ -243,7 +244,7 @@ def test_layer_matches_bare_safety_gymnasium() -> None:
     assert np.array_equal(costs, [out[2] for out in bare_out])
 
 
-# -- bad input ---------------------------------------------------------------------------------------
+# -- bad input ------------------------------------------------------------------------------------
 BAD_PARAMS = [
     ("PointCircle", dict(radius=0.0, factor=0.6), "radius"),
     ("PointCircle", dict(radius=-1.0, factor=0.6), "radius"),

@@ -1,4 +1,4 @@
-"""Runtime shims so PyPI safety-gymnasium 1.0.0 imports and runs on Python 3.11, gymnasium 1.x, numpy 2.x.
+"""Runtime shims: PyPI safety-gymnasium 1.0.0 on Python 3.11, gymnasium 1.x and numpy 2.x.
 
 safety-gymnasium 1.0.0 was written against gymnasium 0.28, numpy 1.x and Python <= 3.10.
 Upstream tracks the breakage as safety-gymnasium issue #124 / PR #131; until a fixed release
@@ -26,7 +26,7 @@ What breaks, in the order an ``import safety_gymnasium`` / ``env.step`` meets it
 (e) numpy >= 2.4 no longer converts a 1-element array to an index: ``BaseAgent._init_jnt_sensors``
     calls ``model.jnt(sensor.objid)`` with a shape-(1,) array, which fails for Car agents. While
     that method runs it sees the model through a proxy whose ``jnt`` takes such arrays.
-(f) gymnasium 1.x ``OffScreenViewer`` needs ``width``/``height`` (rgb_array/depth_array render only);
+(f) gymnasium 1.x ``OffScreenViewer`` needs ``width``/``height`` (rgb/depth_array render only);
     the name in ``bases.underlying`` is rebound to a factory filling them from the model's
     offscreen buffer size, which ``Underlying.render`` sets just before creating the viewer.
 
@@ -122,7 +122,7 @@ def _fix_colors(module: types.ModuleType) -> None:
             colors[key] = _hashable(value)
 
 
-# -- (c) multi-agent stub ---------------------------------------------------------------------------
+# -- (c) multi-agent stub ----------------------------------------------------------------------
 def _fill_multi_agent_stub(module: types.ModuleType) -> None:
     def make_ma(*args: Any, **kwargs: Any) -> Any:
         raise ImportError(
