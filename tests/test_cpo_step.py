@@ -1,4 +1,4 @@
-"""CPO step: three backends vs an independent cvxpy solve, KKT certificates, gradients, cases, errors."""
+"""CPO step: backends vs an independent cvxpy solve, KKT certificates, gradients, cases, errors."""
 from __future__ import annotations
 
 import math
@@ -27,7 +27,8 @@ EXPECTED_CASES = {"case0": {0}, "case1": {1}, "case2": {2}, "case3": {3}, "case4
 PER_KIND = 24  # 10 kinds × 24 = 240 random instances
 
 
-def make_instance(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+def make_instance(rng: np.random.Generator, kind: str
+                  ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """A random (g, b, c, δ) of the given kind, H = I."""
     n = int(rng.choice([5, 8, 12, 20]))
     delta = float(10 ** rng.uniform(-3, -0.3))

@@ -1,4 +1,4 @@
-"""DCO layers: the dual/primal cvxpylayers are built once, really solve, scale, and fall back safely."""
+"""DCO layers: dual/primal cvxpylayers are built once, really solve, scale, and fall back safely."""
 from __future__ import annotations
 
 import math

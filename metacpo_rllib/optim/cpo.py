@@ -1,4 +1,4 @@
-"""The CPO step (Achiam et al. 2017): analytic dual solution and dispatch to the cvxpylayers backends.
+"""The CPO step (Achiam et al. 2017): analytic solution, and dispatch to the cvxpylayers backends.
 
 Problem, for a step ``x`` in parameter space::
 
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metacpo_rllib.optim.linalg import conjugate_gradient, safe_div, safe_sqrt
+from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.linalg import scalar_float as _f
 
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
@@ -85,8 +85,9 @@ def cpo_step(
     zero = g.new_zeros(())
     q = g @ v
     r, s = (g @ w, b @ w) if b is not None else (zero, zero)
-    bb = _f(b @ b) if b is not None else 0.0
-    case = classify(_f(q), _f(r), _f(s), _f(c), _f(delta), bb, has_b=b is not None, eps=eps)
+    floats = (_f(q), _f(r), _f(s), _f(c), _f(delta))
+    bb = 0.0 if b is None else (floats[2] if hvp is None else _f(b @ b))
+    case = classify(*floats, bb, has_b=b is not None, eps=eps)
 
     step = None
     if backend != "closed_form" and case not in (CASE_INFEASIBLE, CASE_TRPO):
@@ -97,7 +98,7 @@ def cpo_step(
         else:
             step = dco.primal_step(g, b, c, delta)
     if step is None:  # closed form, or a cvxpylayers backend's analytic fallback
-        step = closed_form(case, g, b, v, w, q, r, s, c, delta)
+        step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats)
     x, lam, nu = step
     return CPOStep(
         x=x, lam=lam, nu=nu, case=case, q=q, r=r, s=s,
@@ -127,48 +128,76 @@ def trpo_step_is_feasible(q: float, r: float, c: float, delta: float) -> bool:
 
 
 def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q: Tensor,
-                r: Tensor, s: Tensor, c: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                r: Tensor, s: Tensor, c: Tensor, delta: Tensor,
+                floats: tuple[float, float, float, float, float] | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """Analytic ``(x, λ*, ν*)`` for a classified instance (torch ops, NaN-free).
 
     Cases 1–2 are solved by their active set (the TRPO step if it satisfies the cost
     constraint, else the plane ∩ sphere point), which gives the same λ*, ν* as the
     appendix's piecewise minimisation of the dual over λ (checked in the tests) without
-    comparing the two pieces numerically.
+    comparing the two pieces numerically. Divisions are guarded by Python-float tests of
+    the same scalars (as for the case selection), so the graph holds only plain ops.
+    ``floats`` are the Python values of (q, r, s, c, δ) if the caller has them already.
     """
     zero = g.new_zeros(())
-    two_delta = 2.0 * delta
-    if case == CASE_INFEASIBLE:
-        nu = safe_sqrt(safe_div(two_delta, s))
-        return -nu * w, zero, nu
-    if case in (CASE_FEASIBLE, CASE_TRPO) or trpo_step_is_feasible(_f(q), _f(r), _f(c), _f(delta)):
-        lam = safe_sqrt(q / two_delta)
-        return safe_div(1.0, lam) * v, lam, zero
-    # cases 1–2 with the cost constraint active: the optimum lies on the plane
-    # bᵀx = −c and (unless g ∥ b) on the trust-region sphere. With u = v − (r/s) w
-    # (H-orthogonal to w, uᵀHu = A = q − r²/s) and B = 2δ − c²/s:
-    #   x = √(B/A) u − (c/s) w,  λ = √(A/B),  ν = (λc + r)/s,
-    # which equals (v − νw)/λ but stays finite as A → 0 or B → 0.
-    u, big_a = cost_orthogonal_part(g, b, v, w, r, s)
-    big_b = torch.clamp(two_delta - c * c / s, min=0.0)
-    tiny = torch.finfo(g.dtype).tiny
-    a_floor = (100.0 * torch.finfo(g.dtype).eps) ** 2 * _f(q)  # A below this is rounding
-    sqrt_a = safe_sqrt(big_a, a_floor)
-    x = safe_div(safe_sqrt(big_b), sqrt_a) * u - (c / s) * w
-    lam = sqrt_a / torch.sqrt(torch.clamp(big_b, min=tiny))
-    nu = torch.clamp((lam * c + r) / s, min=0.0)
+    qf, rf, sf, cf, df = floats if floats is not None else (_f(q), _f(r), _f(s), _f(c),
+                                                            _f(delta))
+    if case == CASE_INFEASIBLE:  # recovery: steepest cost descent to the trust-region edge
+        if sf <= 0.0:  # b = 0: no step reduces the cost (x = 0, kept on the graph)
+            return w * 0.0, zero, zero
+        nu = torch.sqrt(2.0 * delta / s)
+        return w * -nu, zero, nu
+    if case in (CASE_FEASIBLE, CASE_TRPO) or trpo_step_is_feasible(qf, rf, cf, df):
+        if qf <= 0.0:  # g = 0: stay (x = 0, kept on the graph)
+            return v * 0.0, zero, zero
+        lam = torch.sqrt(q / (2.0 * delta))
+        return v / lam, lam, zero
+    # Cases 1–2 with the cost constraint active: the optimum lies on the plane bᵀx = −c
+    # and (unless g ∥ b) on the trust-region sphere. With u = v − (r/s) w (H-orthogonal to
+    # w, uᵀHu = A = q − r²/s) and B = 2δ − c²/s:
+    #   x = √(B/A) u − (c/s) w,   λ = √(A/B),   ν = (λc + r)/s,
+    # which is (v − νw)/λ written so that it stays finite as A → 0 or B → 0.
+    inv_s = s.reciprocal()  # products rather than quotients: a cheaper backward
+    rs = r * inv_s
+    c_over_s = c * inv_s
+    big_a, u = schur_complement(g, b, v, w, q, r, s, rs, qf)
+    big_b = 2.0 * delta - c * c_over_s
+    af, bf = _f(big_a), _f(big_b)
+    eps = torch.finfo(g.dtype).eps
+    if af <= (100.0 * eps) ** 2 * qf:  # g ∥ b: the whole face is optimal; its min-norm point
+        return w * -c_over_s, zero, torch.clamp(rs, min=0.0)
+    if bf <= 0.0:  # plane tangent to the trust region: a single feasible point, λ* = ∞
+        lam = torch.sqrt(big_a / torch.finfo(g.dtype).tiny)
+        return w * -c_over_s, lam, (lam * c + r) * inv_s
+    ratio = torch.sqrt(big_b / big_a)  # = 1/λ*
+    if u is None:
+        x = torch.addcmul(ratio * v, ratio * rs + c_over_s, w, value=-1.0)
+    else:
+        x = torch.addcmul(ratio * u, c_over_s, w, value=-1.0)
+    lam = ratio.reciprocal()
+    nu = (lam * c + r) * inv_s  # ≥ 0 here up to rounding
+    if _f(nu) < 0.0:
+        nu = torch.clamp(nu, min=0.0)
     return x, lam, nu
 
 
-def cost_orthogonal_part(g: Tensor, b: Tensor, v: Tensor, w: Tensor, r: Tensor, s: Tensor
-                         ) -> tuple[Tensor, Tensor]:
-    """``u = v − (r/s) w`` (the part of H⁻¹g H-orthogonal to H⁻¹b) and ``A = uᵀHu = q − r²/s``.
+def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor,
+                     s: Tensor, rs: Tensor | None = None, qf: float | None = None
+                     ) -> tuple[Tensor, Tensor | None]:
+    """``A = q − r²/s ≥ 0`` (= uᵀHu for ``u = v − (r/s) w``, the part of H⁻¹g H-orthogonal
+    to H⁻¹b), and ``u`` when it had to be formed.
 
-    ``A`` is computed as ``uᵀ(g − (r/s) b)``, which avoids the cancellation of ``q − r²/s``
-    when ``g`` is nearly parallel to ``b``; clamped at 0.
+    When ``g`` is nearly parallel to ``b`` (A ≤ √eps·q) the subtraction loses more than
+    half the digits; then A is computed as ``uᵀ(g − (r/s) b)`` instead (no cancellation
+    beyond that of u itself), clamped at 0.
     """
-    rs = r / s
+    rs = r / s if rs is None else rs
+    big_a = q - r * rs
+    if _f(big_a) > math.sqrt(torch.finfo(g.dtype).eps) * (_f(q) if qf is None else qf):
+        return big_a, None
     u = v - rs * w
-    return u, torch.clamp(u @ (g - rs * b), min=0.0)
+    return torch.clamp(u @ (g - rs * b), min=0.0), u
 
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,
@@ -212,10 +241,15 @@ def _check_finite(t: Tensor, name: str) -> None:
 
 
 def _scalar(value: float | Tensor, like: Tensor, name: str) -> Tensor:
+    """A 0-d tensor of like's dtype/device; ValueError naming ``name`` if not a finite scalar."""
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is NaN or inf")
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.numel() != 1:
         raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}")
     t = t.reshape(())
-    if not torch.isfinite(t):
+    if not math.isfinite(_f(t)):
         raise ValueError(f"{name} is NaN or inf")
     return t

@@ -19,7 +19,7 @@ import torch
 from cvxpylayers.torch import CvxpyLayer
 from torch import Tensor
 
-from metacpo_rllib.optim.cpo import cost_orthogonal_part
+from metacpo_rllib.optim.cpo import schur_complement
 from metacpo_rllib.optim.linalg import safe_sqrt
 from metacpo_rllib.optim.linalg import scalar_float as _f
 
@@ -68,7 +68,7 @@ def dual_step(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor, 
     """
     if not (_f(q) > 0.0 and _f(s) > 0.0):
         return None
-    _, big_a = cost_orthogonal_part(g, b, v, w, r, s)
+    big_a, _ = schur_complement(g, b, v, w, q, r, s)
     rho, sqrt_q, sqrt_s = torch.sqrt(2.0 * delta), torch.sqrt(q), torch.sqrt(s)
     params = [(r / (sqrt_q * sqrt_s)), safe_sqrt(big_a / q), c / (rho * sqrt_s)]
     params = [p.to(torch.float64) for p in params]
