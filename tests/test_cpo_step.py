@@ -520,3 +520,22 @@ def test_multipliers_match_piecewise_dual():
         assert float(st.nu) == pytest.approx(nu, rel=1e-9, abs=1e-12 * lam)
         checked += 1
     assert checked == 40
+
+
+@pytest.mark.parametrize("case", [1, 2, 3])
+def test_gradgradcheck_closed_form(case):
+    """Second derivatives (needed when a meta-objective is itself differentiated twice)."""
+    rng = np.random.default_rng(300 + case)
+    n, delta = 3, 0.05
+    b_np = rng.standard_normal(n)
+    g_np = b_np + 0.5 * rng.standard_normal(n) if case == 2 else rng.standard_normal(n)
+    g, b = torch.tensor(g_np, requires_grad=True), torch.tensor(b_np, requires_grad=True)
+    c = torch.tensor(GRADCHECK_C[case] * math.sqrt(2 * delta) * np.linalg.norm(b_np), dtype=T,
+                     requires_grad=True)
+
+    def fn(g, b, c):
+        st = cpo_step(g, b, c, delta)
+        assert st.case == case
+        return st.x
+
+    assert torch.autograd.gradgradcheck(fn, (g, b, c))
