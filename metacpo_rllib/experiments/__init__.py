@@ -1,0 +1,1 @@
+"""The experiment service: Tune sweeps from YAML, MLflow tracking, the four-algorithm comparison."""

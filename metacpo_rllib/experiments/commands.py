@@ -1,0 +1,221 @@
+"""The ``metacpo sweep`` / ``compare`` / ``ui`` subcommands; ``register()`` adds them to the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from metacpo_rllib.experiments import tracking
+
+_MLFLOW_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded "
+                f"store {tracking.DEFAULT_TRACKING_URI} with artifacts in ./mlruns)")
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri`` and ``--mlflow-experiment`` (also meant for ``metacpo train``)."""
+    parser.add_argument("--mlflow-uri", default=None, help=_MLFLOW_HELP)
+    parser.add_argument("--mlflow-experiment", default=None,
+                        help="MLflow experiment name (default: per command)")
+
+
+def _ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-path", default=None,
+                        help="Tune results and checkpoints (default ./ray_results)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+
+
+def _usage(err: Exception) -> Exception:
+    from metacpo_rllib.cli import UsageError
+
+    return UsageError(str(err))
+
+
+# -- sweep -------------------------------------------------------------------------------------
+def configure_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a sweep spec, e.g. tune_configs/smoke_pointnav.yaml")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="repeats of every grid point (overrides tune.num_samples)")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="trials at a time (overrides tune.max_concurrent)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations per trial (overrides iterations)")
+    add_tracking_args(parser)
+    _ray_args(parser)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Validate the file (one error naming the key, before Ray starts), then run it."""
+    from metacpo_rllib.cli import local_ray
+    from metacpo_rllib.experiments.spec import SpecError, load_spec
+    from metacpo_rllib.experiments.sweep import format_rows, run_sweep, trial_rows
+
+    try:
+        spec = load_spec(args.file, {"tune.num_samples": args.num_samples,
+                                     "tune.max_concurrent": args.max_concurrent,
+                                     "iterations": args.iterations,
+                                     "mlflow.experiment": args.mlflow_experiment})
+    except SpecError as err:
+        raise _usage(err) from None
+    uri = tracking.resolve_tracking_uri(args.mlflow_uri)
+    print(f"sweep {spec.name}: {', '.join(spec.algorithms)} on {spec.family}, "
+          f"{spec.num_trials()} trial(s) per algorithm x {spec.iterations} iterations; "
+          f"MLflow experiment {spec.experiment_name!r} at {uri}", flush=True)
+    with local_ray(max(args.num_cpus, 1)):
+        grids = run_sweep(spec, tracking_uri=uri, storage_path=args.storage_path,
+                          verbose=0 if args.quiet else 1)
+    rows = trial_rows(grids, spec)
+    print(format_rows(rows))
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+# -- compare -----------------------------------------------------------------------------------
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", default=None, help="task family, e.g. PointCircle")
+    parser.add_argument("--config", default=None,
+                        help="take the settings from a spec file (e.g. tune_configs/"
+                             "compare_pointcircle.yaml); the flags below override it")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="training seeds (default 0 1 2)")
+    parser.add_argument("--iterations", type=int, default=None, help="default 3")
+    parser.add_argument("--test-tasks", type=int, default=None, help="default 2")
+    parser.add_argument("--adapt-steps", type=int, default=None, help="default 1")
+    parser.add_argument("--tasks-per-iteration", type=int, default=None,
+                        help="default: 2 on safety-gymnasium families, 4 otherwise")
+    parser.add_argument("--episodes-per-task", type=int, default=None,
+                        help="default: 1 on safety-gymnasium families, 8 otherwise")
+    parser.add_argument("--train-cost-limit", type=float, default=None,
+                        help="training tasks' limit (default: the family's train limit)")
+    parser.add_argument("--test-cost-limit", type=float, default=None,
+                        help="test tasks' limit (default: the family's tighter test limit)")
+    parser.add_argument("--env-config", type=json.loads, default=None,
+                        help="family overrides as JSON, e.g. '{\"horizon\": 40}'")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="trials at a time")
+    parser.add_argument("--out", default=None,
+                        help="report folder (default ./compare_<family>)")
+    add_tracking_args(parser)
+    _ray_args(parser)
+
+
+def compare_spec_from_args(args: argparse.Namespace) -> Any:
+    """The comparison spec: ``--config`` (or the per-family defaults) plus the flags."""
+    from metacpo_rllib.cli import family_defaults
+    from metacpo_rllib.experiments.compare import compare_spec
+    from metacpo_rllib.experiments.spec import SpecError, load_spec
+
+    training = {"tasks_per_iteration": args.tasks_per_iteration,
+                "episodes_per_task": args.episodes_per_task,
+                "cost_limit": args.train_cost_limit}
+    if args.config:
+        overrides = {"family": args.family, "iterations": args.iterations,
+                     "grid.seed": args.seeds, "env_config": args.env_config,
+                     "adaptation.test_tasks": args.test_tasks,
+                     "adaptation.adapt_steps": args.adapt_steps,
+                     "adaptation.cost_limit": args.test_cost_limit,
+                     "tune.max_concurrent": args.max_concurrent,
+                     "mlflow.experiment": args.mlflow_experiment,
+                     **{f"training.{k}": v for k, v in training.items()}}
+        return load_spec(args.config, overrides)
+    if args.family is None:
+        raise SpecError("--family: required (or --config FILE)")
+    training = {**family_defaults(args.family),
+                **{k: v for k, v in training.items() if v is not None}}
+    spec = compare_spec(args.family, seeds=args.seeds or (0, 1, 2),
+                        iterations=args.iterations or 3,
+                        test_tasks=2 if args.test_tasks is None else args.test_tasks,
+                        adapt_steps=1 if args.adapt_steps is None else args.adapt_steps,
+                        training=training, env_config=args.env_config,
+                        test_cost_limit=args.test_cost_limit,
+                        max_concurrent=args.max_concurrent)
+    spec.experiment = args.mlflow_experiment
+    return spec
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from metacpo_rllib.cli import local_ray
+    from metacpo_rllib.experiments.compare import run_compare
+    from metacpo_rllib.experiments.spec import SpecError
+
+    try:
+        spec = compare_spec_from_args(args)
+    except SpecError as err:
+        raise _usage(err) from None
+    uri = tracking.resolve_tracking_uri(args.mlflow_uri)
+    out = args.out or f"compare_{spec.family}"
+    print(f"compare {', '.join(spec.algorithms)} on {spec.family}: seeds "
+          f"{spec.grid.get('seed')}, {spec.iterations} iterations, then "
+          f"{spec.adaptation.adapt_steps} adaptation step(s) on "
+          f"{spec.adaptation.test_tasks} test tasks; MLflow experiment "
+          f"{spec.experiment_name!r} at {uri}", flush=True)
+    with local_ray(max(args.num_cpus, 1)):
+        result = run_compare(spec, out, tracking_uri=uri, storage_path=args.storage_path,
+                             verbose=0 if args.quiet else 1)
+    print(Path(result["files"]["table"]).read_text())
+    for path in result["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+# -- ui --------------------------------------------------------------------------------------
+def configure_ui(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow-uri", default=None,
+                        help="backend store (default: $MLFLOW_TRACKING_URI, else "
+                             f"{tracking.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (local only)")
+    parser.add_argument("--port", type=int, default=5000)
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line for a store (one worker, light)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        root = Path(uri[len("sqlite:///"):]).resolve().parent / tracking.ARTIFACT_DIR
+        cmd += ["--default-artifact-root", root.as_uri()]
+    return cmd
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    uri = tracking.resolve_tracking_uri(args.mlflow_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is a tracking server: open it in a browser (it serves the UI)")
+        return 0
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        return subprocess.call(ui_command(uri, args.host, args.port), env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- registration ------------------------------------------------------------------------------
+def register(add_command: Optional[Callable[..., None]] = None) -> None:
+    """Add ``sweep``, ``compare`` and ``ui`` to the ``metacpo`` CLI (``cli.add_command``
+    unless another registrar is given)."""
+    if add_command is None:
+        from metacpo_rllib.cli import add_command
+    add_command("sweep", "run a Tune sweep from a YAML spec (tune_configs/), logged to MLflow",
+                configure_sweep, run_sweep_command)
+    add_command("compare", "train Meta-CPO, Meta-TRPO, CPO and TRPO on one family (same "
+                "seeds and test tasks), adapt, and write a comparison report",
+                configure_compare, run_compare_command)
+    add_command("ui", "start the MLflow UI on the embedded store (127.0.0.1)",
+                configure_ui, run_ui)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m metacpo_rllib.experiments.commands COMMAND ...`` (works before the CLI
+    hook is in place)."""
+    from metacpo_rllib import cli
+
+    register(cli.add_command)
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

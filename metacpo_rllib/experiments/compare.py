@@ -1,0 +1,186 @@
+"""The four-algorithm comparison: one sweep (same seeds, test tasks), then figure, table, JSON."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from metacpo_rllib.experiments import tracking
+from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, Adaptation, SweepSpec, validate_spec
+
+
+def compare_spec(family: str, *, seeds: Sequence[int] = (0, 1, 2), iterations: int = 3,
+                 test_tasks: int = 2, adapt_steps: int = 1,
+                 training: Optional[Mapping[str, Any]] = None,
+                 env_config: Optional[Mapping[str, Any]] = None,
+                 test_cost_limit: Optional[float] = None, task_seed: int = 12345,
+                 max_concurrent: Optional[int] = None) -> SweepSpec:
+    """The validated spec of a comparison: all four algorithms, a grid over ``seeds``."""
+    spec = SweepSpec(
+        name=f"compare-{family}", algorithms=list(ALGORITHM_NAMES), family=family,
+        iterations=iterations, env_config=dict(env_config or {}),
+        training=dict(training or {}), grid={"seed": list(seeds)},
+        adaptation=Adaptation(test_tasks=test_tasks, adapt_steps=adapt_steps,
+                              cost_limit=test_cost_limit, task_seed=task_seed),
+        max_concurrent=max_concurrent)
+    validate_spec(spec)
+    return spec
+
+
+# -- collecting the numbers ---------------------------------------------------------------------
+def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per algorithm, per seed (sorted): the training curves (post-adaptation return and
+    cost per iteration; = pre-adaptation for CPO / TRPO) and the adaptation report."""
+    from metacpo_rllib.experiments.callbacks import adaptation_report
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for algorithm, grid in grids.items():
+        rows = []
+        for result in grid:
+            if result.error is not None:
+                continue
+            df = result.metrics_dataframe.sort_values("training_iteration")
+            report = adaptation_report(result.metrics or {})
+            row = {
+                "seed": result.config.get("seed"), "trial": Path(result.path).name,
+                "iteration": df["training_iteration"].astype(int).tolist(),
+                "return": df["metacpo/post_return_mean"].astype(float).tolist(),
+                "cost": df["metacpo/post_cost_mean"].astype(float).tolist(),
+                "train_limit": float(df["metacpo/cost_limit_mean"].mean()),
+                "adapt": None, "test_limit": math.nan,
+            }
+            if report:
+                row["adapt"] = {k: report[k] for k in ("steps", "mean_return", "mean_cost",
+                                                        "violation_rate")}
+                row["test_limit"] = float(np.mean([t["cost_limit"] for t in report["tasks"]]))
+            rows.append(row)
+        runs[algorithm] = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"]))
+    return runs
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan}
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return {"mean": float(np.mean(finite)), "std": std}
+
+
+def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per algorithm: mean ± std over seeds of the post-adaptation (last step) return,
+    cost and violation rate on the test tasks."""
+    summary = {}
+    for algorithm, seeds in runs.items():
+        adapted = [s["adapt"] for s in seeds if s["adapt"]]
+        summary[algorithm] = {
+            "seeds": [s["seed"] for s in seeds if s["adapt"]],
+            **{name: _mean_std([a[key][-1] for a in adapted])
+               for name, key in (("return", "mean_return"), ("cost", "mean_cost"),
+                                 ("violation_rate", "violation_rate"))},
+        }
+    return summary
+
+
+def _pm(stat: Mapping[str, float], digits: int = 2) -> str:
+    if math.isnan(stat["mean"]):
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                    summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """The comparison table (mean ± std over seeds) plus the per-seed numbers."""
+    limits = [s["test_limit"] for seeds in runs.values() for s in seeds if s["adapt"]]
+    train = [s["train_limit"] for seeds in runs.values() for s in seeds]
+    a = spec.adaptation
+    lines = [
+        f"# {spec.family}: Meta-CPO vs Meta-TRPO, CPO, TRPO", "",
+        f"{spec.iterations} training iterations at the training cost limit "
+        f"(h = {np.nanmean(train) if train else math.nan:.2f}), then {a.adapt_steps} "
+        f"adaptation step(s) on {a.test_tasks} held-out test tasks at the test limit "
+        f"(h = {np.nanmean(limits) if limits else math.nan:.2f}); task seed {a.task_seed}, "
+        f"training seeds {spec.grid.get('seed')}.",
+        "Post-adaptation return and cost are means over the test tasks; the violation rate "
+        "is the fraction of test tasks whose mean episode cost exceeds the limit. "
+        "Mean ± std (ddof=1) over seeds.", "",
+        "| algorithm | return | cost | violation rate | seeds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for algorithm, s in summary.items():
+        lines.append(f"| {algorithm} | {_pm(s['return'])} | {_pm(s['cost'])} | "
+                     f"{_pm(s['violation_rate'])} | {len(s['seeds'])} |")
+    lines += ["", "## Per seed (post-adaptation)", "",
+              "| algorithm | seed | return | cost | violation rate |", "|---|---:|---:|---:|---:|"]
+    for algorithm, seeds in runs.items():
+        for s in seeds:
+            if s["adapt"]:
+                r, c, v = (s["adapt"][k][-1] for k in ("mean_return", "mean_cost",
+                                                         "violation_rate"))
+                lines.append(f"| {algorithm} | {s['seed']} | {r:.2f} | {c:.2f} | {v:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the whole command ----------------------------------------------------------------------------
+def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[str] = None,
+                storage_path: Optional[str] = None, verbose: int = 1) -> dict[str, Any]:
+    """Run the comparison sweep (Ray must be initialised) under a parent MLflow run, write
+    ``comparison.png`` / ``.md`` / ``.json`` to ``out_dir`` and log them to the parent run.
+    Returns the raw numbers (what ``comparison.json`` holds)."""
+    from mlflow.tracking import MlflowClient
+
+    from metacpo_rllib.experiments.plots import comparison_figure
+    from metacpo_rllib.experiments.sweep import run_sweep
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    guard = tracking.Guard(uri)  # one warning for the whole comparison
+    reason = tracking.check_reachable(uri)
+    if reason:
+        guard.disable(reason)
+    client = MlflowClient(tracking_uri=uri)
+
+    def start_parent() -> str:
+        experiment_id = tracking.ensure_experiment(client, spec.experiment_name, uri)
+        tags = {"kind": "comparison", "family": spec.family,
+                "git_commit": tracking.git_commit(),
+                "mlflow.source.git.commit": tracking.git_commit()}
+        return client.create_run(experiment_id, run_name=f"comparison-{spec.family}",
+                                 tags=tags).info.run_id
+
+    parent = guard.call(start_parent)
+    recorder = tracking.RunRecorder(client, parent or "", guard)
+    recorder.log_params({"family": spec.family, "algorithms": spec.algorithms,
+                         "seeds": spec.grid.get("seed"), "training": spec.training,
+                         "env_config": spec.env_config, "iterations": spec.iterations,
+                         "test_tasks": spec.adaptation.test_tasks,
+                         "adapt_steps": spec.adaptation.adapt_steps,
+                         "test_cost_limit": spec.adaptation.cost_limit,
+                         "task_seed": spec.adaptation.task_seed})
+    status = "FAILED"
+    try:
+        grids = run_sweep(spec, tracking_uri=uri, storage_path=storage_path,
+                          tags={"mlflow.parentRunId": parent} if parent else None,
+                          kind="compare", guard=guard, verbose=verbose)
+        runs = collect_runs(grids)
+        summary = summarize(runs)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"figure": out / "comparison.png", "table": out / "comparison.md",
+                 "json": out / "comparison.json"}
+        comparison_figure(runs, files["figure"], title=f"{spec.family}: training and "
+                          "test-time adaptation (mean ± std over seeds)")
+        files["table"].write_text(markdown_report(spec, runs, summary))
+        data = {"family": spec.family, "iterations": spec.iterations,
+                "seeds": spec.grid.get("seed"), "adaptation": vars(spec.adaptation),
+                "training": spec.training, "summary": summary, "runs": runs,
+                "mlflow": {"tracking_uri": uri, "experiment": spec.experiment_name,
+                           "parent_run_id": parent}}
+        files["json"].write_text(json.dumps(data, indent=2, default=tracking.plain) + "\n")
+        for path in files.values():
+            guard.call(client.log_artifact, parent, str(path), "comparison")
+        status = "FINISHED"
+        return {**data, "files": {k: str(v) for k, v in files.items()}}
+    finally:
+        guard.call(client.set_terminated, parent, status)

@@ -1,0 +1,124 @@
+"""Figures: one run's training / adaptation curves, and the four-algorithm comparison."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+#: Fixed colour, marker and line style per algorithm (identical curves stay visible).
+STYLES = {"MetaCPO": ("tab:blue", "o", "-"), "MetaTRPO": ("tab:orange", "s", "--"),
+          "CPO": ("tab:green", "^", "-."), "TRPO": ("tab:red", "D", ":")}
+
+
+def _style(algorithm: str) -> dict[str, Any]:
+    color, marker, linestyle = STYLES.get(algorithm, (None, "o", "-"))
+    return {"color": color, "marker": marker, "linestyle": linestyle, "label": algorithm}
+
+
+def _limit_line(ax: Any, value: float, label: str) -> None:
+    if value is not None and not math.isnan(value):
+        ax.axhline(value, color="crimson", linestyle="--", linewidth=1.2, label=label)
+
+
+def run_figure(history: Sequence[Mapping[str, float]], report: Optional[Mapping[str, Any]],
+               path: str | Path) -> Path:
+    """Return and cost per training iteration (pre / post adaptation, train limit) and,
+    with an ``adapt`` report, per adaptation step on the test tasks (test limit)."""
+    plt = _pyplot()
+    rows = 2 if report else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), squeeze=False)
+    it = [h["iteration"] for h in history]
+    for ax, what in zip(axes[0], ("return", "cost")):
+        ax.plot(it, [h[f"pre_{what}_mean"] for h in history], "o-", label="pre-adaptation")
+        ax.plot(it, [h[f"post_{what}_mean"] for h in history], "s-", label="post-adaptation")
+        if what == "cost" and history:
+            _limit_line(ax, float(np.nanmean([h["cost_limit_mean"] for h in history])),
+                        "train limit")
+        ax.set(xlabel="training iteration", ylabel=f"mean episode {what}",
+               title=f"training {what}")
+    if report:
+        limit = float(np.mean([t["cost_limit"] for t in report["tasks"]]))
+        for ax, what, key in zip(axes[1], ("return", "cost"), ("mean_return", "mean_cost")):
+            ax.plot(report["steps"], report[key], "o-", color="tab:green", label="test tasks")
+            if what == "cost":
+                _limit_line(ax, limit, "test limit")
+            ax.set(xlabel="adaptation step", ylabel=f"mean episode {what}",
+                   title=f"test-time adaptation: {what}")
+    _finish(fig, axes, path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _finish(fig: Any, axes: Any, path: str | Path, title: str = "") -> None:
+    """Grid, legends and integer x ticks on every panel; save."""
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _mean_std(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over seeds, cut to the shortest curve."""
+    n = min(len(c) for c in curves)
+    values = np.array([list(c)[:n] for c in curves], dtype=float)
+    return np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+
+
+def comparison_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                      title: str = "") -> Path:
+    """2 x 2 panels, one line per algorithm (mean over seeds, band = ± std): training
+    return / cost per iteration, test return / cost per adaptation step; limits dashed.
+
+    ``runs[algorithm]`` is a list (one per seed) of ``{"iteration", "return", "cost",
+    "train_limit", "adapt": {"steps", "mean_return", "mean_cost"}, "test_limit"}``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    train_limits, test_limits = [], []
+    for i, (algorithm, seeds) in enumerate(runs.items()):
+        if not seeds:
+            continue
+        x = np.asarray(seeds[0]["iteration"][:min(len(s["iteration"]) for s in seeds)])
+        for ax, what in zip(axes[0], ("return", "cost")):
+            mean, std = _mean_std([s[what] for s in seeds])
+            (line,) = ax.plot(x, mean, markersize=4, **_style(algorithm))
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        train_limits += [s["train_limit"] for s in seeds]
+        adapted = [s for s in seeds if s.get("adapt")]
+        if adapted:
+            steps = adapted[0]["adapt"]["steps"]
+            for ax, key in zip(axes[1], ("mean_return", "mean_cost")):
+                mean, std = _mean_std([s["adapt"][key] for s in adapted])
+                dodge = 0.04 * (i - (len(runs) - 1) / 2)  # error bars side by side
+                ax.errorbar(np.asarray(steps[:len(mean)]) + dodge, mean, yerr=std, capsize=3,
+                            **_style(algorithm))
+            test_limits += [s["test_limit"] for s in adapted]
+    _limit_line(axes[0][1], float(np.mean(train_limits)) if train_limits else math.nan,
+                "train limit")
+    _limit_line(axes[1][1], float(np.mean(test_limits)) if test_limits else math.nan,
+                "test limit")
+    labels = (("training iteration", "return during training"),
+              ("training iteration", "cost during training"),
+              ("adaptation step", "return on held-out test tasks"),
+              ("adaptation step", "cost on held-out test tasks"))
+    for ax, (xlabel, name) in zip(axes.flat, labels):
+        ax.set(xlabel=xlabel, ylabel="mean episode " + name.split()[0], title=name)
+    _finish(fig, axes, path, title)
+    plt.close(fig)
+    return Path(path)

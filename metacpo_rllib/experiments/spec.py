@@ -1,0 +1,330 @@
+"""Sweep specs: load a tune_configs/ YAML file, check it against the config classes, build them."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import yaml
+
+#: The Tune names of the algorithms (registered by ``metacpo_rllib.rllib``).
+ALGORITHM_NAMES = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
+
+#: Top-level keys of a spec file and what each holds.
+TOP_LEVEL_KEYS = {
+    "name": "Tune run / MLflow experiment name",
+    "algorithm": "one algorithm name or a list of them (one Tune run each)",
+    "family": "task family",
+    "iterations": "training iterations per trial",
+    "env_config": "family constructor overrides",
+    "env_runners": "AlgorithmConfig.env_runners(...) fields",
+    "training": "fixed MetaCPOConfig.training(...) fields",
+    "grid": "training field -> list of values (Tune grid_search, full cross product)",
+    "adaptation": "test-time adaptation after the last iteration",
+    "tune": "num_samples, max_concurrent, checkpoint_at_end",
+    "mlflow": "experiment, log_checkpoint",
+}
+ADAPTATION_KEYS = {"test_tasks": 2, "adapt_steps": 1, "episodes_per_task": None,
+                   "cost_limit": None, "task_seed": 12345}
+TUNE_KEYS = {"num_samples": 1, "max_concurrent": None, "checkpoint_at_end": True}
+MLFLOW_KEYS = {"experiment": None, "log_checkpoint": True}
+
+
+class SpecError(ValueError):
+    """An invalid spec: one message naming the offending key."""
+
+
+@dataclasses.dataclass
+class Adaptation:
+    """Test-time adaptation run inside each trial after its last iteration."""
+
+    test_tasks: int = 2
+    adapt_steps: int = 1
+    episodes_per_task: Optional[int] = None
+    cost_limit: Optional[float] = None  # None: the family's (tighter) test limit
+    task_seed: int = 12345
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    """A validated sweep: what ``metacpo sweep`` / ``compare`` turn into Tune runs."""
+
+    name: str
+    algorithms: list[str]
+    family: str
+    iterations: int
+    env_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env_runners: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list] = dataclasses.field(default_factory=dict)
+    adaptation: Adaptation = dataclasses.field(default_factory=Adaptation)
+    num_samples: int = 1
+    max_concurrent: Optional[int] = None
+    checkpoint_at_end: bool = True
+    experiment: Optional[str] = None  # MLflow experiment (default: ``name``)
+    log_checkpoint: bool = True
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    def grid_points(self) -> Iterator[dict[str, Any]]:
+        """Every point of the grid (one empty point without a grid)."""
+        keys = list(self.grid)
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            yield dict(zip(keys, values))
+
+    def num_trials(self) -> int:
+        """Trials per algorithm: grid size times ``num_samples``."""
+        return sum(1 for _ in self.grid_points()) * self.num_samples
+
+
+# -- the config classes' fields --------------------------------------------------------------
+def config_class(algorithm: str) -> type:
+    """The AlgorithmConfig class of a Tune algorithm name."""
+    from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
+
+    return {"MetaCPO": MetaCPOConfig, "MetaTRPO": MetaTRPOConfig, "CPO": CPOConfig,
+            "TRPO": TRPOConfig}[algorithm]
+
+
+def setter_fields(method: Any) -> set[str]:
+    """Keyword arguments of an AlgorithmConfig setter (``training``, ``env_runners``)."""
+    return {name for name, p in inspect.signature(method).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def training_fields() -> set[str]:
+    """Fields accepted in ``training`` / ``grid``: MetaCPOConfig.training and
+    AlgorithmConfig.training keywords."""
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+
+    from metacpo_rllib.rllib import MetaCPOConfig
+
+    return setter_fields(MetaCPOConfig.training) | setter_fields(AlgorithmConfig.training)
+
+
+def env_runner_fields() -> set[str]:
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+
+    return setter_fields(AlgorithmConfig.env_runners)
+
+
+# -- type checks -------------------------------------------------------------------------------
+def _type_name(value: Any) -> str:
+    return {bool: "a bool", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _check_like(key: str, value: Any, default: Any) -> None:
+    """``value`` must have the type of the field's default (None on either side: left to
+    ``validate()``)."""
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (str, list, dict, tuple)):
+        ok = isinstance(value, type(default)) or (isinstance(default, tuple)
+                                                  and isinstance(value, list))
+    else:
+        return
+    if not ok:
+        raise SpecError(f"{key}: expected {_type_name(default)}, got {value!r}")
+
+
+def _mapping(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _unknown(section: str, data: Mapping[str, Any], allowed: Any) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{section}." if section else ""
+            raise SpecError(f"{prefix}{key}: unknown key; expected one of "
+                            f"{', '.join(sorted(allowed))}")
+
+
+def _int(key: str, value: Any, low: int, optional: bool = False) -> Optional[int]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SpecError(f"{key}: expected an integer >= {low}, got {value!r}")
+    return value
+
+
+# -- loading ---------------------------------------------------------------------------------
+def load_spec(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> SweepSpec:
+    """Read a spec file, apply ``overrides`` (dotted keys, e.g. ``{"tune.num_samples": 2}``;
+    None values are skipped) and validate it; raises SpecError (prefixed by the file)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: invalid YAML ({err})") from None
+    try:
+        return parse_spec(apply_overrides(data, overrides or {}), default_name=path.stem)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def apply_overrides(data: Any, overrides: Mapping[str, Any]) -> Any:
+    """``data`` with each dotted key of ``overrides`` set (sections created as needed)."""
+    if not isinstance(data, Mapping):
+        return data
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *sections, key = dotted.split(".")
+        target = data
+        for section in sections:
+            if target.get(section) is None:
+                target[section] = {}
+            target = target[section]
+            if not isinstance(target, dict):
+                raise SpecError(f"{section}: expected a mapping, got {target!r}")
+        target[key] = value
+    return data
+
+
+def parse_spec(data: Any, default_name: str = "sweep") -> SweepSpec:
+    """Build a SweepSpec from a parsed mapping and validate it (see ``validate_spec``)."""
+    data = _mapping("spec", data)
+    _unknown("", data, TOP_LEVEL_KEYS)
+    for key in ("algorithm", "family", "iterations"):
+        if key not in data:
+            raise SpecError(f"{key}: missing (required)")
+    algorithms = data["algorithm"]
+    algorithms = [algorithms] if isinstance(algorithms, str) else algorithms
+    if not isinstance(algorithms, list) or not algorithms:
+        raise SpecError(f"algorithm: expected a name or a list of names, got {algorithms!r}")
+    for name in algorithms:
+        if name not in ALGORITHM_NAMES:
+            raise SpecError(f"algorithm: unknown algorithm {name!r}; expected one of "
+                            f"{', '.join(ALGORITHM_NAMES)}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"name: expected a non-empty string, got {name!r}")
+    adaptation = _mapping("adaptation", data.get("adaptation"))
+    _unknown("adaptation", adaptation, ADAPTATION_KEYS)
+    tune_opts = _mapping("tune", data.get("tune"))
+    _unknown("tune", tune_opts, TUNE_KEYS)
+    mlflow_opts = _mapping("mlflow", data.get("mlflow"))
+    _unknown("mlflow", mlflow_opts, MLFLOW_KEYS)
+    grid = _mapping("grid", data.get("grid"))
+    for key, values in grid.items():
+        if key in ("meta", "constrained"):
+            raise SpecError(f"grid.{key}: not a grid field; list the algorithms under "
+                            "`algorithm:` instead")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+    spec = SweepSpec(
+        name=name, algorithms=list(algorithms), family=data["family"],
+        iterations=data["iterations"],
+        env_config=_mapping("env_config", data.get("env_config")),
+        env_runners=_mapping("env_runners", data.get("env_runners")),
+        training=_mapping("training", data.get("training")), grid=grid,
+        adaptation=Adaptation(**adaptation),
+        **{**TUNE_KEYS, **tune_opts}, **{**MLFLOW_KEYS, **mlflow_opts},
+    )
+    validate_spec(spec)
+    return spec
+
+
+def validate_spec(spec: SweepSpec) -> None:
+    """Check every field, then build and ``validate()`` one config per algorithm and grid
+    point (no Ray needed). Raises SpecError naming the first bad key."""
+    from metacpo_rllib.envs import FAMILIES, make_family
+    from metacpo_rllib.envs.base import check_cost_limit
+
+    if not isinstance(spec.family, str) or spec.family not in FAMILIES:
+        raise SpecError(f"family: unknown family {spec.family!r}; expected one of "
+                        f"{', '.join(FAMILIES)}")
+    _int("iterations", spec.iterations, 1)
+    _int("tune.num_samples", spec.num_samples, 1)
+    _int("tune.max_concurrent", spec.max_concurrent, 1, optional=True)
+    for key in ("checkpoint_at_end", "log_checkpoint"):
+        if not isinstance(getattr(spec, key), bool):
+            section = "tune" if key == "checkpoint_at_end" else "mlflow"
+            raise SpecError(f"{section}.{key}: expected a bool, got {getattr(spec, key)!r}")
+    if spec.experiment is not None and not isinstance(spec.experiment, str):
+        raise SpecError(f"mlflow.experiment: expected a string, got {spec.experiment!r}")
+    a = spec.adaptation
+    _int("adaptation.test_tasks", a.test_tasks, 0)
+    _int("adaptation.adapt_steps", a.adapt_steps, 0)
+    _int("adaptation.episodes_per_task", a.episodes_per_task, 1, optional=True)
+    _int("adaptation.task_seed", a.task_seed, 0)
+    if a.cost_limit is not None:
+        try:
+            check_cost_limit(a.cost_limit, "adaptation.cost_limit")
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+    _unknown("training", spec.training, training_fields())
+    _unknown("grid", spec.grid, training_fields())
+    _unknown("env_runners", spec.env_runners, env_runner_fields())
+    overlap = set(spec.training) & set(spec.grid)
+    if overlap:
+        raise SpecError(f"grid.{sorted(overlap)[0]}: also set in training; set it in one place")
+    try:
+        make_family(spec.family, **spec.env_config)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"env_config: {err}") from None
+    for algorithm in spec.algorithms:
+        defaults = config_class(algorithm)()
+        for key, value in spec.training.items():
+            _check_like(f"training.{key}", value, getattr(defaults, key, None))
+        for key, values in spec.grid.items():
+            for value in values:
+                _check_like(f"grid.{key}", value, getattr(defaults, key, None))
+        for key, value in spec.env_runners.items():
+            _check_like(f"env_runners.{key}", value, getattr(defaults, key, None))
+        for point in spec.grid_points():
+            try:
+                build_config(spec, algorithm, point).validate()
+            except Exception as err:  # RLlib raises ValueError or its own errors
+                where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+                section = _section_of(str(err), spec, point)
+                raise SpecError(f"{section}{err}" + (f" (grid point {where})" if where else "")
+                                ) from None
+
+
+def _section_of(message: str, spec: SweepSpec, point: Mapping[str, Any]) -> str:
+    """The section (``training.``, ``grid.``, ``env_runners.``) of the field an error names."""
+    field = message.split(":", 1)[0].strip()
+    if field in point:
+        return "grid."
+    if field in spec.training:
+        return "training."
+    if field in spec.env_runners:
+        return "env_runners."
+    return ""
+
+
+# -- configs ---------------------------------------------------------------------------------
+def build_config(spec: SweepSpec, algorithm: str, point: Optional[Mapping[str, Any]] = None,
+                 on_train_result: Any = None) -> Any:
+    """The AlgorithmConfig of one trial (``point``: its grid values), not validated."""
+    config = (config_class(algorithm)()
+              .environment(spec.family, env_config=dict(spec.env_config))
+              .env_runners(**spec.env_runners)
+              .training(**{**spec.training, **(point or {})}))
+    if on_train_result is not None:
+        config.callbacks(on_train_result=on_train_result)
+    return config
+
+
+def config_key(field: str) -> str:
+    """The key of a training field in ``AlgorithmConfig.to_dict()`` (``lambda_`` -> ``lambda``)."""
+    return "lambda" if field == "lambda_" else field

@@ -1,0 +1,300 @@
+"""MLflow tracking for train, sweep and compare: store defaults, params, metrics, artifacts."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+#: The embedded default store: a sqlite file in the working directory (no server needed).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Artifacts of a sqlite store go to this folder next to the database file.
+ARTIFACT_DIR = "mlruns"
+#: Result keys logged as metrics besides everything under ``metacpo/``.
+EXTRA_METRICS = ("time_this_iter_s", "time_total_s", "num_env_steps_sampled_lifetime",
+                 "env_runners/episode_return_mean", "env_runners/episode_len_mean")
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+class TrackingWarning(UserWarning):
+    """MLflow tracking was turned off (e.g. unreachable server); training goes on."""
+
+
+# -- the store --------------------------------------------------------------------------------
+def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded sqlite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Explicit artifact location of a new experiment on a sqlite store
+    (``<db folder>/mlruns/<experiment>``); None elsewhere (the server decides)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    return (db.parent / ARTIFACT_DIR / slug(experiment)).as_uri()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "default"
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> Optional[str]:
+    """Why an http(s) tracking server cannot be reached (None: reachable or not http)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as err:
+        return f"cannot reach {uri} ({getattr(err, 'reason', err)})"
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (with its artifact location) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+
+class Guard:
+    """Runs tracking calls; the first failure emits ONE TrackingWarning and turns every
+    later call into a no-op, so tracking problems never stop training."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.disabled = False
+
+    def disable(self, reason: Any) -> None:
+        if not self.disabled:
+            self.disabled = True
+            warnings.warn(f"MLflow tracking to {self.uri} is off for this run: {reason}; "
+                          "training continues without it", TrackingWarning, stacklevel=3)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.disabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 (any tracking failure)
+            self.disable(f"{type(err).__name__}: {err}")
+            return None
+
+
+# -- what is logged ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the source tree (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def training_params(config: Any) -> dict[str, str]:
+    """Compact params of an AlgorithmConfig: the family, its overrides and the training
+    fields (not the whole AlgorithmConfig dict)."""
+    from metacpo_rllib.experiments.spec import setter_fields
+    from metacpo_rllib.rllib import MetaCPOConfig
+
+    params: dict[str, Any] = {"family": config.env, "env_config": dict(config.env_config or {}),
+                              "num_env_runners": config.num_env_runners,
+                              "gamma": config.gamma}
+    for field in sorted(setter_fields(MetaCPOConfig.training)):
+        params[field] = getattr(config, field, None)
+    return {k: _param(v) for k, v in params.items()}
+
+
+def _param(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+def run_tags(config: Any, kind: str, extra: Optional[Mapping[str, str]] = None
+             ) -> dict[str, str]:
+    """Tags of a run: algorithm, family, seed, git commit, kind (train / sweep / compare)."""
+    commit = git_commit()
+    tags = {"algorithm": config.algo_class.__name__, "family": str(config.env),
+            "seed": str(config.seed), "git_commit": commit,
+            "mlflow.source.git.commit": commit, "kind": kind}
+    return {**tags, **(extra or {})}
+
+
+def metric_key(key: str) -> str:
+    """A flattened result key as a valid MLflow metric name."""
+    key = re.sub(r"[^\w.\- /]", "_", key)
+    return re.sub(r"/+", "/", key).strip("/")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(``a/b/c``, value) for every leaf of a nested dict (RLlib's "/" convention)."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The per-iteration metrics of a result: every scalar under ``metacpo/`` plus a few
+    RLlib / Tune counters. Same names for all four algorithms."""
+    out = {}
+    for key, value in flatten({k: v for k, v in result.items() if k != "adaptation"}):
+        if not (key.startswith("metacpo/") or key in EXTRA_METRICS):
+            continue
+        number = _scalar(value)
+        if number is not None:
+            out[metric_key(key)] = number
+    return out
+
+
+def _scalar(value: Any) -> Optional[float]:
+    """``value`` as a float if it is a plain number (ints, floats, numpy scalars)."""
+    if isinstance(value, (bool, str, bytes)) or hasattr(value, "__len__"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def history_row(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers the run plot needs from one training result."""
+    m = result.get("metacpo", {})
+    row = {"iteration": float(result.get("training_iteration", math.nan))}
+    for key in ("pre_return_mean", "post_return_mean", "pre_cost_mean", "post_cost_mean",
+                "cost_limit_mean"):
+        row[key] = float(m.get(key, math.nan))
+    return row
+
+
+# -- one run ------------------------------------------------------------------------------------
+class RunRecorder:
+    """Logs one training run to an existing MLflow run: per-iteration metrics, the
+    adaptation report, the checkpoint and, at the end, the run plot."""
+
+    def __init__(self, client: Any, run_id: str, guard: Guard) -> None:
+        self.client, self.run_id, self.guard = client, run_id, guard
+        self.history: list[dict[str, float]] = []
+        self.report: Optional[dict[str, Any]] = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow: 100 params per batch
+            self.guard.call(self.client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def log_result(self, result: Mapping[str, Any]) -> None:
+        """One ``algo.train()`` / Tune result: its metrics at step = training iteration."""
+        from mlflow.entities import Metric
+
+        self.history.append(history_row(result))
+        step = int(result.get("training_iteration", len(self.history)))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in result_metrics(result).items()]
+        self.guard.call(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_adaptation(self, report: Mapping[str, Any]) -> None:
+        """An ``algo.adapt`` report: ``test/*`` metrics per adaptation step, the table and
+        the raw report as artifacts."""
+        from mlflow.entities import Metric
+
+        from metacpo_rllib.cli import adaptation_table
+
+        self.report = dict(report)
+        now = int(time.time() * 1000)
+        metrics = []
+        for name, key in (("return_mean", "mean_return"), ("cost_mean", "mean_cost"),
+                          ("violation_rate", "violation_rate")):
+            for step, value in zip(report["steps"], report[key]):
+                metrics.append(Metric(f"test/{name}", float(value), now, int(step)))
+        limits = [t["cost_limit"] for t in report["tasks"]]
+        metrics.append(Metric("test/cost_limit_mean", float(sum(limits) / len(limits)), now, 0))
+        self.guard.call(self.client.log_batch, self.run_id, metrics=metrics)
+        self.guard.call(self.client.log_text, self.run_id, adaptation_table(report),
+                        "adaptation/table.txt")
+        self.guard.call(self.client.log_text, self.run_id,
+                        json.dumps(report, indent=2, default=plain), "adaptation/report.json")
+
+    def log_checkpoint(self, path: str, upload: bool = True) -> None:
+        """Tag the checkpoint path; with ``upload`` also copy it under ``checkpoint/``."""
+        self.guard.call(self.client.set_tag, self.run_id, "checkpoint_path", str(path))
+        if upload and Path(path).is_dir():
+            self.guard.call(self.client.log_artifacts, self.run_id, str(path), "checkpoint")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Log the run plot (training curves and adaptation) and close the run."""
+        if self.history or self.report:
+            self.guard.call(self._log_plot)
+        self.guard.call(self.client.set_terminated, self.run_id, status)
+
+    def _log_plot(self) -> None:
+        from metacpo_rllib.experiments.plots import run_figure
+
+        with tempfile.TemporaryDirectory(prefix="metacpo-plot-") as tmp:
+            path = Path(tmp) / "curves.png"
+            run_figure(self.history, self.report, path)
+            self.client.log_artifact(self.run_id, str(path), "plots")
+
+
+def plain(value: Any) -> Any:
+    """JSON fallback for numpy scalars and the like."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+# -- the helper for ``metacpo train`` --------------------------------------------------------------
+@contextlib.contextmanager
+def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
+                     experiment: Optional[str] = None, run_name: Optional[str] = None,
+                     params: Optional[Mapping[str, Any]] = None,
+                     tags: Optional[Mapping[str, str]] = None,
+                     kind: str = "train") -> Iterator[RunRecorder]:
+    """Track one training run of ``config`` in MLflow.
+
+    Opens a run (experiment default ``train-<family>``) with compact params and tags, yields
+    a RunRecorder (``log_result(algo.train() result)``, ``log_adaptation(report)``,
+    ``log_checkpoint(path)``), and on exit logs the run plot and closes the run (FAILED if
+    the block raised). An unreachable or failing store gives one TrackingWarning; the block
+    runs all the same.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    guard = Guard(uri)
+    experiment = experiment or f"{kind}-{config.env}"
+    reason = check_reachable(uri)
+    if reason:
+        guard.disable(reason)
+    client = MlflowClient(tracking_uri=uri)
+
+    def start() -> str:
+        experiment_id = ensure_experiment(client, experiment, uri)
+        name = run_name or f"{config.algo_class.__name__}-{config.env}-seed{config.seed}"
+        return client.create_run(experiment_id, run_name=name,
+                                 tags=run_tags(config, kind, tags)).info.run_id
+
+    run_id = guard.call(start)
+    recorder = RunRecorder(client, run_id or "", guard)
+    recorder.log_params({**training_params(config), **(params or {})})
+    try:
+        yield recorder
+    except BaseException:
+        recorder.finish("FAILED")
+        raise
+    recorder.finish("FINISHED")
