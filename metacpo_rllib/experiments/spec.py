@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import itertools
 from pathlib import Path
@@ -146,12 +147,16 @@ def _mapping(key: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _unknown(section: str, data: Mapping[str, Any], allowed: Any) -> None:
+def _unknown(section: str, data: Mapping[str, Any], allowed: Any,
+             expected: Optional[str] = None) -> None:
+    """Raise for the first key of ``data`` not in ``allowed`` (with a close match, if any)."""
     for key in data:
         if key not in allowed:
             prefix = f"{section}." if section else ""
-            raise SpecError(f"{prefix}{key}: unknown key; expected one of "
-                            f"{', '.join(sorted(allowed))}")
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{prefix}{key}: unknown key{hint} (expected "
+                            f"{expected or 'one of ' + ', '.join(sorted(allowed))})")
 
 
 def _int(key: str, value: Any, low: int, optional: bool = False) -> Optional[int]:
@@ -271,9 +276,15 @@ def validate_spec(spec: SweepSpec) -> None:
             check_cost_limit(a.cost_limit, "adaptation.cost_limit")
         except ValueError as err:
             raise SpecError(str(err)) from None
-    _unknown("training", spec.training, training_fields())
-    _unknown("grid", spec.grid, training_fields())
-    _unknown("env_runners", spec.env_runners, env_runner_fields())
+    from metacpo_rllib.rllib import MetaCPOConfig
+
+    expected = ("a MetaCPOConfig.training field: "
+                + ", ".join(sorted(setter_fields(MetaCPOConfig.training)))
+                + "; or an AlgorithmConfig.training one such as gamma")
+    _unknown("training", spec.training, training_fields(), expected)
+    _unknown("grid", spec.grid, training_fields(), expected)
+    _unknown("env_runners", spec.env_runners, env_runner_fields(),
+             "an AlgorithmConfig.env_runners field such as num_env_runners")
     overlap = set(spec.training) & set(spec.grid)
     if overlap:
         raise SpecError(f"grid.{sorted(overlap)[0]}: also set in training; set it in one place")

@@ -1,0 +1,204 @@
+"""Sweep specs (no Ray): the shipped tune_configs validate, bad files give one clear error
+naming the key before anything starts, and the MLflow helpers' pure parts."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from metacpo_rllib import cli
+from metacpo_rllib.experiments import commands, tracking
+from metacpo_rllib.experiments.spec import SpecError, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "tune_configs").glob("*.yaml"))
+
+GOOD = """\
+name: t
+algorithm: MetaCPO
+family: PointNav
+iterations: 2
+training:
+  tasks_per_iteration: 2
+grid:
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.num_trials() >= 1 and spec.algorithms
+
+
+def test_shipped_configs_cover_the_families() -> None:
+    specs = {p.name: load_spec(p) for p in CONFIGS}
+    for family in ("PointCircle", "CarCircleHazard", "PointButton"):
+        sweep = specs[f"{family.lower()}_sweep.yaml"]
+        assert sweep.family == family
+        assert {"cost_limit", "trust_region_delta", "seed"} <= set(sweep.grid)
+        assert len(sweep.grid["seed"]) >= 2
+        compare = specs[f"{family.lower()}_compare.yaml"]
+        assert compare.algorithms == ["MetaCPO", "MetaTRPO", "CPO", "TRPO"]
+        assert compare.grid["seed"] == sweep.grid["seed"]
+    assert specs["smoke_pointnav.yaml"].family == "PointNav"
+
+
+BAD = {
+    # case: (text of GOOD to replace, its replacement, the key the error must start with)
+    "unknown top-level key": ("iterations: 2", "iterations: 2\nlearning_rate: 3", "learning_rate"),
+    "unknown training key": ("tasks_per_iteration: 2", "tasks_per_iteraton: 2",
+                             "training.tasks_per_iteraton"),
+    "wrong type": ("tasks_per_iteration: 2", "tasks_per_iteration: two",
+                   "training.tasks_per_iteration"),
+    "wrong type in grid": ("seed: [0, 1]", "seed: [0, x]", "grid.seed"),
+    "invalid grid value": ("seed: [0, 1]", "trust_region_delta: [0.01, -1.0]",
+                           "grid.trust_region_delta"),
+    "unknown family": ("family: PointNav", "family: PointNavv", "family"),
+    "unknown algorithm": ("algorithm: MetaCPO", "algorithm: [MetaCPO, PPO]", "algorithm"),
+    "unknown env override": ("iterations: 2", "iterations: 2\nenv_config: {horizn: 3}",
+                             "env_config"),
+    "bad adaptation": ("iterations: 2", "iterations: 2\nadaptation: {test_tasks: -1}",
+                       "adaptation.test_tasks"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_spec_names_the_key(case: str) -> None:
+    import yaml
+
+    old, new, key = BAD[case]
+    with pytest.raises(SpecError) as info:
+        parse_spec(yaml.safe_load(GOOD.replace(old, new)))
+    message = str(info.value)
+    assert message.startswith(key), message
+    assert "\n" not in message
+
+
+def test_bad_file_fails_in_cli_before_anything_starts(tmp_path, monkeypatch, capsys) -> None:
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("tasks_per_iteration: 2", "tasks_per_iteration: 2.5"))
+    commands.register()
+    code = cli.main(["sweep", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "training.tasks_per_iteration" in err[0], err
+    assert str(bad) in err[0]
+    assert not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_invalid_yaml_and_missing_file(tmp_path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_overrides_are_validated(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    spec = load_spec(path, {"tune.num_samples": 3, "iterations": None, "grid.seed": [4]})
+    assert spec.num_samples == 3 and spec.iterations == 2 and spec.grid["seed"] == [4]
+    with pytest.raises(SpecError, match="^.*tune.max_concurrent"):
+        load_spec(path, {"tune.max_concurrent": 0})
+
+
+def test_param_space_is_compact_with_grid_search() -> None:
+    from metacpo_rllib.experiments.sweep import param_space
+
+    spec = parse_spec({**_yaml(GOOD), "grid": {"seed": [0, 1], "cost_limit": [3.0, 6.0]}})
+    space = param_space(spec, "CPO")
+    assert space["env"] == "PointNav" and space["tasks_per_iteration"] == 2
+    assert space["seed"] == {"grid_search": [0, 1]}
+    assert space["cost_limit"] == {"grid_search": [3.0, 6.0]}
+    assert len(space) < 10  # only what differs from CPOConfig's defaults
+
+
+def test_params_tags_and_metric_names() -> None:
+    from metacpo_rllib.experiments.spec import build_config
+
+    config = build_config(parse_spec(_yaml(GOOD)), "MetaTRPO", {"seed": 1})
+    params = tracking.training_params(config)
+    assert params["family"] == "PointNav" and params["seed"] == "1"
+    assert params["constrained"] == "False" and params["inner_steps"] == "1"
+    assert len(params) < 40 and all(len(v) <= 6000 for v in params.values())
+    tags = tracking.run_tags(config, "sweep")
+    assert tags["algorithm"] == "MetaTRPO" and tags["family"] == "PointNav"
+    assert tags["seed"] == "1" and tags["git_commit"]
+    result = {"metacpo": {"post_return_mean": 1.5, "num_tasks": 2, "update": {"kl(x)": 0.1},
+                          "per_task": {"task_id": [0, 1]}},
+              "config": {"gamma": 0.99}, "time_this_iter_s": 0.5, "done": False,
+              "training_iteration": 3}
+    assert tracking.result_metrics(result) == {
+        "metacpo/post_return_mean": 1.5, "metacpo/num_tasks": 2.0,
+        "metacpo/update/kl_x_": 0.1, "time_this_iter_s": 0.5}
+
+
+def test_default_store_and_artifact_location(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:1")
+    assert tracking.resolve_tracking_uri() == "http://example.invalid:1"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.chdir(tmp_path)
+    location = tracking.artifact_location("sqlite:///mlflow.db", "my sweep")
+    assert location == (tmp_path / "mlruns" / "my-sweep").as_uri()
+    assert tracking.artifact_location("http://127.0.0.1:5000", "x") is None
+
+
+def _yaml(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_command_serves_the_embedded_store(tmp_path) -> None:
+    """``metacpo ui``'s command line starts an MLflow UI on 127.0.0.1 for the sqlite store."""
+    port = _free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = commands.ui_command(uri, "127.0.0.1", port)
+    assert "--default-artifact-root" in cmd and (tmp_path / "mlruns").as_uri() in cmd
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, "mlflow ui exited"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.time() < deadline, "mlflow ui did not come up"
+                time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,298 @@
+"""The experiment service end to end on the toy PointNav CMDP: Tune sweeps (Tuner and tune.run)
+logging to a real MLflow server over HTTP and to the embedded sqlite store, the train helper,
+an unreachable server (one warning, training completes), and the four-algorithm comparison."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+from metacpo_rllib import cli
+from metacpo_rllib.experiments import commands, tracking
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "tune_configs" / "smoke_pointnav.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One small local Ray for the module (2 CPUs, own temp dir, no dashboard)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="metacpo-exp-ray-", dir="/tmp")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp,
+             log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (one worker, temp sqlite store and artifact
+    folder), in its own process group, stopped by its process group id."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+           "--artifacts-destination", str(root / "artifacts")]
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("mlflow server exited:\n" + (root / "server.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("mlflow server did not answer /health within 120 s")
+                time.sleep(0.5)
+        yield {"uri": uri, "root": root}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test runs in its own folder, with no tracking URI from the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    commands.register()
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    """All artifact file paths of a run (recursively)."""
+    out = set()
+    for info in client.list_artifacts(run_id, path or None):
+        out |= _artifacts(client, run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+def _check_sweep_runs(uri: str, experiment: str, seeds: set[int], kind: str = "sweep"
+                      ) -> list:
+    """The smoke sweep's runs: compact params, tags, metric histories, artifacts."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(seeds)
+    assert {int(r.data.tags["seed"]) for r in runs} == seeds
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        params, tags = run.data.params, run.data.tags
+        assert params["family"] == "PointNav" and params["tasks_per_iteration"] == "2"
+        assert params["iterations"] == "2" and json.loads(params["env_config"]) == {"horizon": 40}
+        assert params["seed"] == tags["seed"]
+        assert len(params) < 50  # the training fields, not the whole AlgorithmConfig dict
+        assert tags["algorithm"] == "MetaCPO" and tags["family"] == "PointNav"
+        assert tags["kind"] == kind and len(tags["git_commit"]) >= 7
+        history = client.get_metric_history(run.info.run_id, "metacpo/post_return_mean")
+        assert [m.step for m in history] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id,
+                                                          "test/return_mean")] == [0, 1]
+        assert "metacpo/update/outer_kl" in run.data.metrics
+        assert not any(k.startswith("config/") for k in run.data.metrics)
+        files = _artifacts(client, run.info.run_id)
+        assert {"adaptation/table.txt", "adaptation/report.json", "plots/curves.png"} <= files
+        assert any(f.startswith("checkpoint/") for f in files)
+        assert Path(tags["checkpoint_path"]).is_dir()
+        table = client.download_artifacts(run.info.run_id, "adaptation/table.txt",
+                                           tempfile.mkdtemp(prefix="metacpo-art-"))
+        assert "violation" in Path(table).read_text()
+    return runs
+
+
+def test_sweep_logs_to_a_real_mlflow_server(ray_local, mlflow_server, tmp_path) -> None:
+    code = cli.main(["sweep", SMOKE, "--mlflow-uri", mlflow_server["uri"],
+                     "--storage-path", str(tmp_path / "ray"), "--quiet"])
+    assert code == 0
+    _check_sweep_runs(mlflow_server["uri"], "smoke-pointnav", {0, 1})
+    # artifacts went through the server (proxied) into its folder; nothing local
+    assert list((mlflow_server["root"] / "artifacts").rglob("curves.png"))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path) -> None:
+    code = cli.main(["sweep", SMOKE, "--storage-path", "ray", "--quiet"])
+    assert code == 0
+    assert (tmp_path / "mlflow.db").exists()
+    runs = _check_sweep_runs("sqlite:///mlflow.db", "smoke-pointnav", {0, 1})
+    for run in runs:  # the explicit artifact root next to the database
+        assert (tmp_path / "mlruns" / "smoke-pointnav" / run.info.run_id / "artifacts"
+                / "plots" / "curves.png").exists()
+
+
+def test_tune_run_with_the_registered_name(ray_local, tmp_path) -> None:
+    """Users' ``tune.run("MetaCPO", config=...)`` sweeps work, with the same callback."""
+    from ray import tune
+
+    from metacpo_rllib.experiments.spec import load_spec
+    from metacpo_rllib.experiments.sweep import mlflow_callback, param_space
+
+    spec = load_spec(SMOKE, {"grid.seed": [3]})
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    analysis = tune.run("MetaCPO", config=param_space(spec, "MetaCPO"),
+                        stop={"training_iteration": spec.iterations},
+                        callbacks=[mlflow_callback(spec, uri)],
+                        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+                        storage_path=str(tmp_path / "ray"), verbose=0)
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    assert math.isfinite(trial.last_result["adaptation"]["return_mean"])
+    _check_sweep_runs(uri, "smoke-pointnav", {3})
+
+
+def _train_config():
+    from metacpo_rllib import MetaCPOConfig
+
+    return (MetaCPOConfig().environment("PointNav", env_config={"horizon": 30})
+            .training(tasks_per_iteration=2, episodes_per_task=2, seed=0))
+
+
+def test_train_helper_logs_one_run(ray_local, tmp_path) -> None:
+    from metacpo_rllib.experiments.tracking import log_training_run
+
+    config = _train_config()
+    algo = config.build_algo()
+    try:
+        with log_training_run(config, tracking_uri="sqlite:///mlflow.db",
+                              params={"iterations": 2}) as run:
+            for _ in range(2):
+                run.log_result(algo.train())
+            run.log_checkpoint(algo.save_to_path(str(tmp_path / "ckpt")))
+            tasks = algo.family.sample_tasks(2, "test", seed=1)
+            run.log_adaptation(algo.adapt(tasks, steps=1))
+    finally:
+        algo.stop()
+    client = _client("sqlite:///mlflow.db")
+    (logged,) = client.search_runs([client.get_experiment_by_name("train-PointNav")
+                                    .experiment_id])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags["kind"] == "train" and logged.data.params["iterations"] == "2"
+    history = client.get_metric_history(logged.info.run_id, "metacpo/pre_cost_mean")
+    assert [m.step for m in history] == [1, 2]
+    files = _artifacts(client, logged.info.run_id)
+    assert {"plots/curves.png", "adaptation/table.txt"} <= files
+    assert any(f.startswith("checkpoint/") for f in files)
+
+
+def _tracking_warnings(caught) -> list:
+    return [w for w in caught if issubclass(w.category, tracking.TrackingWarning)]
+
+
+def test_unreachable_server_train_completes_with_one_warning(ray_local, caplog) -> None:
+    from metacpo_rllib.experiments.tracking import log_training_run
+
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    config = _train_config()
+    algo = config.build_algo()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with log_training_run(config, tracking_uri=uri) as run:
+                results = [algo.train() for _ in range(3)]
+                for result in results:
+                    run.log_result(result)
+                run.log_adaptation(algo.adapt(algo.family.sample_tasks(1, "test", seed=0)))
+    finally:
+        algo.stop()
+    assert [r["training_iteration"] for r in results] == [1, 2, 3]
+    (warning,) = _tracking_warnings(caught)
+    assert uri in str(warning.message)
+    assert not [r for r in caplog.records if r.name.startswith("mlflow")
+                and r.levelname in ("WARNING", "ERROR")]
+
+
+def test_unreachable_server_sweep_completes_with_one_warning(ray_local, tmp_path) -> None:
+    from metacpo_rllib.experiments.spec import load_spec
+    from metacpo_rllib.experiments.sweep import run_sweep
+
+    spec = load_spec(SMOKE, {"grid.seed": [0], "iterations": 1})
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grids = run_sweep(spec, tracking_uri=uri, storage_path=str(tmp_path), verbose=0)
+    (result,) = list(grids["MetaCPO"])
+    assert result.error is None and result.metrics["training_iteration"] == 1
+    assert "adaptation" in result.metrics
+    assert len(_tracking_warnings(caught)) == 1
+
+
+def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'cmp.db'}"
+    out = tmp_path / "report"
+    code = cli.main(["compare", "--family", "PointNav", "--seeds", "0", "1",
+                     "--iterations", "2", "--test-tasks", "2", "--adapt-steps", "1",
+                     "--tasks-per-iteration", "2", "--episodes-per-task", "2",
+                     "--env-config", '{"horizon": 30}', "--out", str(out),
+                     "--mlflow-uri", uri, "--storage-path", str(tmp_path / "ray"), "--quiet"])
+    assert code == 0
+    png = (out / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    table = (out / "comparison.md").read_text()
+    algorithms = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
+    for name in algorithms:
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {name} | ")
+                  and line.count("±") == 3]
+        assert row.endswith("| 2 |")  # two seeds
+    data = json.loads((out / "comparison.json").read_text())
+    assert set(data["summary"]) == set(algorithms)
+    for name in algorithms:
+        seeds = data["runs"][name]
+        assert [s["seed"] for s in seeds] == [0, 1]
+        assert all(len(s["return"]) == 2 and len(s["adapt"]["mean_cost"]) == 2 for s in seeds)
+        assert all(s["test_limit"] < s["train_limit"] for s in seeds)  # tighter at test
+    # the same training tasks and test tasks per seed: CPO and TRPO start identically
+    assert data["runs"]["CPO"][0]["return"][0] == data["runs"]["TRPO"][0]["return"][0]
+    client = _client(uri)
+    exp = client.get_experiment_by_name("compare-PointNav")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "comparison"]
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["algorithm"] for r in children} == set(algorithms)
+    names = {frozenset(r.data.metrics) for r in children}
+    assert len(names) == 1  # the same metric names for all four: side by side in the UI
+    assert {"metacpo/post_return_mean", "test/cost_mean"} <= set(next(iter(names)))
+    assert {"comparison/comparison.png", "comparison/comparison.md",
+            "comparison/comparison.json"} <= _artifacts(client, parent.info.run_id)
