@@ -32,3 +32,17 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Experiment service (metacpo_rllib/experiments): `make ui` serves the MLflow UI of the embedded
+# store (./mlflow.db, artifacts in ./mlruns) on 127.0.0.1:$(UI_PORT); `make compare` trains
+# Meta-CPO, Meta-TRPO, CPO and TRPO on $(FAMILY) (3 seeds), adapts to held-out test tasks and
+# writes compare_$(FAMILY)/comparison.{png,md,json} (also logged to MLflow).
+.PHONY: ui compare
+UI_PORT ?= 5000
+FAMILY  ?= PointCircle
+
+ui: $(STAMP)
+	$(PY) -m metacpo_rllib.experiments.commands ui --port $(UI_PORT)
+
+compare: $(STAMP)
+	$(PY) -m metacpo_rllib.experiments.commands compare --family $(FAMILY) --seeds 0 1 2 --iterations 3

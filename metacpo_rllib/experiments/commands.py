@@ -70,7 +70,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                           verbose=0 if args.quiet else 1)
     rows = trial_rows(grids, spec)
     print(format_rows(rows))
+    print(_where(spec.experiment_name, uri))
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def _where(experiment: str, uri: str) -> str:
+    hint = "" if uri.startswith(("http://", "https://")) else "; browse it with `metacpo ui`"
+    return f"MLflow experiment {experiment!r} at {uri}{hint}"
 
 
 # -- compare -----------------------------------------------------------------------------------
@@ -157,6 +163,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     print(Path(result["files"]["table"]).read_text())
     for path in result["files"].values():
         print(f"wrote {path}")
+    print(_where(spec.experiment_name, uri))
     return 0
 
 
