@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metacpo_rllib.optim.linalg import conjugate_gradient
+from metacpo_rllib.optim.linalg import solve_spd
 from metacpo_rllib.optim.linalg import scalar_float as _f
 
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
@@ -202,12 +202,13 @@ def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: T
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,
                   iters: int, damping: float, tol: float) -> tuple[Tensor, Tensor]:
-    """``(H⁻¹g, H⁻¹b)``; identity when ``hvp`` is None; both right-hand sides in one CG."""
+    """``(H⁻¹g, H⁻¹b)``; identity when ``hvp`` is None; both right-hand sides in one CG,
+    differentiated implicitly (``solve_spd``)."""
     if hvp is None:
         return g, (b if b is not None else torch.zeros_like(g))
     if b is None:
-        return conjugate_gradient(hvp, g, iters, damping, tol), torch.zeros_like(g)
-    sol = conjugate_gradient(hvp, torch.stack([g, b], dim=1), iters, damping, tol)
+        return solve_spd(hvp, g, iters, damping, tol), torch.zeros_like(g)
+    sol = solve_spd(hvp, torch.stack([g, b], dim=1), iters, damping, tol)
     return sol[:, 0], sol[:, 1]
 
 

@@ -35,6 +35,7 @@ class UpdateConfig:
     backend: str = "closed_form"
     cg_iters: int = 10
     cg_damping: float = 0.1
+    cg_tol: float = 1e-10           # CG stops once the squared residual is below this
     line_search_steps: int = 15
     line_search_decay: float = 0.8
     first_order: bool = False
@@ -64,8 +65,10 @@ class UpdateConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(field, "expected an integer >= 1")
-        if not isinstance(self.cg_damping, (int, float)) or not self.cg_damping >= 0:
-            bad("cg_damping", "expected a number >= 0")
+        for field in ("cg_damping", "cg_tol"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                bad(field, "expected a number >= 0")
         if not isinstance(self.line_search_decay, (int, float)) \
                 or not 0 < self.line_search_decay < 1:
             bad("line_search_decay", "expected a number in (0, 1)")
@@ -88,7 +91,7 @@ def constrained_step(
     if cfg.metric == "fisher":
         hvp = fisher_vector_product(module, params, metric_obs, create_graph=create_graph)
     return cpo_step(g, b, c, delta, hvp=hvp, backend=cfg.backend,
-                    cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping)
+                    cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, cg_tol=cfg.cg_tol)
 
 
 def inner_step(
@@ -204,7 +207,7 @@ def meta_update(
         new_reward, new_cost, _ = query_objectives(module, candidate, support, query, cfg,
                                                    create_graph=False)
         if cfg.metric == "fisher":
-            kl = float(mean_kl(module, theta, candidate, metric_obs))
+            kl = float(mean_kl(module, theta, candidate, metric_obs).detach())
         else:
             kl = 0.5 * float(flatten(candidate).sub(flatten(theta)).pow(2).sum())
         return float(new_reward) - float(reward), float(new_cost) - float(cost), kl
