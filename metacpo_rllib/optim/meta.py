@@ -210,7 +210,8 @@ def meta_update(
             kl = float(mean_kl(module, theta, candidate, metric_obs).detach())
         else:
             kl = 0.5 * float(flatten(candidate).sub(flatten(theta)).pow(2).sum())
-        return float(new_reward) - float(reward), float(new_cost) - float(cost), kl
+        return (float(new_reward.detach()) - float(reward), float(new_cost.detach()) - float(cost),
+                kl)
 
     result: LineSearchResult = line_search(
         lambda frac: detached(add_step(theta, step.x.detach(), frac)),
