@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import shutil
@@ -25,9 +26,13 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-#: Subcommands by name. To add one, write configure/run functions (anywhere) and add an
-#: entry here, or call ``add_command`` before ``main`` builds the parser.
+#: Subcommands by name. To add one, write configure/run functions (anywhere) and call
+#: ``add_command``: from this module, or from a module listed in ``COMMAND_MODULES``.
 COMMANDS: dict[str, Command] = {}
+
+#: Modules whose ``register(add_command)`` adds subcommands when the parser is built
+#: (skipped if the module is absent).
+COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",)
 
 
 def add_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
@@ -170,6 +175,29 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write a JSON report here ('-': stdout)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
     _add_adapt_args(parser, "--test-tasks", "--adapt-steps")
+    try:
+        from metacpo_rllib.experiments.commands import add_tracking_args
+    except ImportError:  # the experiment service is optional
+        return
+    parser.add_argument("--mlflow", action="store_true",
+                        help="track the run in MLflow (implied by --mlflow-uri/-experiment)")
+    add_tracking_args(parser)
+
+
+@contextlib.contextmanager
+def _tracking(args: argparse.Namespace, config: Any) -> Iterator[Any]:
+    """An MLflow run recorder when tracking was asked for, else None."""
+    uri, experiment = getattr(args, "mlflow_uri", None), getattr(args, "mlflow_experiment", None)
+    if not (getattr(args, "mlflow", False) or uri or experiment):
+        yield None
+        return
+    from metacpo_rllib.experiments.tracking import log_training_run
+
+    params = {"iterations": args.iterations, "test_tasks": args.tasks,
+              "adapt_steps": args.steps}
+    with log_training_run(config, tracking_uri=uri, experiment=experiment,
+                          params=params) as run:
+        yield run
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -177,9 +205,13 @@ def build_config(args: argparse.Namespace) -> Any:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
     defaults = family_defaults(args.family)
+    def pick(name: str) -> int:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
     training: dict[str, Any] = {
-        "tasks_per_iteration": args.tasks_per_iteration or defaults["tasks_per_iteration"],
-        "episodes_per_task": args.episodes_per_task or defaults["episodes_per_task"],
+        "tasks_per_iteration": pick("tasks_per_iteration"),
+        "episodes_per_task": pick("episodes_per_task"),
         "cost_limit": args.train_cost_limit,
         "seed": args.seed,
     }
@@ -209,7 +241,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     history = []
-    with local_ray(max(args.num_cpus, 1)):
+    with local_ray(max(args.num_cpus, 1)), _tracking(args, config) as run:
         algo = config.build_algo()
         try:
             print(f"training {args.algo} on {args.family}: {args.iterations} iterations, "
@@ -218,18 +250,24 @@ def run_train(args: argparse.Namespace) -> int:
                   f"{args.num_env_runners} remote EnvRunners", flush=True)
             for i in range(1, args.iterations + 1):
                 results = algo.train()
-                history.append({k: v for k, v in results["metacpo"].items()})
+                history.append(results["metacpo"])
+                if run is not None:
+                    run.log_result(results)
                 print(progress_line(results, i, args.iterations), flush=True)
             checkpoint = None
             if args.checkpoint_dir:
                 checkpoint = algo.save_to_path(args.checkpoint_dir)
                 print(f"checkpoint: {checkpoint}")
+                if run is not None:
+                    run.log_checkpoint(checkpoint)
             report = None
             if args.tasks > 0:
                 tasks = _test_tasks(algo.family, args)
                 report = _run_adaptation(
                     algo, tasks, args,
                     f"held-out {args.family} test tasks (return / cost per adaptation step)")
+                if run is not None:
+                    run.log_adaptation(report)
         finally:
             algo.stop()
     if args.json:
@@ -283,8 +321,22 @@ add_command("adapt", "adapt a checkpoint to held-out tasks and report return / c
 
 
 # -- entry point -------------------------------------------------------------------------
+def load_command_modules() -> None:
+    """Let each module of ``COMMAND_MODULES`` register its subcommands."""
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and name.startswith(err.name):
+                continue
+            raise
+        module.register(add_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metacpo", description=__doc__)
+    load_command_modules()
+    parser = argparse.ArgumentParser(
+        prog="metacpo", description="Meta-CPO (constrained meta-RL) as a Ray RLlib service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))

@@ -1,0 +1,129 @@
+"""MetaCPOConfig and variants: switches, validation (ValueError naming the field), exports, lazy imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import metacpo_rllib
+from metacpo_rllib.rllib import ALGO_CONFIGS, CPO, TRPO, MetaCPO, MetaTRPO
+from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
+
+
+def test_variants_are_exported_and_set_the_switches():
+    expected = {
+        "MetaCPOConfig": (MetaCPO, True, True, 1),
+        "MetaTRPOConfig": (MetaTRPO, True, False, 1),
+        "CPOConfig": (CPO, False, True, 0),
+        "TRPOConfig": (TRPO, False, False, 0),
+    }
+    for name, (algo_class, meta, constrained, k) in expected.items():
+        cfg = getattr(metacpo_rllib, name)()
+        assert cfg.algo_class is algo_class
+        assert (cfg.meta, cfg.constrained, cfg.inner_steps) == (meta, constrained, k)
+        upd = cfg.update_config()
+        assert (upd.inner_steps, upd.constrained) == (k, constrained)
+        assert algo_class.get_default_config().__class__ is type(cfg)
+    assert set(ALGO_CONFIGS) == {"meta-cpo", "meta-trpo", "cpo", "trpo"}
+    for name in ("MetaCPO", "MetaTRPO", "CPO", "TRPO"):
+        assert getattr(metacpo_rllib, name).__name__ == name
+
+
+def test_training_sets_fields_and_meta_switch_sets_inner_steps():
+    cfg = MetaCPOConfig().training(
+        inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, cost_limit=7.5,
+        trust_region_delta=0.02, inner_delta=0.03, metric="euclidean", cg_iters=5,
+        line_search_steps=4, line_search_decay=0.5, gamma=0.95, lambda_=0.9,
+        cost_gamma=0.99, cost_lambda=0.8, first_order=True, seed=3)
+    assert (cfg.inner_steps, cfg.tasks_per_iteration, cfg.episodes_per_task) == (2, 3, 5)
+    assert (cfg.cost_limit, cfg.seed, cfg.gamma, cfg.first_order) == (7.5, 3, 0.95, True)
+    upd = cfg.update_config()
+    assert (upd.delta, upd.inner_delta, upd.metric, upd.cg_iters) == (0.02, 0.03, "euclidean", 5)
+    assert cfg.batch_kwargs() == {"gamma": 0.95, "lam": 0.9, "cost_gamma": 0.99,
+                                  "cost_lam": 0.8}
+    assert cfg.training(meta=False).inner_steps == 0
+    assert cfg.training(meta=True).inner_steps == 1
+    assert CPOConfig().training(meta=True, inner_steps=3).inner_steps == 3
+
+
+BAD_VALUES = [
+    ("inner_steps", {"inner_steps": -1}),
+    ("inner_steps", {"inner_steps": 0}),            # meta=True needs K >= 1
+    ("tasks_per_iteration", {"tasks_per_iteration": 0}),
+    ("episodes_per_task", {"episodes_per_task": 1.5}),
+    ("cost_limit", {"cost_limit": -1.0}),
+    ("trust_region_delta", {"trust_region_delta": 0.0}),
+    ("inner_delta", {"inner_delta": float("nan")}),
+    ("metric", {"metric": "kl"}),
+    ("backend", {"backend": "cvx"}),
+    ("cg_iters", {"cg_iters": 0}),
+    ("line_search_decay", {"line_search_decay": 1.0}),
+    ("gamma", {"gamma": 1.5}),
+    ("lambda_", {"lambda_": -0.1}),
+    ("cost_gamma", {"cost_gamma": 0.0}),
+    ("first_order", {"first_order": "yes"}),
+    ("meta", {"meta": 1}),
+    ("seed", {"seed": "x"}),
+]
+
+
+@pytest.mark.parametrize("field,kwargs", BAD_VALUES, ids=[f"{f}-{i}" for i, (f, _) in
+                                                         enumerate(BAD_VALUES)])
+def test_invalid_training_values_name_the_field(field, kwargs):
+    cfg = MetaCPOConfig().environment("PointNav").training(**kwargs)
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        cfg.validate()
+
+
+def test_cpo_rejects_inner_steps():
+    with pytest.raises(ValueError, match=r"^inner_steps:"):
+        CPOConfig().environment("PointNav").training(inner_steps=2, meta=False).validate()
+
+
+def test_invalid_env_and_family_override_are_named():
+    with pytest.raises(ValueError, match=r"^env:"):
+        MetaCPOConfig().environment("CartPole-v1").validate()
+    with pytest.raises(ValueError, match="horizon"):
+        MetaCPOConfig().environment("PointNav", env_config={"horizon": 0}).validate()
+    with pytest.raises(ValueError, match="no_such_option"):
+        MetaCPOConfig().environment("PointNav", env_config={"no_such_option": 1}).validate()
+    with pytest.raises(ValueError, match=r"^num_learners:"):
+        MetaCPOConfig().environment("PointNav").learners(num_learners=2).validate()
+
+
+def test_valid_configs_validate():
+    for cls in (MetaCPOConfig, MetaTRPOConfig, CPOConfig, TRPOConfig):
+        cls().environment("PointNav", env_config={"horizon": 20}).validate()
+
+
+def test_invalid_config_fails_before_any_worker_starts():
+    """build_algo with a bad field raises before Ray (and so any EnvRunner) is started."""
+    import ray
+
+    assert not ray.is_initialized()
+    cfg = (MetaCPOConfig().environment("PointNav").env_runners(num_env_runners=2)
+           .training(tasks_per_iteration=0))
+    with pytest.raises(ValueError, match=r"^tasks_per_iteration:"):
+        cfg.build_algo()
+    assert not ray.is_initialized()
+
+
+def test_optim_and_envs_do_not_import_ray():
+    code = ("import sys, metacpo_rllib, metacpo_rllib.envs, metacpo_rllib.envs.toy, "
+            "metacpo_rllib.optim; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_registered_with_tune():
+    from ray.tune.registry import ENV_CREATOR, TRAINABLE_CLASS, _global_registry
+
+    from metacpo_rllib.envs import FAMILIES
+
+    for name, cls in (("MetaCPO", MetaCPO), ("MetaTRPO", MetaTRPO), ("CPO", CPO),
+                      ("TRPO", TRPO)):
+        assert _global_registry.get(TRAINABLE_CLASS, name) is cls
+    for family in FAMILIES:
+        assert _global_registry.contains(ENV_CREATOR, family)
+    env = _global_registry.get(ENV_CREATOR, "PointNav")({"horizon": 7, "num_envs": 1})
+    assert env.horizon == 7

@@ -1,0 +1,96 @@
+"""Pieces of the RLlib layer without Ray running: RLModule, weights, episode conversion, metrics."""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from metacpo_rllib.envs import make_family
+from metacpo_rllib.optim import params_of
+from metacpo_rllib.optim.policy import forward, log_prob
+from metacpo_rllib.rllib.episodes import episode_to_data
+from metacpo_rllib.rllib.metrics import iteration_metrics, update_metrics
+from metacpo_rllib.rllib.module import GaussianMLPModule, params_to_weights, weights_to_params
+
+
+def _module() -> GaussianMLPModule:
+    return GaussianMLPModule(
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (6,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        model_config={"policy_hidden": [32, 16], "init_log_std": -0.5},
+    )
+
+
+def test_module_distribution_matches_optim_log_prob():
+    torch.manual_seed(0)
+    module = _module()
+    assert params_of(module.pi)["body.0.weight"].shape == (32, 6)
+    assert params_of(module.pi)["body.2.weight"].shape == (16, 32)
+    obs = torch.randn(5, 6)
+    out = module.forward_exploration({Columns.OBS: obs})
+    dist = module.get_exploration_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+    actions = dist.sample()
+    mean, log_std = forward(module.pi, params_of(module.pi), obs)
+    torch.testing.assert_close(dist.logp(actions), log_prob(mean, log_std, actions))
+
+
+def test_weights_round_trip_through_set_state():
+    a, b = _module(), _module()
+    with torch.no_grad():
+        for p in a.pi.parameters():
+            p.add_(1.0)
+    weights = params_to_weights(params_of(a.pi))
+    assert all(k.startswith("pi.") for k in weights)
+    b.set_state(weights)
+    for (name, pa), pb in zip(a.pi.named_parameters(), b.pi.parameters()):
+        torch.testing.assert_close(pa, pb)
+        torch.testing.assert_close(weights_to_params(weights)[name], pa.detach())
+
+
+def test_episode_to_data_aligns_costs_with_rewards():
+    family = make_family("PointNav", horizon=5)
+    task = family.sample_tasks(1, seed=3)[0]
+    env = family.make_env(task)
+    obs, info = env.reset(seed=0)
+    episode = SingleAgentEpisode(observation_space=env.observation_space,
+                                 action_space=env.action_space)
+    episode.add_env_reset(observation=obs, infos=info)
+    raw = []
+    done = False
+    while not done:
+        action = np.array([0.5, -0.2], np.float32)
+        obs, reward, term, trunc, info = env.step(action)
+        info = dict(info, cost=float(len(raw)))  # distinct costs to check the alignment
+        raw.append((action, reward, info["cost"]))
+        episode.add_env_step(observation=obs, action=action, reward=reward, infos=info,
+                             terminated=term, truncated=trunc,
+                             extra_model_outputs={Columns.ACTION_LOGP: np.float32(-1.5)})
+        done = term or trunc
+    data, task_ids = episode_to_data(episode.to_numpy())
+    assert len(data) == 5 and data.obs.shape == (5, 6) and data.actions.shape == (5, 2)
+    np.testing.assert_allclose(data.costs, [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(data.rewards, [r for _, r, _ in raw], rtol=1e-6)
+    np.testing.assert_allclose(data.logp, -1.5)
+    assert task_ids == [task.task_id]
+
+
+def test_metric_names_do_not_depend_on_the_variant():
+    outer = {"outer_case": 1.0, "outer_lam": 0.5, "outer_nu": 0.1, "outer_kl": 0.01,
+             "line_search_steps": 2.0}
+    meta = update_metrics({**outer, "inner_case_4": 2.0, "inner_lam_mean": 1.0,
+                           "inner_nu_mean": 0.0, "inner_recoveries": 0.0,
+                           **{f"inner_case_{k}": 0.0 for k in range(4)}})
+    plain = update_metrics(outer)
+    assert set(meta) == set(plain)
+    assert plain["outer_case_1"] == 1.0 and plain["outer_recoveries"] == 0.0
+    tasks = make_family("PointNav").sample_tasks(2, seed=0)
+    summary = [{"mean_return": 1.0, "mean_cost": 12.0}, {"mean_return": 3.0, "mean_cost": 2.0}]
+    m = iteration_metrics(tasks, [summary, summary], outer, [1, 2],
+                          {"sample_s": 1.0, "learner_s": 2.0, "env_steps": 10})
+    assert m["post_violation_rate"] == 0.5 and m["pre_return_mean"] == 2.0
+    assert m["per_task"]["runner"] == [1, 2]
+    assert not math.isnan(m["adaptation_gain"])
