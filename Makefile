@@ -46,3 +46,20 @@ ui: $(STAMP)
 
 compare: $(STAMP)
 	$(PY) -m metacpo_rllib.experiments.commands compare --family $(FAMILY) --seeds 0 1 2 --iterations 3
+
+# A local multi-node Ray cluster on this machine (cluster/local_cluster.py; cluster/README.md):
+# `make cluster-up` starts a head and a worker node (`ray start --block`, each in its own
+# process group, token auth on) plus an MLflow server, in the background; `make cluster-down`
+# stops them by process group; `make cluster-demo` starts its own cluster, submits a short
+# Meta-CPO job (PointNav, 2 EnvRunners, one per node) and stops everything again.
+.PHONY: cluster-up cluster-down cluster-demo
+CLUSTER_ROOT ?= /tmp/metacpo-cluster-$(shell id -u)
+
+cluster-up: $(STAMP)
+	$(PY) cluster/local_cluster.py --root $(CLUSTER_ROOT) up
+
+cluster-down: $(STAMP)
+	$(PY) cluster/local_cluster.py --root $(CLUSTER_ROOT) down
+
+cluster-demo: $(STAMP)
+	$(PY) cluster/local_cluster.py --root $(CLUSTER_ROOT)-demo demo
