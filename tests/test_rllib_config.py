@@ -127,3 +127,24 @@ def test_registered_with_tune():
         assert _global_registry.contains(ENV_CREATOR, family)
     env = _global_registry.get(ENV_CREATOR, "PointNav")({"horizon": 7, "num_envs": 1})
     assert env.horizon == 7
+
+
+def test_names_survive_a_ray_restart():
+    """Tune's registry lives in the cluster's KV store; a second local Ray instance in
+    the same process still knows the family envs and the algorithm names."""
+    import shutil
+    import tempfile
+
+    import ray
+    from ray.tune.registry import ENV_CREATOR, TRAINABLE_CLASS, _global_registry
+
+    for _ in range(2):
+        temp_dir = tempfile.mkdtemp(prefix="mcpo-reg-", dir="/tmp")
+        ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir,
+                 log_to_driver=False, configure_logging=False)
+        try:
+            assert _global_registry.contains(ENV_CREATOR, "PointNav")
+            assert _global_registry.contains(TRAINABLE_CLASS, "MetaCPO")
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)

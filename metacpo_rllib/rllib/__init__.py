@@ -1,10 +1,10 @@
 """The RLlib layer: MetaCPO / MetaTRPO / CPO / TRPO configs and algorithms (new API stack)."""
 from metacpo_rllib.rllib.algorithm import CPO, TRPO, MetaCPO, MetaTRPO
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
-from metacpo_rllib.rllib.registry import ALGORITHMS, register_algorithms, register_envs
+from metacpo_rllib.rllib.registry import ALGORITHMS, install_init_hook, register_all
 
-register_envs()
-register_algorithms()
+register_all()
+install_init_hook()
 
 #: CLI algorithm names -> config classes.
 ALGO_CONFIGS = {"meta-cpo": MetaCPOConfig, "meta-trpo": MetaTRPOConfig,

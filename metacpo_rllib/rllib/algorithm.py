@@ -19,6 +19,7 @@ from metacpo_rllib.envs.base import Task
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 from metacpo_rllib.rllib.episodes import sample_jobs
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
+from metacpo_rllib.rllib.registry import register_envs
 
 _STATE_KEY = "metacpo"
 
@@ -39,6 +40,7 @@ class MetaCPO(Algorithm):
         return MetaCPOConfig(cls)
 
     def setup(self, config: MetaCPOConfig) -> None:
+        register_envs()  # the family names must be known to this Ray instance's runners
         super().setup(config)
         self.family = self.config.make_family()
         self._task_rng = np.random.default_rng(self.config.seed)

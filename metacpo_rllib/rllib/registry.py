@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import ray
 from ray.tune.registry import register_env, register_trainable
 
 from metacpo_rllib.envs import FAMILIES, make_family
@@ -42,3 +43,22 @@ def register_algorithms() -> None:
     for name, target in ALGORITHMS.items():
         module, cls = target.split(":")
         register_trainable(name, getattr(importlib.import_module(module), cls))
+
+
+def register_all() -> None:
+    """Register the envs and the algorithms (again)."""
+    register_envs()
+    register_algorithms()
+
+
+def install_init_hook() -> None:
+    """Re-register after every ``ray.init`` in this process.
+
+    Tune keeps registrations in the cluster's KV store (flushed once, at the first
+    ``ray.init``), so after ``ray.shutdown()`` a new local instance would not know the
+    names. Tune's own flush uses the same hook list.
+    """
+    hooks = getattr(getattr(ray, "_private", None) and ray._private.worker,
+                    "_post_init_hooks", None)
+    if hooks is not None and register_all not in hooks:
+        hooks.append(register_all)
