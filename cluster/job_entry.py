@@ -1,4 +1,4 @@
-"""Ray-job entrypoint: join the job's cluster (RAY_ADDRESS), run a `metacpo` subcommand on it, then log where its EnvRunners ran."""
+"""Ray-job entrypoint: join the job's cluster, run a `metacpo` subcommand, log EnvRunner nodes."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Cluster configs (issue #6): the launcher YAML, KubeRay manifests and runtime_env parse, carry their required keys, and install the project exactly as the Makefile does."""
+"""Cluster configs parse, have their required keys and install the project as the Makefile does."""
 from __future__ import annotations
 
 import configparser
@@ -108,7 +108,7 @@ def pinned(name: str) -> str:
     raise AssertionError(f"setup.cfg pins no {name}")
 
 
-# -- the cluster launcher ------------------------------------------------------------------------------
+# -- the cluster launcher ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def aws() -> dict:
     return yaml.safe_load(AWS.read_text())
@@ -146,7 +146,7 @@ def test_launcher_installs_like_makefile(aws):
     assert all("cd /home/ray/metacpo_rllib" in c for c in aws["setup_commands"])
 
 
-# -- KubeRay -------------------------------------------------------------------------------------------
+# -- KubeRay -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kuberay() -> dict:
     docs = [d for d in yaml.safe_load_all(RAYCLUSTER.read_text()) if d]
@@ -211,7 +211,7 @@ def test_rayjob_manifest(kuberay):
     assert args.command == "train" and args.checkpoint_dir.startswith(SHARED)
 
 
-# -- runtime_env and the README's commands ------------------------------------------------------------
+# -- runtime_env and the README's commands -----------------------------------------------------
 def test_runtime_env_is_valid():
     from ray.runtime_env import RuntimeEnv
 
