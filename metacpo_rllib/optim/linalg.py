@@ -104,15 +104,17 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     iterations, which are unstable once CG has converged (their ratios of vanishing
     residuals). One extra product A·x with the graph in the forward pass and one CG solve
     per reverse pass. Second derivatives hold A fixed. ``rhs`` is (n,) or (n, k).
+    An ``hvp`` may carry a cheaper graph-free twin as ``hvp.without_graph`` for the solves.
     """
     def apply(p: Tensor) -> Tensor:
         hp = hvp(p) if p.dim() == 1 else torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
         return hp + damping * p if damping else hp
 
+    plain = getattr(hvp, "without_graph", None) or (lambda p: hvp(p).detach())
+
     def fixed_solve(y: Tensor) -> Tensor:
         with torch.enable_grad():  # hvp may use autograd itself, also inside a backward pass
-            return conjugate_gradient(lambda p: hvp(p).detach(), y.detach(), iters, damping,
-                                      tol).detach()
+            return conjugate_gradient(plain, y.detach(), iters, damping, tol).detach()
 
     x = fixed_solve(rhs)
     if not torch.is_grad_enabled():

@@ -57,13 +57,18 @@ def fisher_vector_product(
     log_std_mask = flatten({k: torch.full_like(params[k], float(k.endswith("log_std")))
                             for k in names})
 
-    def fvp(v: Tensor) -> Tensor:
+    def product(v: Tensor, graph: bool) -> Tensor:
         vs = unflatten(v, params)
         inner = sum((j * vs[k]).sum() for j, k in zip(jt_w, names))
-        j_v = torch.autograd.grad(inner, w, create_graph=True)[0]
+        j_v = torch.autograd.grad(inner, w, retain_graph=True, create_graph=graph)[0]
         out = torch.autograd.grad(mean, tensors, precision * j_v / n,
-                                  retain_graph=True, create_graph=create_graph, allow_unused=True)
+                                  retain_graph=True, create_graph=graph, allow_unused=True)
         out = flatten([torch.zeros_like(t) if o is None else o for o, t in zip(out, tensors)])
         return out + 2.0 * log_std_mask * v
 
+    def fvp(v: Tensor) -> Tensor:
+        return product(v, create_graph)
+
+    # The same product without a graph, for solves whose value alone is needed.
+    fvp.without_graph = lambda v: product(v.detach(), False)  # type: ignore[attr-defined]
     return fvp
