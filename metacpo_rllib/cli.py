@@ -292,7 +292,6 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ray.rllib.algorithms.algorithm import Algorithm
 
     import metacpo_rllib.rllib  # noqa: F401  (registers envs and algorithms)
-    from metacpo_rllib.envs import make_family
 
     _check_counts(args, tasks=1, steps=0)
     with local_ray(max(args.num_cpus, 1)):
@@ -300,7 +299,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         try:
             family = algo.family
             if args.family not in (None, family.name):
-                family = make_family(args.family)
+                raise UsageError(f"--family: the checkpoint's policy was trained on "
+                                 f"{family.name}, not {args.family}")
             tasks = _test_tasks(family, args, args.split)
             report = _run_adaptation(
                 algo, tasks, args,

@@ -97,7 +97,7 @@ def test_task_assignment_reaches_each_runner(ray_local):
     try:
         tasks = algo.sample_train_tasks()
         theta = algo._learner_call("begin", num_tasks=len(tasks))
-        samples = algo.sample_tasks(tasks, [theta] * len(tasks), 2)
+        samples = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
         assert [s["worker_index"] for s in samples] == [1, 2, 1, 2]  # round-robin
         for task, sample in zip(tasks, samples):
             assert sample["task_id"] == task.task_id
@@ -117,10 +117,10 @@ def test_adapted_weights_reach_the_runner(ray_local):
     try:
         tasks = algo.sample_train_tasks()
         theta = algo._learner_call("begin", num_tasks=len(tasks))
-        round0 = algo.sample_tasks(tasks, [theta] * len(tasks), 2)
+        round0 = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
         out = algo._learner_call("add_round", round_index=0,
                                  samples=_learner_inputs(tasks, round0))
-        round1 = algo.sample_tasks(tasks, out["weights"], 2)
+        round1 = algo.sample_episodes(tasks, out["weights"], 2)
         policy = GaussianMLP(6, 2)
         theta_params = weights_to_params(theta)
 

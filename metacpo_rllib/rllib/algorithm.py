@@ -133,7 +133,7 @@ class MetaCPO(Algorithm):
         for k in range(num_rounds):
             start = time.perf_counter()
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                samples = self.sample_tasks(tasks, weights, num_eps)
+                samples = self.sample_episodes(tasks, weights, num_eps)
             times["sample_s"] += time.perf_counter() - start
             for i, sample in enumerate(samples):
                 if sample is not None:
@@ -153,7 +153,7 @@ class MetaCPO(Algorithm):
             weights = out["weights"] if k < num_rounds - 1 else weights
         return rounds, placements, times
 
-    def sample_tasks(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
+    def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
                      num_episodes: int) -> list[Optional[dict]]:
         """Sample ``num_episodes`` episodes of each task with its weights (tasks whose
         weights are None are skipped) on the EnvRunners; see ``episodes.sample_jobs``.

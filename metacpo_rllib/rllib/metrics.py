@@ -32,10 +32,21 @@ def _violation_rate(costs: Sequence[float], limits: Sequence[float]) -> float:
     return float(np.mean(flags)) if flags else math.nan
 
 
+#: Outer-step statistics, NaN in the (degenerate) iteration without an update.
+OUTER_STAT_DEFAULTS: dict[str, float] = {
+    k: math.nan for k in (
+        "outer_case", "outer_lam", "outer_nu", "outer_predicted_reward_change",
+        "outer_predicted_cost_change", "outer_surrogate_reward_change",
+        "outer_surrogate_cost_change", "outer_kl", "outer_constraint_value",
+        "line_search_steps", "line_search_accepted")
+}
+
+
 def update_metrics(info: Mapping[str, float]) -> dict[str, float]:
     """optim's meta_update info, with the inner statistics and per-case indicators of the
     outer step filled in so that every variant reports the same keys."""
-    out = {**INNER_STAT_DEFAULTS, **{k: float(v) for k, v in info.items()}}
+    out = {**OUTER_STAT_DEFAULTS, **INNER_STAT_DEFAULTS,
+           **{k: float(v) for k, v in info.items()}}
     case = out.get("outer_case", math.nan)
     for k in range(5):
         out[f"outer_case_{k}"] = float(case == k)
