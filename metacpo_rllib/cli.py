@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -66,19 +67,30 @@ def family_defaults(family: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int) -> Iterator[None]:
-    """An embedded local Ray instance with its own temp dir, shut down afterwards.
-
-    If Ray is already initialised in this process (e.g. by a caller), it is used as is.
+def local_ray(num_cpus: int, address: Optional[str] = None) -> Iterator[None]:
+    """Ray for a command: an embedded local instance (``num_cpus``, its own temp dir), shut
+    down afterwards; or, with ``address`` / ``$RAY_ADDRESS`` set (e.g. inside a Ray job),
+    a connection to that cluster, closed afterwards. An already initialised Ray in this
+    process is used as is.
     """
     import ray
 
     if ray.is_initialized():
         yield
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        print(f"ray: joined the cluster at {address}", file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
     temp_dir = tempfile.mkdtemp(prefix="metacpo-ray-", dir="/tmp")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+    print(f"ray: embedded local instance ({num_cpus} CPUs)", file=sys.stderr, flush=True)
     try:
         yield
     finally:
@@ -139,6 +151,13 @@ def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str
     return report
 
 
+def _add_ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster (default: $RAY_ADDRESS if set, else an "
+                             "embedded local Ray)")
+
+
 def _add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag: str) -> None:
     parser.add_argument(tasks_flag, dest="tasks", type=int, default=2,
                         help="number of held-out tasks (default 2)")
@@ -173,7 +192,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-config", type=json.loads, default={},
                         help="family overrides as JSON, e.g. '{\"horizon\": 40}'")
     parser.add_argument("--json", default=None, help="write a JSON report here ('-': stdout)")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    _add_ray_args(parser)
     _add_adapt_args(parser, "--test-tasks", "--adapt-steps")
     try:
         from metacpo_rllib.experiments.commands import add_tracking_args
@@ -241,7 +260,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     history = []
-    with local_ray(max(args.num_cpus, 1)), _tracking(args, config) as run:
+    with local_ray(max(args.num_cpus, 1), args.ray_address), _tracking(args, config) as run:
         algo = config.build_algo()
         try:
             print(f"training {args.algo} on {args.family}: {args.iterations} iterations, "
@@ -284,7 +303,7 @@ def configure_adapt(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-limit", type=float, default=None,
                         help="the tasks' cost limit (default: the family's for the split)")
     parser.add_argument("--json", default=None, help="also write the JSON report here")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    _add_ray_args(parser)
     _add_adapt_args(parser, "--tasks", "--steps")
 
 
@@ -294,7 +313,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     import metacpo_rllib.rllib  # noqa: F401  (registers envs and algorithms)
 
     _check_counts(args, tasks=1, steps=0)
-    with local_ray(max(args.num_cpus, 1)):
+    with local_ray(max(args.num_cpus, 1), args.ray_address):
         algo = Algorithm.from_checkpoint(args.checkpoint)
         try:
             family = algo.family

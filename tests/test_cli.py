@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -12,41 +15,27 @@ from metacpo_rllib import cli
 pytestmark = pytest.mark.ray
 
 
-def _run(*args: str, cwd) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def ray_address():
+    """A Ray instance of this test process, for the CLI to join through $RAY_ADDRESS."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="mcpo-cli-", dir="/tmp")
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                       _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+    yield context.address_info["address"]
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run(*args: str, cwd, ray_address: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     proc = subprocess.run([sys.executable, "-m", "metacpo_rllib.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-def test_train_then_adapt_end_to_end(tmp_path):
-    ckpt, train_json, adapt_json = tmp_path / "ckpt", tmp_path / "train.json", tmp_path / "a.json"
-    train = _run("train", "--family", "PointNav", "--algo", "meta-cpo", "--iterations", "2",
-                 "--num-env-runners", "1", "--seed", "3", "--tasks-per-iteration", "2",
-                 "--episodes-per-task", "2", "--env-config", '{"horizon": 30}',
-                 "--checkpoint-dir", str(ckpt), "--test-tasks", "2", "--adapt-steps", "1",
-                 "--json", str(train_json), cwd=tmp_path)
-    out = train.stdout
-    assert "iter   1/2" in out and "iter   2/2" in out and "violation" in out
-    assert "step 0" in out and "step 1" in out
-    report = json.loads(train_json.read_text())
-    assert len(report["train"]) == 2 and report["checkpoint"] == str(ckpt)
-    assert report["adapt"]["steps"] == [0, 1] and len(report["adapt"]["tasks"]) == 2
-    assert (ckpt / "rllib_checkpoint.json").exists()
-
-    adapt = _run("adapt", "--checkpoint", str(ckpt), "--family", "PointNav", "--split",
-                 "test", "--cost-limit", "5", "--steps", "2", "--tasks", "3",
-                 "--json", str(adapt_json), cwd=tmp_path)
-    lines = adapt.stdout.splitlines()
-    assert any("step 2" in line for line in lines)
-    table_rows = [line for line in lines if line.strip().startswith("100000")]
-    assert len(table_rows) == 3  # test-split task ids 1000000..1000002
-    report = json.loads(adapt_json.read_text())
-    assert report["steps"] == [0, 1, 2] and report["algorithm"] == "MetaCPO"
-    assert [t["cost_limit"] for t in report["tasks"]] == [5.0, 5.0, 5.0]
-    assert all(t["task"]["split"] == "test" for t in report["tasks"])
-    stdout_json = json.loads(adapt.stdout[adapt.stdout.index("{"):].split("\nwrote")[0])
-    assert stdout_json["mean_cost"] == report["mean_cost"]
 
 
 @pytest.mark.parametrize("argv,field", [
@@ -57,6 +46,7 @@ def test_train_then_adapt_end_to_end(tmp_path):
     (["adapt", "--checkpoint", "x", "--steps", "-1"], "--steps"),
 ])
 def test_bad_flags_fail_before_ray_starts(argv, field, capsys):
+    """(Runs before the end-to-end test, whose module-scoped Ray would still be up.)"""
     import ray
 
     assert cli.main(argv) == 2
@@ -70,3 +60,36 @@ def test_subcommands_are_listed(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "train" in out and "adapt" in out
+
+
+def test_train_then_adapt_end_to_end(tmp_path, ray_address):
+    """train on its embedded Ray (as `make train`), adapt joining a cluster ($RAY_ADDRESS)."""
+    ckpt, train_json, adapt_json = tmp_path / "ckpt", tmp_path / "train.json", tmp_path / "a.json"
+    train = _run("train", "--family", "PointNav", "--algo", "meta-cpo", "--iterations", "2",
+                 "--num-env-runners", "1", "--seed", "3", "--tasks-per-iteration", "2",
+                 "--episodes-per-task", "2", "--env-config", '{"horizon": 30}',
+                 "--checkpoint-dir", str(ckpt), "--test-tasks", "2", "--adapt-steps", "1",
+                 "--json", str(train_json), cwd=tmp_path)
+    out = train.stdout
+    assert "ray: embedded local instance (2 CPUs)" in train.stderr
+    assert "iter   1/2" in out and "iter   2/2" in out and "violation" in out
+    assert "step 0" in out and "step 1" in out
+    report = json.loads(train_json.read_text())
+    assert len(report["train"]) == 2 and report["checkpoint"] == str(ckpt)
+    assert report["adapt"]["steps"] == [0, 1] and len(report["adapt"]["tasks"]) == 2
+    assert (ckpt / "rllib_checkpoint.json").exists()
+
+    adapt = _run("adapt", "--checkpoint", str(ckpt), "--family", "PointNav", "--split",
+                 "test", "--cost-limit", "5", "--steps", "2", "--tasks", "3",
+                 "--json", str(adapt_json), cwd=tmp_path, ray_address=ray_address)
+    assert f"ray: joined the cluster at {ray_address}" in adapt.stderr
+    lines = adapt.stdout.splitlines()
+    assert any("step 2" in line for line in lines)
+    table_rows = [line for line in lines if line.strip().startswith("100000")]
+    assert len(table_rows) == 3  # test-split task ids 1000000..1000002
+    report = json.loads(adapt_json.read_text())
+    assert report["steps"] == [0, 1, 2] and report["algorithm"] == "MetaCPO"
+    assert [t["cost_limit"] for t in report["tasks"]] == [5.0, 5.0, 5.0]
+    assert all(t["task"]["split"] == "test" for t in report["tasks"])
+    stdout_json = json.loads(adapt.stdout[adapt.stdout.index("{"):].split("\nwrote")[0])
+    assert stdout_json["mean_cost"] == report["mean_cost"]
