@@ -82,6 +82,10 @@ def test_env_runners_ran_on_both_nodes(cluster, train_job):
     # ... and both sampled tasks (the report's per-task runner index, both iterations) ...
     report = json.loads(Path(train_job["where"]["report"]).read_text())
     assert [sorted(set(it["per_task"]["runner"])) for it in report["train"]] == [[1, 2]] * 2
+    # ... and the metrics record the node of every task: both nodes, each iteration.
+    assert [{roles.get(n) for n in it["per_task"]["node_id"]} for it in report["train"]] \
+        == [{"head", "worker1"}] * 2
+    assert [it["num_nodes_sampling"] for it in report["train"]] == [2, 2]
     # ... and the job's log names the nodes (cluster/job_entry.py).
     assert "EnvRunners ran on 2 node(s)" in train_job["out"].stdout
 

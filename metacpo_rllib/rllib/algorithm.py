@@ -118,18 +118,19 @@ class MetaCPO(Algorithm):
     # -- the sampling rounds -------------------------------------------------------------------
     def _run_rounds(self, tasks: Sequence[Task], num_rounds: int, learner_method: str,
                     episodes_per_task: Optional[int] = None
-                    ) -> tuple[list[list[Optional[dict]]], list[int], dict[str, float]]:
+                    ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]], dict[str, float]]:
         """Sample every task ``num_rounds`` times, each round with the weights the
         Learner returned for the task in the previous round (θ in round 0).
 
         Returns the Learner's per-task batch summaries of each round (None: task dropped),
-        the EnvRunner index that sampled each task (last round) and the time split.
+        the (EnvRunner index, Ray node id) that sampled each task (last round) and the time
+        split.
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
         theta = self._learner_call("begin", num_tasks=len(tasks))
         weights: list[Optional[dict]] = [theta] * len(tasks)
-        rounds, placements = [], [-1] * len(tasks)
+        rounds, placements = [], [(-1, "")] * len(tasks)
         for k in range(num_rounds):
             start = time.perf_counter()
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
@@ -137,7 +138,7 @@ class MetaCPO(Algorithm):
             times["sample_s"] += time.perf_counter() - start
             for i, sample in enumerate(samples):
                 if sample is not None:
-                    placements[i] = sample["worker_index"]
+                    placements[i] = (sample["worker_index"], sample["node_id"])
                     times["env_steps"] += sample["num_env_steps"]
             start = time.perf_counter()
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
@@ -154,7 +155,7 @@ class MetaCPO(Algorithm):
         return rounds, placements, times
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
-                     num_episodes: int) -> list[Optional[dict]]:
+                        num_episodes: int) -> list[Optional[dict]]:
         """Sample ``num_episodes`` episodes of each task with its weights (tasks whose
         weights are None are skipped) on the EnvRunners; see ``episodes.sample_jobs``.
 

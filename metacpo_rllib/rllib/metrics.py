@@ -58,11 +58,12 @@ def iteration_metrics(
     tasks: Sequence[Task],
     rounds: Sequence[Sequence[Optional[Mapping]]],
     info: Mapping[str, float],
-    placements: Sequence[int],
+    placements: Sequence[tuple[int, str]],
     times: Mapping[str, float],
 ) -> dict[str, Any]:
     """Pre-adaptation (round 0) and post-adaptation (round K) return / cost / violation,
-    per task and averaged, the update statistics and the time split of one iteration."""
+    per task and averaged, the update statistics, where each task was sampled ((EnvRunner
+    index, Ray node id) pairs) and the time split of one iteration."""
     limits = [float(t.cost_limit) for t in tasks]
     pre_r, pre_c = _values(rounds[0], "mean_return"), _values(rounds[0], "mean_cost")
     post_r, post_c = _values(rounds[-1], "mean_return"), _values(rounds[-1], "mean_cost")
@@ -78,13 +79,15 @@ def iteration_metrics(
         "cost_limit_mean": _mean(limits),
         "num_tasks": len(tasks),
         "num_tasks_dropped": int(dropped),
+        "num_nodes_sampling": len({node for _, node in placements if node}),
         "env_steps_sampled": int(times["env_steps"]),
         "time": {"sample_s": float(times["sample_s"]), "learner_s": float(times["learner_s"])},
         "update": update_metrics(info),
         "per_task": {
             "task_id": [t.task_id for t in tasks],
             "cost_limit": limits,
-            "runner": list(placements),
+            "runner": [runner for runner, _ in placements],
+            "node_id": [node for _, node in placements],
             "pre_return": pre_r, "pre_cost": pre_c,
             "post_return": post_r, "post_cost": post_c,
         },
