@@ -168,8 +168,13 @@ def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q:
     if af <= (100.0 * eps) ** 2 * qf:  # g ∥ b: the whole face is optimal; its min-norm point
         return w * -c_over_s, zero, torch.clamp(rs, min=0.0)
     if bf <= 0.0:  # plane tangent to the trust region: a single feasible point, λ* = ∞
-        lam = torch.sqrt(big_a / torch.finfo(g.dtype).tiny)
-        return w * -c_over_s, lam, (lam * c + r) * inv_s
+        # λ* = ∞ in exact arithmetic; a large finite stand-in (√A/√tiny ≈ 1e154·√A in
+        # float64) keeps λ, ν finite where A/tiny would overflow to inf.
+        lam = torch.sqrt(big_a) * (1.0 / math.sqrt(torch.finfo(g.dtype).tiny))
+        nu = (lam * c + r) * inv_s
+        if not math.isfinite(_f(nu)):  # |c|·λ overflowed: keep ν at the largest finite value
+            nu = torch.clamp(nu, max=torch.finfo(g.dtype).max)
+        return w * -c_over_s, lam, nu
     ratio = torch.sqrt(big_b / big_a)  # = 1/λ*
     if u is None:
         x = torch.addcmul(ratio * v, ratio * rs + c_over_s, w, value=-1.0)
