@@ -47,7 +47,7 @@ ui: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m metacpo_rllib.experiments.commands compare --family $(FAMILY) --seeds 0 1 2 --iterations 3
 
-# A local multi-node Ray cluster on this machine (cluster/local_cluster.py; cluster/README.md):
+# A local multi-node Ray cluster on this machine (cluster/local_cluster.py; README "Run on a cluster"):
 # `make cluster-up` starts a head and a worker node (`ray start --block`, each in its own
 # process group, token auth on) plus an MLflow server, in the background; `make cluster-down`
 # stops them by process group; `make cluster-demo` starts its own cluster, submits a short

@@ -198,18 +198,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         from metacpo_rllib.experiments.commands import add_tracking_args
     except ImportError:  # the experiment service is optional
         return
-    parser.add_argument("--mlflow", action="store_true",
-                        help="track the run in MLflow (implied by --mlflow-uri/-experiment)")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not track the run in MLflow (tracked by default)")
     add_tracking_args(parser)
 
 
 @contextlib.contextmanager
 def _tracking(args: argparse.Namespace, config: Any) -> Iterator[Any]:
-    """An MLflow run recorder when tracking was asked for, else None."""
-    uri, experiment = getattr(args, "mlflow_uri", None), getattr(args, "mlflow_experiment", None)
-    if not (getattr(args, "mlflow", False) or uri or experiment):
+    """An MLflow run recorder (the default), else None (``--no-mlflow``, or no experiment
+    service installed)."""
+    if not hasattr(args, "mlflow_uri") or args.no_mlflow:
         yield None
         return
+    uri, experiment = args.mlflow_uri, args.mlflow_experiment
     from metacpo_rllib.experiments.tracking import log_training_run
 
     params = {"iterations": args.iterations, "test_tasks": args.tasks,

@@ -78,6 +78,14 @@ def test_train_then_adapt_end_to_end(tmp_path, ray_address):
     assert len(report["train"]) == 2 and report["checkpoint"] == str(ckpt)
     assert report["adapt"]["steps"] == [0, 1] and len(report["adapt"]["tasks"]) == 2
     assert (ckpt / "rllib_checkpoint.json").exists()
+    # tracked by default in the embedded MLflow store of the working directory
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.tags["algorithm"] == "MetaCPO"
+    history = client.get_metric_history(runs[0].info.run_id, "metacpo/post_return_mean")
+    assert [m.step for m in history] == [1, 2]
 
     adapt = _run("adapt", "--checkpoint", str(ckpt), "--family", "PointNav", "--split",
                  "test", "--cost-limit", "5", "--steps", "2", "--tasks", "3",

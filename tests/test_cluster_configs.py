@@ -229,8 +229,8 @@ def parse_metacpo(argv: list[str]):
 
 
 def readme_submissions() -> list[list[str]]:
-    """The entrypoints (after ``--``) of every ``ray job submit`` in cluster/README.md."""
-    text = (CLUSTER / "README.md").read_text()
+    """The entrypoints (after ``--``) of every ``ray job submit`` in the README's cluster section."""
+    text = (CLUSTER.parent / "README.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
@@ -250,7 +250,7 @@ def test_readme_commands_parse():
         options, entry = words[:words.index("--")], words[words.index("--") + 1:]
         assert "--working-dir" in options and options[options.index("--working-dir") + 1] == "."
         assert "cluster/runtime_env.yaml" in options
-        if entry[0] == "metacpo":
+        if Path(entry[0]).name == "metacpo":  # on the PATH, or the venv's absolute path
             args = parse_metacpo(entry[1:])
         else:
             assert entry[1] == "cluster/job_entry.py"

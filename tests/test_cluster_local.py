@@ -143,9 +143,6 @@ def test_sweep_job_uses_shared_storage_and_mlflow(cluster):
     assert len(trials) == 2 and all(t["node_id"] in roles for t in trials)
 
 
-@pytest.mark.xfail(strict=False, reason="metacpo's local_ray() starts a private Ray "
-                   "(address='local') even inside a Ray job, whose workers cannot fetch the "
-                   "job's working_dir package: needs cli.local_ray to join $RAY_ADDRESS")
 def test_plain_metacpo_train_joins_the_cluster(cluster):
     """The README's target form: `ray job submit ... -- metacpo train ...` with no wrapper."""
     sid = f"metacpo-plain-{int(time.time())}"

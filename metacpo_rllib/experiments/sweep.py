@@ -57,7 +57,9 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: Optional[str] = None,
     from ray import tune
 
     guard = guard or Guard(resolve_tracking_uri(tracking_uri))
-    storage = str(Path(storage_path or "ray_results").resolve())
+    storage = storage_path or "ray_results"
+    if "://" not in storage:  # a local path; URIs such as s3:// or gs:// pass through as they are
+        storage = str(Path(storage).resolve())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     grids = {}
     for algorithm in spec.algorithms:
