@@ -75,14 +75,43 @@ class TaskEnv(gym.Env):
     """A gymnasium env whose task can be changed between episodes.
 
     Conventions: float32 observations, the standard 5-tuple ``step``, and each step's cost
-    (>= 0) in ``info["cost"]``; ``info["task_id"]`` names the task. A new task takes effect
-    at the next ``reset``.
+    (>= 0) in ``info["cost"]``; ``info["task_id"]`` names the task. ``set_task`` validates
+    the task with the env's family and stores it; it takes effect at the next ``reset``
+    (the first task set on a fresh env applies at once). ``get_task`` returns the latest
+    task set. Subclasses set ``self.family``, implement ``_configure(params)`` and call
+    ``_apply_pending_task()`` in ``reset``.
     """
 
+    family: "TaskFamily"
+    _task: Task | None = None
+    _pending: Task | None = None
+
     def set_task(self, task: Task | Mapping[str, Any]) -> None:
-        raise NotImplementedError
+        self._pending = self.family.validate_task(task)
+        if self._task is None:
+            self._apply(self._pending)
 
     def get_task(self) -> Task:
+        return self._pending if self._pending is not None else self._task
+
+    @property
+    def task_id(self) -> int:
+        """The id of the task in effect (-1 before any task is set)."""
+        return -1 if self._task is None else int(self._task.task_id)
+
+    def _apply(self, task: Task) -> None:
+        self._configure(task.params)
+        self._task = task
+
+    def _apply_pending_task(self) -> None:
+        if self._pending is not None and self._pending is not self._task:
+            self._apply(self._pending)
+        if self._task is None:
+            raise RuntimeError(f"{type(self).__name__}.reset: no task set "
+                               "(build the env with family.make_env)")
+
+    def _configure(self, params: Mapping[str, Any]) -> None:
+        """Make the layout parameters of a task take effect (called between episodes)."""
         raise NotImplementedError
 
 

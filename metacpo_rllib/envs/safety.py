@@ -204,9 +204,7 @@ def _entropy_seed() -> int:
 class SafetyTaskEnv(TaskEnv):
     """A safety-gymnasium env whose layout and cost limit come from a Task of its family.
 
-    ``set_task`` validates and stores the task; it takes effect at the next ``reset`` (the
-    first task set on a fresh env applies at once). ``get_task`` returns the latest task set.
-    ``reset(seed=s)`` seeds safety-gymnasium's layout RNG. Observations are float32;
+    Task semantics as in ``TaskEnv``. ``reset(seed=s)`` seeds safety-gymnasium's layout RNG. Observations are float32;
     ``info["cost"]`` is the 0/1 step cost and ``info["task_id"]`` the current task's id; the
     ``cost_*`` entries of safety-gymnasium stay in ``info``.
     """
@@ -224,22 +222,15 @@ class SafetyTaskEnv(TaskEnv):
         self.action_space = gym.spaces.Box(act.low.astype(np.float32),
                                            act.high.astype(np.float32), dtype=np.float32)
         self.render_mode = render_mode
-        self._task: Task | None = None
-        self._pending: Task | None = None
         self._task_id = -1
 
     # -- task API ---------------------------------------------------------------------------
-    def set_task(self, task: Task | Mapping[str, Any]) -> None:
-        self._pending = self.family.validate_task(task)
-        if self._task is None:
-            self._apply(self._pending)
-
-    def get_task(self) -> Task:
-        return self._pending if self._pending is not None else self._task
+    def _configure(self, params: Mapping[str, Any]) -> None:
+        self._sg.task.configure(**params)
 
     def _apply(self, task: Task) -> None:
-        self._sg.task.configure(**task.params)
-        self._task, self._task_id = task, int(task.task_id)
+        super()._apply(task)
+        self._task_id = self.task_id  # cached: read on every step
 
     @property
     def sim_task(self) -> BaseTask:
@@ -249,10 +240,7 @@ class SafetyTaskEnv(TaskEnv):
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if self._pending is not None and self._pending is not self._task:
-            self._apply(self._pending)
-        if self._task is None:
-            raise RuntimeError("SafetyTaskEnv.reset: no task set (build it with family.make_env)")
+        self._apply_pending_task()
         obs, info = self._sg.reset(seed=seed)
         info["cost"] = 0.0
         info["task_id"] = self._task_id

@@ -12,32 +12,14 @@ from metacpo_rllib.envs.base import Task, TaskEnv, TaskFamily, check_range
 
 
 class _ToyEnv(TaskEnv):
-    """Shared task plumbing of the toy envs (the family validates tasks)."""
+    """Shared start of the toy envs' episodes (task plumbing in TaskEnv)."""
 
     def __init__(self, family: TaskFamily) -> None:
         self.family = family
-        self._task: Task | None = None
-        self._pending: Task | None = None
-
-    def set_task(self, task: Task | Mapping[str, Any]) -> None:
-        self._pending = self.family.validate_task(task)
-        if self._task is None:
-            self._apply(self._pending)
-
-    def get_task(self) -> Task:
-        return self._pending if self._pending is not None else self._task
-
-    def _apply(self, task: Task) -> None:
-        self._task = task
-        self._configure(task.params)
-
-    def _configure(self, params: Mapping[str, Any]) -> None:
-        raise NotImplementedError
 
     def _start_episode(self, seed: int | None) -> None:
         super().reset(seed=seed)
-        if self._pending is not None and self._pending is not self._task:
-            self._apply(self._pending)
+        self._apply_pending_task()
 
 
 # --------------------------------------------------------------------------------------
