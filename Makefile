@@ -63,3 +63,12 @@ cluster-down: $(STAMP)
 
 cluster-demo: $(STAMP)
 	$(PY) cluster/local_cluster.py --root $(CLUSTER_ROOT)-demo demo
+
+# Benchmarks (benchmarks/*.py; docs/BENCHMARKS.md): runs every benchmark in turn, writes its JSON
+# to benchmarks/results and regenerates docs/BENCHMARKS.md from the JSON (~15 min on 2 cores).
+# BENCH_RUNNERS: EnvRunner counts for the sampling and scaling benchmarks (e.g. "1 2 4 8 16").
+.PHONY: bench
+BENCH_RUNNERS ?=
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(if $(strip $(BENCH_RUNNERS)),--runners $(BENCH_RUNNERS))

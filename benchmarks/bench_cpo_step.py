@@ -20,8 +20,12 @@ from pathlib import Path
 
 import torch
 
-from metacpo_rllib.optim import dco
-from metacpo_rllib.optim.cpo import BACKENDS, cpo_step
+import sys as _sys
+_sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _common import git_commit, machine  # noqa: E402  (shared provenance helper)
+
+from metacpo_rllib.optim import dco  # noqa: E402
+from metacpo_rllib.optim.cpo import BACKENDS, cpo_step  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cpo_step.json"
 POLICY_N = 1500
@@ -148,7 +152,8 @@ def main() -> None:
         "dual_solver_args": dco.DUAL_SOLVER_ARGS, "primal_solver_args": dco.PRIMAL_SOLVER_ARGS,
         "timed": "cpo_step + autograd.grad(cotᵀx, (g, b, c))",
     }
-    result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
+    result["commit"] = git_commit()
+    result["machine"] = {**machine(), "platform": platform.platform(), "python": platform.python_version(),
                          "torch": torch.__version__, "cpu_count": os.cpu_count(),
                          "loadavg_at_end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

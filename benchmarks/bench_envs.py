@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -31,8 +30,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from metacpo_rllib.envs import compat, make_family
-from metacpo_rllib.envs.safety import make_bare_env
+import sys as _sys
+_sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _common import git_commit, machine  # noqa: E402  (shared provenance helper)
+
+from metacpo_rllib.envs import compat, make_family  # noqa: E402
+from metacpo_rllib.envs.safety import make_bare_env  # noqa: E402
 
 compat.apply()
 import safety_gymnasium  # noqa: E402  (after compat.apply)
@@ -127,8 +130,8 @@ def main() -> None:
     report = {
         "benchmark": "safety env steps/s, bare safety-gymnasium vs task layer",
         "config": vars(args),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(), "numpy": np.__version__,
+        "commit": git_commit(),
+        "machine": {**machine(), "numpy": np.__version__,
                     "safety_gymnasium": safety_gymnasium.__version__},
         "results": results,
     }

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import sys as _sys
+_sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402  (shared provenance helper)
 
 from metacpo_rllib.optim import Batch, GaussianMLP, UpdateConfig, params_of
 from metacpo_rllib.optim.meta import adapt, meta_gradients
@@ -123,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['exact_over_first_order']:>8.2f}{r.get('per_parameter_s', float('nan')):>13.2f}"
               f"{r.get('per_parameter_over_exact', float('nan')):>10.0f}"
               f"{r.get('max_abs_diff', float('nan')):>10.1e}")
-    result = {"benchmark": "meta_update", "machine": platform.platform(),
-              "processor": platform.processor() or platform.machine(),
-              "commit": _commit(), "torch_threads": 1, "rows": rows}
+    result = {"benchmark": "meta_update", **provenance(), "torch_threads": 1, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
@@ -133,14 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
         subprocess.run([sys.executable, str(Path(__file__).with_name("bench_cpo_step.py"))],
                        check=True)
     return result
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,240 @@
+"""Renders docs/BENCHMARKS.md from the benchmark JSON in benchmarks/results (no typed numbers)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_RESULTS = HERE / "results"
+DEFAULT_OUT = HERE.parent / "docs" / "BENCHMARKS.md"
+
+#: file stem -> (section title, producing script)
+SOURCES = {
+    "sampling": ("Sampling efficiency", "bench_sampling.py"),
+    "meta_share": ("Meta-update share", "bench_meta_share.py"),
+    "cpo_step": ("DCO step (CPO-step backends)", "bench_cpo_step.py"),
+    "update": ("Meta-gradient", "bench_update.py"),
+    "scaling": ("Scaling with EnvRunners", "bench_scaling.py"),
+    "profile": ("Profile of a meta-iteration", "bench_profile.py"),
+    "envs": ("Env steps/s: bare safety-gymnasium vs task layer", "bench_envs.py"),
+}
+
+
+def load(results: Path) -> dict[str, dict[str, Any]]:
+    """Every known JSON present in ``results``, by file stem."""
+    return {stem: json.loads((results / f"{stem}.json").read_text())
+            for stem in SOURCES if (results / f"{stem}.json").exists()}
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits (large numbers as integers)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+    return str(value)
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def met(flag: Optional[bool]) -> str:
+    return "–" if flag is None else ("**met**" if flag else "**missed**")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data.get("machine", {})
+    if isinstance(m, str):
+        return m
+    cpu = m.get("cpu", "?")
+    return (f"{cpu}, {m.get('cpus', m.get('cpu_count', '?'))} CPUs"
+            + (f", {m['mem_gib']} GiB" if m.get("mem_gib") else "")
+            + f", {m.get('platform', '?')}, Python {m.get('python', '?')}")
+
+
+# -- sections -------------------------------------------------------------------------------
+def sec_sampling(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    target = d["target"]["ratio_min"]
+    rows = [[r["family"], r["runners"], r["raw_steps_per_s"], r["sampled_steps_per_s"],
+             r["ratio"], met(r["meets_target"])] for r in d["rows"]]
+    for r in d["rows"]:
+        summary.append([f"sampling ratio ≥ {target}", f"{r['family']}, R = {r['runners']}",
+                        fmt(r["ratio"]), met(r["meets_target"])])
+    return [f"Target: sampled ÷ (R × raw) ≥ {target}. Raw rate: {d['raw_rate']}. Sampled: env "
+            f"steps per wall second of `MetaCPO.sample_episodes` (θ's weights sent with each "
+            f"job), {d['config']['jobs_per_runner']} tasks per runner × "
+            f"{d['config']['episodes']} episodes, median of {d['config']['repeats']} calls.", ""] \
+        + table(["family", "R", "raw steps/s", "sampled steps/s", "ratio", "target"], rows)
+
+
+def sec_meta_share(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    c, target = d["config"], d["target"]["learner_share_max"]
+    rows = []
+    for r in d["rows"]:
+        rows.append([r["metric"], r["backend"], r["env_steps"], r["sample_s"], r["learner_s"],
+                     r["wall_s"], pct(r["learner_share"]), met(r["meets_target"])])
+        summary.append([f"learner share ≤ {pct(target)}", f"{r['metric']} / {r['backend']}",
+                        pct(r["learner_share"]), met(r["meets_target"])])
+    first = [[r["metric"], r["backend"], it_i + 1, it["sample_s"], it["learner_s"],
+              pct(it["learner_share"])]
+             for r in d["rows"] for it_i, it in enumerate(r["iterations"])]
+    return [f"Target: learner ÷ (sampling + learner) ≤ {pct(target)} per meta-iteration, from "
+            f"`algo.train()`'s own split (`results[\"metacpo\"][\"time\"]`). {c['family']}, "
+            f"{c['tasks']} tasks, K = 1, policy (32, 16), {c['episodes']} episodes per task and "
+            f"round, {c['runners']} EnvRunners, {c['iterations']} iterations per setting; the "
+            f"table shows the mean after the first (warm-up) iteration.", ""] \
+        + table(["metric", "backend", "env steps", "sample s", "learner s", "iteration s",
+                 "learner share", "target"], rows) \
+        + ["Every iteration:", ""] \
+        + table(["metric", "backend", "iteration", "sample s", "learner s", "learner share"],
+                first)
+
+
+def sec_cpo_step(d: dict[str, Any], summary: list[list[str]], policy_n: Optional[int]
+                 ) -> list[str]:
+    rows = []
+    for r in d["rows"]:
+        for backend, res in r["backends"].items():
+            rows.append([r["n"], backend, res["median_ms"], res.get("build_s"),
+                         res.get("max_abs_dx_vs_closed_form"), res.get("speedup_vs_primal")])
+    ns = [r["n"] for r in d["rows"] if "cvxpylayers_primal" in r["backends"]]
+    lines = ["Target: `closed_form` and `cvxpylayers_dual` ≥ 50× faster than `cvxpylayers_primal` "
+             "at the policy's n (forward + backward of one CPO step, Euclidean metric).", ""]
+    if ns:
+        ref = policy_n or ns[0]
+        n = min(ns, key=lambda v: abs(v - ref))
+        row = next(r for r in d["rows"] if r["n"] == n)
+        lines += [f"Policy size n = {fmt(policy_n)} (from `update.json`); the nearest size "
+                  f"measured is n = {n}.", ""]
+        for backend in ("closed_form", "cvxpylayers_dual"):
+            speed = row["backends"][backend].get("speedup_vs_primal")
+            ok = None if speed is None else speed >= 50
+            summary.append(["DCO step ≥ 50× faster than primal", f"{backend}, n = {n}",
+                            f"{fmt(speed)}×", met(ok)])
+    notes = [note for r in d["rows"] for note in r.get("notes", [])]
+    return lines + table(["n", "backend", "median ms", "build s", "max abs dx vs closed form",
+                          "speed-up vs primal"], rows) + [f"- {n}" for n in notes] + [""]
+
+
+def sec_update(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    rows = []
+    for r in d["rows"]:
+        rows.append([r["metric"], r["n_params"], r["steps_per_batch"], 1e3 * r["exact_s"],
+                     1e3 * r["first_order_s"], r["exact_over_first_order"],
+                     r.get("per_parameter_s"), r.get("per_parameter_over_exact"),
+                     r.get("max_abs_diff")])
+        ratio = r["exact_over_first_order"]
+        summary.append(["exact meta-gradient ≤ 3× first-order", r["metric"], f"{fmt(ratio)}×",
+                        met(ratio <= 3)])
+        if "per_parameter_over_exact" in r:
+            speed = r["per_parameter_over_exact"]
+            summary.append(["exact meta-gradient ≥ 100× faster than per-parameter loop",
+                            r["metric"], f"{fmt(speed)}×", met(speed >= 100)])
+    return ["Targets: exact meta-gradient (through the inner CPO step) ≤ 3× a first-order step, "
+            "and ≥ 100× faster than one backward pass per parameter. Best of "
+            "the repeats, 1 torch thread, synthetic PointCircle-sized batches.", ""] \
+        + table(["metric", "n", "steps/batch", "exact ms", "first-order ms", "exact ÷ FO",
+                 "per-param s", "per-param ÷ exact", "max abs Δg"], rows)
+
+
+def sec_scaling(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    c = d["config"]
+    rows = [[r["runners"], r["wall_s"], r["sample_s"], r["learner_s"], r["sample_steps_per_s"],
+             r["efficiency"], r["ideal_efficiency"]] for r in d["rows"]]
+    return [f"{c['family']}, {c['tasks']} tasks × {c['episodes']} episodes, K = 1, "
+            f"{c['metric']} / {c['backend']}; mean after the first iteration. Efficiency = "
+            f"{d['efficiency_definition']} on the sampling part; *ideal* is the bound from "
+            "round-robin task placement, T ÷ (R·⌈T/R⌉). R = 0 samples in the driver.", ""] \
+        + table(["R", "iteration s", "sample s", "learner s", "sampled steps/s", "efficiency",
+                 "ideal"], rows)
+
+
+def sec_profile(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    c, steps = d["config"], d["env_steps"]
+    rows = [[p["part"].replace("  ", "&nbsp;&nbsp;"), p["cumulative_s"], p["calls"],
+             pct(p["share_of_iteration"]), 1e6 * p["cumulative_s"] / steps] for p in d["parts"]]
+    top = [[f"`{r['function']}`", r["calls"], r["self_s"], r["cumulative_s"]]
+           for r in d["top_self"][:15]]
+    return [f"cProfile of one meta-iteration with the EnvRunner and the Learner in the driver "
+            f"(R = 0): {c['family']}, {c['tasks']} tasks × {c['episodes']} episodes, K = 1, "
+            f"{c['metric']} / {c['backend']}; {steps} env steps, "
+            f"{fmt(d['profiled_wall_s'])} s under the profiler "
+            f"({fmt(d['unprofiled']['wall_s'])} s without). Indented parts are inside the "
+            "part above them.", ""] \
+        + table(["part", "cumulative s", "calls", "share of iteration", "µs per env step"], rows) \
+        + ["Heaviest functions by self time:", ""] \
+        + table(["function", "calls", "self s", "cumulative s"], top)
+
+
+def sec_envs(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    rows = [[r["family"], r["bare_env_id"], r["steps_per_s"]["bare"],
+             r["steps_per_s"]["bare_layout"], r["steps_per_s"]["layer"],
+             r["steps_per_s"]["layer_full_world"], r["ratio_layer_vs_bare"]] for r in d["results"]]
+    return ["Random-policy steps per wall second, single process (median of "
+            f"{d['config']['repeats']} runs); the task layer skips the skybox (lean world).", ""] \
+        + table(["family", "bare env", "bare", "bare, task layout", "task layer",
+                 "task layer, full world", "layer ÷ bare (CPU time)"], rows)
+
+
+SECTIONS: dict[str, Callable[..., list[str]]] = {
+    "sampling": sec_sampling, "meta_share": sec_meta_share, "cpo_step": sec_cpo_step,
+    "update": sec_update, "scaling": sec_scaling, "profile": sec_profile, "envs": sec_envs,
+}
+
+
+def render(data: dict[str, dict[str, Any]]) -> str:
+    """The Markdown page for the loaded JSON."""
+    summary: list[list[str]] = []
+    policy_n = next((r["n_params"] for r in data.get("update", {}).get("rows", [])), None)
+    body: list[str] = []
+    for stem, (title, script) in SOURCES.items():
+        if stem not in data:
+            body += [f"## {title}", "", f"*No results: run `benchmarks/{script}`.*", ""]
+            continue
+        d = data[stem]
+        fn = SECTIONS[stem]
+        lines = fn(d, summary, policy_n) if stem == "cpo_step" else fn(d, summary)
+        body += [f"## {title}", "",
+                 f"`benchmarks/{script}` → `benchmarks/results/{stem}.json`; commit "
+                 f"`{d.get('commit', 'not recorded')}`"
+                 + (f", {d['utc']}" if d.get("utc") else "") + ".", ""] + lines
+    prov = [[f"`{stem}.json`", f"`{d.get('commit', 'not recorded')}`", d.get("utc", "–"),
+             machine_line(d)] for stem, d in data.items()]
+    head = ["# Benchmarks", "",
+            "Generated by `benchmarks/report.py` from `benchmarks/results/*.json` "
+            "(`make bench` runs every benchmark and regenerates this page); do not edit by "
+            "hand. A commit marked `+dirty` had uncommitted changes under `metacpo_rllib/`.", "",
+            "## Where and when", ""] \
+        + table(["results", "commit", "UTC", "machine"], prov) \
+        + ["## Targets", ""] + table(["target", "setting", "measured", "status"], summary)
+    return "\n".join(head + body).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    text = render(load(args.results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
