@@ -67,8 +67,9 @@ class UpdateConfig:
                 bad(field, "expected an integer >= 1")
         for field in ("cg_damping", "cg_tol"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or not value >= 0:
-                bad(field, "expected a number >= 0")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not math.isfinite(value) or not value >= 0:
+                bad(field, "expected a finite number >= 0")
         if not isinstance(self.line_search_decay, (int, float)) \
                 or not 0 < self.line_search_decay < 1:
             bad("line_search_decay", "expected a number in (0, 1)")

@@ -179,6 +179,8 @@ class MetaCPOConfig(AlgorithmConfig):
             if not _is_int(value) or value < 1:
                 _bad(field, "expected an integer >= 1", value)
         if self.cost_limit is not None:
+            if not _is_num(self.cost_limit):  # a string would pass float() below
+                _bad("cost_limit", "expected a finite number >= 0 or None", self.cost_limit)
             check_cost_limit(self.cost_limit, "cost_limit")
         for field in ("trust_region_delta", "inner_delta"):
             value = getattr(self, field)

@@ -1,0 +1,72 @@
+"""Reliability: every training field of all four configs rejects invalid values with one
+ValueError naming the field, before Ray (and so any EnvRunner) starts."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metacpo_rllib.experiments.spec import setter_fields
+from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
+
+CONFIGS = {"MetaCPO": MetaCPOConfig, "MetaTRPO": MetaTRPOConfig, "CPO": CPOConfig,
+           "TRPO": TRPOConfig}
+
+#: field -> invalid values (each must be rejected by every variant).
+INVALID: dict[str, list] = {
+    "inner_steps": [-1, 1.5, True, "2"],
+    "tasks_per_iteration": [0, -3, 2.0, None, True],
+    "episodes_per_task": [0, 1.5, "4", False],
+    "cost_limit": [-1.0, math.nan, math.inf, "10"],
+    "trust_region_delta": [0.0, -0.1, math.nan, math.inf, "0.01", None],
+    "inner_delta": [0.0, -1e-3, math.nan, math.inf, None],
+    "metric": ["kl", None, 1],
+    "backend": ["cvx", None, 0],
+    "cg_iters": [0, -1, 2.5, True],
+    "cg_damping": [-0.1, math.nan, math.inf, "0.1", None],
+    "line_search_steps": [0, -2, 1.5, False],
+    "line_search_decay": [0.0, 1.0, 1.5, -0.5, math.nan, None],
+    "gamma": [0.0, 1.5, -0.1, math.nan, None],
+    "lambda_": [-0.1, 1.01, math.nan, None],
+    "cost_gamma": [0.0, 2.0, math.nan, None],
+    "cost_lambda": [-0.5, 1.5, math.inf, None],
+    "first_order": ["yes", 1, None],
+    "seed": ["x", 1.5, True],
+    "meta": [1, "true", None],
+    "constrained": [0, "no", None],
+    "torch_num_threads": [0, -1, 1.5, True],
+}
+
+CASES = [(variant, field, value) for variant in CONFIGS for field, values in INVALID.items()
+         for value in values]
+
+
+def test_the_table_covers_every_training_field():
+    fields = set(setter_fields(MetaCPOConfig.training)) | {"gamma"}
+    assert fields <= set(INVALID), sorted(fields - set(INVALID))
+
+
+@pytest.mark.parametrize("variant,field,value", CASES,
+                         ids=[f"{v}-{f}-{x!r}" for v, f, x in CASES])
+def test_invalid_value_names_the_field(variant, field, value):
+    import ray
+
+    config = CONFIGS[variant]().environment("PointNav").env_runners(num_env_runners=2)
+    config.training(**{field: value})
+    with pytest.raises(ValueError, match=rf"^{field}:") as info:
+        config.validate()
+    assert str(info.value).count(f"{field}:") == 1
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("variant", list(CONFIGS))
+def test_build_algo_fails_before_any_worker(variant):
+    """build_algo with an invalid field raises before Ray is started."""
+    import ray
+
+    assert not ray.is_initialized()
+    config = (CONFIGS[variant]().environment("PointNav").env_runners(num_env_runners=2)
+              .training(cg_damping=math.inf))
+    with pytest.raises(ValueError, match=r"^cg_damping:"):
+        config.build_algo()
+    assert not ray.is_initialized()
