@@ -35,6 +35,13 @@ BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
 CASE_INFEASIBLE, CASE_RECOVERY, CASE_CUT, CASE_FEASIBLE, CASE_TRPO = 0, 1, 2, 3, 4
 
 
+class NonFiniteError(ValueError):
+    """A NaN/inf among the CPO step's inputs (g, b, c or δ), e.g. a non-finite gradient.
+
+    A ValueError (as before); callers that skip such an update catch this subclass only.
+    """
+
+
 @dataclass
 class CPOStep:
     """Result of one CPO step; every tensor is differentiable w.r.t. g, b, c (and hvp's graph).
@@ -243,19 +250,19 @@ def _check_finite(t: Tensor, name: str) -> None:
     finite, which also covers a sum that merely overflowed.
     """
     if not math.isfinite(_f(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise NonFiniteError(f"{name} contains NaN or inf")
 
 
 def _scalar(value: float | Tensor, like: Tensor, name: str) -> Tensor:
     """A 0-d tensor of like's dtype/device; ValueError naming ``name`` if not a finite scalar."""
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise ValueError(f"{name} is NaN or inf")
+            raise NonFiniteError(f"{name} is NaN or inf")
         return torch.tensor(float(value), dtype=like.dtype, device=like.device)
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if t.numel() != 1:
         raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}")
     t = t.reshape(())
     if not math.isfinite(_f(t)):
-        raise ValueError(f"{name} is NaN or inf")
+        raise NonFiniteError(f"{name} is NaN or inf")
     return t

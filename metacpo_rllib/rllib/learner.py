@@ -1,6 +1,7 @@
 """The Learner: holds θ, builds optim Batches, computes adapted weights and runs optim's meta_update."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
@@ -11,6 +12,7 @@ from metacpo_rllib.optim import (
     BadBatchError,
     Batch,
     GaussianMLP,
+    NonFiniteError,
     Params,
     adaptation_step,
     inner_step,
@@ -19,6 +21,8 @@ from metacpo_rllib.optim import (
     params_of,
 )
 from metacpo_rllib.rllib.module import params_to_weights
+
+logger = logging.getLogger(__name__)
 
 
 def batch_summary(batch: Batch) -> dict[str, float]:
@@ -74,8 +78,24 @@ class MetaCPOTorchLearner(TorchLearner):
             return make_batch(sample["episodes"], task_id=sample["task_id"],
                               cost_limit=sample["cost_limit"], **self.config.batch_kwargs())
         except BadBatchError as err:
-            self._dropped[index] = str(err)
+            self._drop(index, str(err))
             return None
+
+    def _drop(self, index: int, reason: str) -> None:
+        """Leave task ``index`` out of this iteration (bad env output or gradient)."""
+        self._dropped[index] = reason
+        logger.warning("task dropped from this iteration: %s", reason)
+
+    def _step_or_drop(self, index: int, batch: Batch, step: Any) -> Optional[dict[str, Any]]:
+        """Run one adaptation ``step()`` of task ``index``; store and return its weights,
+        or drop the task (None) if its gradient is non-finite."""
+        try:
+            phi, _ = step()
+        except NonFiniteError as err:
+            self._drop(index, f"non-finite gradient in task {batch.task_id}'s step ({err})")
+            return None
+        self._phi[index] = phi
+        return params_to_weights(phi)
 
     # -- the per-iteration protocol -------------------------------------------------------
     def begin(self, num_tasks: int) -> dict[str, Any]:
@@ -102,29 +122,42 @@ class MetaCPOTorchLearner(TorchLearner):
             if round_index < cfg.inner_steps:
                 self._support[i].append(batch)
                 phi = self._phi[i] or params_of(self.policy)
-                self._phi[i], _ = inner_step(self.policy, phi, batch, cfg, create_graph=False)
-                weights[i] = params_to_weights(self._phi[i])
+                weights[i] = self._step_or_drop(i, batch, lambda: inner_step(
+                    self.policy, phi, batch, cfg, create_graph=False))
             else:
                 self._query[i] = batch
         return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
 
     def meta_step(self) -> dict[str, float]:
-        """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ."""
+        """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
+
+        A non-finite meta-gradient (or a non-finite candidate θ) skips the update: θ is
+        left unchanged and ``updates_skipped`` is 1 in the returned statistics.
+        """
         cfg = self.config.update_config()
         keep = [i for i, q in enumerate(self._query)
                 if q is not None and i not in self._dropped]
         if not keep:
             self._reset_rounds(0)
-            return {"num_tasks_updated": 0.0}
+            return {"num_tasks_updated": 0.0, "updates_skipped": 0.0}
         policy = self.policy
-        new_theta, info = meta_update(policy, params_of(policy),
-                                      [self._support[i] for i in keep],
-                                      [self._query[i] for i in keep], cfg)
+        try:
+            new_theta, info = meta_update(policy, params_of(policy),
+                                          [self._support[i] for i in keep],
+                                          [self._query[i] for i in keep], cfg)
+            if not all(bool(torch.isfinite(v).all()) for v in new_theta.values()):
+                raise NonFiniteError("the new θ has NaN or inf")
+        except NonFiniteError as err:
+            ids = [self._query[i].task_id for i in keep]
+            logger.warning("update skipped: non-finite meta-gradient over tasks %s (%s)",
+                           ids, err)
+            self._reset_rounds(0)
+            return {"num_tasks_updated": 0.0, "updates_skipped": 1.0}
         with torch.no_grad():
             for name, param in policy.named_parameters():
                 param.copy_(new_theta[name])
         self._reset_rounds(0)
-        return {**info, "num_tasks_updated": float(len(keep))}
+        return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
 
     def adapt_round(self, samples: Sequence[Optional[dict[str, Any]]], update: bool
                     ) -> dict[str, Any]:
@@ -139,8 +172,9 @@ class MetaCPOTorchLearner(TorchLearner):
                 continue
             summaries[i] = batch_summary(batch)
             if update:
-                self._phi[i], _ = adaptation_step(self.policy, self.adapted_params(i), batch, cfg)
-                weights[i] = params_to_weights(self._phi[i])
+                params = self.adapted_params(i)
+                weights[i] = self._step_or_drop(i, batch, lambda: adaptation_step(
+                    self.policy, params, batch, cfg))
         return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> Any:

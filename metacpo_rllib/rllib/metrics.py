@@ -15,6 +15,7 @@ METRICS_KEY = "metacpo"
 INNER_STAT_DEFAULTS: dict[str, float] = {
     **{f"inner_case_{k}": 0.0 for k in range(5)},
     "inner_lam_mean": 0.0, "inner_nu_mean": 0.0, "inner_recoveries": 0.0,
+    "updates_skipped": 0.0,   # 1: the update was skipped (non-finite meta-gradient)
 }
 
 
@@ -90,5 +91,7 @@ def iteration_metrics(
             "node_id": [node for _, node in placements],
             "pre_return": pre_r, "pre_cost": pre_c,
             "post_return": post_r, "post_cost": post_c,
+            # 1: left out of the update (bad env output or non-finite gradient)
+            "dropped": [int(s is None) for s in rounds[-1]],
         },
     }
