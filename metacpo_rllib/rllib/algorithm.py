@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -24,6 +26,11 @@ from metacpo_rllib.rllib.registry import register_envs
 _STATE_KEY = "metacpo"
 
 
+class CheckpointError(OSError):
+    """Writing a checkpoint failed (unwritable directory, full disk, ...); the algorithm's
+    in-memory state is untouched and training can go on."""
+
+
 class MetaCPO(Algorithm):
     """Meta-CPO on RLlib's new API stack (Meta-TRPO / CPO / TRPO through the config).
 
@@ -44,6 +51,10 @@ class MetaCPO(Algorithm):
         super().setup(config)
         self.family = self.config.make_family()
         self._task_rng = np.random.default_rng(self.config.seed)
+        # Seeds of the sampling jobs (env resets and action noise), apart from the task RNG
+        # so that the task sequence does not depend on the number of sampling rounds.
+        self._sample_rng = np.random.default_rng(
+            None if self.config.seed is None else [int(self.config.seed), 1])
         self._meta_iterations = 0
 
     # -- training ----------------------------------------------------------------------------
@@ -133,8 +144,9 @@ class MetaCPO(Algorithm):
         rounds, placements = [], [(-1, "")] * len(tasks)
         for k in range(num_rounds):
             start = time.perf_counter()
+            seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(tasks))]
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                samples = self.sample_episodes(tasks, weights, num_eps)
+                samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
             times["sample_s"] += time.perf_counter() - start
             for i, sample in enumerate(samples):
                 if sample is not None:
@@ -155,7 +167,8 @@ class MetaCPO(Algorithm):
         return rounds, placements, times
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
-                        num_episodes: int) -> list[Optional[dict]]:
+                        num_episodes: int, seeds: Optional[Sequence[int]] = None
+                        ) -> list[Optional[dict]]:
         """Sample ``num_episodes`` episodes of each task with its weights (tasks whose
         weights are None are skipped) on the EnvRunners; see ``episodes.sample_jobs``.
 
@@ -163,9 +176,12 @@ class MetaCPO(Algorithm):
         its share in one call); with no remote runners the local one does them in turn.
         A runner that fails is restarted by RLlib and its tasks are re-sent (task and
         weights are part of every job) until ``num_consecutive_env_runner_failures_tolerance``
-        attempts are used up.
+        attempts are used up. ``seeds`` (one per task) seed each job's env resets and action
+        noise, so a re-sent job samples the same episodes and a restored checkpoint
+        continues the same stream.
         """
-        jobs = [{"job": i, "task": task.to_dict(), "weights": w, "num_episodes": num_episodes}
+        jobs = [{"job": i, "task": task.to_dict(), "weights": w, "num_episodes": num_episodes,
+                 "seed": None if seeds is None else int(seeds[i])}
                 for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
         results: dict[int, dict] = {}
         group = self.env_runner_group
@@ -215,9 +231,28 @@ class MetaCPO(Algorithm):
         return result.get()
 
     # -- checkpointing ---------------------------------------------------------------------
+    def save_to_path(self, path: Any = None, *, state: Optional[dict] = None,
+                     filesystem: Any = None, use_msgpack: bool = False) -> str:
+        """RLlib's ``save_to_path``; an OSError becomes a :class:`CheckpointError` naming the
+        path, and a checkpoint folder this call created is removed (no half-written
+        checkpoint is left behind). Saving only reads the training state."""
+        local = path is not None and filesystem is None and "://" not in str(path)
+        existed = local and os.path.exists(str(path))
+        try:
+            return super().save_to_path(path, state=state, filesystem=filesystem,
+                                        use_msgpack=use_msgpack)
+        except OSError as err:
+            if local and not existed:
+                shutil.rmtree(str(path), ignore_errors=True)
+            raise CheckpointError(
+                err.errno, f"could not write the checkpoint to {path}: "
+                f"{err.strerror or err}; the training state in memory is unchanged "
+                "(free space or choose a writable directory and save again)") from err
+
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
         state = super().get_state(components, not_components=not_components, **kwargs)
         state[_STATE_KEY] = {"task_rng": self._task_rng.bit_generator.state,
+                             "sample_rng": self._sample_rng.bit_generator.state,
                              "meta_iterations": self._meta_iterations}
         return state
 
@@ -225,6 +260,8 @@ class MetaCPO(Algorithm):
         super().set_state(state)
         if _STATE_KEY in state:
             self._task_rng.bit_generator.state = state[_STATE_KEY]["task_rng"]
+            if "sample_rng" in state[_STATE_KEY]:  # (absent from older checkpoints)
+                self._sample_rng.bit_generator.state = state[_STATE_KEY]["sample_rng"]
             self._meta_iterations = int(state[_STATE_KEY]["meta_iterations"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from ray.rllib.core import COMPONENT_RL_MODULE
 from ray.rllib.core.columns import Columns
 
@@ -47,6 +48,9 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
     "num_episodes": n}``. Weights are set synchronously and without a sequence number
     (so they are always applied); the task reaches every sub-env of the vector env and
     takes effect at the reset that ``sample(num_episodes=...)`` always performs.
+    A job's optional ``"seed"`` seeds that reset (RLlib reseeds the env at every
+    ``sample(num_episodes=...)``) and the action noise (torch's global RNG, forked so the
+    process's own stream is left as it was).
     Returns ``{"results": [...], "metrics": runner.get_metrics()}``.
     """
     results = []
@@ -54,7 +58,7 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
         if job.get("weights") is not None:
             runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
         runner.env.unwrapped.call("set_task", job["task"])
-        episodes = runner.sample(num_episodes=int(job["num_episodes"]), explore=True)
+        episodes = _sample(runner, int(job["num_episodes"]), job.get("seed"))
         converted = [episode_to_data(ep) for ep in episodes]
         results.append({
             "job": job["job"],
@@ -66,3 +70,13 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
             "num_env_steps": int(sum(len(d) for d, _ in converted)),
         })
     return {"results": results, "metrics": runner.get_metrics()}
+
+
+def _sample(runner: Any, num_episodes: int, seed: Any) -> list:
+    """``runner.sample(num_episodes=...)``, seeded when ``seed`` is not None."""
+    if seed is None:
+        return runner.sample(num_episodes=num_episodes, explore=True)
+    runner._seed = int(seed)  # used by the env reset of every sample(num_episodes=...)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return runner.sample(num_episodes=num_episodes, explore=True)
