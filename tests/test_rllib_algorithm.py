@@ -50,6 +50,8 @@ def flat(tree, prefix=()):
 
 def assert_finite(metrics: dict) -> None:
     for key, value in flat(metrics):
+        if key[-1] == "node_id":  # Ray node ids (strings)
+            continue
         values = value if isinstance(value, list) else [value]
         assert values and all(math.isfinite(float(v)) for v in values), (key, value)
 
