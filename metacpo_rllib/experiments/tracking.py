@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,11 @@ ARTIFACT_DIR = "mlruns"
 EXTRA_METRICS = ("time_this_iter_s", "time_total_s", "num_env_steps_sampled_lifetime",
                  "env_runners/episode_return_mean", "env_runners/episode_len_mean")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch
+#: Where a run's metrics that never reached the server are written at the end.
+UNSENT_FILE = "mlflow-unsent-{run_id}.json"
+
+logger = logging.getLogger(__name__)
 
 
 class TrackingWarning(UserWarning):
@@ -71,18 +77,53 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
 
 
 class Guard:
-    """Runs tracking calls; the first failure emits ONE TrackingWarning and turns every
-    later call into a no-op, so tracking problems never stop training."""
+    """Runs tracking calls so that tracking problems never stop training, with ONE
+    TrackingWarning per guard whatever happens.
+
+    ``call``: the first failure turns every later call into a no-op (``disabled``; used
+    before a run exists). ``send``: a resumable call for a run that exists: while the
+    server cannot be reached the call is skipped and ``send`` returns False (the guard is
+    ``offline``); once it answers again calls go through again (the caller keeps what it
+    could not send, e.g. RunRecorder's metrics, and sends it then).
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.disabled = False
+        self.offline = False
+        self.warned = False
+
+    def _warn(self, message: str) -> None:
+        if not self.warned:
+            self.warned = True
+            warnings.warn(message, TrackingWarning, stacklevel=4)
 
     def disable(self, reason: Any) -> None:
         if not self.disabled:
             self.disabled = True
-            warnings.warn(f"MLflow tracking to {self.uri} is off for this run: {reason}; "
-                          "training continues without it", TrackingWarning, stacklevel=3)
+            self._warn(f"MLflow tracking to {self.uri} is off for this run: {reason}; "
+                       "training continues without it")
+
+    def send(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Call ``fn`` if the store answers; True if it ran without error."""
+        if self.disabled:
+            return False
+        reason = check_reachable(self.uri, timeout=2.0)  # (None for non-http stores)
+        if reason is None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 (any tracking failure)
+                reason = f"{type(err).__name__}: {err}"
+            else:
+                if self.offline:
+                    self.offline = False
+                    logger.info("MLflow tracking to %s resumed", self.uri)
+                return True
+        if not self.offline:
+            self.offline = True
+            self._warn(f"MLflow tracking to {self.uri} failed: {reason}; training "
+                       "continues, metrics are kept and sent when the server is back")
+        return False
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.disabled:
@@ -192,13 +233,30 @@ class RunRecorder:
         self.client, self.run_id, self.guard = client, run_id, guard
         self.history: list[dict[str, float]] = []
         self.report: Optional[dict[str, Any]] = None
+        self.pending: list[Any] = []  # metrics not yet accepted by the store
+        self.unsent_path: Optional[Path] = None
+
+    def _send(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """A resumable tracking call of this run (skipped if there is no run)."""
+        return bool(self.run_id) and self.guard.send(fn, *args, **kwargs)
+
+    def _log_metrics(self, metrics: list[Any]) -> None:
+        """Queue ``metrics`` and send everything queued while the store answers."""
+        if not self.run_id:
+            return
+        self.pending.extend(metrics)
+        while self.pending:
+            chunk = self.pending[:MAX_METRICS_PER_BATCH]
+            if not self._send(self.client.log_batch, self.run_id, metrics=chunk):
+                return
+            del self.pending[:len(chunk)]
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow: 100 params per batch
-            self.guard.call(self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._send(self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def log_result(self, result: Mapping[str, Any]) -> None:
         """One ``algo.train()`` / Tune result: its metrics at step = training iteration."""
@@ -207,8 +265,7 @@ class RunRecorder:
         self.history.append(history_row(result))
         step = int(result.get("training_iteration", len(self.history)))
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in result_metrics(result).items()]
-        self.guard.call(self.client.log_batch, self.run_id, metrics=metrics)
+        self._log_metrics([Metric(k, v, now, step) for k, v in result_metrics(result).items()])
 
     def log_adaptation(self, report: Mapping[str, Any]) -> None:
         """An ``algo.adapt`` report: ``test/*`` metrics per adaptation step, the table and
@@ -226,23 +283,35 @@ class RunRecorder:
                 metrics.append(Metric(f"test/{name}", float(value), now, int(step)))
         limits = [t["cost_limit"] for t in report["tasks"]]
         metrics.append(Metric("test/cost_limit_mean", float(sum(limits) / len(limits)), now, 0))
-        self.guard.call(self.client.log_batch, self.run_id, metrics=metrics)
-        self.guard.call(self.client.log_text, self.run_id, adaptation_table(report),
-                        "adaptation/table.txt")
-        self.guard.call(self.client.log_text, self.run_id,
-                        json.dumps(report, indent=2, default=plain), "adaptation/report.json")
+        self._log_metrics(metrics)
+        self._send(self.client.log_text, self.run_id, adaptation_table(report),
+                   "adaptation/table.txt")
+        self._send(self.client.log_text, self.run_id,
+                   json.dumps(report, indent=2, default=plain), "adaptation/report.json")
 
     def log_checkpoint(self, path: str, upload: bool = True) -> None:
         """Tag the checkpoint path; with ``upload`` also copy it under ``checkpoint/``."""
-        self.guard.call(self.client.set_tag, self.run_id, "checkpoint_path", str(path))
+        self._send(self.client.set_tag, self.run_id, "checkpoint_path", str(path))
         if upload and Path(path).is_dir():
-            self.guard.call(self.client.log_artifacts, self.run_id, str(path), "checkpoint")
+            self._send(self.client.log_artifacts, self.run_id, str(path), "checkpoint")
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Log the run plot (training curves and adaptation) and close the run."""
+        """Send queued metrics, log the run plot (training curves and adaptation) and close
+        the run. Metrics the store never took are written to ``UNSENT_FILE`` (JSON) in the
+        working directory."""
+        self._log_metrics([])
         if self.history or self.report:
-            self.guard.call(self._log_plot)
-        self.guard.call(self.client.set_terminated, self.run_id, status)
+            self._send(self._log_plot)
+        self._send(self.client.set_terminated, self.run_id, status)
+        if self.pending:
+            self.unsent_path = Path(UNSENT_FILE.format(run_id=self.run_id)).resolve()
+            rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp,
+                     "step": m.step} for m in self.pending]
+            self.unsent_path.write_text(json.dumps({"tracking_uri": self.guard.uri,
+                                                    "run_id": self.run_id,
+                                                    "metrics": rows}))
+            logger.warning("MLflow server %s did not come back: %d metrics of run %s kept "
+                           "in %s", self.guard.uri, len(rows), self.run_id, self.unsent_path)
 
     def _log_plot(self) -> None:
         from metacpo_rllib.experiments.plots import run_figure

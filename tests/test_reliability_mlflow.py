@@ -1,0 +1,189 @@
+"""Reliability: the MLflow tracking server is killed in the middle of a training run.
+
+A real ``mlflow server`` on 127.0.0.1 (started by the test, in its own process group) is
+SIGKILLed after iteration 2; training goes on with ONE TrackingWarning, the metrics of
+the iterations without a server are kept and sent once the server is back (restarted on
+the same port and store); the run ends FINISHED with every iteration's metrics. If the
+server never comes back, the unsent metrics are written to a local JSON file. No server
+process is left afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+from metacpo_rllib.experiments import tracking
+
+pytestmark = pytest.mark.ray
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """PIDs of all live descendants of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Server:
+    """``mlflow server`` on 127.0.0.1:port with a sqlite store under ``root``."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port = root, port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+        self.pids: set[int] = set()
+
+    def start(self) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+               "--artifacts-destination", str(self.root / "artifacts")]
+        with open(self.root / "server.log", "a") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while True:
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not start in 120 s"
+                time.sleep(0.5)
+        self.pids |= {self.proc.pid} | descendants(self.proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (the server and its workers)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.pids |= descendants(self.proc.pid)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        deadline = time.time() + 10
+        while any(alive(p) for p in self.pids) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="mcpo-relmlf-", dir="/tmp")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir,
+             log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    srv = Server(tmp_path, free_port())
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.kill()
+        assert not [p for p in srv.pids if alive(p)], "mlflow server processes left"
+
+
+def make_algo():
+    from metacpo_rllib.rllib import MetaCPOConfig
+
+    config = (MetaCPOConfig().environment("PointNav", env_config={"horizon": 20})
+              .env_runners(num_env_runners=0)
+              .training(tasks_per_iteration=2, episodes_per_task=2, seed=0))
+    return config, config.build_algo()
+
+
+def run_training(config, algo, uri: str, iterations: int, on_iteration) -> tuple:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tracking.log_training_run(config, tracking_uri=uri) as run:
+            for i in range(1, iterations + 1):
+                on_iteration(i)
+                run.log_result(algo.train())
+    return run, [w for w in caught if issubclass(w.category, tracking.TrackingWarning)]
+
+
+def test_server_killed_mid_run_metrics_resume(ray_local, server):
+    from mlflow.tracking import MlflowClient
+
+    config, algo = make_algo()
+
+    def on_iteration(i: int) -> None:
+        if i == 3:
+            server.kill()          # iterations 3, 4 without a server
+        if i == 5:
+            server.start()         # back (same port, same store) before iteration 5
+
+    try:
+        start = time.perf_counter()
+        run, caught = run_training(config, algo, server.uri, 6, on_iteration)
+        elapsed = time.perf_counter() - start
+    finally:
+        algo.stop()
+    assert len(caught) == 1 and server.uri in str(caught[0].message)
+    assert not run.pending and run.unsent_path is None
+    client = MlflowClient(tracking_uri=server.uri)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    history = client.get_metric_history(run.run_id, "metacpo/pre_cost_mean")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    print(f"6 iterations with the server down for 2: {elapsed:.1f} s")
+
+
+def test_server_that_never_returns_keeps_metrics_locally(ray_local, server):
+    config, algo = make_algo()
+    try:
+        run, caught = run_training(config, algo, server.uri, 3,
+                                   lambda i: server.kill() if i == 2 else None)
+    finally:
+        algo.stop()
+    assert len(caught) == 1
+    assert run.unsent_path is not None and run.unsent_path.is_file()
+    saved = json.loads(run.unsent_path.read_text())
+    assert saved["run_id"] == run.run_id
+    steps = {m["step"] for m in saved["metrics"] if m["key"] == "metacpo/pre_cost_mean"}
+    assert steps == {2, 3}
