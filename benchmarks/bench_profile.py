@@ -28,7 +28,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "runner.sample": ("single_agent_env_runner.py", "sample"),
     "  env step (vector env)": ("sync_vector_env.py", "step"),
     "    task env step": ("envs/safety.py", "step"),
-    "    mujoco mj_step": ("~", "<built-in method mujoco._functions.mj_step>"),
+    "    mujoco mj_step": ("~", "mj_step"),
     "  connector pipelines": ("connector_pipeline_v2.py", "__call__"),
     "  RLModule forward_exploration": ("rl_module.py", "forward_exploration"),
     "  episode bookkeeping (add_env_step)": ("single_agent_episode.py", "add_env_step"),
@@ -47,7 +47,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "    cpo_step": ("optim/cpo.py", "cpo_step"),
     "    conjugate gradient": ("optim/linalg.py", "conjugate_gradient"),
     "sync_weights": ("env_runner_group.py", "sync_weights"),
-    "metrics logging": ("algorithm.py", "_run_one_training_iteration"),
+    "training_step (whole iteration)": ("rllib/algorithm.py", "training_step"),
 }
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _builtin(stats: pstats.Stats, name: str) -> tuple[float, int]:
     for (path, _, func), (cc, _, _, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if path == "~" and func == name:
+        if path == "~" and name in func:
             return ct, cc
     return 0.0, 0
 

@@ -51,14 +51,15 @@ def raw_rate(family_name: str, steps: int, repeats: int, seed: int = 0,
 
 
 def sampled_rate(family_name: str, runners: int, jobs_per_runner: int, episodes: int,
-                 repeats: int, env_config: dict | None = None) -> dict[str, Any]:
+                 repeats: int, env_config: dict | None = None, envs_per_runner: int = 1
+                 ) -> dict[str, Any]:
     """Env steps/s of ``MetaCPO.sample_episodes`` (θ's weights pushed with every job)."""
     import _algo
 
     tasks_n = max(runners, 1) * jobs_per_runner
     with local_ray(num_cpus=max(runners, 1) + 1):
         algo = _algo.build(family_name, runners, tasks=tasks_n, episodes=episodes,
-                           env_config=env_config)
+                           env_config=env_config, envs_per_runner=envs_per_runner)
         try:
             theta = algo._learner_call("theta_weights")
             tasks = algo.sample_train_tasks()
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
     parser.add_argument("--raw-steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--envs-per-runner", type=int, default=1,
+                        help="sub-envs per EnvRunner (num_envs_per_env_runner)")
     parser.add_argument("--horizon", type=int, default=None,
                         help="override max_episode_steps (smoke tests)")
     parser.add_argument("--out", default=str(RESULTS / "sampling.json"))
@@ -102,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw = raw_rate(name, args.raw_steps, args.repeats, env_config=env_config)
         for r in args.runners:
             sampled = sampled_rate(name, r, args.jobs_per_runner, args.episodes, args.repeats,
-                                   env_config)
+                                   env_config, args.envs_per_runner)
             ratio = sampled["steps_per_s"] / (max(r, 1) * raw["steps_per_s"])
-            rows.append({"family": name, "runners": r, "raw_steps_per_s": raw["steps_per_s"],
+            rows.append({"family": name, "runners": r, "envs_per_runner": args.envs_per_runner,
+                         "raw_steps_per_s": raw["steps_per_s"],
                          "raw_steps_per_cpu_s": raw["steps_per_cpu_s"],
                          "sampled_steps_per_s": sampled["steps_per_s"], "ratio": ratio,
                          "meets_target": ratio >= TARGET, "raw": raw, "sampled": sampled})

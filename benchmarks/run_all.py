@@ -9,11 +9,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: (script, stem of its JSON) in run order
-SCRIPTS = [("bench_sampling.py", "sampling"), ("bench_meta_share.py", "meta_share"),
-           ("bench_scaling.py", "scaling"), ("bench_profile.py", "profile"),
-           ("bench_envs.py", "envs"), ("bench_update.py", "update"),
-           ("bench_cpo_step.py", "cpo_step")]
+#: (script, stem of its JSON, extra arguments) in run order
+SCRIPTS = [("bench_sampling.py", "sampling", []),
+           ("bench_sampling.py", "sampling_vector", ["--envs-per-runner", "4"]),
+           ("bench_meta_share.py", "meta_share", []), ("bench_scaling.py", "scaling", []),
+           ("bench_profile.py", "profile", []), ("bench_envs.py", "envs", []),
+           ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="EnvRunner counts for the sampling and scaling benchmarks")
     args = parser.parse_args(argv)
     failed = []
-    for script, stem in SCRIPTS:
+    for script, stem, extra in SCRIPTS:
         if args.only and stem not in args.only:
             continue
-        cmd = [sys.executable, str(HERE / script), "--out", str(args.results / f"{stem}.json")]
-        if args.runners and stem in ("sampling", "scaling"):
+        cmd = [sys.executable, str(HERE / script), "--out", str(args.results / f"{stem}.json"), *extra]
+        if args.runners and stem in ("sampling", "sampling_vector", "scaling"):
             cmd += ["--runners", *args.runners]
         print(f"\n=== {script} ===", flush=True)
         start = time.perf_counter()
