@@ -44,7 +44,8 @@ def machine() -> dict[str, Any]:
             "cpu": cpu, "cpus": os.cpu_count(),
             "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
-            "mem_gib": mem_gib, "hostname": platform.node()}
+            "mem_gib": mem_gib, "hostname": platform.node(),
+            "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def provenance() -> dict[str, Any]:

@@ -15,7 +15,9 @@ DEFAULT_OUT = HERE.parent / "docs" / "BENCHMARKS.md"
 SOURCES = {
     "sampling": ("Sampling efficiency", "bench_sampling.py"),
     "sampling_vector": ("Sampling efficiency with 4 sub-envs per EnvRunner (candidate fix)",
-                        "bench_sampling.py --envs-per-runner 4"),
+                        "bench_sampling.py --envs-per-runner 4 --episodes 4"),
+    "lean_rollout": ("Lean rollout loop (no RLlib): what a lean sampler could reach",
+                     "bench_lean_rollout.py"),
     "meta_share": ("Meta-update share", "bench_meta_share.py"),
     "cpo_step": ("DCO step (CPO-step backends)", "bench_cpo_step.py"),
     "update": ("Meta-gradient", "bench_update.py"),
@@ -65,7 +67,9 @@ def machine_line(data: dict[str, Any]) -> str:
     cpu = m.get("cpu", "?")
     return (f"{cpu}, {m.get('cpus', m.get('cpu_count', '?'))} CPUs"
             + (f", {m['mem_gib']} GiB" if m.get("mem_gib") else "")
-            + f", {m.get('platform', '?')}, Python {m.get('python', '?')}")
+            + f", {m.get('platform', '?')}, Python {m.get('python', '?')}"
+            + (f"; load average {', '.join(f'{x:.1f}' for x in m['loadavg_1_5_15'])} "
+               "(1, 5, 15 min) when written" if m.get("loadavg_1_5_15") else ""))
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -84,6 +88,33 @@ def sec_sampling(d: dict[str, Any], summary: list[list[str]], targets: bool = Tr
             f"{d['config']['episodes']} episodes, {envs} sub-env(s) per runner, median of "
             f"{d['config']['repeats']} calls.", ""] \
         + table(["family", "R", "raw steps/s", "sampled steps/s", "ratio", "target"], rows)
+
+
+def compare_sampling(base: dict[str, Any], vec: dict[str, Any]) -> list[str]:
+    """Sampled steps/s with N sub-envs per runner against one sub-env (same family and R)."""
+    one = {(r["family"], r["runners"]): r["sampled_steps_per_s"] for r in base["rows"]}
+    n = vec["config"].get("envs_per_runner", 1)
+    rows = [[r["family"], r["runners"], one[(r["family"], r["runners"])],
+             r["sampled_steps_per_s"], r["sampled_steps_per_s"] / one[(r["family"], r["runners"])]]
+            for r in vec["rows"] if (r["family"], r["runners"]) in one]
+    if not rows:
+        return []
+    return [f"Sampled steps/s, {n} sub-envs ({vec['config']['episodes']} episodes per task) "
+            f"against 1 sub-env ({base['config']['episodes']} episodes per task) per EnvRunner; "
+            "the two runs were taken minutes apart on a shared machine:", ""] \
+        + table(["family", "R", "1 sub-env", f"{n} sub-envs", "speed-up"], rows)
+
+
+def sec_lean(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    rows = [[r["family"], r["raw_steps_per_s"], r["lean_steps_per_s"], r["ratio"]]
+            for r in d["rows"]]
+    return ["One process: the task env stepped by the (32, 16) GaussianMLP (one observation per "
+            "forward, actions sampled, log-probs kept, clipped copy to the env), against the "
+            "random-policy rate of the same env, median of "
+            f"{d['config']['repeats']} runs of {d['config']['steps']} steps. Not a target: "
+            "the bound a sampler without RLlib's per-step connectors and episode objects "
+            "could reach per EnvRunner.", ""] \
+        + table(["family", "raw steps/s", "lean loop steps/s", "lean ÷ raw"], rows)
 
 
 def sec_meta_share(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
@@ -215,9 +246,10 @@ def findings(d: dict[str, Any]) -> list[str]:
         f"episode conversion (`episode_to_data`) {fmt(us.get('episode_to_data'))} µs and the θ "
         f"broadcast (`sync_weights`) {fmt(us.get('sync_weights'))} µs per env step"
         + (": negligible." if small else "."),
-        "- The connector and forward costs are per *call*, for a batch of one observation "
-        "(one sub-env per EnvRunner), so they are amortised by stepping several sub-envs per "
-        "EnvRunner (see the sampling section with 4 sub-envs).", ""]
+        "- The connector and forward costs are paid per *call*, here for a batch of one "
+        "observation (one sub-env per EnvRunner); stepping several sub-envs per EnvRunner "
+        "shares each call among them; the sampling section with 4 sub-envs measures what that "
+        "gains end to end.", ""]
 
 
 def sec_envs(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
@@ -233,7 +265,7 @@ def sec_envs(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
 SECTIONS: dict[str, Callable[..., list[str]]] = {
     "sampling": sec_sampling,
     "sampling_vector": lambda d, summary: sec_sampling(d, summary, targets=False),
-    "meta_share": sec_meta_share, "cpo_step": sec_cpo_step,
+    "lean_rollout": sec_lean, "meta_share": sec_meta_share, "cpo_step": sec_cpo_step,
     "update": sec_update, "scaling": sec_scaling, "profile": sec_profile, "envs": sec_envs,
 }
 
@@ -250,6 +282,8 @@ def render(data: dict[str, dict[str, Any]]) -> str:
         d = data[stem]
         fn = SECTIONS[stem]
         lines = fn(d, summary, policy_n) if stem == "cpo_step" else fn(d, summary)
+        if stem == "sampling_vector" and "sampling" in data:
+            lines += compare_sampling(data["sampling"], d)
         body += [f"## {title}", "",
                  f"`benchmarks/{script}` → `benchmarks/results/{stem}.json`; commit "
                  f"`{d.get('commit', 'not recorded')}`"

@@ -11,7 +11,9 @@ HERE = Path(__file__).resolve().parent
 
 #: (script, stem of its JSON, extra arguments) in run order
 SCRIPTS = [("bench_sampling.py", "sampling", []),
-           ("bench_sampling.py", "sampling_vector", ["--envs-per-runner", "4"]),
+           ("bench_sampling.py", "sampling_vector",
+            ["--envs-per-runner", "4", "--episodes", "4"]),
+           ("bench_lean_rollout.py", "lean_rollout", []),
            ("bench_meta_share.py", "meta_share", []), ("bench_scaling.py", "scaling", []),
            ("bench_profile.py", "profile", []), ("bench_envs.py", "envs", []),
            ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", [])]

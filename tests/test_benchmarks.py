@@ -10,6 +10,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench_lean_rollout  # noqa: E402
 import bench_meta_share  # noqa: E402
 import bench_profile  # noqa: E402
 import bench_sampling  # noqa: E402
@@ -32,6 +33,9 @@ def test_scripts_write_json_and_report_renders(tmp_path: Path) -> None:
                          "--horizon", "20", "--out", str(tmp_path / "sampling.json")])
     rows = _check_json(tmp_path / "sampling.json")["rows"]
     assert rows[0]["sampled_steps_per_s"] > 0 and rows[0]["ratio"] > 0
+    bench_lean_rollout.main(["--families", "PointNav", "--steps", "100", "--repeats", "1",
+                             "--horizon", "20", "--out", str(tmp_path / "lean_rollout.json")])
+    assert _check_json(tmp_path / "lean_rollout.json")["rows"][0]["lean_steps_per_s"] > 0
     bench_meta_share.main([*TINY, "--runners", "0", "--iterations", "1",
                            "--settings", "euclidean:closed_form",
                            "--out", str(tmp_path / "meta_share.json")])
@@ -47,7 +51,8 @@ def test_scripts_write_json_and_report_renders(tmp_path: Path) -> None:
 
     text = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
     assert (tmp_path / "B.md").read_text() == text
-    for title in ("Sampling efficiency", "Meta-update share", "Scaling", "Profile"):
+    for title in ("Sampling efficiency", "Lean rollout", "Meta-update share", "Scaling",
+                  "Profile"):
         assert f"## {title}" in text
     assert "*No results: run `benchmarks/bench_update.py`.*" in text
     assert "sampling ratio ≥ 0.8" in text and "learner share ≤ 10.0%" in text
