@@ -39,7 +39,6 @@ def test_batch_fields_and_units():
 def test_baseline_explains_a_predictable_signal():
     # cost 1 on steps whose first observation is positive: the linear baseline fits it,
     # so the cost advantages are much smaller than the raw costs-to-go
-    rng = np.random.default_rng(0)
     eps = []
     for i in range(20):
         ep = episode(50, i)
