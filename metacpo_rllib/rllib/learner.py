@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
@@ -112,21 +112,17 @@ class MetaCPOTorchLearner(TorchLearner):
         new weights are returned. Round K is the query round.
         """
         cfg = self.config.update_config()
-        summaries: list[Optional[dict]] = [None] * len(samples)
-        weights: list[Optional[dict]] = [None] * len(samples)
-        for i, sample in enumerate(samples):
-            batch = self._batch(i, sample)
-            if batch is None:
-                continue
-            summaries[i] = batch_summary(batch)
-            if round_index < cfg.inner_steps:
-                self._support[i].append(batch)
-                phi = self._phi[i] or params_of(self.policy)
-                weights[i] = self._step_or_drop(i, batch, lambda: inner_step(
-                    self.policy, phi, batch, cfg, create_graph=False))
-            else:
+
+        def take(i: int, batch: Batch) -> Optional[dict[str, Any]]:
+            if round_index >= cfg.inner_steps:
                 self._query[i] = batch
-        return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
+                return None
+            self._support[i].append(batch)
+            phi = self._phi[i] or params_of(self.policy)
+            return self._step_or_drop(i, batch, lambda: inner_step(
+                self.policy, phi, batch, cfg, create_graph=False))
+
+        return self._over_tasks(samples, take)
 
     def meta_step(self) -> dict[str, float]:
         """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
@@ -164,6 +160,20 @@ class MetaCPOTorchLearner(TorchLearner):
         """Test-time adaptation: summarise each task's batch and, if ``update``, take one
         optim ``adaptation_step`` from its current parameters; θ is left unchanged."""
         cfg = self.config.update_config()
+
+        def step(i: int, batch: Batch) -> Optional[dict[str, Any]]:
+            if not update:
+                return None
+            params = self.adapted_params(i)
+            return self._step_or_drop(i, batch, lambda: adaptation_step(
+                self.policy, params, batch, cfg))
+
+        return self._over_tasks(samples, step)
+
+    def _over_tasks(self, samples: Sequence[Optional[dict[str, Any]]],
+                    handle: Callable[[int, Batch], Optional[dict[str, Any]]]) -> dict[str, Any]:
+        """Build each task's Batch (dropping bad ones), summarise it and let ``handle``
+        return the task's next weights (or None)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
@@ -171,10 +181,7 @@ class MetaCPOTorchLearner(TorchLearner):
             if batch is None:
                 continue
             summaries[i] = batch_summary(batch)
-            if update:
-                params = self.adapted_params(i)
-                weights[i] = self._step_or_drop(i, batch, lambda: adaptation_step(
-                    self.policy, params, batch, cfg))
+            weights[i] = handle(i, batch)
         return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> Any:
