@@ -116,17 +116,23 @@ def test_optim_and_envs_do_not_import_ray():
 
 
 def test_registered_with_tune():
-    from ray.tune.registry import ENV_CREATOR, TRAINABLE_CLASS, _global_registry
+    """Importing the package registers the four algorithms and every family with Tune.
 
-    from metacpo_rllib.envs import FAMILIES
-
-    for name, cls in (("MetaCPO", MetaCPO), ("MetaTRPO", MetaTRPO), ("CPO", CPO),
-                      ("TRPO", TRPO)):
-        assert _global_registry.get(TRAINABLE_CLASS, name) is cls
-    for family in FAMILIES:
-        assert _global_registry.contains(ENV_CREATOR, family)
-    env = _global_registry.get(ENV_CREATOR, "PointNav")({"horizon": 7, "num_envs": 1})
-    assert env.horizon == 7
+    Run in a fresh process: without a running Ray, Tune keeps registrations in a
+    per-process buffer that a previous ray.init/shutdown in this process has emptied
+    (that case is test_names_survive_a_ray_restart's)."""
+    code = """
+from ray.tune.registry import ENV_CREATOR, TRAINABLE_CLASS, _global_registry
+from metacpo_rllib import CPO, TRPO, MetaCPO, MetaTRPO
+from metacpo_rllib.envs import FAMILIES
+for name, cls in (("MetaCPO", MetaCPO), ("MetaTRPO", MetaTRPO), ("CPO", CPO), ("TRPO", TRPO)):
+    assert _global_registry.get(TRAINABLE_CLASS, name) is cls, name
+for family in FAMILIES:
+    assert _global_registry.contains(ENV_CREATOR, family), family
+env = _global_registry.get(ENV_CREATOR, "PointNav")({"horizon": 7, "num_envs": 1})
+assert env.horizon == 7
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_names_survive_a_ray_restart():
