@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import errno
 import math
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig
 from metacpo_rllib.rllib.algorithm import CheckpointError
@@ -20,16 +17,6 @@ pytestmark = pytest.mark.ray
 
 #: Result entries that legitimately differ between two runs (wall-clock time).
 TIMING = ("time",)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-relck-", dir="/tmp")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def make_config(cls=MetaCPOConfig):

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import warnings
@@ -75,18 +73,6 @@ class Server:
         deadline = time.time() + 10
         while any(alive(p) for p in self.pids) and time.time() < deadline:
             time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-relmlf-", dir="/tmp")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

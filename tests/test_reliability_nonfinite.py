@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -156,18 +154,6 @@ def test_adaptation_drops_a_task_with_a_nonfinite_gradient(setup):
 
 
 # -- the algorithm (local EnvRunner only) ------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-rel-", dir="/tmp")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.mark.ray
 def test_algorithm_counts_dropped_tasks_and_skipped_updates(ray_local, monkeypatch):
     """Round 0: task 0 gets a NaN reward, task 1 a -inf log-prob (NaN gradient): both are

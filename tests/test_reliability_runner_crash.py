@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 
 import pytest
-import ray
 
 from metacpo_rllib.rllib import MetaCPOConfig
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-relkill-", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def runner_pids(algo) -> dict[int, int]:

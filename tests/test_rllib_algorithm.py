@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import threading
 
 import numpy as np
@@ -22,16 +20,6 @@ pytestmark = pytest.mark.ray
 VARIANTS = {"MetaCPO": MetaCPOConfig, "MetaTRPO": MetaTRPOConfig, "CPO": CPOConfig,
             "TRPO": TRPOConfig}
 _KEY_SETS: dict[str, set] = {}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-test-", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def make_config(cls=MetaCPOConfig, runners: int = 0, horizon: int = 30, **training):

@@ -2,11 +2,8 @@
 and keeps most tasks' cost within the limit."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 
 import pytest
-import ray
 
 from metacpo_rllib.rllib import MetaCPOConfig
 
@@ -15,16 +12,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ITERATIONS = 20
 FAMILY_LIMIT = 10.0   # PointNav's train-split cost limit (what the check uses)
 TRAIN_LIMIT = 4.0     # what the run trains for: a safety margin, see the docstring
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    temp_dir = tempfile.mkdtemp(prefix="mcpo-learn-", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_meta_cpo_learns_pointnav_within_the_limit(ray_local):
