@@ -3,7 +3,6 @@ naming the key before anything starts, and the MLflow helpers' pure parts."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import stop_process_group
 from metacpo_rllib import cli
 from metacpo_rllib.experiments import commands, tracking
 from metacpo_rllib.experiments.spec import SpecError, load_spec, parse_spec
@@ -192,12 +192,7 @@ def test_ui_command_serves_the_embedded_store(tmp_path) -> None:
                 assert time.time() < deadline, "mlflow ui did not come up"
                 time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 if __name__ == "__main__":

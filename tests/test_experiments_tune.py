@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import stop_process_group
 from metacpo_rllib import cli
 from metacpo_rllib.experiments import commands, tracking
 
@@ -63,12 +63,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         yield {"uri": uri, "root": root}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from _procs import alive, descendants
+from helpers import alive, descendants
 from metacpo_rllib.experiments import tracking
 
 pytestmark = pytest.mark.ray

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import random_episodes
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import EpisodeData, NonFiniteError, UpdateConfig, cpo_step
 from metacpo_rllib.optim.batch import make_batch
@@ -21,25 +22,6 @@ from metacpo_rllib.optim.policy import GaussianMLP, params_of
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig
 
 HORIZON = 15
-
-
-def episodes(family, task, n: int, seed: int) -> list[EpisodeData]:
-    """n episodes of ``task`` under a fixed N(0, 1) random policy."""
-    rng = np.random.default_rng(seed)
-    env = family.make_env(task)
-    out = []
-    for _ in range(n):
-        obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
-        rows, done = [], False
-        while not done:
-            action = rng.standard_normal(2).astype(np.float32)
-            nxt, reward, term, trunc, info = env.step(action)
-            rows.append((obs, action, reward, info["cost"]))
-            obs, done = nxt, term or trunc
-        o, a, r, c = map(np.array, zip(*rows))
-        logp = (-0.5 * a ** 2 - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
-        out.append(EpisodeData(o.astype(np.float32), a.astype(np.float32), logp, r, c))
-    return out
 
 
 def corrupt(eps: list[EpisodeData], field: str, value: float) -> None:
@@ -57,7 +39,7 @@ def setup():
 
 
 def samples_for(family, tasks, seed):
-    return [{"episodes": episodes(family, t, 3, seed + i), "task_id": t.task_id,
+    return [{"episodes": random_episodes(family, t, 3, seed + i), "task_id": t.task_id,
              "cost_limit": t.cost_limit} for i, t in enumerate(tasks)]
 
 
@@ -67,7 +49,7 @@ def samples_for(family, tasks, seed):
 def test_bad_env_output_names_field_and_task(setup, field, value):
     family, _, _ = setup
     task = family.sample_tasks(1, seed=3)[0]
-    eps = episodes(family, task, 2, 0)
+    eps = random_episodes(family, task, 2, 0)
     corrupt(eps, field, value)
     with pytest.raises(ValueError, match=rf"{field}: .*task {task.task_id}") as info:
         make_batch(eps, task_id=task.task_id, cost_limit=task.cost_limit)
@@ -86,14 +68,14 @@ def test_nonfinite_logp_gives_nonfinite_gradient_in_inner_step_and_meta_update(s
     """A -inf sampling log-prob makes the importance ratio inf: g and b are non-finite."""
     family, _, _ = setup
     task = family.sample_tasks(1, seed=4)[0]
-    eps = episodes(family, task, 3, 1)
+    eps = random_episodes(family, task, 3, 1)
     corrupt(eps, "logp", -math.inf)
     batch = make_batch(eps, task_id=task.task_id, cost_limit=task.cost_limit)
     policy = GaussianMLP(6, 2)
     cfg = UpdateConfig(inner_steps=1)
     with pytest.raises(NonFiniteError):
         inner_step(policy, params_of(policy), batch, cfg, create_graph=False)
-    good = make_batch(episodes(family, task, 3, 2), task_id=task.task_id,
+    good = make_batch(random_episodes(family, task, 3, 2), task_id=task.task_id,
                       cost_limit=task.cost_limit)
     with pytest.raises(NonFiniteError):
         meta_update(policy, params_of(policy), [[good]], [batch], cfg)

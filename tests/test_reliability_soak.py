@@ -16,7 +16,7 @@ import warnings
 import pytest
 import ray
 
-from _procs import alive, descendants
+from helpers import alive, descendants
 from metacpo_rllib.experiments import tracking
 from metacpo_rllib.rllib import MetaCPOConfig
 

@@ -9,6 +9,7 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
+from helpers import random_episodes
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import params_of
 from metacpo_rllib.optim.policy import forward, log_prob
@@ -97,27 +98,6 @@ def test_metric_names_do_not_depend_on_the_variant():
     assert not math.isnan(m["adaptation_gain"])
 
 
-def _episodes(family, task, n, seed):
-    """n episodes of ``task`` from a fixed random-walk policy (EpisodeData, logp = N(0,1))."""
-    from metacpo_rllib.optim import EpisodeData
-
-    rng = np.random.default_rng(seed)
-    env = family.make_env(task)
-    out = []
-    for _ in range(n):
-        obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
-        rows, done = [], False
-        while not done:
-            action = rng.standard_normal(2).astype(np.float32)
-            nxt, reward, term, trunc, info = env.step(action)
-            rows.append((obs, action, reward, info["cost"]))
-            obs, done = nxt, term or trunc
-        o, a, r, c = map(np.array, zip(*rows))
-        logp = (-0.5 * a ** 2 - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
-        out.append(EpisodeData(o.astype(np.float32), a, logp, r, c))
-    return out
-
-
 def test_learner_rounds_and_dropped_tasks():
     """The Learner protocol without Ray: adapted weights after round 0, a task with a
     non-finite reward is dropped (not the iteration), meta_step changes θ."""
@@ -129,7 +109,7 @@ def test_learner_rounds_and_dropped_tasks():
     learner = config.build_learner(spaces={"default_policy": (env.observation_space,
                                                               env.action_space)})
     tasks = family.sample_tasks(3, seed=0)
-    samples = [{"episodes": _episodes(family, t, 3, i), "task_id": t.task_id,
+    samples = [{"episodes": random_episodes(family, t, 3, i), "task_id": t.task_id,
                 "cost_limit": t.cost_limit} for i, t in enumerate(tasks)]
     samples[2]["episodes"][0].rewards[3] = np.nan
     theta = learner.begin(num_tasks=3)
@@ -139,7 +119,7 @@ def test_learner_rounds_and_dropped_tasks():
     for w in out["weights"][:2]:
         assert set(w) == set(theta)
         assert any(not np.array_equal(w[k], theta[k]) for k in w)
-    query = [{"episodes": _episodes(family, t, 3, 10 + i), "task_id": t.task_id,
+    query = [{"episodes": random_episodes(family, t, 3, 10 + i), "task_id": t.task_id,
               "cost_limit": t.cost_limit} for i, t in enumerate(tasks[:2])] + [None]
     learner.add_round(1, query)
     info = learner.meta_step()
