@@ -84,7 +84,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default=None, help="task family, e.g. PointCircle")
     parser.add_argument("--config", default=None,
                         help="take the settings from a spec file (e.g. tune_configs/"
-                             "compare_pointcircle.yaml); the flags below override it")
+                             "pointcircle_compare.yaml); the flags below override it")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default 0 1 2)")
     parser.add_argument("--iterations", type=int, default=None, help="default 3")
