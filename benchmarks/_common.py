@@ -3,55 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from metacpo_rllib.provenance import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def git_commit() -> str:
-    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it."""
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True,  # noqa: E731
-                                        text=True, check=True).stdout.strip()
-        commit = run("rev-parse", "--short", "HEAD")
-        dirty = run("status", "--porcelain", "--untracked-files=no", "--", "metacpo_rllib")
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem_kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
-        mem_gib = round(mem_kb / 2**20, 1)
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpus": os.cpu_count(),
-            "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "mem_gib": mem_gib, "hostname": platform.node(),
-            "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def provenance() -> dict[str, Any]:
-    """Machine, commit and time stamp, stored in every benchmark JSON."""
-    return {"machine": machine(), "commit": git_commit(),
-            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:

@@ -22,7 +22,7 @@ import torch
 
 import sys as _sys
 _sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import git_commit, machine, provenance  # noqa: E402  (shared provenance helper)
+from metacpo_rllib.provenance import machine, provenance  # noqa: E402
 
 from metacpo_rllib.optim import dco  # noqa: E402
 from metacpo_rllib.optim.cpo import BACKENDS, cpo_step  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
         "dual_solver_args": dco.DUAL_SOLVER_ARGS, "primal_solver_args": dco.PRIMAL_SOLVER_ARGS,
         "timed": "cpo_step + autograd.grad(cotᵀx, (g, b, c))",
     }
-    result["commit"] = git_commit()
+    result["commit"] = provenance()["commit"]
     result["utc"] = provenance()["utc"]
     result["machine"] = {**machine(), "platform": platform.platform(), "python": platform.python_version(),
                          "torch": torch.__version__, "cpu_count": os.cpu_count(),

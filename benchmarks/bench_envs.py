@@ -32,7 +32,7 @@ import numpy as np
 
 import sys as _sys
 _sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import git_commit, machine, provenance  # noqa: E402  (shared provenance helper)
+from metacpo_rllib.provenance import machine, provenance  # noqa: E402
 
 from metacpo_rllib.envs import compat, make_family  # noqa: E402
 from metacpo_rllib.envs.safety import make_bare_env  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
     report = {
         "benchmark": "safety env steps/s, bare safety-gymnasium vs task layer",
         "config": vars(args),
-        "commit": git_commit(), "utc": provenance()["utc"],
+        "commit": provenance()["commit"], "utc": provenance()["utc"],
         "machine": {**machine(), "numpy": np.__version__,
                     "safety_gymnasium": safety_gymnasium.__version__},
         "results": results,

@@ -15,6 +15,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import stop_process_group
@@ -264,6 +265,13 @@ def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
         assert all(s["test_limit"] < s["train_limit"] for s in seeds)  # tighter at test
     # the same training tasks and test tasks per seed: CPO and TRPO start identically
     assert data["runs"]["CPO"][0]["return"][0] == data["runs"]["TRPO"][0]["return"][0]
+    for name in algorithms:  # budget and per-task numbers for the results page
+        for s in data["runs"][name]:
+            assert s["env_steps"] == 2 * 2 * 30 * (2 if name.startswith("Meta") else 1) * 2
+            assert np.array(s["adapt"]["task_cost"]).shape == (2, 2)
+    prov = data["provenance"]
+    assert len(prov["commit"]) == 40 and prov["wall_s"] > 0 and "compare" in prov["command"]
+    _check_results_page(tmp_path, data)
     client = _client(uri)
     exp = client.get_experiment_by_name("compare-PointNav")
     runs = client.search_runs([exp.experiment_id])
@@ -277,3 +285,23 @@ def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
     assert {"metacpo/post_return_mean", "test/cost_mean"} <= set(next(iter(names)))
     assert {"comparison/comparison.png", "comparison/comparison.md",
             "comparison/comparison.json"} <= _artifacts(client, parent.info.run_id)
+
+
+def _check_results_page(tmp_path, data: dict) -> None:
+    """The results page renders the comparison: a table row per algorithm and step
+    column, the figures, and the within-limit fractions computed from the JSON."""
+    from metacpo_rllib.experiments import results_page
+
+    folder = tmp_path / "results" / "PointNav"
+    folder.mkdir(parents=True)
+    (folder / "comparison.json").write_text(json.dumps(data))
+    page = results_page.main(["--results", str(tmp_path / "results"),
+                              "--out", str(tmp_path / "RESULTS.md")]).read_text()
+    for fig in ("training.png", "adaptation.png"):
+        assert (folder / fig).read_bytes().startswith(b"\x89PNG")
+        assert f"](results/PointNav/{fig})" in page
+    rows = [line for line in page.splitlines() if line.startswith("| MetaCPO | ")]
+    assert len(rows) == 3 and all(r.count("±") == 2 for r in rows)  # steps 0 and 1
+    within = [1 - s["adapt"]["violation_rate"][1] for s in data["runs"]["MetaCPO"]]
+    assert f"{np.mean(within):.2f} ± {np.std(within, ddof=1):.2f}" in rows[2]
+    assert data["provenance"]["commit"] in page

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from metacpo_rllib import provenance
 from metacpo_rllib.experiments import tracking
 from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, Adaptation, SweepSpec, validate_spec
 
@@ -49,12 +53,19 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 "iteration": df["training_iteration"].astype(int).tolist(),
                 "return": df["metacpo/post_return_mean"].astype(float).tolist(),
                 "cost": df["metacpo/post_cost_mean"].astype(float).tolist(),
+                "pre_return": df["metacpo/pre_return_mean"].astype(float).tolist(),
+                "pre_cost": df["metacpo/pre_cost_mean"].astype(float).tolist(),
                 "train_limit": float(df["metacpo/cost_limit_mean"].mean()),
+                "env_steps": int(df["metacpo/env_steps_sampled"].sum()),
+                "train_time_s": float(df["time_total_s"].iloc[-1]) if len(df) else math.nan,
                 "adapt": None, "test_limit": math.nan,
             }
             if report:
                 row["adapt"] = {k: report[k] for k in ("steps", "mean_return", "mean_cost",
                                                         "violation_rate")}
+                row["adapt"]["task_cost"] = [t["cost"] for t in report["tasks"]]
+                row["adapt"]["task_return"] = [t["return"] for t in report["tasks"]]
+                row["adapt"]["time_s"] = report.get("time_s")
                 row["test_limit"] = float(np.mean([t["cost_limit"] for t in report["tasks"]]))
             rows.append(row)
         runs[algorithm] = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"]))
@@ -159,6 +170,7 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
                          "test_cost_limit": spec.adaptation.cost_limit,
                          "task_seed": spec.adaptation.task_seed})
     status = "FAILED"
+    started, started_utc = time.perf_counter(), provenance.utc_now()
     try:
         grids = run_sweep(spec, tracking_uri=uri, storage_path=storage_path,
                           tags={"mlflow.parentRunId": parent} if parent else None,
@@ -174,7 +186,12 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
         files["table"].write_text(markdown_report(spec, runs, summary))
         data = {"family": spec.family, "iterations": spec.iterations,
                 "seeds": spec.grid.get("seed"), "adaptation": vars(spec.adaptation),
-                "training": spec.training, "summary": summary, "runs": runs,
+                "training": spec.training, "env_config": spec.env_config,
+                "summary": summary, "runs": runs,
+                "provenance": {"commit": tracking.git_commit(), "machine": provenance.machine(),
+                               "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                               "started_utc": started_utc, "finished_utc": provenance.utc_now(),
+                               "wall_s": time.perf_counter() - started},
                 "mlflow": {"tracking_uri": uri, "experiment": spec.experiment_name,
                            "parent_run_id": parent}}
         files["json"].write_text(json.dumps(data, indent=2, default=tracking.plain) + "\n")

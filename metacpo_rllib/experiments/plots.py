@@ -80,45 +80,91 @@ def _mean_std(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray
     return np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
+def _draw_training(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Return and cost per training iteration (mean over seeds, band = ± std), train limit."""
+    limits = []
+    for algorithm, seeds in runs.items():
+        if not seeds:
+            continue
+        x = np.asarray(seeds[0]["iteration"][:min(len(s["iteration"]) for s in seeds)])
+        for ax, what in zip(axes, ("return", "cost")):
+            mean, std = _mean_std([s[what] for s in seeds])
+            (line,) = ax.plot(x, mean, markersize=4, **_style(algorithm))
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        limits += [s["train_limit"] for s in seeds]
+    _limit_line(axes[1], float(np.mean(limits)) if limits else math.nan, "train limit")
+    for ax, what in zip(axes, ("return", "cost")):
+        ax.set(xlabel="training iteration", ylabel=f"mean episode {what}",
+               title=f"{what} during training")
+
+
+def _within_limit(seed: Mapping[str, Any]) -> list[float]:
+    return [1.0 - v for v in seed["adapt"]["violation_rate"]]
+
+
+def _draw_adaptation(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Per adaptation step on the test tasks (mean over seeds, bars = ± std): return, cost
+    (test limit dashed) and, with a third axis, the fraction of tasks within the limit."""
+    limits = []
+    for i, (algorithm, seeds) in enumerate(runs.items()):
+        adapted = [s for s in seeds if s.get("adapt")]
+        if not adapted:
+            continue
+        steps = adapted[0]["adapt"]["steps"]
+        curves = (lambda s: s["adapt"]["mean_return"], lambda s: s["adapt"]["mean_cost"],
+                  _within_limit)
+        for ax, curve in zip(axes, curves):
+            mean, std = _mean_std([curve(s) for s in adapted])
+            dodge = 0.04 * (i - (len(runs) - 1) / 2)  # error bars side by side
+            ax.errorbar(np.asarray(steps[:len(mean)]) + dodge, mean, yerr=std, capsize=3,
+                        **_style(algorithm))
+        limits += [s["test_limit"] for s in adapted]
+    _limit_line(axes[1], float(np.mean(limits)) if limits else math.nan, "test limit")
+    names = ("return on held-out test tasks", "cost on held-out test tasks",
+             "test tasks within the limit")
+    for ax, name in zip(axes, names):
+        ylabel = "fraction of tasks" if ax is axes[-1] and len(axes) == 3 else \
+            "mean episode " + name.split()[0]
+        ax.set(xlabel="adaptation step", ylabel=ylabel, title=name)
+    if len(axes) == 3:
+        axes[2].set_ylim(-0.05, 1.05)
+
+
 def comparison_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                       title: str = "") -> Path:
     """2 x 2 panels, one line per algorithm (mean over seeds, band = ± std): training
     return / cost per iteration, test return / cost per adaptation step; limits dashed.
 
     ``runs[algorithm]`` is a list (one per seed) of ``{"iteration", "return", "cost",
-    "train_limit", "adapt": {"steps", "mean_return", "mean_cost"}, "test_limit"}``.
+    "train_limit", "adapt": {"steps", "mean_return", "mean_cost", "violation_rate"},
+    "test_limit"}``.
     """
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    train_limits, test_limits = [], []
-    for i, (algorithm, seeds) in enumerate(runs.items()):
-        if not seeds:
-            continue
-        x = np.asarray(seeds[0]["iteration"][:min(len(s["iteration"]) for s in seeds)])
-        for ax, what in zip(axes[0], ("return", "cost")):
-            mean, std = _mean_std([s[what] for s in seeds])
-            (line,) = ax.plot(x, mean, markersize=4, **_style(algorithm))
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12)
-        train_limits += [s["train_limit"] for s in seeds]
-        adapted = [s for s in seeds if s.get("adapt")]
-        if adapted:
-            steps = adapted[0]["adapt"]["steps"]
-            for ax, key in zip(axes[1], ("mean_return", "mean_cost")):
-                mean, std = _mean_std([s["adapt"][key] for s in adapted])
-                dodge = 0.04 * (i - (len(runs) - 1) / 2)  # error bars side by side
-                ax.errorbar(np.asarray(steps[:len(mean)]) + dodge, mean, yerr=std, capsize=3,
-                            **_style(algorithm))
-            test_limits += [s["test_limit"] for s in adapted]
-    _limit_line(axes[0][1], float(np.mean(train_limits)) if train_limits else math.nan,
-                "train limit")
-    _limit_line(axes[1][1], float(np.mean(test_limits)) if test_limits else math.nan,
-                "test limit")
-    labels = (("training iteration", "return during training"),
-              ("training iteration", "cost during training"),
-              ("adaptation step", "return on held-out test tasks"),
-              ("adaptation step", "cost on held-out test tasks"))
-    for ax, (xlabel, name) in zip(axes.flat, labels):
-        ax.set(xlabel=xlabel, ylabel="mean episode " + name.split()[0], title=name)
+    _draw_training(axes[0], runs)
+    _draw_adaptation(axes[1], runs)
+    _finish(fig, axes, path, title)
+    plt.close(fig)
+    return Path(path)
+
+
+def training_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                    title: str = "") -> Path:
+    """Training return and cost per iteration, one line per algorithm (± std over seeds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+    _draw_training(axes[0], runs)
+    _finish(fig, axes, path, title)
+    plt.close(fig)
+    return Path(path)
+
+
+def adaptation_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                      title: str = "") -> Path:
+    """Test-task return, cost and fraction within the limit per adaptation step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), squeeze=False)
+    _draw_adaptation(axes[0], runs)
     _finish(fig, axes, path, title)
     plt.close(fig)
     return Path(path)

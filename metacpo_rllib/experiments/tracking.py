@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -16,6 +15,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
+
+from metacpo_rllib.provenance import git_commit  # noqa: F401 (tags; re-exported)
 
 #: The embedded default store: a sqlite file in the working directory (no server needed).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -137,16 +138,6 @@ class Guard:
 
 # -- what is logged ------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the source tree (``unknown`` outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def training_params(config: Any) -> dict[str, str]:
     """Compact params of an AlgorithmConfig: the family, its overrides and the training
     fields (not the whole AlgorithmConfig dict)."""
