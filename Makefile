@@ -72,3 +72,22 @@ BENCH_RUNNERS ?=
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(if $(strip $(BENCH_RUNNERS)),--runners $(BENCH_RUNNERS))
+
+# Results (docs/RESULTS.md): `make results` runs the three four-algorithm comparisons of
+# tune_configs/*_compare.yaml (train at h = 10, adapt on held-out tasks at h = 5; hours on
+# 2 cores), writing docs/results/<family>/comparison.json, then regenerates the page;
+# `make results-page` only regenerates the page and its figures from the JSON.
+# RESULTS_FLAGS: extra `metacpo compare` flags, e.g. "--seeds 0 --max-concurrent 8".
+.PHONY: results results-page
+RESULTS_FAMILIES ?= PointCircle CarCircleHazard PointButton
+RESULTS_FLAGS ?=
+
+results: $(STAMP)
+	for family in $(RESULTS_FAMILIES); do \
+	  config=tune_configs/$$(echo $$family | tr A-Z a-z)_compare.yaml; \
+	  $(VENV)/bin/metacpo compare --config $$config --out docs/results/$$family --quiet $(RESULTS_FLAGS); \
+	done
+	$(PY) -m metacpo_rllib.experiments.results_page
+
+results-page: $(STAMP)
+	$(PY) -m metacpo_rllib.experiments.results_page

@@ -134,9 +134,15 @@ def test_sweep_logs_to_a_real_mlflow_server(ray_local, mlflow_server, tmp_path) 
 
 
 def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path) -> None:
-    code = cli.main(["sweep", SMOKE, "--storage-path", "ray", "--quiet"])
+    code = cli.main(["sweep", SMOKE, "--storage-path", "ray", "--quiet", "--json", "sweep.json"])
     assert code == 0
     assert (tmp_path / "mlflow.db").exists()
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(r["seed"] for r in summary["rows"]) == [0, 1]
+    for row in summary["rows"]:  # per-step adaptation means (steps 0 and 1)
+        assert len(row["adapt"]["violation_rate"]) == 2
+        assert row["test_cost"] == row["adapt"]["mean_cost"][-1]
+    assert summary["grid"] == {"seed": [0, 1]} and len(summary["provenance"]["commit"]) == 40
     runs = _check_sweep_runs("sqlite:///mlflow.db", "smoke-pointnav", {0, 1})
     for run in runs:  # the explicit artifact root next to the database
         assert (tmp_path / "mlruns" / "smoke-pointnav" / run.info.run_id / "artifacts"

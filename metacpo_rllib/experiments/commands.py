@@ -44,6 +44,9 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
                         help="trials at a time (overrides tune.max_concurrent)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="training iterations per trial (overrides iterations)")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the per-trial rows (with the per-step adaptation "
+                        "means), the spec and provenance to this JSON file")
     add_tracking_args(parser)
     _ray_args(parser)
 
@@ -70,8 +73,29 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                           verbose=0 if args.quiet else 1)
     rows = trial_rows(grids, spec)
     print(format_rows(rows))
+    if args.json:
+        _write_sweep_json(args.json, spec, rows)
     print(_where(spec.experiment_name, uri))
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def _write_sweep_json(path: str, spec: Any, rows: list) -> None:
+    import dataclasses
+    import shlex
+
+    from metacpo_rllib import provenance
+
+    data = {"name": spec.name, "family": spec.family, "algorithms": spec.algorithms,
+            "iterations": spec.iterations, "training": spec.training, "grid": spec.grid,
+            "env_config": spec.env_config, "adaptation": dataclasses.asdict(spec.adaptation),
+            "rows": rows,
+            "provenance": {"commit": tracking.git_commit(), "machine": provenance.machine(),
+                           "command": shlex.join(["metacpo", *sys.argv[1:]]),
+                           "finished_utc": provenance.utc_now()}}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=tracking.plain) + "\n")
+    print(f"wrote {out}")
 
 
 def _where(experiment: str, uri: str) -> str:

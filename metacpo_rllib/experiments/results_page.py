@@ -185,10 +185,97 @@ def family_section(data: Mapping[str, Any], figures: Mapping[str, str]) -> list[
     return lines
 
 
+# -- the investigation --------------------------------------------------------------------------
+def load_investigation(results: Path) -> tuple[list[dict], list[dict]]:
+    """(surrogate checks, sweeps) from ``<results>/investigation/*.json``."""
+    checks, sweeps = [], []
+    for path in sorted((results / "investigation").glob("*.json")):
+        data = json.loads(path.read_text())
+        (sweeps if "rows" in data else checks).append(data)
+    return checks, sweeps
+
+
+def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per policy, task and batch size: predicted vs realised cost change."""
+    if not checks:
+        return []
+    s = checks[0]["settings"]
+    lines = [
+        "### Is the cost surrogate predictive?", "",
+        f"`python -m metacpo_rllib.experiments.surrogate_check` ({checks[0]['family']}): one "
+        f"CPO recovery step (pure cost descent, KL radius {s['delta']}) from a batch of the "
+        "given size; *predicted* is the surrogate's bᵀx, *realised* the change of the mean "
+        f"episode cost over {s['eval_episodes']} fresh episodes (the same env and noise "
+        "seeds before and after; ± standard error); cos is the cosine between the cost "
+        "gradients of two disjoint batches of that size.", "",
+        "| policy | task (radius, factor) | cost before | batch episodes | predicted | "
+        "realised | cos(b, b′) | commit |", "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for check in checks:
+        for task in check["tasks"]:
+            p = task["task"]["params"]
+            name = ", ".join(f"{v:.2f}" for v in p.values())
+            for st in task["steps"]:
+                lines.append(
+                    f"| {check['policy']} | {name} | {task['cost_before']:.1f} ± "
+                    f"{task['cost_before_se']:.1f} | {st['batch_episodes']} | "
+                    f"{st['predicted_change']:+.1f} | {st['realised_change']:+.1f} ± "
+                    f"{st['realised_change_se']:.1f} | "
+                    f"{st['gradient_cosine_disjoint_batch']:+.2f} | "
+                    f"`{check['provenance']['commit']}` |")
+    return lines + [""]
+
+
+def sweep_section(sweep: Mapping[str, Any]) -> list[str]:
+    """One row per trial: the grid values, final training cost, test numbers per step."""
+    keys = [k for k in sweep["grid"] if k != "seed"] + ["seed"]
+    steps = [st for st in REPORT_STEPS if st <= int(sweep["adaptation"]["adapt_steps"])]
+    prov = sweep["provenance"]
+    lines = [
+        f"### Tune sweep `{sweep['name']}`", "",
+        f"{sweep['algorithms'][0] if len(sweep['algorithms']) == 1 else sweep['algorithms']} "
+        f"on {sweep['family']}, {sweep['iterations']} iterations, fixed settings "
+        f"`{json.dumps(sweep['training'], sort_keys=True)}`, adaptation on "
+        f"{sweep['adaptation']['test_tasks']} held-out tasks (task seed "
+        f"{sweep['adaptation']['task_seed']}). Command `{prov['command']}`, commit "
+        f"`{prov['commit']}`.", "",
+        "| " + " | ".join(keys) + " | train cost (last iter.) | "
+        + " | ".join(f"within, step {st}" for st in steps) + " | "
+        + " | ".join(f"return, step {st}" for st in steps) + " |",
+        "|" + "---|" * len(keys) + "---:|" * (1 + 2 * len(steps)),
+    ]
+    for row in sweep["rows"]:
+        adapt = row.get("adapt") or {}
+        within = [1.0 - v for v in adapt.get("violation_rate", [])]
+        ret = adapt.get("mean_return", [])
+        cell = lambda xs, st: f"{xs[st]:.2f}" if st < len(xs) else "–"  # noqa: E731
+        lines.append("| " + " | ".join(str(row.get(k)) for k in keys)
+                     + f" | {row['train_cost']:.1f} | "
+                     + " | ".join(cell(within, st) for st in steps) + " | "
+                     + " | ".join(cell(ret, st) for st in steps) + " |")
+    return lines + [""]
+
+
+def investigation_section(results: Path) -> list[str]:
+    """The hand-written notes (``investigation/NOTES.md``, words only) and the measured tables."""
+    checks, sweeps = load_investigation(results)
+    notes = results / "investigation" / "NOTES.md"
+    if not (checks or sweeps or notes.exists()):
+        return []
+    lines = ["## Investigation", ""]
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    lines += surrogate_section(checks)
+    for sweep in sweeps:
+        lines += sweep_section(sweep)
+    return lines
+
+
 # -- the page -----------------------------------------------------------------------------------
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
-           draw: bool = True) -> str:
-    """The page (and, with ``draw``, its figures next to each family's JSON)."""
+           draw: bool = True, results: Optional[Path] = None) -> str:
+    """The page (and, with ``draw``, its figures next to each family's JSON); with
+    ``results``, also the investigation found under ``results/investigation``."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -218,6 +305,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
                               title=f"{name}: adaptation on held-out tasks at the test limit")
         rel = {k: _relative(v, page_dir) for k, v in figures.items()}
         lines += family_section(data, rel)
+    if results is not None:
+        lines += investigation_section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -234,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                         help="folder with <family>/comparison.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
     args = parser.parse_args(argv)
-    page = render(load(args.results), args.out.parent)
+    page = render(load(args.results), args.out.parent, results=args.results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")

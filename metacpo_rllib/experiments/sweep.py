@@ -81,7 +81,8 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: Optional[str] = None,
 
 
 def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]]:
-    """One summary row per trial: grid values, final training and adaptation numbers."""
+    """One summary row per trial: grid values, final training and adaptation numbers
+    (and under ``adapt`` the per-step means of the adaptation report)."""
     rows = []
     for algorithm, grid in grids.items():
         for result in grid:
@@ -96,7 +97,9 @@ def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]
                    "test_return": (report.get("mean_return") or [math.nan])[-1],
                    "test_cost": (report.get("mean_cost") or [math.nan])[-1],
                    "test_violation": (report.get("violation_rate") or [math.nan])[-1],
-                   "error": None if result.error is None else type(result.error).__name__}
+                   "error": None if result.error is None else type(result.error).__name__,
+                   "adapt": {k: report[k] for k in ("steps", "mean_return", "mean_cost",
+                                                    "violation_rate") if k in report}}
             rows.append(row)
     return rows
 
@@ -105,7 +108,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of ``trial_rows``."""
     if not rows:
         return "(no trials)"
-    keys = [k for k in rows[0] if k != "trial"]
+    keys = [k for k in rows[0] if k not in ("trial", "adapt")]
 
     def cell(value: Any) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
