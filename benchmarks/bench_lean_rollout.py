@@ -1,7 +1,8 @@
-"""Upper bound for a lean sampler: a plain rollout loop (task env + the (32, 16) GaussianMLP
-policy, one observation per forward, log-probs kept, actions clipped for the env) against the
-raw random-policy rate of the same task env, in one process, no RLlib. The gap between this
-ratio and ``bench_sampling.py``'s is what RLlib's per-step machinery costs.
+"""Lean rollouts against the raw random-policy rate of the same task env, in one process, no
+Ray: (a) a plain loop (task env + the (32, 16) GaussianMLP policy through torch, one
+observation per forward, log-probs kept, actions clipped for the env) and (b) the EnvRunners'
+own sampler, ``rllib.episodes.rollout`` with the numpy copy of the policy, on one env. The gap
+between (b) and ``bench_sampling.py``'s ratio is what the Ray round trips and the runner cost.
 
     .venv/bin/python benchmarks/bench_lean_rollout.py [--steps 2000] [--repeats 3] [--out PATH]
 """
@@ -24,6 +25,7 @@ from bench_sampling import SAFETY, horizon_config, raw_rate  # noqa: E402
 from metacpo_rllib.envs import make_family  # noqa: E402
 from metacpo_rllib.optim import GaussianMLP  # noqa: E402
 from metacpo_rllib.optim.policy import log_prob  # noqa: E402
+from metacpo_rllib.rllib.episodes import numpy_policy, rollout  # noqa: E402
 
 
 def lean_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed: int = 0
@@ -55,6 +57,24 @@ def lean_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed
     return {"steps_per_s": statistics.median(rates), "runs": rates}
 
 
+def sampler_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed: int = 0
+                 ) -> dict[str, Any]:
+    """Steps/s of ``rllib.episodes.rollout`` (whole episodes, >= ``steps`` steps) on one env."""
+    family = make_family(family_name, **env_config)
+    env = family.make_env(family.default_task())
+    low, high = env.action_space.low, env.action_space.high
+    policy = numpy_policy(GaussianMLP(env.observation_space.shape[0], env.action_space.shape[0]))
+    horizon = getattr(family, "max_episode_steps", None) or getattr(family, "horizon", steps)
+    episodes = max(1, -(-steps // int(horizon)))
+    rates = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        data, _, _ = rollout([env], policy, episodes, seed=seed + r, low=low, high=high)
+        rates.append(sum(len(d) for d in data) / (time.perf_counter() - start))
+    env.close()
+    return {"steps_per_s": statistics.median(rates), "runs": rates, "episodes": episodes}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=SAFETY)
@@ -69,13 +89,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env_config = horizon_config(name, args.horizon)
         raw = raw_rate(name, args.steps, args.repeats, env_config=env_config)
         lean = lean_rate(name, args.steps, args.repeats, env_config)
+        sampler = sampler_rate(name, args.steps, args.repeats, env_config)
         rows.append({"family": name, "raw_steps_per_s": raw["steps_per_s"],
                      "lean_steps_per_s": lean["steps_per_s"],
-                     "ratio": lean["steps_per_s"] / raw["steps_per_s"], "raw": raw, "lean": lean})
-    print("\nlean rollout loop (policy forward per step, no RLlib) vs raw random-policy rate")
-    print_table(["family", "raw steps/s", "lean steps/s", "ratio"],
-                [[r["family"], r["raw_steps_per_s"], r["lean_steps_per_s"], round(r["ratio"], 3)]
-                 for r in rows])
+                     "ratio": lean["steps_per_s"] / raw["steps_per_s"],
+                     "sampler_steps_per_s": sampler["steps_per_s"],
+                     "sampler_ratio": sampler["steps_per_s"] / raw["steps_per_s"],
+                     "raw": raw, "lean": lean, "sampler": sampler})
+    print("\nlean rollouts (no Ray) vs raw random-policy rate: torch loop and episodes.rollout")
+    print_table(["family", "raw steps/s", "torch loop steps/s", "ratio", "rollout steps/s",
+                 "ratio"],
+                [[r["family"], r["raw_steps_per_s"], r["lean_steps_per_s"], round(r["ratio"], 3),
+                  r["sampler_steps_per_s"], round(r["sampler_ratio"], 3)] for r in rows])
     report = {"benchmark": "lean_rollout", "config": vars(args), "rows": rows}
     write_json(args.out, report)
     return report

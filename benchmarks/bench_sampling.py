@@ -4,12 +4,16 @@ steps/s sampled through MetaCPO's EnvRunners (``MetaCPO.sample_episodes``), per 
 ratio = sampled ÷ (R × raw), where raw is the task layer's own rate (``family.make_env``, the
 env the EnvRunners step; lean world, faster than the bare safety-gymnasium Builder). With R = 0
 the local EnvRunner samples in the driver process and the ratio uses R = 1. Target: ≥ 0.8.
+The EnvRunners sample with ``rllib.episodes.sample_jobs`` (a lean rollout on their sub-envs,
+not RLlib's ``sample()``). The 1/5/15-minute load averages before and after are recorded
+(the ratio is taken within one run, but a loaded machine slows the runners more than raw).
 
     .venv/bin/python benchmarks/bench_sampling.py [--runners 1 2] [--families ...] [--out PATH]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="override max_episode_steps (smoke tests)")
     parser.add_argument("--out", default=str(RESULTS / "sampling.json"))
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     rows = []
     for name in args.families:
         env_config = horizon_config(name, args.horizon)
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"benchmark": "sampling_efficiency", "target": {"ratio_min": TARGET},
               "raw_rate": "task layer (family.make_env, lean world), single process, "
                           "uniform random actions, resets included",
+              "load_avg": {"before": load_before, "after": os.getloadavg(),
+                           "cpus": os.cpu_count()},
               "config": vars(args), "rows": rows}
     write_json(args.out, report)
     return report

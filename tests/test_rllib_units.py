@@ -1,4 +1,4 @@
-"""Pieces of the RLlib layer without Ray running: RLModule, weights, episode conversion, metrics."""
+"""Pieces of the RLlib layer without Ray running: RLModule, weights, metrics."""
 from __future__ import annotations
 
 import math
@@ -7,13 +7,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from helpers import random_episodes
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import params_of
 from metacpo_rllib.optim.policy import forward, log_prob
-from metacpo_rllib.rllib.episodes import episode_to_data
 from metacpo_rllib.rllib.metrics import iteration_metrics, update_metrics
 from metacpo_rllib.rllib.module import GaussianMLPModule, params_to_weights, weights_to_params
 
@@ -50,33 +48,6 @@ def test_weights_round_trip_through_set_state():
     for (name, pa), pb in zip(a.pi.named_parameters(), b.pi.parameters()):
         torch.testing.assert_close(pa, pb)
         torch.testing.assert_close(weights_to_params(weights)[name], pa.detach())
-
-
-def test_episode_to_data_aligns_costs_with_rewards():
-    family = make_family("PointNav", horizon=5)
-    task = family.sample_tasks(1, seed=3)[0]
-    env = family.make_env(task)
-    obs, info = env.reset(seed=0)
-    episode = SingleAgentEpisode(observation_space=env.observation_space,
-                                 action_space=env.action_space)
-    episode.add_env_reset(observation=obs, infos=info)
-    raw = []
-    done = False
-    while not done:
-        action = np.array([0.5, -0.2], np.float32)
-        obs, reward, term, trunc, info = env.step(action)
-        info = dict(info, cost=float(len(raw)))  # distinct costs to check the alignment
-        raw.append((action, reward, info["cost"]))
-        episode.add_env_step(observation=obs, action=action, reward=reward, infos=info,
-                             terminated=term, truncated=trunc,
-                             extra_model_outputs={Columns.ACTION_LOGP: np.float32(-1.5)})
-        done = term or trunc
-    data, task_ids = episode_to_data(episode.to_numpy())
-    assert len(data) == 5 and data.obs.shape == (5, 6) and data.actions.shape == (5, 2)
-    np.testing.assert_allclose(data.costs, [0, 1, 2, 3, 4])
-    np.testing.assert_allclose(data.rewards, [r for _, r, _ in raw], rtol=1e-6)
-    np.testing.assert_allclose(data.logp, -1.5)
-    assert task_ids == [task.task_id]
 
 
 def test_metric_names_do_not_depend_on_the_variant():

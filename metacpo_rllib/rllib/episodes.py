@@ -1,82 +1,267 @@
-"""Runner-side sampling: set task and weights on an EnvRunner, sample, return compact EpisodeData."""
+"""Runner-side sampling: set task and weights on an EnvRunner, roll out whole episodes on its
+sub-envs with the runner's policy, return compact EpisodeData.
+
+The rollout bypasses ``SingleAgentEnvRunner.sample()`` (its connector pipelines and per-step
+bookkeeping cost about as much as the simulator); it steps the runner's sub-envs directly
+with one batched policy forward per step. Conventions (the same as RLlib's sampling with
+``normalize_actions=False, clip_actions=True``):
+
+* obs are cast to float32 for the policy and stored as float32; ``obs[t]`` is where
+  action t was taken (the final observation is dropped);
+* actions are ``mean + exp(log_std) * noise`` in float32 and are stored *unclipped*;
+  ``logp`` is their log-density under the policy (``optim.policy.log_prob``); only the
+  copy sent to ``env.step`` is clipped to the action space;
+* ``costs[t]`` is ``info["cost"]`` of step t; rewards and costs are float64; the task
+  ids of an episode are the ``info["task_id"]`` values of its steps (not of the reset);
+* a job's ``seed`` gives every episode its own reset seed and noise generator (children of
+  ``numpy.random.SeedSequence(seed)``): the episodes do not depend on how they are spread
+  over the sub-envs, and the process's global numpy / torch RNGs are not used.
+"""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from ray.rllib.core import COMPONENT_RL_MODULE
-from ray.rllib.core.columns import Columns
+from ray.rllib.utils.metrics import SAMPLE_TIMER
 
 from metacpo_rllib.optim import EpisodeData
 
+#: obs batch [B, obs_dim] float32 -> (mean [B, act_dim], log_std [B, act_dim]) float32.
+PolicyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-def episode_to_data(episode: Any) -> tuple[EpisodeData, list[int]]:
-    """A finished SingleAgentEpisode -> (EpisodeData, task ids seen in its step infos).
+_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 
-    obs[t] is where action t was taken (the final observation is dropped); costs are
-    ``info["cost"]`` of the step infos, i.e. ``infos[1:]`` (infos[0] comes from reset).
-    Arrays are copied, so the episode may be mutated or dropped afterwards.
+
+# -- the policy -----------------------------------------------------------------------------
+def numpy_policy(pi: torch.nn.Module) -> Optional[PolicyFn]:
+    """A numpy copy of a GaussianMLP (``body`` of Linear / Tanh layers, ``mean`` Linear,
+    state-independent ``log_std``), or None when ``pi`` has another structure.
+
+    The weights are copied now: later changes to ``pi`` are not seen.
     """
-    n = len(episode)
-    infos = episode.get_infos()[1:]
-    data = EpisodeData(
-        obs=np.array(episode.get_observations(slice(0, n)), dtype=np.float32).reshape(n, -1),
-        actions=np.array(episode.get_actions(), dtype=np.float32).reshape(n, -1),
-        logp=np.array(episode.get_extra_model_outputs(Columns.ACTION_LOGP),
-                      dtype=np.float32).reshape(n),
-        rewards=np.array(episode.get_rewards(), dtype=np.float64).reshape(n),
-        costs=np.array([float(info.get("cost", 0.0)) for info in infos], dtype=np.float64),
-    )
-    task_ids = sorted({int(info["task_id"]) for info in infos if "task_id" in info})
-    return data, task_ids
+    layers: list[tuple[np.ndarray, np.ndarray] | None] = []  # None: tanh
+    for layer in getattr(pi, "body", ()):
+        if isinstance(layer, torch.nn.Linear) and layer.bias is not None:
+            layers.append(_linear(layer))
+        elif isinstance(layer, torch.nn.Tanh):
+            layers.append(None)
+        else:
+            return None
+    head, log_std = getattr(pi, "mean", None), getattr(pi, "log_std", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is None or log_std is None:
+        return None
+    w_out, b_out = _linear(head)
+    log_std_np = log_std.detach().cpu().numpy().astype(np.float32)
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = obs
+        for layer in layers:
+            x = np.tanh(x) if layer is None else x @ layer[0] + layer[1]
+        mean = x @ w_out + b_out
+        return mean, np.broadcast_to(log_std_np, mean.shape)
+
+    return policy
 
 
+def _linear(layer: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    """(W^T, b) of a Linear layer as contiguous float32 arrays."""
+    weight = layer.weight.detach().cpu().numpy().astype(np.float32)
+    return np.ascontiguousarray(weight.T), layer.bias.detach().cpu().numpy().astype(np.float32)
+
+
+def torch_policy(pi: torch.nn.Module) -> PolicyFn:
+    """``pi``'s (mean, log_std) through torch (no grad), for any ``pi`` of that signature."""
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            mean, log_std = pi(torch.from_numpy(obs))
+        return mean.detach().numpy(), log_std.detach().numpy()
+
+    return policy
+
+
+def policy_of(module: Any) -> PolicyFn:
+    """The sampling policy of an RLModule with a GaussianMLP ``pi`` (numpy when possible)."""
+    return numpy_policy(module.pi) or torch_policy(module.pi)
+
+
+def gaussian_logp(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Diagonal-Gaussian log-density summed over action dims (``optim.policy.log_prob``)."""
+    z = (actions.astype(np.float64) - mean) * np.exp(-log_std.astype(np.float64))
+    return (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
+
+
+# -- episodes -------------------------------------------------------------------------------
+@dataclass
+class _Episode:
+    """An episode being collected on one sub-env."""
+
+    index: int
+    rng: np.random.Generator
+    obs: np.ndarray
+    start: float = field(default_factory=time.perf_counter)
+    cols: dict[str, list] = field(
+        default_factory=lambda: {k: [] for k in ("obs", "actions", "mean", "log_std",
+                                                 "rewards", "costs")})
+    task_ids: set[int] = field(default_factory=set)
+
+    def add(self, action: np.ndarray, mean: np.ndarray, log_std: np.ndarray, next_obs: Any,
+            reward: float, info: Mapping[str, Any]) -> None:
+        self.cols["obs"].append(self.obs)
+        self.cols["actions"].append(action)
+        self.cols["mean"].append(mean)
+        self.cols["log_std"].append(log_std)
+        self.cols["rewards"].append(reward)
+        self.cols["costs"].append(float(info.get("cost", 0.0)))
+        if "task_id" in info:
+            self.task_ids.add(int(info["task_id"]))
+        self.obs = _as_obs(next_obs)
+
+    def data(self) -> EpisodeData:
+        """The episode's arrays; the log-probs are computed here, for all steps at once."""
+        n = len(self.cols["rewards"])
+        actions = np.asarray(self.cols["actions"], dtype=np.float32).reshape(n, -1)
+        logp = gaussian_logp(np.asarray(self.cols["mean"]).reshape(n, -1),
+                             np.asarray(self.cols["log_std"]).reshape(n, -1), actions)
+        return EpisodeData(
+            obs=np.asarray(self.cols["obs"], dtype=np.float32).reshape(n, -1),
+            actions=actions,
+            logp=logp.astype(np.float32).reshape(n),
+            rewards=np.asarray(self.cols["rewards"], dtype=np.float64).reshape(n),
+            costs=np.asarray(self.cols["costs"], dtype=np.float64).reshape(n),
+        )
+
+
+def _as_obs(obs: Any) -> np.ndarray:
+    return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+
+def episode_streams(num_episodes: int, seed: Optional[int]
+                    ) -> list[tuple[Optional[int], np.random.Generator]]:
+    """(reset seed, noise generator) of each episode of a job. With ``seed`` None the
+    resets are unseeded (each env's own RNG goes on) and the noise comes from fresh OS
+    entropy."""
+    root = np.random.SeedSequence(None if seed is None else int(seed))
+    streams = []
+    for child in root.spawn(num_episodes):
+        env_seq, noise_seq = child.spawn(2)
+        reset_seed = None if seed is None else int(env_seq.generate_state(1)[0])
+        streams.append((reset_seed, np.random.default_rng(noise_seq)))
+    return streams
+
+
+def rollout(envs: Sequence[Any], policy: PolicyFn, num_episodes: int,
+            seed: Optional[int] = None, low: Optional[np.ndarray] = None,
+            high: Optional[np.ndarray] = None) -> tuple[list[EpisodeData], list[list[int]],
+                                                        list[float]]:
+    """Roll out ``num_episodes`` complete episodes on ``envs`` (gymnasium envs, set to
+    the task), every env running whole episodes one after another and all busy envs
+    stepped together (one ``policy`` call per step). Actions sent to the envs are clipped
+    to ``[low, high]`` when given. Returns (episodes, task ids seen per episode, wall
+    seconds per episode), in episode order.
+    """
+    streams = episode_streams(num_episodes, seed)
+    done: dict[int, tuple[EpisodeData, list[int], float]] = {}
+    active: dict[int, _Episode] = {}
+    queue = iter(range(num_episodes))
+    for slot in range(min(len(envs), num_episodes)):
+        active[slot] = _start(envs[slot], next(queue), streams)
+    while active:
+        slots = list(active)
+        obs = np.stack([active[s].obs for s in slots])
+        mean, log_std = policy(obs)
+        noise = np.stack([active[s].rng.standard_normal(mean.shape[1], dtype=np.float32)
+                          for s in slots])
+        actions = (mean + np.exp(log_std) * noise).astype(np.float32)
+        env_actions = actions if low is None else np.clip(actions, low, high)
+        for i, slot in enumerate(slots):
+            ep = active[slot]
+            next_obs, reward, terminated, truncated, info = envs[slot].step(env_actions[i])
+            ep.add(actions[i], mean[i], log_std[i], next_obs, float(reward), info)
+            if terminated or truncated:
+                done[ep.index] = (ep.data(), sorted(ep.task_ids),
+                                  time.perf_counter() - ep.start)
+                index = next(queue, None)
+                if index is None:
+                    del active[slot]
+                else:
+                    active[slot] = _start(envs[slot], index, streams)
+    ordered = [done[i] for i in range(num_episodes)]
+    return [d for d, _, _ in ordered], [t for _, t, _ in ordered], [s for _, _, s in ordered]
+
+
+def _start(env: Any, index: int, streams: Sequence[tuple[Optional[int], np.random.Generator]]
+           ) -> _Episode:
+    reset_seed, rng = streams[index]
+    obs, _ = env.reset(seed=reset_seed)
+    return _Episode(index=index, rng=rng, obs=_as_obs(obs))
+
+
+# -- the runner side ------------------------------------------------------------------------
 def _node_id() -> str:
-    try:
-        import ray
+    """This process's Ray node id; "" without Ray (asking would start a local instance)."""
+    import ray
 
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # no Ray context (a bare local runner)
+    if not ray.is_initialized():
         return ""
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # no usable Ray context
+        return ""
+
+
+def _action_bounds(runner: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Clip bounds for the env actions (None when the config turns clipping off)."""
+    if not getattr(runner.config, "clip_actions", True):
+        return None, None
+    space = runner.env.single_action_space
+    return space.low.astype(np.float32), space.high.astype(np.float32)
+
+
+def _log_sampled(runner: Any, episodes: Sequence[EpisodeData], seconds: Sequence[float]
+                 ) -> None:
+    """Log steps / episodes and per-episode length, return and duration into the runner's
+    metrics, under RLlib's own keys (``num_env_steps_sampled_lifetime``,
+    ``episode_return_mean``, ...)."""
+    runner._increase_sampled_metrics(sum(len(d) for d in episodes), len(episodes))
+    for data, sec in zip(episodes, seconds):
+        runner._log_episode_metrics(len(data), float(data.rewards.sum()), sec)
 
 
 def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Run sampling jobs in turn on ``runner`` (a SingleAgentEnvRunner).
 
     Each job is ``{"job": index, "task": Task dict, "weights": RLModule state or None,
-    "num_episodes": n}``. Weights are set synchronously and without a sequence number
-    (so they are always applied); the task reaches every sub-env of the vector env and
-    takes effect at the reset that ``sample(num_episodes=...)`` always performs.
-    A job's optional ``"seed"`` seeds that reset (RLlib reseeds the env at every
-    ``sample(num_episodes=...)``) and the action noise (torch's global RNG, forked so the
-    process's own stream is left as it was).
-    Returns ``{"results": [...], "metrics": runner.get_metrics()}``.
+    "num_episodes": n, "seed": int or None}``. Weights are set synchronously and without a
+    sequence number (so they are always applied); the task reaches every sub-env and takes
+    effect at the reset that starts each episode. The episodes are spread over the
+    runner's sub-envs (see :func:`rollout` and the module docstring for the conventions
+    and the seeding). Returns ``{"results": [...], "metrics": runner.get_metrics()}``.
     """
     results = []
+    low, high = _action_bounds(runner)
+    envs = list(runner.env.unwrapped.envs)
     for job in jobs:
         if job.get("weights") is not None:
             runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
         runner.env.unwrapped.call("set_task", job["task"])
-        episodes = _sample(runner, int(job["num_episodes"]), job.get("seed"))
-        converted = [episode_to_data(ep) for ep in episodes]
+        seed = job.get("seed")
+        with runner.metrics.log_time(SAMPLE_TIMER):
+            episodes, task_ids, seconds = rollout(
+                envs, policy_of(runner.module), int(job["num_episodes"]),
+                None if seed is None else int(seed), low, high)
+        _log_sampled(runner, episodes, seconds)
         results.append({
             "job": job["job"],
             "worker_index": int(runner.worker_index),
             "node_id": _node_id(),
             "task_id": int(job["task"]["task_id"]),
-            "episodes": [d for d, _ in converted],
-            "episode_task_ids": [ids for _, ids in converted],
-            "num_env_steps": int(sum(len(d) for d, _ in converted)),
+            "episodes": episodes,
+            "episode_task_ids": task_ids,
+            "num_env_steps": int(sum(len(d) for d in episodes)),
         })
     return {"results": results, "metrics": runner.get_metrics()}
-
-
-def _sample(runner: Any, num_episodes: int, seed: Any) -> list:
-    """``runner.sample(num_episodes=...)``, seeded when ``seed`` is not None."""
-    if seed is None:
-        return runner.sample(num_episodes=num_episodes, explore=True)
-    runner._seed = int(seed)  # used by the env reset of every sample(num_episodes=...)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return runner.sample(num_episodes=num_episodes, explore=True)
