@@ -14,9 +14,9 @@ DEFAULT_OUT = HERE.parent / "docs" / "BENCHMARKS.md"
 #: file stem -> (section title, producing script)
 SOURCES = {
     "sampling": ("Sampling efficiency", "bench_sampling.py"),
-    "sampling_vector": ("Sampling efficiency with 4 sub-envs per EnvRunner (candidate fix)",
+    "sampling_vector": ("Sampling efficiency with 4 sub-envs per EnvRunner",
                         "bench_sampling.py --envs-per-runner 4 --episodes 4"),
-    "lean_rollout": ("Lean rollout loop (no RLlib): what a lean sampler could reach",
+    "lean_rollout": ("Rollout loops without Ray: the per-EnvRunner bound",
                      "bench_lean_rollout.py"),
     "meta_share": ("Meta-update share", "bench_meta_share.py"),
     "cpo_step": ("DCO step (CPO-step backends)", "bench_cpo_step.py"),
@@ -106,15 +106,17 @@ def compare_sampling(base: dict[str, Any], vec: dict[str, Any]) -> list[str]:
 
 
 def sec_lean(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
-    rows = [[r["family"], r["raw_steps_per_s"], r["lean_steps_per_s"], r["ratio"]]
-            for r in d["rows"]]
-    return ["One process: the task env stepped by the (32, 16) GaussianMLP (one observation per "
-            "forward, actions sampled, log-probs kept, clipped copy to the env), against the "
-            "random-policy rate of the same env, median of "
-            f"{d['config']['repeats']} runs of {d['config']['steps']} steps. Not a target: "
-            "the bound a sampler without RLlib's per-step connectors and episode objects "
-            "could reach per EnvRunner.", ""] \
-        + table(["family", "raw steps/s", "lean loop steps/s", "lean ÷ raw"], rows)
+    rows = [[r["family"], r["raw_steps_per_s"], r["lean_steps_per_s"], r["ratio"],
+             r.get("sampler_steps_per_s"), r.get("sampler_ratio")] for r in d["rows"]]
+    return ["One process, no Ray: the task env stepped by the (32, 16) GaussianMLP through a "
+            "plain loop (torch forward per observation, actions sampled, log-probs kept, "
+            "clipped copy to the env) and through the EnvRunners' rollout "
+            "(`rllib/episodes.py`: numpy forward, whole episodes), against the random-policy "
+            f"rate of the same env, median of {d['config']['repeats']} runs of "
+            f"{d['config']['steps']} steps. Not a target: the per-EnvRunner bound of "
+            "sampling without Ray.", ""] \
+        + table(["family", "raw steps/s", "torch loop steps/s", "torch loop ÷ raw",
+                 "rollout steps/s", "rollout ÷ raw"], rows)
 
 
 def sec_meta_share(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
@@ -221,35 +223,30 @@ def findings(d: dict[str, Any]) -> list[str]:
     parts = {p["part"].strip(): p["cumulative_s"] for p in d["parts"]}
     steps, total = d["env_steps"], d["profiled_wall_s"]
     us = {k: 1e6 * v / steps for k, v in parts.items()}
-    sample = parts.get("runner.sample", 0.0)
-    env, conn = parts.get("env step (vector env)", 0.0), parts.get("connector pipelines", 0.0)
-    fwd = parts.get("RLModule forward_exploration", 0.0)
+    sample = parts.get("runner rollout", 0.0)
+    env, fwd = parts.get("task env step", 0.0), parts.get("policy forward", 0.0)
     learner = parts.get("learner add_round", 0.0) + parts.get("learner meta_step", 0.0)
     if not steps or not sample:
         return []
-    rest = sample - env - conn - fwd
-    small = sum(parts.get(k, 0.0) for k in ("runner.set_state (weights)", "episode_to_data",
+    rest = sample - env - fwd
+    small = sum(parts.get(k, 0.0) for k in ("runner.set_state (weights)",
+                                            "episode arrays (EpisodeData)",
                                             "sync_weights")) < 0.01 * sample
     return [
         f"Findings (computed from the parts above; cProfile slows Python-heavy code, here "
         f"{fmt(total / d['unprofiled']['wall_s'])}× in all, so shares are indicative):", "",
         f"- Sampling is {pct(sample / total)} of the profiled iteration, the Learner "
         f"{pct(learner / total)}.",
-        f"- Per env step the EnvRunner spends {fmt(us.get('runner.sample'))} µs: the env "
-        f"{fmt(us.get('env step (vector env)'))} µs ({pct(env / sample)}; MuJoCo's `mj_step` "
-        f"itself {fmt(us.get('mujoco mj_step'))} µs), RLlib's two connector pipelines "
-        f"{fmt(us.get('connector pipelines'))} µs ({pct(conn / sample)}), the RLModule forward "
-        f"{fmt(us.get('RLModule forward_exploration'))} µs ({pct(fwd / sample)}), the rest "
-        f"(episode bookkeeping, metrics, loop) {fmt(1e6 * rest / steps)} µs "
+        f"- Per env step the EnvRunner's rollout spends {fmt(us.get('runner rollout'))} µs: "
+        f"the task env {fmt(us.get('task env step'))} µs ({pct(env / sample)}; MuJoCo's "
+        f"`mj_step` itself {fmt(us.get('mujoco mj_step'))} µs), the policy forward (numpy, "
+        f"one batched call per step) {fmt(us.get('policy forward'))} µs ({pct(fwd / sample)}), "
+        f"the rest (noise, clipping, per-step bookkeeping, loop) {fmt(1e6 * rest / steps)} µs "
         f"({pct(rest / sample)}).",
         f"- Weight pushes (`runner.set_state`) {fmt(us.get('runner.set_state (weights)'))} µs, "
-        f"episode conversion (`episode_to_data`) {fmt(us.get('episode_to_data'))} µs and the θ "
-        f"broadcast (`sync_weights`) {fmt(us.get('sync_weights'))} µs per env step"
-        + (": negligible." if small else "."),
-        "- The connector and forward costs are paid per *call*, here for a batch of one "
-        "observation (one sub-env per EnvRunner); stepping several sub-envs per EnvRunner "
-        "shares each call among them; the sampling section with 4 sub-envs measures what that "
-        "gains end to end.", ""]
+        f"episode arrays (`EpisodeData`) {fmt(us.get('episode arrays (EpisodeData)'))} µs and "
+        f"the θ broadcast (`sync_weights`) {fmt(us.get('sync_weights'))} µs per env step"
+        + (": negligible." if small else "."), ""]
 
 
 def sec_envs(d: dict[str, Any], summary: list[list[str]]) -> list[str]:

@@ -46,12 +46,12 @@ def test_scripts_write_json_and_report_renders(tmp_path: Path) -> None:
     _check_json(tmp_path / "scaling.json")
     bench_profile.main([*TINY, "--metric", "euclidean", "--out", str(tmp_path / "profile.json")])
     parts = {p["part"]: p for p in _check_json(tmp_path / "profile.json", "parts")["parts"]}
-    assert parts["runner.sample"]["cumulative_s"] > 0
+    assert parts["runner rollout"]["cumulative_s"] > 0
     assert parts["learner meta_step"]["cumulative_s"] > 0
 
     text = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
     assert (tmp_path / "B.md").read_text() == text
-    for title in ("Sampling efficiency", "Lean rollout", "Meta-update share", "Scaling",
+    for title in ("Sampling efficiency", "Rollout loops", "Meta-update share", "Scaling",
                   "Profile"):
         assert f"## {title}" in text
     assert "*No results: run `benchmarks/bench_update.py`.*" in text
