@@ -44,6 +44,7 @@ def test_surrogate_check_on_a_real_env(tmp_path) -> None:
     (task,) = report["tasks"]
     (step,) = task["steps"]
     assert step["batch_episodes"] == 4 and step["case"] == 0  # the recovery case
+    assert step["gradient_cosine_disjoint_batch"] is None or -1 <= step["gradient_cosine_disjoint_batch"] <= 1
     assert step["predicted_change"] <= 0  # a cost-descent step predicts no increase
     assert all(math.isfinite(step[k]) for k in ("realised_change", "realised_change_se"))
     assert json.loads(out.read_text())["tasks"][0]["steps"][0] == step

@@ -207,7 +207,8 @@ def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
         "given size; *predicted* is the surrogate's bᵀx, *realised* the change of the mean "
         f"episode cost over {s['eval_episodes']} fresh episodes (the same env and noise "
         "seeds before and after; ± standard error); cos is the cosine between the cost "
-        "gradients of two disjoint batches of that size.", "",
+        "gradients of two disjoint batches of that size (– where one of them saw no cost, "
+        "so b = 0 and the step is no step).", "",
         "| policy | task (radius, factor) | cost before | batch episodes | predicted | "
         "realised | cos(b, b′) | commit |", "|---|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -221,9 +222,13 @@ def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
                     f"{task['cost_before_se']:.1f} | {st['batch_episodes']} | "
                     f"{st['predicted_change']:+.1f} | {st['realised_change']:+.1f} ± "
                     f"{st['realised_change_se']:.1f} | "
-                    f"{st['gradient_cosine_disjoint_batch']:+.2f} | "
+                    f"{_signed(st['gradient_cosine_disjoint_batch'])} | "
                     f"`{check['provenance']['commit']}` |")
     return lines + [""]
+
+
+def _signed(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:+.2f}"
 
 
 def sweep_section(sweep: Mapping[str, Any]) -> list[str]:

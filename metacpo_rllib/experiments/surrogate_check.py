@@ -84,13 +84,19 @@ def check_task(env: Any, policy: GaussianMLP, cost_limit: float, batch_sizes: Se
         steps.append({
             "batch_episodes": n, "case": int(step.case),
             "batch_cost_mean": float(np.mean([e.costs.sum() for e in pool[:n]])),
+            "other_batch_cost_mean": float(np.mean([e.costs.sum() for e in pool[n:2 * n]])),
             "predicted_change": float(b @ step.x),
             "realised_change": float(diff.mean()),
             "realised_change_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
-            "gradient_cosine_disjoint_batch": float(b @ b_other) / norm if norm > 0 else 0.0,
+            # None: one of the two batches saw no cost (b = 0), no direction to compare
+            "gradient_cosine_disjoint_batch": float(b @ b_other) / norm if norm > 0 else None,
         })
     return {"cost_before": float(before.mean()),
             "cost_before_se": float(before.std(ddof=1) / np.sqrt(len(before))), "steps": steps}
+
+
+def _cosine(value: Optional[float]) -> str:
+    return "n/a (a batch without cost)" if value is None else f"{value:+.2f}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -123,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             print(f"task {task.task_id} cost {row['cost_before']:7.2f}  batch {s['batch_episodes']:2d} "
                   f"eps: predicted {s['predicted_change']:+8.2f}  realised "
                   f"{s['realised_change']:+8.2f} ± {s['realised_change_se']:.2f}  "
-                  f"cos(b, b') {s['gradient_cosine_disjoint_batch']:+.2f}")
+                  f"cos(b, b') {_cosine(s['gradient_cosine_disjoint_batch'])}")
     report = {"family": args.family, "policy": args.label or args.checkpoint or "initial",
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "label")},
               "tasks": rows, "provenance": provenance.provenance()}
