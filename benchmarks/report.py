@@ -91,7 +91,11 @@ def sec_sampling(d: dict[str, Any], summary: list[list[str]], targets: bool = Tr
 
 
 def compare_sampling(base: dict[str, Any], vec: dict[str, Any]) -> list[str]:
-    """Sampled steps/s with N sub-envs per runner against one sub-env (same family and R)."""
+    """Sampled steps/s with N sub-envs per runner against one sub-env (same family and R);
+    only for two runs of the same commit (the sampler may have changed in between)."""
+    if base.get("commit") != vec.get("commit"):
+        return [f"(No speed-up table: `sampling.json` and `sampling_vector.json` come from "
+                f"different commits, `{base.get('commit')}` and `{vec.get('commit')}`.)", ""]
     one = {(r["family"], r["runners"]): r["sampled_steps_per_s"] for r in base["rows"]}
     n = vec["config"].get("envs_per_runner", 1)
     rows = [[r["family"], r["runners"], one[(r["family"], r["runners"])],

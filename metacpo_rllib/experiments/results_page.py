@@ -31,13 +31,13 @@ FAMILY_ORDER = ("PointCircle", "CarCircleHazard", "PointButton")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
-    """family -> comparison JSON, for every ``<results>/*/comparison.json``."""
-    found = {}
-    for path in sorted(results.glob("*/comparison.json")):
-        data = json.loads(path.read_text())
-        found[data["family"]] = {**data, "dir": path.parent}
+    """folder name -> comparison JSON, for every ``<results>/<name>/comparison.json``
+    (the folder is the family, or another name for a second run on a family)."""
+    found = {path.parent.name: {**json.loads(path.read_text()), "dir": path.parent}
+             for path in results.glob("*/comparison.json")}
     order = {name: i for i, name in enumerate(FAMILY_ORDER)}
-    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return dict(sorted(found.items(),
+                       key=lambda kv: (order.get(kv[1]["family"], len(order)), kv[0])))
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -105,12 +105,12 @@ def _met(flag: bool) -> str:
     return "**met**" if flag else "**missed**"
 
 
-def targets_section(data: Mapping[str, Any]) -> list[str]:
+def targets_section(name: str, data: Mapping[str, Any]) -> list[str]:
     t = check_targets(data)
     ret = t["returns"]
     ratio = "–" if math.isnan(t["return_ratio"]) else f"{t['return_ratio']:.2f}"
     return [
-        f"## Targets ({data['family']})", "",
+        f"## Targets: {_title(name, data)}", "",
         "| target | measured | |", "|---|---|---|",
         f"| Meta-CPO within h on ≥ {TARGET_WITHIN:.0%} of test tasks after ≤ "
         f"{TARGET_MAX_STEP} adaptation steps | {t['within']:.0%} of tasks at step {t['step']} "
@@ -159,17 +159,23 @@ def _budget(data: Mapping[str, Any]) -> list[str]:
             f"**wall time:** {prov['wall_s'] / 60:.0f} min "
             f"({prov['started_utc']} – {prov['finished_utc']}).",
         ]
+        if prov.get("note"):
+            lines.append(f"- **Note:** {prov['note']}")
     return lines
 
 
-def family_section(data: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+def _title(name: str, data: Mapping[str, Any]) -> str:
+    return name if name == data["family"] else f"{name} ({data['family']})"
+
+
+def family_section(name: str, data: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
     """Budget, provenance, the three tables (return, cost, fraction within the limit at
     the reported steps) and the figures of one family."""
     steps = steps_of(data)
     runs = data["runs"]
     head = "| algorithm | " + " | ".join(f"step {s}" for s in steps) + " | seeds |"
     rule = "|---|" + "---:|" * (len(steps) + 1)
-    lines = [f"## {data['family']}", "", *_budget(data), ""]
+    lines = [f"## {_title(name, data)}", "", *_budget(data), ""]
     titles = {"return": "Mean episode return on the test tasks",
               "cost": "Mean episode cost on the test tasks",
               "within": "Fraction of test tasks within the limit"}
@@ -180,8 +186,8 @@ def family_section(data: Mapping[str, Any], figures: Mapping[str, str]) -> list[
             cells = [pm(per_seed(seeds, key, s)) for s in steps]
             lines.append(f"| {algorithm} | " + " | ".join(cells) + f" | {len(seeds)} |")
         lines.append("")
-    lines += [f"![{data['family']} training]({figures['training']})", "",
-              f"![{data['family']} adaptation]({figures['adaptation']})", ""]
+    lines += [f"![{name} training]({figures['training']})", "",
+              f"![{name} adaptation]({figures['adaptation']})", ""]
     return lines
 
 
@@ -298,8 +304,9 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     ]
     if not families:
         return "\n".join(lines + ["No comparison runs found.", ""])
-    if TARGET_FAMILY in families:
-        lines += targets_section(families[TARGET_FAMILY])
+    for name, data in families.items():
+        if data["family"] == TARGET_FAMILY:
+            lines += targets_section(name, data)
     for name, data in families.items():
         folder = Path(data["dir"])
         figures = {"training": folder / "training.png", "adaptation": folder / "adaptation.png"}
@@ -309,7 +316,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             adaptation_figure(data["runs"], figures["adaptation"],
                               title=f"{name}: adaptation on held-out tasks at the test limit")
         rel = {k: _relative(v, page_dir) for k, v in figures.items()}
-        lines += family_section(data, rel)
+        lines += family_section(name, data, rel)
     if results is not None:
         lines += investigation_section(results)
     return "\n".join(lines).rstrip() + "\n"
