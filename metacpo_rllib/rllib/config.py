@@ -9,7 +9,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
-from metacpo_rllib.rllib.registry import family_overrides  # (importing registers the envs)
+from metacpo_rllib.rllib.registry import family_overrides, register_envs
 from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
 
 _UNSET = NotProvided
@@ -158,9 +158,12 @@ class MetaCPOConfig(AlgorithmConfig):
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> None:
-        """Check the Meta-CPO fields first (ValueError naming the field), then RLlib's."""
+        """Check the Meta-CPO fields first (ValueError naming the field), then RLlib's; then
+        (re-)register the family names, so that EnvRunners built from this config find them
+        even after an earlier ``ray.init`` / ``ray.shutdown`` emptied this process's registry."""
         self.validate_metacpo()
         super().validate()
+        register_envs()
 
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
