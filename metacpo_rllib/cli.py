@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -364,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["metacpo", *argv])  # recorded with results
     start = time.perf_counter()
     try:
         code = COMMANDS[args.command].run(args)

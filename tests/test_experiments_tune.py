@@ -143,6 +143,8 @@ def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path) -> None:
         assert len(row["adapt"]["violation_rate"]) == 2
         assert row["test_cost"] == row["adapt"]["mean_cost"][-1]
     assert summary["grid"] == {"seed": [0, 1]} and len(summary["provenance"]["commit"]) == 40
+    assert summary["provenance"]["command"] == (f"metacpo sweep {SMOKE} --storage-path ray "
+                                                "--quiet --json sweep.json")
     runs = _check_sweep_runs("sqlite:///mlflow.db", "smoke-pointnav", {0, 1})
     for run in runs:  # the explicit artifact root next to the database
         assert (tmp_path / "mlruns" / "smoke-pointnav" / run.info.run_id / "artifacts"
@@ -276,7 +278,8 @@ def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
             assert s["env_steps"] == 2 * 2 * 30 * (2 if name.startswith("Meta") else 1) * 2
             assert np.array(s["adapt"]["task_cost"]).shape == (2, 2)
     prov = data["provenance"]
-    assert len(prov["commit"]) == 40 and prov["wall_s"] > 0 and "compare" in prov["command"]
+    assert len(prov["commit"]) == 40 and prov["wall_s"] > 0
+    assert prov["command"].startswith("metacpo compare --family PointNav --seeds 0 1 ")
     _check_results_page(tmp_path, data)
     client = _client(uri)
     exp = client.get_experiment_by_name("compare-PointNav")

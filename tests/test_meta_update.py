@@ -138,8 +138,65 @@ def test_one_code_path_for_the_four_algorithms(inner_steps, constrained):
 def test_update_config_validation_names_the_field():
     for field, value in [("inner_steps", -1), ("delta", 0.0), ("inner_delta", float("nan")),
                          ("metric", "l1"), ("backend", "scs"), ("cg_iters", 0),
-                         ("line_search_decay", 1.0), ("constrained", "yes")]:
+                         ("line_search_decay", 1.0), ("constrained", "yes"),
+                         ("fisher_stride", 0), ("fisher_stride", 1.5)]:
         with pytest.raises(ValueError, match=field):
             UpdateConfig(**{field: value}).validate()
     with pytest.raises(ValueError, match="backend"):
         UpdateConfig(backend="cvxpylayers_primal", metric="fisher").validate()
+
+
+def _copies(batches):
+    """The same batches without any kept inner-step solve."""
+    return [dataclasses.replace(b, step_memo=None) for b in batches]
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, constrained):
+    """The learner's inner step at θ keeps its Fisher solve on the batch; meta_update's
+    replay of that step skips the conjugate gradient and gives the same θ' bit for bit."""
+    from metacpo_rllib.optim import linalg, meta
+
+    module = small_policy(3)
+    theta = detached(params_of(module))
+    cfg = UpdateConfig(inner_steps=1, constrained=constrained, metric="fisher").validate()
+    support, query = meta_batches(module, theta, cfg, tasks=3, seed=5)
+    fresh_support = [_copies(s) for s in support]
+    fresh_query = _copies(query)
+    for task in support:  # what the learner does in the support round
+        meta.inner_step(module, theta, task[0], cfg, create_graph=False)
+    solves = []
+    real = linalg.conjugate_gradient
+    monkeypatch.setattr(linalg, "conjugate_gradient",
+                        lambda *a, **k: solves.append(1) or real(*a, **k))
+    new, info = meta_update(module, theta, support, query, cfg)
+    with_memo = len(solves)
+    solves.clear()
+    ref, ref_info = meta_update(module, theta, fresh_support, fresh_query, cfg)
+    assert torch.equal(flatten(new), flatten(ref))
+    assert info == ref_info
+    assert with_memo == len(solves) - len(support)  # one CG per task's replayed step saved
+    # a step at other parameters does not take the kept solve
+    other = {k: v + 0.01 for k, v in theta.items()}
+    _, step = meta.inner_step(module, other, support[0][0], cfg, create_graph=False)
+    _, fresh_step = meta.inner_step(module, other, fresh_support[0][0], cfg, create_graph=False)
+    assert torch.equal(step.x, fresh_step.x)
+
+
+def test_fisher_stride_estimates_the_metric_on_every_kth_state():
+    from metacpo_rllib.optim.meta import constrained_step
+
+    module = small_policy(4)
+    params = detached(params_of(module))
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.randn(40, OBS, generator=gen, dtype=torch.float64)
+    g = torch.randn(flatten(params).numel(), generator=gen, dtype=torch.float64)
+    b = torch.randn(g.numel(), generator=gen, dtype=torch.float64)
+    strided = constrained_step(module, params, g, b, 0.5, 0.01, obs,
+                               UpdateConfig(fisher_stride=3), create_graph=False)
+    subsample = constrained_step(module, params, g, b, 0.5, 0.01, obs[::3],
+                                 UpdateConfig(fisher_stride=1), create_graph=False)
+    full = constrained_step(module, params, g, b, 0.5, 0.01, obs,
+                            UpdateConfig(fisher_stride=1), create_graph=False)
+    assert torch.equal(strided.x, subsample.x)
+    assert not torch.allclose(strided.x, full.x)

@@ -24,6 +24,7 @@ INVALID: dict[str, list] = {
     "backend": ["cvx", None, 0],
     "cg_iters": [0, -1, 2.5, True],
     "cg_damping": [-0.1, math.nan, math.inf, "0.1", None],
+    "fisher_stride": [0, -2, 1.5, True, None],
     "line_search_steps": [0, -2, 1.5, False],
     "line_search_decay": [0.0, 1.0, 1.5, -0.5, math.nan, None],
     "gamma": [0.0, 1.5, -0.1, math.nan, None],

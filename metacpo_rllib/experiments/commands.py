@@ -74,14 +74,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     rows = trial_rows(grids, spec)
     print(format_rows(rows))
     if args.json:
-        _write_sweep_json(args.json, spec, rows)
+        _write_sweep_json(args.json, spec, rows, args.command_line)
     print(_where(spec.experiment_name, uri))
     return 1 if any(r["error"] for r in rows) else 0
 
 
-def _write_sweep_json(path: str, spec: Any, rows: list) -> None:
+def _write_sweep_json(path: str, spec: Any, rows: list, command_line: str) -> None:
     import dataclasses
-    import shlex
 
     from metacpo_rllib import provenance
 
@@ -90,7 +89,7 @@ def _write_sweep_json(path: str, spec: Any, rows: list) -> None:
             "env_config": spec.env_config, "adaptation": dataclasses.asdict(spec.adaptation),
             "rows": rows,
             "provenance": {"commit": tracking.git_commit(), "machine": provenance.machine(),
-                           "command": shlex.join(["metacpo", *sys.argv[1:]]),
+                           "command": command_line,
                            "finished_utc": provenance.utc_now()}}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +182,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
           f"{spec.experiment_name!r} at {uri}", flush=True)
     with local_ray(max(args.num_cpus, 1)):
         result = run_compare(spec, out, tracking_uri=uri, storage_path=args.storage_path,
-                             verbose=0 if args.quiet else 1)
+                             verbose=0 if args.quiet else 1, command_line=args.command_line)
     print(Path(result["files"]["table"]).read_text())
     for path in result["files"].values():
         print(f"wrote {path}")

@@ -136,10 +136,12 @@ def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, An
 
 # -- the whole command ----------------------------------------------------------------------------
 def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[str] = None,
-                storage_path: Optional[str] = None, verbose: int = 1) -> dict[str, Any]:
+                storage_path: Optional[str] = None, verbose: int = 1,
+                command_line: Optional[str] = None) -> dict[str, Any]:
     """Run the comparison sweep (Ray must be initialised) under a parent MLflow run, write
     ``comparison.png`` / ``.md`` / ``.json`` to ``out_dir`` and log them to the parent run.
-    Returns the raw numbers (what ``comparison.json`` holds)."""
+    Returns the raw numbers (what ``comparison.json`` holds). ``command_line`` is recorded
+    as the command that made them (default: this process's arguments)."""
     from mlflow.tracking import MlflowClient
 
     from metacpo_rllib.experiments.plots import comparison_figure
@@ -189,7 +191,8 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
                 "training": spec.training, "env_config": spec.env_config,
                 "summary": summary, "runs": runs,
                 "provenance": {"commit": tracking.git_commit(), "machine": provenance.machine(),
-                               "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                               "command": command_line or shlex.join(
+                                   [Path(sys.argv[0]).name, *sys.argv[1:]]),
                                "started_utc": started_utc, "finished_utc": provenance.utc_now(),
                                "wall_s": time.perf_counter() - started},
                 "mlflow": {"tracking_uri": uri, "experiment": spec.experiment_name,

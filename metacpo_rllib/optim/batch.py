@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,10 @@ class Batch:
     ep_costs: Tensor      # [E] undiscounted episode costs
     task_id: int = 0
     cost_limit: float = 0.0
+    #: (key, H⁻¹[g b]) of the last inner step taken on this batch (see ``meta.inner_step``):
+    #: the meta-gradient replays the learner's inner step at the same parameters.
+    step_memo: Optional[tuple[tuple, Tensor]] = dataclasses.field(
+        default=None, repr=False, compare=False)
 
     @property
     def num_steps(self) -> int:

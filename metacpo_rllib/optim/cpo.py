@@ -55,6 +55,7 @@ class CPOStep:
     lam: Tensor
     nu: Tensor
     case: int
+    metric_solution: Tensor  # (n, 2): the columns H⁻¹g, H⁻¹b (H⁻¹b = 0 without b)
     q: Tensor
     r: Tensor
     s: Tensor
@@ -74,6 +75,7 @@ def cpo_step(
     cg_damping: float = 0.0,
     cg_tol: float = 1e-10,
     eps: float = 1e-8,
+    metric_solution: Tensor | None = None,
 ) -> CPOStep:
     """Solve the CPO subproblem (module docstring) and return a differentiable :class:`CPOStep`.
 
@@ -81,6 +83,8 @@ def cpo_step(
     ``H + cg_damping·I``, which is then also the trust-region metric. ``b=None`` gives the
     TRPO step. ``eps`` is the ``bᵀb`` threshold below which ``b`` counts as zero.
     ``backend`` is one of :data:`BACKENDS`; all give the same ``x``.
+    ``metric_solution``: a step's ``metric_solution`` from the same ``g``, ``b`` and ``hvp``
+    values, computed before; the CG solve is then skipped (the gradients are unchanged).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -88,7 +92,7 @@ def cpo_step(
         raise ValueError("backend 'cvxpylayers_primal' is Euclidean only (H = I); pass hvp=None "
                          "or use backend='closed_form' / 'cvxpylayers_dual' for a Fisher metric")
     g, b, c, delta = _check_inputs(g, b, c, delta)
-    v, w = _metric_solve(g, b, hvp, cg_iters, cg_damping, cg_tol)
+    v, w = _metric_solve(g, b, hvp, cg_iters, cg_damping, cg_tol, metric_solution)
     zero = g.new_zeros(())
     q = g @ v
     r, s = (g @ w, b @ w) if b is not None else (zero, zero)
@@ -108,7 +112,8 @@ def cpo_step(
         step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats)
     x, lam, nu = step
     return CPOStep(
-        x=x, lam=lam, nu=nu, case=case, q=q, r=r, s=s,
+        x=x, lam=lam, nu=nu, case=case, metric_solution=torch.stack([v, w], dim=1).detach(),
+        q=q, r=r, s=s,
         predicted_reward_change=g @ x,
         predicted_cost_change=b @ x if b is not None else zero,
     )
@@ -213,14 +218,16 @@ def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: T
 
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,
-                  iters: int, damping: float, tol: float) -> tuple[Tensor, Tensor]:
+                  iters: int, damping: float, tol: float, known: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """``(H⁻¹g, H⁻¹b)``; identity when ``hvp`` is None; both right-hand sides in one CG,
-    differentiated implicitly (``solve_spd``)."""
+    differentiated implicitly (``solve_spd``); ``known`` (n, 2) is that solve's value."""
     if hvp is None:
         return g, (b if b is not None else torch.zeros_like(g))
     if b is None:
-        return solve_spd(hvp, g, iters, damping, tol), torch.zeros_like(g)
-    sol = solve_spd(hvp, torch.stack([g, b], dim=1), iters, damping, tol)
+        known_g = None if known is None else known[:, 0]
+        return solve_spd(hvp, g, iters, damping, tol, known_g), torch.zeros_like(g)
+    sol = solve_spd(hvp, torch.stack([g, b], dim=1), iters, damping, tol, known)
     return sol[:, 0], sol[:, 1]
 
 

@@ -95,8 +95,8 @@ class _ZeroValueSolve(torch.autograd.Function):
         return ctx.solve(grad), None  # A is symmetric: the adjoint solve is the same solve
 
 
-def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10
-              ) -> Tensor:
+def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10,
+              known: Tensor | None = None) -> Tensor:
     """``x = (H + damping·I)⁻¹ rhs`` by conjugate gradient, differentiated implicitly.
 
     The value is CG's. Gradients are those of the exact solve, dx = A⁻¹(d rhs − dA·x),
@@ -105,6 +105,8 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     residuals). One extra product A·x with the graph in the forward pass and one CG solve
     per reverse pass. Second derivatives hold A fixed. ``rhs`` is (n,) or (n, k).
     An ``hvp`` may carry a cheaper graph-free twin as ``hvp.without_graph`` for the solves.
+    ``known``: the value of this very solve, computed before (same ``hvp`` and ``rhs``
+    values); the forward CG is skipped and only the implicit gradient is attached.
     """
     def apply(p: Tensor) -> Tensor:
         hp = hvp(p) if p.dim() == 1 else torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
@@ -116,7 +118,7 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
         with torch.enable_grad():  # hvp may use autograd itself, also inside a backward pass
             return conjugate_gradient(plain, y.detach(), iters, damping, tol).detach()
 
-    x = fixed_solve(rhs)
+    x = fixed_solve(rhs) if known is None else known.detach()
     if not torch.is_grad_enabled():
         return x
     residual = rhs - apply(x)

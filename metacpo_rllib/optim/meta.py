@@ -36,6 +36,7 @@ class UpdateConfig:
     cg_iters: int = 10
     cg_damping: float = 0.1
     cg_tol: float = 1e-10           # CG stops once the squared residual is below this
+    fisher_stride: int = 1          # the Fisher metric is estimated on every k-th state
     line_search_steps: int = 15
     line_search_decay: float = 0.8
     first_order: bool = False
@@ -61,7 +62,7 @@ class UpdateConfig:
             bad("backend", f"expected one of {BACKENDS}")
         if self.backend == "cvxpylayers_primal" and self.metric != "euclidean":
             bad("backend", "cvxpylayers_primal needs metric='euclidean'")
-        for field in ("cg_iters", "line_search_steps"):
+        for field in ("cg_iters", "line_search_steps", "fisher_stride"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(field, "expected an integer >= 1")
@@ -86,13 +87,18 @@ def constrained_step(
     metric_obs: Tensor,
     cfg: UpdateConfig,
     create_graph: bool,
+    metric_solution: Tensor | None = None,
 ) -> CPOStep:
-    """cpo_step in the configured metric (the Fisher at ``params`` on ``metric_obs``)."""
+    """cpo_step in the configured metric: the Fisher at ``params`` on every
+    ``cfg.fisher_stride``-th state of ``metric_obs`` (consecutive states of an episode carry
+    nearly the same information, and each Fisher product costs time linear in the states)."""
     hvp = None
     if cfg.metric == "fisher":
-        hvp = fisher_vector_product(module, params, metric_obs, create_graph=create_graph)
-    return cpo_step(g, b, c, delta, hvp=hvp, backend=cfg.backend,
-                    cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping, cg_tol=cfg.cg_tol)
+        hvp = fisher_vector_product(module, params, metric_obs[::cfg.fisher_stride],
+                                    create_graph=create_graph)
+    return cpo_step(g, b, c, delta, hvp=hvp, backend=cfg.backend, cg_iters=cfg.cg_iters,
+                    cg_damping=cfg.cg_damping, cg_tol=cfg.cg_tol,
+                    metric_solution=metric_solution)
 
 
 def inner_step(
@@ -102,6 +108,9 @@ def inner_step(
 
     With ``create_graph`` the step stays differentiable w.r.t. ``params`` (and what they
     were computed from); otherwise the returned parameters are new leaves.
+    The Fisher solve is kept on the batch (``batch.step_memo``): the same step taken again
+    at the same parameter values (the meta-gradient replaying the learner's inner step)
+    skips its conjugate gradient.
     """
     tensors = list(params.values())
     reward, cost = surrogates(module, params, batch)
@@ -110,8 +119,16 @@ def inner_step(
     b = None
     if cfg.constrained:
         b = flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
+    key = (cfg.metric, cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol,
+           cfg.fisher_stride, flatten(params).detach())
+    memo = batch.step_memo
+    known = None
+    if cfg.metric == "fisher" and memo is not None and memo[0][:-1] == key[:-1] \
+            and torch.equal(memo[0][-1], key[-1]):
+        known = memo[1]
     step = constrained_step(module, params, g, b, batch.constraint_value, cfg.inner_delta,
-                            batch.obs, cfg, create_graph)
+                            batch.obs, cfg, create_graph, metric_solution=known)
+    batch.step_memo = (key, step.metric_solution)
     if create_graph:
         return add_step(params, step.x), step
     return detached(add_step(params, step.x.detach())), step

@@ -57,6 +57,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.backend = "closed_form"
         self.cg_iters = 10
         self.cg_damping = 0.1
+        self.fisher_stride = 1
         self.line_search_steps = 15
         self.line_search_decay = 0.8
         self.gamma = 0.99
@@ -86,6 +87,7 @@ class MetaCPOConfig(AlgorithmConfig):
         backend: str = _UNSET,
         cg_iters: int = _UNSET,
         cg_damping: float = _UNSET,
+        fisher_stride: int = _UNSET,
         line_search_steps: int = _UNSET,
         line_search_decay: float = _UNSET,
         lambda_: float = _UNSET,
@@ -112,7 +114,8 @@ class MetaCPOConfig(AlgorithmConfig):
             tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
             cost_limit=cost_limit, trust_region_delta=trust_region_delta,
             inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
-            cg_damping=cg_damping, line_search_steps=line_search_steps,
+            cg_damping=cg_damping, fisher_stride=fisher_stride,
+            line_search_steps=line_search_steps,
             line_search_decay=line_search_decay, lambda_=lambda_, cost_gamma=cost_gamma,
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             constrained=constrained, torch_num_threads=torch_num_threads,
@@ -142,6 +145,7 @@ class MetaCPOConfig(AlgorithmConfig):
             backend=self.backend,
             cg_iters=self.cg_iters,
             cg_damping=self.cg_damping,
+            fisher_stride=self.fisher_stride,
             line_search_steps=self.line_search_steps,
             line_search_decay=self.line_search_decay,
             first_order=self.first_order,
