@@ -9,15 +9,18 @@ from metacpo_rllib.rllib.config import MetaCPOConfig
 
 def build(family: str, runners: int, *, tasks: int = 5, episodes: int = 4, metric: str = "fisher",
           backend: str = "closed_form", env_config: Optional[dict] = None, seed: int = 0,
-          envs_per_runner: int = 1) -> Any:
+          envs_per_runner: int = 1, fisher_stride: Optional[int] = None) -> Any:
     """A MetaCPO algorithm (K = 1, policy (32, 16)) on ``family`` with ``runners`` EnvRunners,
-    each stepping ``envs_per_runner`` sub-envs (RLlib's ``num_envs_per_env_runner``)."""
+    each stepping ``envs_per_runner`` sub-envs (RLlib's ``num_envs_per_env_runner``);
+    ``fisher_stride`` None keeps the config's default."""
     config = (MetaCPOConfig()
               .environment(family, env_config=dict(env_config or {}))
               .env_runners(num_env_runners=runners, num_envs_per_env_runner=envs_per_runner)
               .training(tasks_per_iteration=tasks, episodes_per_task=episodes, inner_steps=1,
                         metric=metric, backend=backend, seed=seed,
                         inner_delta=0.01 if metric == "fisher" else 0.005))
+    if fisher_stride is not None:
+        config.training(fisher_stride=fisher_stride)
     return config.build_algo()
 
 

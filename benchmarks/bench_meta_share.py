@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="meta-iterations per setting (the first is reported as warm-up)")
     parser.add_argument("--settings", nargs="+", default=[f"{m}:{b}" for m, b in SETTINGS],
                         help="metric:backend pairs")
+    parser.add_argument("--fisher-strides", nargs="+", type=int, default=[None],
+                        help="fisher_stride values for the Fisher settings (default: the "
+                             "config's)")
     parser.add_argument("--env-config", default=None,
                         help="family overrides as k=v,k=v (smoke tests: horizon=20)")
     parser.add_argument("--out", default=str(RESULTS / "meta_share.json"))
@@ -46,25 +49,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env_config = _parse_kv(args.env_config)
     rows = []
     with local_ray(num_cpus=max(args.runners, 1) + 1):
-        for setting in args.settings:
-            metric, backend = setting.split(":")
+        runs = [(setting.split(":"), stride) for setting in args.settings
+                for stride in (args.fisher_strides if setting.startswith("fisher:") else [None])]
+        for (metric, backend), stride in runs:
             algo = _algo.build(args.family, args.runners, tasks=args.tasks,
                                episodes=args.episodes, metric=metric, backend=backend,
-                               env_config=env_config)
+                               env_config=env_config, fisher_stride=stride)
+            stride = algo.config.fisher_stride if metric == "fisher" else None
             try:
                 its = _algo.train_iterations(algo, args.iterations)
             finally:
                 algo.stop()
             share = steady(its, "learner_share")
-            rows.append({"metric": metric, "backend": backend, "iterations": its,
+            rows.append({"metric": metric, "backend": backend, "fisher_stride": stride,
+                         "iterations": its,
                          "sample_s": steady(its, "sample_s"), "learner_s": steady(its, "learner_s"),
                          "wall_s": steady(its, "wall_s"), "env_steps": its[-1]["env_steps"],
                          "learner_share": share, "meets_target": share <= TARGET})
     print(f"\nmeta-update share per meta-iteration ({args.family}, {args.tasks} tasks, K = 1, "
           f"{args.runners} EnvRunners; mean after the first iteration), target ≤ {TARGET:.0%}")
-    print_table(["metric", "backend", "env steps", "sample s", "learner s", "iter wall s",
-                 "learner share", "met"],
-                [[r["metric"], r["backend"], r["env_steps"], r["sample_s"], r["learner_s"],
+    print_table(["metric", "backend", "Fisher stride", "env steps", "sample s", "learner s",
+                 "iter wall s", "learner share", "met"],
+                [[r["metric"], r["backend"], r["fisher_stride"] or "–", r["env_steps"],
+                  r["sample_s"], r["learner_s"],
                   r["wall_s"], f"{r['learner_share']:.1%}", r["meets_target"]] for r in rows])
     report = {"benchmark": "meta_update_share", "target": {"learner_share_max": TARGET},
               "config": vars(args), "rows": rows}

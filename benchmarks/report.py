@@ -127,23 +127,27 @@ def sec_meta_share(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
     c, target = d["config"], d["target"]["learner_share_max"]
     rows = []
     for r in d["rows"]:
-        rows.append([r["metric"], r["backend"], r["env_steps"], r["sample_s"], r["learner_s"],
-                     r["wall_s"], pct(r["learner_share"]), met(r["meets_target"])])
-        summary.append([f"learner share ≤ {pct(target)}", f"{r['metric']} / {r['backend']}",
+        stride = r.get("fisher_stride") or "–"
+        setting = f"{r['metric']} / {r['backend']}" + (
+            f", Fisher stride {stride}" if r.get("fisher_stride") else "")
+        rows.append([r["metric"], r["backend"], stride, r["env_steps"], r["sample_s"],
+                     r["learner_s"], r["wall_s"], pct(r["learner_share"]),
+                     met(r["meets_target"])])
+        summary.append([f"learner share ≤ {pct(target)}", setting,
                         pct(r["learner_share"]), met(r["meets_target"])])
-    first = [[r["metric"], r["backend"], it_i + 1, it["sample_s"], it["learner_s"],
-              pct(it["learner_share"])]
+    first = [[r["metric"], r["backend"], r.get("fisher_stride") or "–", it_i + 1,
+              it["sample_s"], it["learner_s"], pct(it["learner_share"])]
              for r in d["rows"] for it_i, it in enumerate(r["iterations"])]
     return [f"Target: learner ÷ (sampling + learner) ≤ {pct(target)} per meta-iteration, from "
             f"`algo.train()`'s own split (`results[\"metacpo\"][\"time\"]`). {c['family']}, "
             f"{c['tasks']} tasks, K = 1, policy (32, 16), {c['episodes']} episodes per task and "
             f"round, {c['runners']} EnvRunners, {c['iterations']} iterations per setting; the "
             f"table shows the mean after the first (warm-up) iteration.", ""] \
-        + table(["metric", "backend", "env steps", "sample s", "learner s", "iteration s",
-                 "learner share", "target"], rows) \
+        + table(["metric", "backend", "Fisher stride", "env steps", "sample s", "learner s",
+                 "iteration s", "learner share", "target"], rows) \
         + ["Every iteration:", ""] \
-        + table(["metric", "backend", "iteration", "sample s", "learner s", "learner share"],
-                first)
+        + table(["metric", "backend", "Fisher stride", "iteration", "sample s", "learner s",
+                 "learner share"], first)
 
 
 def sec_cpo_step(d: dict[str, Any], summary: list[list[str]], policy_n: Optional[int]

@@ -57,7 +57,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.backend = "closed_form"
         self.cg_iters = 10
         self.cg_damping = 0.1
-        self.fisher_stride = 1
+        self.fisher_stride = 5  # Fisher products on every 5th state: ~1.5x faster update
         self.line_search_steps = 15
         self.line_search_decay = 0.8
         self.gamma = 0.99
@@ -108,6 +108,9 @@ class MetaCPOConfig(AlgorithmConfig):
         inner trust-region radii. ``seed``: seeds the task RNG (and RLlib's own seeding).
         ``torch_num_threads``: torch threads of the Learner's process (None: torch's
         default); the update is many tiny ops, for which 1 thread is fastest.
+        ``fisher_stride``: the Fisher metric (trust region) is estimated on every k-th
+        sampled state (1: all states); neighbouring states of an episode carry nearly the
+        same information, and the Fisher products are most of the Learner's time.
         """
         super().training(**kwargs)
         values = dict(
