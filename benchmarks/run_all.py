@@ -14,7 +14,8 @@ SCRIPTS = [("bench_sampling.py", "sampling", []),
            ("bench_sampling.py", "sampling_vector",
             ["--envs-per-runner", "4", "--episodes", "4"]),
            ("bench_lean_rollout.py", "lean_rollout", []),
-           ("bench_meta_share.py", "meta_share", []), ("bench_scaling.py", "scaling", []),
+           ("bench_meta_share.py", "meta_share", ["--fisher-strides", "1", "5"]),
+           ("bench_scaling.py", "scaling", []),
            ("bench_profile.py", "profile", []), ("bench_envs.py", "envs", []),
            ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", [])]
 

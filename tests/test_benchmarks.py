@@ -29,10 +29,13 @@ def _check_json(path: Path, key: str = "rows") -> dict:
 
 def test_scripts_write_json_and_report_renders(tmp_path: Path) -> None:
     bench_sampling.main(["--families", "PointNav", "--runners", "1", "--jobs-per-runner", "1",
-                         "--episodes", "1", "--raw-steps", "200", "--repeats", "1",
+                         "--episodes", "1", "--repeats", "2",
                          "--horizon", "20", "--out", str(tmp_path / "sampling.json")])
     rows = _check_json(tmp_path / "sampling.json")["rows"]
     assert rows[0]["sampled_steps_per_s"] > 0 and rows[0]["ratio"] > 0
+    pair = rows[0]["paired"]  # raw and sampled measured alternately, one ratio per repeat
+    assert len(pair["raw_runs"]) == len(pair["runs"]) == len(pair["ratios"]) == 2
+    assert pair["ratios"] == [s / r for s, r in zip(pair["runs"], pair["raw_runs"])]
     bench_lean_rollout.main(["--families", "PointNav", "--steps", "100", "--repeats", "1",
                              "--horizon", "20", "--out", str(tmp_path / "lean_rollout.json")])
     assert _check_json(tmp_path / "lean_rollout.json")["rows"][0]["lean_steps_per_s"] > 0

@@ -56,13 +56,18 @@ def numpy_policy(pi: torch.nn.Module) -> Optional[PolicyFn]:
         return None
     w_out, b_out = _linear(head)
     log_std_np = log_std.detach().cpu().numpy().astype(np.float32)
+    log_std_rows: dict[int, np.ndarray] = {}  # batch size -> log_std repeated (read-only)
 
     def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = obs
         for layer in layers:
             x = np.tanh(x) if layer is None else x @ layer[0] + layer[1]
         mean = x @ w_out + b_out
-        return mean, np.broadcast_to(log_std_np, mean.shape)
+        rows = log_std_rows.get(len(mean))
+        if rows is None:
+            rows = log_std_rows[len(mean)] = np.tile(log_std_np, (len(mean), 1))
+            rows.flags.writeable = False
+        return mean, rows
 
     return policy
 
@@ -172,10 +177,14 @@ def rollout(envs: Sequence[Any], policy: PolicyFn, num_episodes: int,
         active[slot] = _start(envs[slot], next(queue), streams)
     while active:
         slots = list(active)
-        obs = np.stack([active[s].obs for s in slots])
-        mean, log_std = policy(obs)
-        noise = np.stack([active[s].rng.standard_normal(mean.shape[1], dtype=np.float32)
-                          for s in slots])
+        if len(slots) == 1:  # one busy env: no stacking (most of a rollout's steps at N = 1)
+            only = active[slots[0]]
+            mean, log_std = policy(only.obs[None])
+            noise = only.rng.standard_normal((1, mean.shape[1]), dtype=np.float32)
+        else:
+            mean, log_std = policy(np.stack([active[s].obs for s in slots]))
+            noise = np.stack([active[s].rng.standard_normal(mean.shape[1], dtype=np.float32)
+                              for s in slots])
         actions = (mean + np.exp(log_std) * noise).astype(np.float32)
         env_actions = actions if low is None else np.clip(actions, low, high)
         for i, slot in enumerate(slots):
