@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runners", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--jobs-per-runner", type=int, default=2,
                         help="tasks per EnvRunner per sampling call")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
+    parser.add_argument("--episodes", type=int, default=4,
+                        help="episodes per task (MetaCPOConfig's episodes_per_task default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--envs-per-runner", type=int, default=1,
                         help="sub-envs per EnvRunner (num_envs_per_env_runner)")

@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 #: (script, stem of its JSON, extra arguments) in run order
 SCRIPTS = [("bench_sampling.py", "sampling", []),
            ("bench_sampling.py", "sampling_vector",
-            ["--envs-per-runner", "4", "--episodes", "4"]),
+            ["--envs-per-runner", "4"]),
            ("bench_lean_rollout.py", "lean_rollout", []),
            ("bench_meta_share.py", "meta_share", ["--fisher-strides", "1", "5"]),
            ("bench_scaling.py", "scaling", []),

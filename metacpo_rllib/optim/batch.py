@@ -57,9 +57,10 @@ class Batch:
     ep_costs: Tensor      # [E] undiscounted episode costs
     task_id: int = 0
     cost_limit: float = 0.0
-    #: (key, H⁻¹[g b]) of the last inner step taken on this batch (see ``meta.inner_step``):
-    #: the meta-gradient replays the learner's inner step at the same parameters.
-    step_memo: Optional[tuple[tuple, Tensor]] = dataclasses.field(
+    #: (solve settings, flat parameters, H⁻¹[g b]) of the last Fisher inner step taken on
+    #: this batch (``meta.inner_step``): the meta-gradient replays the learner's inner step
+    #: at the same parameters and reuses its conjugate-gradient solve.
+    step_memo: Optional[tuple[tuple, Tensor, Tensor]] = dataclasses.field(
         default=None, repr=False, compare=False)
 
     @property

@@ -119,16 +119,14 @@ def inner_step(
     b = None
     if cfg.constrained:
         b = flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
-    key = (cfg.metric, cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol,
-           cfg.fisher_stride, flatten(params).detach())
-    memo = batch.step_memo
-    known = None
-    if cfg.metric == "fisher" and memo is not None and memo[0][:-1] == key[:-1] \
-            and torch.equal(memo[0][-1], key[-1]):
-        known = memo[1]
+    settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, cfg.fisher_stride)
+    values = flatten(params).detach()
+    memo = batch.step_memo if cfg.metric == "fisher" else None
+    known = memo[2] if memo and memo[0] == settings and torch.equal(memo[1], values) else None
     step = constrained_step(module, params, g, b, batch.constraint_value, cfg.inner_delta,
                             batch.obs, cfg, create_graph, metric_solution=known)
-    batch.step_memo = (key, step.metric_solution)
+    if cfg.metric == "fisher":
+        batch.step_memo = (settings, values, step.metric_solution)
     if create_graph:
         return add_step(params, step.x), step
     return detached(add_step(params, step.x.detach())), step
