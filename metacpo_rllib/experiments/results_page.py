@@ -92,11 +92,12 @@ def check_targets(data: Mapping[str, Any]) -> dict[str, Any]:
     violating = {a: 1.0 - mean_std(per_seed(runs.get(a, []), "within", step))[0]
                  for a in ("MetaTRPO", "TRPO")}
     ratio = ret["MetaCPO"] / ret["MetaTRPO"] if ret["MetaTRPO"] > 0 else math.nan
+    cost = {a: mean_std(per_seed(runs.get(a, []), "cost", step))[0] for a in ALGORITHMS}
     return {
         "step": step, "within": within[step], "within_met": bool(hits),
         "return_ratio": ratio,
         "return_met": bool(ret["MetaCPO"] >= TARGET_RETURN_RATIO * ret["MetaTRPO"]),
-        "returns": ret, "violating": violating,
+        "returns": ret, "costs": cost, "violating": violating,
         "violating_met": all(v > 0.5 for v in violating.values()),
     }
 
@@ -120,19 +121,27 @@ def targets_section(name: str, data: Mapping[str, Any]) -> list[str]:
         f"{_met(t['return_met'])} |",
         f"| Meta-TRPO and TRPO violate h on most test tasks (step {t['step']}) | "
         f"Meta-TRPO {t['violating']['MetaTRPO']:.0%}, TRPO {t['violating']['TRPO']:.0%} "
-        f"of tasks | {_met(t['violating_met'])} |", "",
+        f"of tasks | {_met(t['violating_met'])} |",
+        f"| (context, no target) mean episode cost at step {t['step']}, test limit h = "
+        f"{_limit(data, 'test_limit'):g} | Meta-CPO {t['costs']['MetaCPO']:.2f}, Meta-TRPO "
+        f"{t['costs']['MetaTRPO']:.2f}, CPO {t['costs']['CPO']:.2f}, TRPO "
+        f"{t['costs']['TRPO']:.2f} | |", "",
     ]
+
+
+def _limit(data: Mapping[str, Any], key: str) -> float:
+    """The mean ``train_limit`` / ``test_limit`` of the runs (NaN without runs)."""
+    runs = [s for seeds in data["runs"].values() for s in seeds]
+    return float(np.nanmean([s[key] for s in runs])) if runs else math.nan
 
 
 # -- one family ---------------------------------------------------------------------------------
 def _budget(data: Mapping[str, Any]) -> list[str]:
     training, adaptation = data["training"], data["adaptation"]
-    runs = [s for seeds in data["runs"].values() for s in seeds]
     prov = data.get("provenance", {})
     steps = {a: int(np.mean([s["env_steps"] for s in seeds])) for a, seeds in data["runs"].items()
              if seeds and "env_steps" in seeds[0]}
-    train_limit = np.mean([s["train_limit"] for s in runs]) if runs else math.nan
-    test_limit = np.nanmean([s["test_limit"] for s in runs]) if runs else math.nan
+    train_limit, test_limit = _limit(data, "train_limit"), _limit(data, "test_limit")
     lines = [
         f"- **Training:** {data['iterations']} iterations at h = {train_limit:g}; per iteration "
         f"{training.get('tasks_per_iteration', '?')} training tasks × "
