@@ -55,12 +55,18 @@ class CPOStep:
     lam: Tensor
     nu: Tensor
     case: int
-    metric_solution: Tensor  # (n, 2): the columns H⁻¹g, H⁻¹b (H⁻¹b = 0 without b)
+    v: Tensor  # H⁻¹g
+    w: Tensor  # H⁻¹b (0 without b)
     q: Tensor
     r: Tensor
     s: Tensor
     predicted_reward_change: Tensor
     predicted_cost_change: Tensor
+
+    @property
+    def metric_solution(self) -> Tensor:
+        """(n, 2): the columns H⁻¹g, H⁻¹b, cut from the graph (``cpo_step``'s argument)."""
+        return torch.stack([self.v, self.w], dim=1).detach()
 
 
 def cpo_step(
@@ -112,8 +118,7 @@ def cpo_step(
         step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats)
     x, lam, nu = step
     return CPOStep(
-        x=x, lam=lam, nu=nu, case=case, metric_solution=torch.stack([v, w], dim=1).detach(),
-        q=q, r=r, s=s,
+        x=x, lam=lam, nu=nu, case=case, v=v, w=w, q=q, r=r, s=s,
         predicted_reward_change=g @ x,
         predicted_cost_change=b @ x if b is not None else zero,
     )
