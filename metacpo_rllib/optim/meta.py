@@ -119,10 +119,14 @@ def inner_step(
     b = None
     if cfg.constrained:
         b = flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
-    settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, cfg.fisher_stride)
-    values = flatten(params).detach()
-    memo = batch.step_memo if cfg.metric == "fisher" else None
-    known = memo[2] if memo and memo[0] == settings and torch.equal(memo[1], values) else None
+    known = None
+    if cfg.metric == "fisher":  # only the Fisher metric has a solve to keep
+        settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol,
+                    cfg.fisher_stride)
+        values = flatten(params).detach()
+        memo = batch.step_memo
+        if memo and memo[0] == settings and torch.equal(memo[1], values):
+            known = memo[2]
     step = constrained_step(module, params, g, b, batch.constraint_value, cfg.inner_delta,
                             batch.obs, cfg, create_graph, metric_solution=known)
     if cfg.metric == "fisher":
