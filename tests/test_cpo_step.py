@@ -480,6 +480,20 @@ def test_conjugate_gradient_zero_rhs_and_early_stop():
     torch.testing.assert_close(x[:, 1], torch.tensor([1.0, 0.5, 1 / 3], dtype=T))
 
 
+def test_conjugate_gradient_block_columns_equal_solving_each_alone():
+    """A column that converges early stops changing: in a block it gets exactly the value
+    it gets when solved alone (the batched solves of several tasks rely on this)."""
+    h = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=T))
+    v = torch.tensor([[1.0, 1.0], [0.01, 1.0], [0.01, 1.0], [0.01, 1.0]], dtype=T)
+    block = conjugate_gradient(lambda u: h @ u, v, iters=4, tol=1e-3, batched_hvp=True)
+    alone = [conjugate_gradient(lambda u: h @ u, v[:, j], iters=4, tol=1e-3) for j in range(2)]
+    # column 0 is within tol after one step (not exactly solved), column 1 takes four
+    assert not torch.equal(alone[0], torch.linalg.solve(h, v[:, 0]))
+    for j in range(2):
+        assert torch.equal(block[:, j], alone[j])
+    torch.testing.assert_close(block[:, 1], torch.linalg.solve(h, v[:, 1]))
+
+
 def test_safe_helpers_have_finite_gradients():
     x = torch.tensor([0.0, 4.0], dtype=T, requires_grad=True)
     y = safe_sqrt(x).sum() + safe_div(torch.ones(2, dtype=T), x).sum()

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from metacpo_rllib.optim import Batch, GaussianMLP, UpdateConfig, meta_update, params_of
-from metacpo_rllib.optim.meta import adapt, meta_gradients, query_objectives
+from metacpo_rllib.optim.meta import adapt, inner_steps, meta_gradients, query_objectives
 from metacpo_rllib.optim.policy import detached, flatten, forward, log_prob, unflatten
-from metacpo_rllib.optim.surrogate import fisher_vector_product, mean_kl
+from metacpo_rllib.optim.surrogate import fisher_product, fisher_vector_product, mean_kl
 
 OBS, ACT = 3, 2
 
@@ -62,6 +62,41 @@ def test_fisher_vector_product_equals_the_kl_hessian():
         v = torch.randn(grad.numel(), dtype=torch.float64)
         hv = flatten(torch.autograd.grad(grad @ v, tensors, retain_graph=True))
         assert torch.allclose(fvp(v), hv, atol=1e-10)
+
+
+def test_fisher_product_multiplies_each_column_by_its_own_items_fisher():
+    """Items with their own parameters and their own (unequal) numbers of states."""
+    module = small_policy()
+    theta = detached(params_of(module))
+    gen = torch.Generator().manual_seed(3)
+    params = [theta, {k: v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+                      for k, v in theta.items()}, theta]
+    obs = [torch.randn(n, OBS, generator=gen, dtype=torch.float64) for n in (32, 20, 7)]
+    block = torch.randn(flatten(theta).numel(), 3, generator=gen, dtype=torch.float64)
+    product = fisher_product(module, params, obs)
+    expected = torch.stack([fisher_vector_product(module, p, o)(block[:, j])
+                            for j, (p, o) in enumerate(zip(params, obs))], dim=1)
+    torch.testing.assert_close(product(block), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(product.without_graph(block), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="block"):
+        product(block[:, :2])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "fisher"])
+def test_inner_steps_of_several_tasks_equal_each_task_alone(metric):
+    """The batched inner steps (one solve for all tasks) take each task's own step."""
+    module = small_policy(2)
+    cfg = UpdateConfig(inner_steps=2, metric=metric, cg_iters=30).validate()
+    theta = detached(params_of(module))
+    support, _ = meta_batches(module, theta, cfg, tasks=3, seed=4)
+    starts = [theta] + [adapt(module, theta, s[:1], cfg)[0] for s in support[1:]]
+    batches = [dataclasses.replace(s[1], step_memo=None) for s in support]
+    together, steps = inner_steps(module, starts, batches, cfg, create_graph=False)
+    for phi, start, batch, step in zip(together, starts, batches, steps):
+        alone, alone_step = adapt(module, start, [dataclasses.replace(batch, step_memo=None)],
+                                  cfg)
+        assert step.case == alone_step[0].case
+        torch.testing.assert_close(flatten(phi), flatten(alone), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "fisher"])
@@ -175,7 +210,8 @@ def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, c
     ref, ref_info = meta_update(module, theta, fresh_support, fresh_query, cfg)
     assert torch.equal(flatten(new), flatten(ref))
     assert info == ref_info
-    assert with_memo == len(solves) - len(support)  # one CG per task's replayed step saved
+    # the tasks' replayed steps share one CG (all tasks' solves together); it is saved
+    assert with_memo == len(solves) - 1
     # a step at other parameters does not take the kept solve
     other = {k: v + 0.01 for k, v in theta.items()}
     _, step = meta.inner_step(module, other, support[0][0], cfg, create_graph=False)

@@ -7,14 +7,17 @@ from metacpo_rllib.optim.meta import (
     METRICS,
     UpdateConfig,
     adapt,
+    adapt_tasks,
     adaptation_step,
     inner_step,
+    inner_steps,
     meta_update,
 )
 from metacpo_rllib.optim.policy import GaussianMLP, Params, params_of
 
 __all__ = [
     "BACKENDS", "METRICS", "Batch", "BadBatchError", "CPOStep", "EpisodeData", "GaussianMLP",
-    "NonFiniteError", "Params", "UpdateConfig", "adapt", "adaptation_step",
-    "conjugate_gradient", "cpo_step", "inner_step", "make_batch", "meta_update", "params_of",
+    "NonFiniteError", "Params", "UpdateConfig", "adapt", "adapt_tasks", "adaptation_step",
+    "conjugate_gradient", "cpo_step", "inner_step", "inner_steps", "make_batch", "meta_update",
+    "params_of",
 ]

@@ -39,7 +39,10 @@ class NonFiniteError(ValueError):
     """A NaN/inf among the CPO step's inputs (g, b, c or δ), e.g. a non-finite gradient.
 
     A ValueError (as before); callers that skip such an update catch this subclass only.
+    ``index``: which instance of a batched call (``meta.constrained_steps``) had it.
     """
+
+    index: int | None = None
 
 
 @dataclass
@@ -65,7 +68,7 @@ class CPOStep:
 
     @property
     def metric_solution(self) -> Tensor:
-        """(n, 2): the columns H⁻¹g, H⁻¹b, cut from the graph (``cpo_step``'s argument)."""
+        """(n, 2): the columns H⁻¹g, H⁻¹b, cut from the graph (kept by ``meta.inner_steps``)."""
         return torch.stack([self.v, self.w], dim=1).detach()
 
 
@@ -81,7 +84,6 @@ def cpo_step(
     cg_damping: float = 0.0,
     cg_tol: float = 1e-10,
     eps: float = 1e-8,
-    metric_solution: Tensor | None = None,
 ) -> CPOStep:
     """Solve the CPO subproblem (module docstring) and return a differentiable :class:`CPOStep`.
 
@@ -89,21 +91,30 @@ def cpo_step(
     ``H + cg_damping·I``, which is then also the trust-region metric. ``b=None`` gives the
     TRPO step. ``eps`` is the ``bᵀb`` threshold below which ``b`` counts as zero.
     ``backend`` is one of :data:`BACKENDS`; all give the same ``x``.
-    ``metric_solution``: a step's ``metric_solution`` from the same ``g``, ``b`` and ``hvp``
-    values, computed before; the CG solve is then skipped (the gradients are unchanged).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "cvxpylayers_primal" and hvp is not None:
         raise ValueError("backend 'cvxpylayers_primal' is Euclidean only (H = I); pass hvp=None "
                          "or use backend='closed_form' / 'cvxpylayers_dual' for a Fisher metric")
-    g, b, c, delta = _check_inputs(g, b, c, delta)
-    v, w = _metric_solve(g, b, hvp, cg_iters, cg_damping, cg_tol, metric_solution)
+    g, b, c, delta = check_inputs(g, b, c, delta)
+    v, w = _metric_solve(g, b, hvp, cg_iters, cg_damping, cg_tol)
+    return step_from_solution(g, b, c, delta, v, w, identity_metric=hvp is None,
+                              backend=backend, eps=eps)
+
+
+def step_from_solution(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor,
+                       w: Tensor, *, identity_metric: bool, backend: str = "closed_form",
+                       eps: float = 1e-8) -> CPOStep:
+    """The CPO step given the metric solves ``v = H⁻¹g`` and ``w = H⁻¹b`` (``w = 0``
+    without ``b``), differentiable through them: :func:`cpo_step` after its solve, for
+    callers that solve many instances together. Inputs as returned by :func:`check_inputs`;
+    ``identity_metric``: H = I (then ``v = g``, ``w = b``)."""
     zero = g.new_zeros(())
     q = g @ v
     r, s = (g @ w, b @ w) if b is not None else (zero, zero)
     floats = (_f(q), _f(r), _f(s), _f(c), _f(delta))
-    bb = 0.0 if b is None else (floats[2] if hvp is None else _f(b @ b))
+    bb = 0.0 if b is None else (floats[2] if identity_metric else _f(b @ b))
     case = classify(*floats, bb, has_b=b is not None, eps=eps)
 
     step = None
@@ -223,20 +234,18 @@ def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: T
 
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,
-                  iters: int, damping: float, tol: float, known: Tensor | None = None
-                  ) -> tuple[Tensor, Tensor]:
+                  iters: int, damping: float, tol: float) -> tuple[Tensor, Tensor]:
     """``(H⁻¹g, H⁻¹b)``; identity when ``hvp`` is None; both right-hand sides in one CG,
-    differentiated implicitly (``solve_spd``); ``known`` (n, 2) is that solve's value."""
+    differentiated implicitly (``solve_spd``)."""
     if hvp is None:
         return g, (b if b is not None else torch.zeros_like(g))
     if b is None:
-        known_g = None if known is None else known[:, 0]
-        return solve_spd(hvp, g, iters, damping, tol, known_g), torch.zeros_like(g)
-    sol = solve_spd(hvp, torch.stack([g, b], dim=1), iters, damping, tol, known)
+        return solve_spd(hvp, g, iters, damping, tol), torch.zeros_like(g)
+    sol = solve_spd(hvp, torch.stack([g, b], dim=1), iters, damping, tol)
     return sol[:, 0], sol[:, 1]
 
 
-def _check_inputs(g: Tensor, b: Tensor | None, c: float | Tensor, delta: float | Tensor
+def check_inputs(g: Tensor, b: Tensor | None, c: float | Tensor, delta: float | Tensor
                   ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Shapes, dtypes, finiteness and ``delta > 0``; returns c, delta as 0-d tensors like g."""
     if not torch.is_tensor(g) or g.dim() != 1 or not g.is_floating_point():

@@ -46,37 +46,44 @@ def conjugate_gradient(
     ``hvp(u) = H u`` for an SPD ``H`` given only through products. ``v`` is ``(n,)`` or
     ``(n, k)`` (k right-hand sides solved together: one shared loop, per-column step
     sizes; ``hvp`` is called once per column unless ``batched_hvp`` says it maps an
-    ``(n, k)`` block to ``H @ block``). Stops after ``iters`` iterations or once every
-    column's squared residual ``rᵀr`` is below ``tol`` (absolute, the usual TRPO/CPO
-    convention). Plain torch ops only, so the result is differentiable w.r.t. ``v`` and
-    whatever ``hvp`` depends on (unrolled CG); the stopping test is the only Python-side
-    read of a value.
+    ``(n, k)`` block to ``H @ block``). A column stops changing once its squared residual
+    ``rᵀr`` is below ``tol`` (absolute, the usual TRPO/CPO convention), so it gets the
+    value it would get if solved alone; the loop ends after ``iters`` iterations or once
+    every column has stopped. Plain torch ops only, so the result is differentiable w.r.t.
+    ``v`` and whatever ``hvp`` depends on (unrolled CG); the stopping test is the only
+    Python-side read of a value.
     """
     if v.dim() not in (1, 2):
         raise ValueError(f"v must have shape (n,) or (n, k), got {tuple(v.shape)}")
     single = v.dim() == 1
-    rhs = v.unsqueeze(1) if single else v
-    k = rhs.shape[1]
+    # Columns are kept as contiguous rows (k, n): a column's sums then round as if alone.
+    rhs = v.unsqueeze(0) if single else v.t().contiguous()
+    k = rhs.shape[0]
 
     def apply(p: Tensor) -> Tensor:
-        hp = hvp(p) if batched_hvp else torch.stack([hvp(p[:, j]) for j in range(k)], dim=1)
+        if batched_hvp:
+            hp = hvp(p.t()).t()
+        else:
+            hp = torch.stack([hvp(p[j]) for j in range(k)])
         return hp + damping * p if damping else hp
 
     x = torch.zeros_like(rhs)
     r = rhs
     p = rhs
-    rr = (r * r).sum(0)
+    rr = (r * r).sum(1, keepdim=True)
     for _ in range(iters):
-        if scalar_float(rr.max()) < tol:
+        active = rr >= tol  # a converged column keeps its x (as if solved alone)
+        if not bool(active.any()):
             break
         hp = apply(p)
-        alpha = safe_div(rr, (p * hp).sum(0))
+        alpha = torch.where(active, safe_div(rr, (p * hp).sum(1, keepdim=True)),
+                            torch.zeros_like(rr))
         x = x + alpha * p
         r = r - alpha * hp
-        rr_new = (r * r).sum(0)
+        rr_new = (r * r).sum(1, keepdim=True)
         p = r + safe_div(rr_new, rr) * p
         rr = rr_new
-    return x.squeeze(1) if single else x
+    return x.squeeze(0) if single else x.t()
 
 
 class _ZeroValueSolve(torch.autograd.Function):
@@ -96,7 +103,7 @@ class _ZeroValueSolve(torch.autograd.Function):
 
 
 def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10,
-              known: Tensor | None = None) -> Tensor:
+              known: Tensor | None = None, *, batched_hvp: bool = False) -> Tensor:
     """``x = (H + damping·I)⁻¹ rhs`` by conjugate gradient, differentiated implicitly.
 
     The value is CG's. Gradients are those of the exact solve, dx = A⁻¹(d rhs − dA·x),
@@ -107,16 +114,22 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     An ``hvp`` may carry a cheaper graph-free twin as ``hvp.without_graph`` for the solves.
     ``known``: the value of this very solve, computed before (same ``hvp`` and ``rhs``
     values); the forward CG is skipped and only the implicit gradient is attached.
+    ``batched_hvp``: ``hvp`` maps a whole (n, k) block (``conjugate_gradient``'s flag);
+    ``rhs`` is then (n, k) too.
     """
     def apply(p: Tensor) -> Tensor:
-        hp = hvp(p) if p.dim() == 1 else torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
+        if batched_hvp or p.dim() == 1:
+            hp = hvp(p)
+        else:
+            hp = torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
         return hp + damping * p if damping else hp
 
     plain = getattr(hvp, "without_graph", None) or (lambda p: hvp(p).detach())
 
     def fixed_solve(y: Tensor) -> Tensor:
         with torch.enable_grad():  # hvp may use autograd itself, also inside a backward pass
-            return conjugate_gradient(plain, y.detach(), iters, damping, tol).detach()
+            return conjugate_gradient(plain, y.detach(), iters, damping, tol,
+                                      batched_hvp=batched_hvp).detach()
 
     x = fixed_solve(rhs) if known is None else known.detach()
     if not torch.is_grad_enabled():

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
-from metacpo_rllib.optim.cpo import CPOStep, cpo_step
+from metacpo_rllib.optim.cpo import CPOStep, NonFiniteError, check_inputs, step_from_solution
+from metacpo_rllib.optim.linalg import solve_spd
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
 from metacpo_rllib.optim.policy import Params, add_step, detached, flatten
-from metacpo_rllib.optim.surrogate import fisher_vector_product, mean_kl, surrogates
+from metacpo_rllib.optim.surrogate import fisher_product, mean_kl, surrogates
 
 METRICS = ("fisher", "euclidean")
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
@@ -77,6 +78,55 @@ class UpdateConfig:
         return self
 
 
+def constrained_steps(
+    module: nn.Module,
+    params: Sequence[Params],
+    gs: Sequence[Tensor],
+    bs: Sequence[Tensor | None],
+    cs: Sequence[float | Tensor],
+    delta: float,
+    metric_obs: Sequence[Tensor],
+    cfg: UpdateConfig,
+    create_graph: bool,
+    known: Tensor | None = None,
+) -> list[CPOStep]:
+    """cpo_step for several instances at once (instance i: gradients ``gs[i]``, ``bs[i]``,
+    constraint value ``cs[i]``, parameters ``params[i]``), in the configured metric.
+
+    The Fisher metric of instance i is taken at ``params[i]`` on every
+    ``cfg.fisher_stride``-th state of ``metric_obs[i]`` (consecutive states of an episode
+    carry nearly the same information, and each product costs time linear in the states).
+    All instances' solves (H_i⁻¹g_i and H_i⁻¹b_i) run as one conjugate gradient with one
+    block product per iteration, and are differentiated as one implicit solve. ``known``:
+    that solve's value, computed before (columns g_1, b_1, g_2, ...); its CG is skipped.
+    A non-finite input raises NonFiniteError with ``index`` = the instance's position.
+    """
+    checked = []
+    for i, (g, b, c) in enumerate(zip(gs, bs, cs)):
+        try:
+            checked.append(check_inputs(g, b, c, delta))
+        except NonFiniteError as err:
+            err.index = i
+            raise
+    if cfg.metric == "euclidean":
+        solved = [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked]
+    else:
+        columns = [[g] if b is None else [g, b] for g, b, _, _ in checked]
+        width = len(columns[0])
+        hvp = fisher_product(module, [p for p in params for _ in range(width)],
+                             [o[::cfg.fisher_stride] for o in metric_obs for _ in range(width)],
+                             create_graph=create_graph)
+        solution = solve_spd(hvp, torch.stack([col for cols in columns for col in cols], 1),
+                             cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, known, batched_hvp=True)
+        # contiguous columns: their dot products round alike whichever way they were solved
+        columns = [c.contiguous() for c in solution.unbind(1)]
+        solved = [(columns[width * i], columns[width * i + 1] if width == 2
+                   else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
+    return [step_from_solution(g, b, c, d, v, w, identity_metric=cfg.metric == "euclidean",
+                               backend=cfg.backend)
+            for (g, b, c, d), (v, w) in zip(checked, solved)]
+
+
 def constrained_step(
     module: nn.Module,
     params: Params,
@@ -87,53 +137,98 @@ def constrained_step(
     metric_obs: Tensor,
     cfg: UpdateConfig,
     create_graph: bool,
-    metric_solution: Tensor | None = None,
 ) -> CPOStep:
-    """cpo_step in the configured metric: the Fisher at ``params`` on every
-    ``cfg.fisher_stride``-th state of ``metric_obs`` (consecutive states of an episode carry
-    nearly the same information, and each Fisher product costs time linear in the states)."""
-    hvp = None
-    if cfg.metric == "fisher":
-        hvp = fisher_vector_product(module, params, metric_obs[::cfg.fisher_stride],
-                                    create_graph=create_graph)
-    return cpo_step(g, b, c, delta, hvp=hvp, backend=cfg.backend, cg_iters=cfg.cg_iters,
-                    cg_damping=cfg.cg_damping, cg_tol=cfg.cg_tol,
-                    metric_solution=metric_solution)
+    """:func:`constrained_steps` for one instance."""
+    return constrained_steps(module, [params], [g], [b], [c], delta, [metric_obs], cfg,
+                             create_graph)[0]
+
+
+def _solve_key(params: Params, cfg: UpdateConfig) -> tuple[tuple, Tensor]:
+    """What a kept inner-step solve depends on besides its batch: settings, parameter values."""
+    settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, cfg.fisher_stride)
+    return settings, flatten(params).detach()
+
+
+def inner_steps(
+    module: nn.Module,
+    params: Sequence[Params],
+    batches: Sequence[Batch],
+    cfg: UpdateConfig,
+    create_graph: bool,
+) -> tuple[list[Params], list[CPOStep]]:
+    """One adaptation step φ_i' = φ_i + x*(g_i(φ_i), b_i(φ_i), c_i) per task i, taking task
+    i's step from ``params[i]`` on ``batches[i]`` (radius ``inner_delta``); the tasks' metric
+    solves run together (:func:`constrained_steps`).
+
+    With ``create_graph`` the steps stay differentiable w.r.t. ``params`` (and what they
+    were computed from); otherwise the returned parameters are new leaves.
+    The Fisher solve of each task is kept on its batch (``batch.step_memo``): the same
+    steps taken again at the same parameter values (the meta-gradient replaying the
+    learner's inner steps) skip their conjugate gradient.
+    """
+    gs, bs = [], []
+    for phi, batch in zip(params, batches):
+        tensors = list(phi.values())
+        reward, cost = surrogates(module, phi, batch)
+        gs.append(flatten(torch.autograd.grad(reward, tensors, create_graph=create_graph,
+                                              retain_graph=True)))
+        bs.append(flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
+                  if cfg.constrained else None)
+    fisher = cfg.metric == "fisher"  # only the Fisher metric has a solve to keep
+    keys = [_solve_key(phi, cfg) for phi in params] if fisher else []
+    known = None
+    memos = [batch.step_memo for batch in batches]
+    if fisher and all(m and m[0] == key[0] and torch.equal(m[1], key[1])
+                      for m, key in zip(memos, keys)):
+        width = 2 if cfg.constrained else 1
+        known = torch.cat([m[2][:, :width] for m in memos], dim=1)
+    steps = constrained_steps(module, params, gs, bs,
+                              [batch.constraint_value for batch in batches], cfg.inner_delta,
+                              [batch.obs for batch in batches], cfg, create_graph, known)
+    for batch, key, step in zip(batches, keys, steps):
+        batch.step_memo = (*key, step.metric_solution)
+    if create_graph:
+        return [add_step(phi, step.x) for phi, step in zip(params, steps)], steps
+    return [detached(add_step(phi, step.x.detach())) for phi, step in zip(params, steps)], steps
 
 
 def inner_step(
     module: nn.Module, params: Params, batch: Batch, cfg: UpdateConfig, create_graph: bool
 ) -> tuple[Params, CPOStep]:
-    """One adaptation step φ' = φ + x*(g(φ), b(φ), c) on ``batch`` (radius ``inner_delta``).
+    """:func:`inner_steps` for one task."""
+    new, steps = inner_steps(module, [params], [batch], cfg, create_graph)
+    return new[0], steps[0]
 
-    With ``create_graph`` the step stays differentiable w.r.t. ``params`` (and what they
-    were computed from); otherwise the returned parameters are new leaves.
-    The Fisher solve is kept on the batch (``batch.step_memo``): the same step taken again
-    at the same parameter values (the meta-gradient replaying the learner's inner step)
-    skips its conjugate gradient.
+
+def adapt_tasks(
+    module: nn.Module,
+    params: Params,
+    support: Sequence[Sequence[Batch]],
+    cfg: UpdateConfig,
+    create_graph: bool = False,
+) -> tuple[list[Params], list[list[CPOStep]]]:
+    """Adapt ``params`` to every task: task i takes one inner step per batch of
+    ``support[i]`` in order (batch k sampled by its k-th adapted policy); step k of all
+    tasks is taken together (:func:`inner_steps`). Returns each task's adapted parameters
+    and its steps.
+
+    With ``first_order`` the steps are added as constants: gradients pass straight
+    through to ``params`` (first-order MAML).
     """
-    tensors = list(params.values())
-    reward, cost = surrogates(module, params, batch)
-    g = flatten(torch.autograd.grad(reward, tensors, create_graph=create_graph,
-                                    retain_graph=True))
-    b = None
-    if cfg.constrained:
-        b = flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
-    known = None
-    if cfg.metric == "fisher":  # only the Fisher metric has a solve to keep
-        settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol,
-                    cfg.fisher_stride)
-        values = flatten(params).detach()
-        memo = batch.step_memo
-        if memo and memo[0] == settings and torch.equal(memo[1], values):
-            known = memo[2]
-    step = constrained_step(module, params, g, b, batch.constraint_value, cfg.inner_delta,
-                            batch.obs, cfg, create_graph, metric_solution=known)
-    if cfg.metric == "fisher":
-        batch.step_memo = (settings, values, step.metric_solution)
-    if create_graph:
-        return add_step(params, step.x), step
-    return detached(add_step(params, step.x.detach())), step
+    rounds = {len(s) for s in support}
+    if len(rounds) > 1:
+        raise ValueError(f"support: every task needs the same number of batches, got {rounds}")
+    phis = [params] * len(support)
+    steps: list[list[CPOStep]] = [[] for _ in support]
+    for k in range(rounds.pop() if rounds else 0):
+        new, taken = inner_steps(module, phis, [s[k] for s in support], cfg,
+                                 create_graph=create_graph and not cfg.first_order)
+        if create_graph and cfg.first_order:
+            new = [add_step(phi, step.x.detach()) for phi, step in zip(phis, taken)]
+        phis = new
+        for task_steps, step in zip(steps, taken):
+            task_steps.append(step)
+    return phis, steps
 
 
 def adapt(
@@ -143,21 +238,9 @@ def adapt(
     cfg: UpdateConfig,
     create_graph: bool = False,
 ) -> tuple[Params, list[CPOStep]]:
-    """Apply one inner step per batch in order (batch k sampled by the k-th adapted policy).
-
-    With ``first_order`` the steps are added as constants: gradients pass straight
-    through to ``params`` (first-order MAML).
-    """
-    steps = []
-    phi = params
-    for batch in batches:
-        new, step = inner_step(module, phi, batch, cfg,
-                               create_graph=create_graph and not cfg.first_order)
-        if create_graph and cfg.first_order:
-            new = add_step(phi, step.x.detach())
-        phi = new
-        steps.append(step)
-    return phi, steps
+    """:func:`adapt_tasks` for one task: one inner step per batch, in order."""
+    phis, steps = adapt_tasks(module, params, [batches], cfg, create_graph)
+    return phis[0], steps[0]
 
 
 def query_objectives(
@@ -170,13 +253,9 @@ def query_objectives(
 ) -> tuple[Tensor, Tensor, list[CPOStep]]:
     """Meta-objective and meta-constraint surrogate: the mean over tasks of the reward and
     cost surrogates of the adapted parameters φ_i^K(params) on the query batches."""
-    rewards, costs, steps = [], [], []
-    for task_support, task_query in zip(support, query):
-        phi, task_steps = adapt(module, params, task_support, cfg, create_graph=create_graph)
-        reward, cost = surrogates(module, phi, task_query)
-        rewards.append(reward)
-        costs.append(cost)
-        steps += task_steps
+    phis, task_steps = adapt_tasks(module, params, support, cfg, create_graph=create_graph)
+    rewards, costs = zip(*(surrogates(module, phi, batch) for phi, batch in zip(phis, query)))
+    steps = [step for task in task_steps for step in task]
     return torch.stack(rewards).mean(), torch.stack(costs).mean(), steps
 
 

@@ -36,7 +36,7 @@ class MetaCPO(Algorithm):
 
     Each ``training_step``: sample T train tasks from the task RNG, assign them
     round-robin to the healthy EnvRunners, run K + 1 sampling rounds (the Learner adapts
-    each task's weights between rounds with optim's ``inner_step``), then the Learner's
+    the tasks' weights between rounds with optim's ``inner_steps``), then the Learner's
     ``meta_step`` (optim's ``meta_update``) and a broadcast of θ.
     """
 

@@ -15,7 +15,7 @@ from metacpo_rllib.optim import (
     NonFiniteError,
     Params,
     adaptation_step,
-    inner_step,
+    inner_steps,
     make_batch,
     meta_update,
     params_of,
@@ -108,21 +108,38 @@ class MetaCPOTorchLearner(TorchLearner):
         """Take in sampling round ``round_index`` (one entry per task: ``{"episodes",
         "task_id", "cost_limit"}`` or None for a dropped task).
 
-        Rounds k < K are support batches: each task takes one optim ``inner_step`` and its
-        new weights are returned. Round K is the query round.
+        Rounds k < K are support batches: the tasks take one optim ``inner_steps`` together
+        (their metric solves in one) and their new weights are returned. Round K is the
+        query round.
         """
         cfg = self.config.update_config()
+        support: dict[int, Batch] = {}
 
-        def take(i: int, batch: Batch) -> Optional[dict[str, Any]]:
+        def take(i: int, batch: Batch) -> None:
             if round_index >= cfg.inner_steps:
                 self._query[i] = batch
-                return None
-            self._support[i].append(batch)
-            phi = self._phi[i] or params_of(self.policy)
-            return self._step_or_drop(i, batch, lambda: inner_step(
-                self.policy, phi, batch, cfg, create_graph=False))
+            else:
+                self._support[i].append(batch)
+                support[i] = batch
 
-        return self._over_tasks(samples, take)
+        out = self._over_tasks(samples, take)
+        while support:
+            indices = list(support)
+            try:
+                phis, _ = inner_steps(self.policy, [self._phi[i] or params_of(self.policy)
+                                                    for i in indices],
+                                      [support[i] for i in indices], cfg, create_graph=False)
+            except NonFiniteError as err:  # drop the task it names (all if none) and retry
+                for i in indices if err.index is None else [indices[err.index]]:
+                    self._drop(i, f"non-finite gradient in task {support.pop(i).task_id}'s "
+                                  f"step ({err})")
+                continue
+            for i, phi in zip(indices, phis):
+                self._phi[i] = phi
+                out["weights"][i] = params_to_weights(phi)
+            break
+        out["dropped"] = dict(self._dropped)
+        return out
 
     def meta_step(self) -> dict[str, float]:
         """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
