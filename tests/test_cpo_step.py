@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from metacpo_rllib.optim.cpo import BACKENDS, classify, cpo_step
+from metacpo_rllib.optim.cpo import BACKENDS, check_inputs, classify, cpo_step
+from metacpo_rllib.optim.implicit import implicit_steps
 from metacpo_rllib.optim.linalg import conjugate_gradient, safe_div, safe_sqrt
 
 T = torch.float64  # everything here is float64 unless a test says otherwise
@@ -185,6 +186,47 @@ def test_all_five_cases_are_covered():
 def random_spd(rng: np.random.Generator, n: int) -> np.ndarray:
     m = rng.standard_normal((n, n))
     return m @ m.T / n + 0.3 * np.eye(n)
+
+
+@pytest.mark.parametrize("backend", ["closed_form", "cvxpylayers_dual"])
+@pytest.mark.parametrize("kind", ["case0", "case1", "case2", "case3", "near_parallel", "no_b"])
+def test_implicit_steps_differentiate_like_the_two_column_solve(kind, backend):
+    """implicit_steps (one reverse solve per instance, through the forms q, r, s) gives the
+    value and the gradients w.r.t. g, b, c and the metric's own parameters of cpo_step with
+    its implicitly differentiated solve of both H⁻¹g and H⁻¹b."""
+    rng = np.random.default_rng(zlib.crc32(f"{kind}/{backend}".encode()))
+    g, b, c, delta = make_instance(rng, "case2" if kind in ("near_parallel", "no_b") else kind)
+    n = g.size
+    if kind == "near_parallel":  # A = q − r²/s ≈ 1e-10·q: A's value from the precise product
+        noise = rng.standard_normal(n)
+        g = 1.5 * b + 1e-5 * np.linalg.norm(b) * noise / np.linalg.norm(noise)
+    base = torch.tensor(random_spd(rng, n))
+    theta = torch.tensor(rng.uniform(0.5, 1.5, n), requires_grad=True)
+    leaves = [torch.tensor(g, requires_grad=True), torch.tensor(c, requires_grad=True), theta]
+    b_t = None if kind == "no_b" else torch.tensor(b, requires_grad=True)
+    leaves += [] if b_t is None else [b_t]
+    cot = torch.tensor(rng.standard_normal(n))
+
+    def metric() -> torch.Tensor:
+        return base + torch.diag(theta)
+
+    ref = cpo_step(leaves[0], b_t, leaves[1], delta, hvp=lambda u: metric() @ u,
+                   backend=backend, cg_iters=4 * n, cg_tol=1e-30)
+    ref_grads = torch.autograd.grad(ref.x @ cot, leaves, materialize_grads=True)
+    instance = check_inputs(leaves[0], b_t, leaves[1], delta)
+    h = metric()
+    rhs = leaves[0] if b_t is None else torch.stack([leaves[0], b_t], dim=1)
+    solved = torch.linalg.solve(h.detach(), rhs.detach().reshape(n, -1))
+    pair = (solved[:, 0], solved[:, 1] if b_t is not None else torch.zeros(n, dtype=T))
+    (step,) = implicit_steps([instance], [pair], h @ solved,
+                             lambda y: torch.linalg.solve(h.detach(), y), backend=backend)
+    assert step.case == ref.case
+    if kind == "near_parallel":
+        assert 0 < float(step.q - step.r ** 2 / step.s) < 1.5e-8 * float(step.q)
+    torch.testing.assert_close(step.x, ref.x, rtol=1e-7, atol=1e-10)
+    for got, want in zip(torch.autograd.grad(step.x @ cot, leaves, materialize_grads=True),
+                         ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", ["case0", "case1", "case2", "case3", "parallel_neg", "c_zero"])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from metacpo_rllib.optim import Batch, GaussianMLP, UpdateConfig, meta_update, params_of
+from metacpo_rllib.optim import implicit, linalg, meta
 from metacpo_rllib.optim.meta import adapt, inner_steps, meta_gradients, query_objectives
 from metacpo_rllib.optim.policy import detached, flatten, forward, log_prob, unflatten
 from metacpo_rllib.optim.surrogate import fisher_product, fisher_vector_product, mean_kl
@@ -181,6 +182,14 @@ def test_update_config_validation_names_the_field():
         UpdateConfig(backend="cvxpylayers_primal", metric="fisher").validate()
 
 
+def count_solves(monkeypatch, solves: list) -> None:
+    """Append to ``solves`` at every conjugate-gradient call of the update."""
+    real = linalg.conjugate_gradient
+    for module in (meta, implicit):
+        monkeypatch.setattr(module, "conjugate_gradient",
+                            lambda *a, **k: solves.append(1) or real(*a, **k))
+
+
 def _copies(batches):
     """The same batches without any kept inner-step solve."""
     return [dataclasses.replace(b, step_memo=None) for b in batches]
@@ -190,8 +199,6 @@ def _copies(batches):
 def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, constrained):
     """The learner's inner step at θ keeps its Fisher solve on the batch; meta_update's
     replay of that step skips the conjugate gradient and gives the same θ' bit for bit."""
-    from metacpo_rllib.optim import linalg, meta
-
     module = small_policy(3)
     theta = detached(params_of(module))
     cfg = UpdateConfig(inner_steps=1, constrained=constrained, metric="fisher").validate()
@@ -201,9 +208,7 @@ def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, c
     for task in support:  # what the learner does in the support round
         meta.inner_step(module, theta, task[0], cfg, create_graph=False)
     solves = []
-    real = linalg.conjugate_gradient
-    monkeypatch.setattr(linalg, "conjugate_gradient",
-                        lambda *a, **k: solves.append(1) or real(*a, **k))
+    count_solves(monkeypatch, solves)
     new, info = meta_update(module, theta, support, query, cfg)
     with_memo = len(solves)
     solves.clear()
@@ -217,6 +222,33 @@ def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, c
     _, step = meta.inner_step(module, other, support[0][0], cfg, create_graph=False)
     _, fresh_step = meta.inner_step(module, other, fresh_support[0][0], cfg, create_graph=False)
     assert torch.equal(step.x, fresh_step.x)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_both_reverse_passes_take_the_last_inner_solve_from_one_cg(monkeypatch, inner_steps):
+    """meta_gradients solves the objective's and the constraint's reverse-pass blocks of the
+    last inner steps together: one CG fewer, the same gradients."""
+    module = small_policy(6)
+    theta = detached(params_of(module))
+    cfg = UpdateConfig(inner_steps=inner_steps, metric="fisher").validate()
+    support, query = meta_batches(module, theta, cfg, tasks=3, seed=8)
+    solves = []
+    count_solves(monkeypatch, solves)
+
+    def gradients():
+        solves.clear()
+        fresh = [_copies(s) for s in support]
+        _, _, g, b, _ = meta_gradients(module, theta, fresh, query, cfg)
+        return g, b, len(solves)
+
+    g, b, ahead = gradients()
+    # K forward solves, one for both passes at step K, two per earlier step
+    assert ahead == inner_steps + 1 + 2 * (inner_steps - 1)
+    monkeypatch.setattr(implicit.ReverseSolve, "solve_ahead", lambda self, *blocks: None)
+    g_each, b_each, each = gradients()
+    assert each == ahead + 1
+    torch.testing.assert_close(g, g_each, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(b, b_each, rtol=1e-12, atol=1e-14)
 
 
 def test_fisher_stride_estimates_the_metric_on_every_kth_state():

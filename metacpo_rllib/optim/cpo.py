@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
 
-from metacpo_rllib.optim.linalg import solve_spd
+from metacpo_rllib.optim.linalg import differentiated_as, solve_spd
 from metacpo_rllib.optim.linalg import scalar_float as _f
+
+if TYPE_CHECKING:
+    from metacpo_rllib.optim.implicit import SolvedForms
 
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
 
@@ -51,7 +54,8 @@ class CPOStep:
 
     ``x = (H⁻¹g − ν H⁻¹b)/λ`` in cases 1–4, except in the degenerate ``g ∥ b`` limit of
     cases 1–2 where ``λ = 0`` and ``x = −(c/s) H⁻¹b`` (the minimum-norm optimal point). In
-    case 0, ``λ = 0``, ``ν = √(2δ/s)`` and ``x = −ν H⁻¹b``.
+    case 0, ``λ = 0``, ``ν = √(2δ/s)`` and ``x = −ν H⁻¹b``. Every backend but the primal
+    layer gives ``x = α H⁻¹g + β H⁻¹b`` and reports ``alpha``, ``beta`` (else None).
     """
 
     x: Tensor
@@ -65,6 +69,11 @@ class CPOStep:
     s: Tensor
     predicted_reward_change: Tensor
     predicted_cost_change: Tensor
+    alpha: Tensor | None = None
+    beta: Tensor | None = None
+    #: the solve that x's gradient takes in a reverse pass (``implicit.implicit_steps``), shared
+    #: by the instances solved together; None when x is differentiated otherwise
+    reverse_solve: Callable[[Tensor], Tensor] | None = None
 
     @property
     def metric_solution(self) -> Tensor:
@@ -105,33 +114,49 @@ def cpo_step(
 
 def step_from_solution(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor,
                        w: Tensor, *, identity_metric: bool, backend: str = "closed_form",
-                       eps: float = 1e-8) -> CPOStep:
+                       eps: float = 1e-8, forms: SolvedForms | None = None) -> CPOStep:
     """The CPO step given the metric solves ``v = H⁻¹g`` and ``w = H⁻¹b`` (``w = 0``
     without ``b``), differentiable through them: :func:`cpo_step` after its solve, for
     callers that solve many instances together. Inputs as returned by :func:`check_inputs`;
-    ``identity_metric``: H = I (then ``v = g``, ``w = b``)."""
+    ``identity_metric``: H = I (then ``v = g``, ``w = b``).
+
+    ``forms``: q, r, s (and the Schur complement's gradient) from the caller, who then
+    passes ``v``, ``w`` as values without a graph: the step's gradients flow through the
+    forms and α, β only, and the caller adds the solve's own part, ``d(αv + βw)`` at fixed
+    α, β (one solve: ``implicit.implicit_steps``).
+    """
     zero = g.new_zeros(())
-    q = g @ v
-    r, s = (g @ w, b @ w) if b is not None else (zero, zero)
+    if forms is None:
+        q = g @ v
+        r, s = (g @ w, b @ w) if b is not None else (zero, zero)
+    else:
+        q, r, s = forms.q, forms.r, forms.s
     floats = (_f(q), _f(r), _f(s), _f(c), _f(delta))
     bb = 0.0 if b is None else (floats[2] if identity_metric else _f(b @ b))
     case = classify(*floats, bb, has_b=b is not None, eps=eps)
 
+    envelope = None if forms is None else forms.schur
+    alpha = beta = x = None
     step = None
     if backend != "closed_form" and case not in (CASE_INFEASIBLE, CASE_TRPO):
         from metacpo_rllib.optim import dco  # lazy: cvxpy is slow to import
 
         if backend == "cvxpylayers_dual":
-            step = dco.dual_step(g, b, v, w, q, r, s, c, delta)
+            step = dco.dual_step(g, b, v, w, q, r, s, c, delta, envelope)
         else:
-            step = dco.primal_step(g, b, c, delta)
-    if step is None:  # closed form, or a cvxpylayers backend's analytic fallback
-        step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats)
-    x, lam, nu = step
+            primal = dco.primal_step(g, b, c, delta)
+            if primal is not None:
+                x, lam, nu = primal
+    if x is None:
+        if step is None:  # closed form, or a cvxpylayers backend's analytic fallback
+            step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats, envelope)
+        alpha, beta, lam, nu = step
+        x = torch.addcmul(alpha * v, beta, w)
     return CPOStep(
         x=x, lam=lam, nu=nu, case=case, v=v, w=w, q=q, r=r, s=s,
         predicted_reward_change=g @ x,
         predicted_cost_change=b @ x if b is not None else zero,
+        alpha=alpha, beta=beta,
     )
 
 
@@ -158,29 +183,32 @@ def trpo_step_is_feasible(q: float, r: float, c: float, delta: float) -> bool:
 def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q: Tensor,
                 r: Tensor, s: Tensor, c: Tensor, delta: Tensor,
                 floats: tuple[float, float, float, float, float] | None = None,
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """Analytic ``(x, λ*, ν*)`` for a classified instance (torch ops, NaN-free).
+                envelope: Callable[[Tensor], Tensor] | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Analytic ``(α, β, λ*, ν*)`` for a classified instance (torch ops, NaN-free); the step
+    is ``x = α v + β w``.
 
     Cases 1–2 are solved by their active set (the TRPO step if it satisfies the cost
     constraint, else the plane ∩ sphere point), which gives the same λ*, ν* as the
     appendix's piecewise minimisation of the dual over λ (checked in the tests) without
     comparing the two pieces numerically. Divisions are guarded by Python-float tests of
     the same scalars (as for the case selection), so the graph holds only plain ops.
-    ``floats`` are the Python values of (q, r, s, c, δ) if the caller has them already.
+    ``floats`` are the Python values of (q, r, s, c, δ) if the caller has them already;
+    ``envelope``: for v, w without a graph (see :func:`schur_complement`).
     """
     zero = g.new_zeros(())
     qf, rf, sf, cf, df = floats if floats is not None else (_f(q), _f(r), _f(s), _f(c),
                                                             _f(delta))
     if case == CASE_INFEASIBLE:  # recovery: steepest cost descent to the trust-region edge
-        if sf <= 0.0:  # b = 0: no step reduces the cost (x = 0, kept on the graph)
-            return w * 0.0, zero, zero
+        if sf <= 0.0:  # b = 0: no step reduces the cost (x = 0)
+            return zero, zero, zero, zero
         nu = torch.sqrt(2.0 * delta / s)
-        return w * -nu, zero, nu
+        return zero, -nu, zero, nu
     if case in (CASE_FEASIBLE, CASE_TRPO) or trpo_step_is_feasible(qf, rf, cf, df):
-        if qf <= 0.0:  # g = 0: stay (x = 0, kept on the graph)
-            return v * 0.0, zero, zero
+        if qf <= 0.0:  # g = 0: stay (x = 0)
+            return zero, zero, zero, zero
         lam = torch.sqrt(q / (2.0 * delta))
-        return v / lam, lam, zero
+        return lam.reciprocal(), zero, lam, zero
     # Cases 1–2 with the cost constraint active: the optimum lies on the plane bᵀx = −c
     # and (unless g ∥ b) on the trust-region sphere. With u = v − (r/s) w (H-orthogonal to
     # w, uᵀHu = A = q − r²/s) and B = 2δ − c²/s:
@@ -189,12 +217,12 @@ def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q:
     inv_s = s.reciprocal()  # products rather than quotients: a cheaper backward
     rs = r * inv_s
     c_over_s = c * inv_s
-    big_a, u = schur_complement(g, b, v, w, q, r, s, rs, qf)
+    big_a = schur_complement(g, b, v, w, q, r, s, rs, qf, envelope)
     big_b = 2.0 * delta - c * c_over_s
     af, bf = _f(big_a), _f(big_b)
     eps = torch.finfo(g.dtype).eps
     if af <= (100.0 * eps) ** 2 * qf:  # g ∥ b: the whole face is optimal; its min-norm point
-        return w * -c_over_s, zero, torch.clamp(rs, min=0.0)
+        return zero, -c_over_s, zero, torch.clamp(rs, min=0.0)
     if bf <= 0.0:  # plane tangent to the trust region: a single feasible point, λ* = ∞
         # λ* = ∞ in exact arithmetic; a large finite stand-in (√A/√tiny ≈ 1e154·√A in
         # float64) keeps λ, ν finite where A/tiny would overflow to inf.
@@ -202,35 +230,32 @@ def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q:
         nu = (lam * c + r) * inv_s
         if not math.isfinite(_f(nu)):  # |c|·λ overflowed: keep ν at the largest finite value
             nu = torch.clamp(nu, max=torch.finfo(g.dtype).max)
-        return w * -c_over_s, lam, nu
+        return zero, -c_over_s, lam, nu
     ratio = torch.sqrt(big_b / big_a)  # = 1/λ*
-    if u is None:
-        x = torch.addcmul(ratio * v, ratio * rs + c_over_s, w, value=-1.0)
-    else:
-        x = torch.addcmul(ratio * u, c_over_s, w, value=-1.0)
     lam = ratio.reciprocal()
     nu = (lam * c + r) * inv_s  # ≥ 0 here up to rounding
     if _f(nu) < 0.0:
         nu = torch.clamp(nu, min=0.0)
-    return x, lam, nu
+    return ratio, -(ratio * rs + c_over_s), lam, nu
 
 
 def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor,
-                     s: Tensor, rs: Tensor | None = None, qf: float | None = None
-                     ) -> tuple[Tensor, Tensor | None]:
+                     s: Tensor, rs: Tensor | None = None, qf: float | None = None,
+                     envelope: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``A = q − r²/s ≥ 0`` (= uᵀHu for ``u = v − (r/s) w``, the part of H⁻¹g H-orthogonal
-    to H⁻¹b), and ``u`` when it had to be formed.
+    to H⁻¹b).
 
     When ``g`` is nearly parallel to ``b`` (A ≤ √eps·q) the subtraction loses more than
-    half the digits; then A is computed as ``uᵀ(g − (r/s) b)`` instead (no cancellation
-    beyond that of u itself), clamped at 0.
+    half the digits; then A's value is ``uᵀ(g − (r/s) b)`` instead (no cancellation
+    beyond that of u itself), clamped at 0 — differentiated as that product, or, when v
+    and w carry no graph, as ``envelope(r/s)`` (``implicit.SolvedForms.schur``).
     """
     rs = r / s if rs is None else rs
     big_a = q - r * rs
     if _f(big_a) > math.sqrt(torch.finfo(g.dtype).eps) * (_f(q) if qf is None else qf):
-        return big_a, None
-    u = v - rs * w
-    return torch.clamp(u @ (g - rs * b), min=0.0), u
+        return big_a
+    precise = torch.clamp((v - rs * w) @ (g - rs * b), min=0.0)
+    return precise if envelope is None else differentiated_as(precise, envelope(rs))
 
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,

@@ -1,6 +1,7 @@
 """DCO layers for the CPO step: the 2-variable dual and the n-dimensional primal as cvxpylayers.
 
-Both return ``(x, λ*, ν*)`` differentiable w.r.t. g, b, c through the layer, or ``None`` when
+The dual returns ``(α, β, λ*, ν*)`` with ``x = αH⁻¹g + βH⁻¹b``, the primal ``(x, λ*, ν*)``;
+both differentiable w.r.t. g, b, c through the layer, or ``None`` when
 the instance is degenerate for the solver or the solver fails; the caller
 (:func:`metacpo_rllib.optim.cpo.cpo_step`) then uses the closed form, which is also used for
 cases 0 (infeasible) and 4 (TRPO) without calling a solver. Conventions are those of
@@ -11,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from functools import lru_cache
+from typing import Callable
 
 import cvxpy as cp
 import diffcp
@@ -61,14 +63,17 @@ def dual_layer() -> CvxpyLayer:
 
 
 def dual_step(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor, s: Tensor,
-              c: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``(x, λ*, ν*)`` from the dual layer, ``x = (H⁻¹g − ν* H⁻¹b)/λ*``; None → use closed form.
+              c: Tensor, delta: Tensor, envelope: Callable[[Tensor], Tensor] | None = None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """``(α, β, λ*, ν*)`` from the dual layer: ``x = αv + βw = (H⁻¹g − ν* H⁻¹b)/λ*``;
+    None → use closed form.
 
     ``v, w`` are ``H⁻¹g, H⁻¹b`` and ``q, r, s`` their scalars; the layer never sees n.
+    ``envelope``: for v, w without a graph (``cpo.schur_complement``).
     """
     if not (_f(q) > 0.0 and _f(s) > 0.0):
         return None
-    big_a, _ = schur_complement(g, b, v, w, q, r, s)
+    big_a = schur_complement(g, b, v, w, q, r, s, envelope=envelope)
     rho, sqrt_q, sqrt_s = torch.sqrt(2.0 * delta), torch.sqrt(q), torch.sqrt(s)
     params = [(r / (sqrt_q * sqrt_s)), safe_sqrt(big_a / q), c / (rho * sqrt_s)]
     params = [p.to(torch.float64) for p in params]
@@ -90,7 +95,8 @@ def dual_step(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor, 
         return None
     lam = lam_t.to(g.dtype) * sqrt_q / rho
     nu = nu_t.to(g.dtype) * sqrt_q / sqrt_s
-    return (v - nu * w) / lam, lam, nu
+    inv_lam = lam.reciprocal()
+    return inv_lam, -nu * inv_lam, lam, nu
 
 
 def primal_layer(n: int) -> CvxpyLayer:

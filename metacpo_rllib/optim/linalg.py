@@ -32,6 +32,12 @@ def safe_sqrt(x: Tensor, eps: float = 0.0) -> Tensor:
     return torch.where(ok, torch.sqrt(torch.where(ok, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+def differentiated_as(value: Tensor, surrogate: Tensor) -> Tensor:
+    """``value``, with the gradient of ``surrogate`` (a function equal to it where it matters,
+    e.g. at an exact solve, whose gradient is the one wanted)."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
 def conjugate_gradient(
     hvp: HVP,
     v: Tensor,
@@ -87,10 +93,7 @@ def conjugate_gradient(
 
 
 class _ZeroValueSolve(torch.autograd.Function):
-    """Value 0, gradient of a fixed SPD solve: backward maps ``grad`` to ``A⁻¹ grad``.
-
-    Used on a residual that is zero at the solution (see :func:`solve_spd`).
-    """
+    """Value 0, gradient of a fixed SPD solve: backward maps ``grad`` to ``A⁻¹ grad``."""
 
     @staticmethod
     def forward(ctx, residual: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
@@ -99,7 +102,19 @@ class _ZeroValueSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.solve(grad), None  # A is symmetric: the adjoint solve is the same solve
+        with torch.enable_grad():  # products may use autograd themselves
+            # A is symmetric: the adjoint solve is the same solve
+            return ctx.solve(grad.detach()).detach(), None
+
+
+def zero_with_solve_gradient(residual: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+    """Zeros shaped like ``residual`` whose reverse pass maps ``grad`` to ``solve(grad)``.
+
+    With ``solve(y) ≈ A⁻¹y`` for a symmetric A, ``x₀ + zero_with_solve_gradient(rhs − A x₀,
+    solve)`` has the value x₀ and the gradient of the exact solve ``A⁻¹ rhs``: dx =
+    A⁻¹(d rhs − dA·x₀), through the graph of ``rhs − A x₀`` (built by the caller).
+    """
+    return _ZeroValueSolve.apply(residual, solve)
 
 
 def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10,
@@ -137,4 +152,4 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     residual = rhs - apply(x)
     if not residual.requires_grad:
         return x
-    return x + _ZeroValueSolve.apply(residual, fixed_solve)
+    return x + zero_with_solve_gradient(residual, fixed_solve)

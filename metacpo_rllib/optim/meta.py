@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
 from metacpo_rllib.optim.cpo import CPOStep, NonFiniteError, check_inputs, step_from_solution
-from metacpo_rllib.optim.linalg import solve_spd
+from metacpo_rllib.optim.implicit import ReverseSolve, implicit_steps
+from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
 from metacpo_rllib.optim.policy import Params, add_step, detached, flatten
 from metacpo_rllib.optim.surrogate import fisher_product, mean_kl, surrogates
@@ -97,9 +98,12 @@ def constrained_steps(
     ``cfg.fisher_stride``-th state of ``metric_obs[i]`` (consecutive states of an episode
     carry nearly the same information, and each product costs time linear in the states).
     All instances' solves (H_i⁻¹g_i and H_i⁻¹b_i) run as one conjugate gradient with one
-    block product per iteration, and are differentiated as one implicit solve. ``known``:
-    that solve's value, computed before (columns g_1, b_1, g_2, ...); its CG is skipped.
-    A non-finite input raises NonFiniteError with ``index`` = the instance's position.
+    block product per iteration. ``known``: that solve's value, computed before (columns
+    g_1, b_1, g_2, ...); its CG is skipped. A non-finite input raises NonFiniteError with
+    ``index`` = the instance's position.
+
+    With ``create_graph`` the steps are differentiated implicitly (``cpo.implicit_steps``:
+    one solve per instance in each reverse pass, all instances in one CG).
     """
     checked = []
     for i, (g, b, c) in enumerate(zip(gs, bs, cs)):
@@ -109,22 +113,30 @@ def constrained_steps(
             err.index = i
             raise
     if cfg.metric == "euclidean":
-        solved = [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked]
-    else:
-        columns = [[g] if b is None else [g, b] for g, b, _, _ in checked]
-        width = len(columns[0])
-        hvp = fisher_product(module, [p for p in params for _ in range(width)],
-                             [o[::cfg.fisher_stride] for o in metric_obs for _ in range(width)],
-                             create_graph=create_graph)
-        solution = solve_spd(hvp, torch.stack([col for cols in columns for col in cols], 1),
-                             cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, known, batched_hvp=True)
-        # contiguous columns: their dot products round alike whichever way they were solved
-        columns = [c.contiguous() for c in solution.unbind(1)]
-        solved = [(columns[width * i], columns[width * i + 1] if width == 2
-                   else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
-    return [step_from_solution(g, b, c, d, v, w, identity_metric=cfg.metric == "euclidean",
-                               backend=cfg.backend)
-            for (g, b, c, d), (v, w) in zip(checked, solved)]
+        return [step_from_solution(g, b, c, d, g, torch.zeros_like(g) if b is None else b,
+                                   identity_metric=True, backend=cfg.backend)
+                for g, b, c, d in checked]
+    width = 1 if checked[0][1] is None else 2
+    rhs = torch.stack([col for g, b, _, _ in checked for col in ((g,) if b is None else (g, b))],
+                      dim=1)
+    states = [o[::cfg.fisher_stride] for o in metric_obs]
+    hvp = fisher_product(module, [p for p in params for _ in range(width)],
+                         [o for o in states for _ in range(width)], create_graph=create_graph)
+    if known is None:
+        known = conjugate_gradient(hvp.without_graph, rhs.detach(), cfg.cg_iters,
+                                   cfg.cg_damping, cfg.cg_tol, batched_hvp=True)
+    # contiguous columns: their dot products round alike whichever way they were solved
+    columns = [col.contiguous() for col in known.detach().unbind(1)]
+    pairs = [(columns[width * i], columns[width * i + 1] if width == 2
+              else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
+    if not (create_graph and torch.is_grad_enabled()):
+        return [step_from_solution(g, b, c, d, v, w, identity_metric=False, backend=cfg.backend)
+                for (g, b, c, d), (v, w) in zip(checked, pairs)]
+    # A [v w], differentiable w.r.t. the parameters; the reverse pass solves one column each
+    products = hvp(known) + cfg.cg_damping * known
+    reverse = ReverseSolve(module, params, states, hvp, width, cfg.cg_iters, cfg.cg_damping,
+                           cfg.cg_tol)
+    return implicit_steps(checked, pairs, products, reverse, backend=cfg.backend)
 
 
 def constrained_step(
@@ -268,9 +280,19 @@ def meta_gradients(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[CPOStep]]:
     """Meta-objective and meta-constraint surrogates at ``theta`` (leaves requiring grad)
     and their exact gradients g, b w.r.t. theta: one reverse pass each through all K inner
-    steps of every task (b is None when unconstrained)."""
+    steps of every task (b is None when unconstrained).
+
+    Both passes meet the last inner steps' solve with right-hand sides known in advance
+    (the query gradients w.r.t. the last steps): they are solved together, in one CG.
+    """
     tensors = list(theta.values())
     reward, cost, inner = query_objectives(module, theta, support, query, cfg, create_graph=True)
+    last = inner[cfg.inner_steps - 1::cfg.inner_steps] if cfg.inner_steps else []
+    if cfg.constrained and last and isinstance(last[0].reverse_solve, ReverseSolve):
+        xs = [step.x for step in last]
+        ahead = [torch.stack(torch.autograd.grad(out, xs, retain_graph=True), dim=1)
+                 for out in (reward, cost)]
+        last[0].reverse_solve.solve_ahead(*ahead)
     g = flatten(torch.autograd.grad(reward, tensors, retain_graph=cfg.constrained))
     b = flatten(torch.autograd.grad(cost, tensors)) if cfg.constrained else None
     return reward.detach(), cost.detach(), g, b, inner

@@ -1,0 +1,133 @@
+"""Implicitly differentiated CPO steps of many instances: one reverse-pass solve per instance.
+
+The metric solves v = A⁻¹g, w = A⁻¹b are known (one conjugate gradient for all instances);
+the steps' gradients w.r.t. g, b and A's own parameters are those of the exact solves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metacpo_rllib.optim.cpo import CPOStep, step_from_solution
+from metacpo_rllib.optim.linalg import (
+    conjugate_gradient,
+    differentiated_as,
+    zero_with_solve_gradient,
+)
+from metacpo_rllib.optim.policy import Params, detached
+from metacpo_rllib.optim.surrogate import fisher_product
+
+
+@dataclass(frozen=True)
+class SolvedForms:
+    """``q = gᵀA⁻¹g``, ``r = gᵀA⁻¹b``, ``s = bᵀA⁻¹b`` of known solves v, w, with the
+    gradients of the exact solves (built by :func:`implicit_steps`)."""
+
+    q: Tensor
+    r: Tensor
+    s: Tensor
+    #: t ↦ the Schur complement A = min_t (g − tb)ᵀA⁻¹(g − tb) at t = r/s, differentiated
+    #: by the envelope theorem (well conditioned as g → b); None without b
+    schur: Callable[[Tensor], Tensor] | None = None
+
+
+def implicit_steps(
+    instances: Sequence[tuple[Tensor, Tensor | None, Tensor, Tensor]],
+    solutions: Sequence[tuple[Tensor, Tensor]],
+    products: Tensor,
+    solve: Callable[[Tensor], Tensor],
+    backend: str = "closed_form",
+) -> list[CPOStep]:
+    """CPO steps of several instances whose metric solves are known, differentiated as the
+    exact solves: one solve per instance in each reverse pass, rather than two.
+
+    ``instances[i] = (g, b, c, δ)`` (as from ``cpo.check_inputs``); ``solutions[i] = (v, w)``
+    the values of ``A_i⁻¹g``, ``A_i⁻¹b`` (w = 0 without b); ``products`` the (n, k·m) block
+    ``A_i [v w]`` (k = 2 columns per instance, 1 without b), built with the graph of A_i;
+    ``solve(Y)`` maps an (n, m) block, one column per instance, to ``A_i⁻¹ Y[:, i]``.
+
+    The step is ``x = αv + βw`` with α, β functions of c, δ and the forms ``q = gᵀA⁻¹g``,
+    ``r = gᵀA⁻¹b``, ``s = bᵀA⁻¹b``, whose gradients need no solve (dq = 2vᵀdg − vᵀdA v,
+    dr = wᵀdg + vᵀdb − vᵀdA w, ds = 2wᵀdb − wᵀdA w); the rest, at fixed α, β, is
+    ``d(αv + βw) = A⁻¹(α dg + β db − dA x)``: one column per instance. Values are those of
+    :func:`step_from_solution` on the same solves.
+    """
+    width = products.shape[1] // len(instances)
+    steps, residuals = [], []
+    for i, ((g, b, c, delta), (v, w)) in enumerate(zip(instances, solutions)):
+        av = products[:, width * i]
+        residual_g = g - av
+        if b is None:
+            zero = g.new_zeros(())
+            forms = SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av), zero, zero)
+        else:
+            aw = products[:, width * i + 1]
+            forms = SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av),
+                                differentiated_as(g @ w, w @ g + v @ b - v @ aw),
+                                differentiated_as(b @ w, 2.0 * (w @ b) - w @ aw),
+                                functools.partial(_schur_envelope, g, b, v, w, av, aw))
+        step = step_from_solution(g, b, c, delta, v, w, identity_metric=False,
+                                  backend=backend, forms=forms)
+        residual = step.alpha.detach() * residual_g
+        if b is not None:
+            residual = residual + step.beta.detach() * (b - aw)
+        steps.append(step)
+        residuals.append(residual)
+    direction = zero_with_solve_gradient(torch.stack(residuals, dim=1), solve)
+    return [dataclasses.replace(step, x=step.x + direction[:, i], reverse_solve=solve)
+            for i, step in enumerate(steps)]
+
+
+def _schur_envelope(g: Tensor, b: Tensor, v: Tensor, w: Tensor, av: Tensor, aw: Tensor,
+                    t: Tensor) -> Tensor:
+    """2uᵀ(g − tb) − uᵀAu with u = v − tw (t, v, w constants; Av, Aw with A's graph):
+    A's value at the exact solve, with dA = 2uᵀ(dg − t db) − uᵀ dA u."""
+    t = t.detach()
+    u = v - t * w
+    return 2.0 * (u @ (g - t * b)) - u @ (av - t * aw)
+
+
+class ReverseSolve:
+    """``Y ↦ [A_1⁻¹Y[:, 0], …]``, one column per instance, A_i = F_i + damping·I with F_i
+    the policy's Fisher at ``params[i]`` on ``states[i]``: the solve of the reverse pass
+    through :func:`implicit_steps` (CG, each column as if alone).
+
+    The meta-gradient takes two reverse passes (objective, constraint) through the last
+    inner steps; :meth:`solve_ahead` solves both passes' blocks in one CG, over the
+    forward solve's product ``pair_product`` (``width`` columns per instance), and each pass then takes its stored
+    solution (a block not solved ahead is solved when it arrives).
+    """
+
+    def __init__(self, module: nn.Module, params: Sequence[Params], states: Sequence[Tensor],
+                 pair_product: Callable[[Tensor], Tensor], width: int, iters: int,
+                 damping: float, tol: float):
+        self._module, self._params, self._states = module, params, states
+        self._pair_product, self._width = pair_product, width
+        self._cg = functools.partial(conjugate_gradient, iters=iters, damping=damping, tol=tol,
+                                     batched_hvp=True)
+        self._column_product: Callable[[Tensor], Tensor] | None = None
+        self._ahead: list[tuple[Tensor, Tensor]] = []
+
+    def solve_ahead(self, first: Tensor, second: Tensor) -> None:
+        """Solve the (n, m) blocks ``first`` and ``second`` together, for later calls."""
+        if self._width != 2:
+            raise ValueError("solve_ahead needs the two-column product of a constrained step")
+        both = self._cg(self._pair_product.without_graph,
+                        torch.stack([first, second], dim=2).flatten(1))
+        self._ahead = [(first.detach(), both[:, 0::2]), (second.detach(), both[:, 1::2])]
+
+    def __call__(self, block: Tensor) -> Tensor:
+        for rhs, solution in self._ahead:
+            if torch.equal(rhs, block):
+                return solution
+        if self._width == 1:
+            return self._cg(self._pair_product.without_graph, block)
+        if self._column_product is None:  # one column per instance: a graph of its own
+            self._column_product = fisher_product(
+                self._module, [detached(p) for p in self._params], self._states).without_graph
+        return self._cg(self._column_product, block)
