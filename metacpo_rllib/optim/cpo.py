@@ -67,13 +67,23 @@ class CPOStep:
     q: Tensor
     r: Tensor
     s: Tensor
-    predicted_reward_change: Tensor
-    predicted_cost_change: Tensor
+    g: Tensor  # the gradients the step was taken for
+    b: Tensor | None
     alpha: Tensor | None = None
     beta: Tensor | None = None
     #: the solve that x's gradient takes in a reverse pass (``implicit.implicit_steps``), shared
     #: by the instances solved together; None when x is differentiated otherwise
     reverse_solve: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def predicted_reward_change(self) -> Tensor:
+        """gᵀx: the reward surrogate's first-order change."""
+        return self.g @ self.x
+
+    @property
+    def predicted_cost_change(self) -> Tensor:
+        """bᵀx (0 without b): the predicted change of the mean episode cost."""
+        return self.b @ self.x if self.b is not None else self.x.new_zeros(())
 
     @property
     def metric_solution(self) -> Tensor:
@@ -152,12 +162,8 @@ def step_from_solution(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v:
             step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats, envelope)
         alpha, beta, lam, nu = step
         x = torch.addcmul(alpha * v, beta, w)
-    return CPOStep(
-        x=x, lam=lam, nu=nu, case=case, v=v, w=w, q=q, r=r, s=s,
-        predicted_reward_change=g @ x,
-        predicted_cost_change=b @ x if b is not None else zero,
-        alpha=alpha, beta=beta,
-    )
+    return CPOStep(x=x, lam=lam, nu=nu, case=case, v=v, w=w, q=q, r=r, s=s, g=g, b=b,
+                   alpha=alpha, beta=beta)
 
 
 def classify(q: float, r: float, s: float, c: float, delta: float, bb: float, *,

@@ -99,8 +99,9 @@ class ReverseSolve:
 
     The meta-gradient takes two reverse passes (objective, constraint) through the last
     inner steps; :meth:`solve_ahead` solves both passes' blocks in one CG, over the
-    forward solve's product ``pair_product`` (``width`` columns per instance), and each pass then takes its stored
-    solution (a block not solved ahead is solved when it arrives).
+    forward solve's product ``pair_product`` (``width`` columns per instance), and each
+    pass then takes its stored solution (a block not solved ahead is solved when it
+    arrives).
     """
 
     def __init__(self, module: nn.Module, params: Sequence[Params], states: Sequence[Tensor],

@@ -102,7 +102,7 @@ def constrained_steps(
     g_1, b_1, g_2, ...); its CG is skipped. A non-finite input raises NonFiniteError with
     ``index`` = the instance's position.
 
-    With ``create_graph`` the steps are differentiated implicitly (``cpo.implicit_steps``:
+    With ``create_graph`` the steps are differentiated implicitly (``implicit.implicit_steps``:
     one solve per instance in each reverse pass, all instances in one CG).
     """
     checked = []

@@ -65,7 +65,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_gamma = 1.0
         self.cost_lambda = 0.95
         self.first_order = False
-        self.torch_num_threads = 1
+        self.torch_num_threads = None
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
         self.batch_mode = "complete_episodes"
@@ -106,8 +106,9 @@ class MetaCPOConfig(AlgorithmConfig):
         to 0 unless given in the same call. ``cost_limit``: override of every task's limit
         (None: the family's default). ``trust_region_delta`` / ``inner_delta``: outer and
         inner trust-region radii. ``seed``: seeds the task RNG (and RLlib's own seeding).
-        ``torch_num_threads``: torch threads of the Learner's process (None: torch's
-        default); the update is many tiny ops, for which 1 thread is fastest.
+        ``torch_num_threads``: torch threads of the Learner's process (None, the default:
+        torch's own, one per core); the Learner works while the EnvRunners wait, and its
+        products over all tasks at once are large enough to use the cores.
         ``fisher_stride``: the Fisher metric (trust region) is estimated on every k-th
         sampled state (1: all states); neighbouring states of an episode carry nearly the
         same information, and the Fisher products are most of the Learner's time.

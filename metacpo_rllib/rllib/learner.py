@@ -45,7 +45,7 @@ class MetaCPOTorchLearner(TorchLearner):
     def build(self) -> None:
         super().build()
         threads = getattr(self.config, "torch_num_threads", None)
-        if threads:  # the update is many tiny ops: extra threads only add contention
+        if threads:
             torch.set_num_threads(int(threads))
         self._reset_rounds(0)
 
