@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _algo  # noqa: E402
 from _common import RESULTS, local_ray, print_table, write_json  # noqa: E402
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             stride = algo.config.fisher_stride if metric == "fisher" else None
             try:
                 its = _algo.train_iterations(algo, args.iterations)
+                threads = torch.get_num_threads()  # the (local) Learner's process: this one
             finally:
                 algo.stop()
             share = steady(its, "learner_share")
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "iterations": its,
                          "sample_s": steady(its, "sample_s"), "learner_s": steady(its, "learner_s"),
                          "wall_s": steady(its, "wall_s"), "env_steps": its[-1]["env_steps"],
-                         "learner_share": share, "meets_target": share <= TARGET})
+                         "learner_share": share, "meets_target": share <= TARGET,
+                         "learner_torch_threads": threads})
     print(f"\nmeta-update share per meta-iteration ({args.family}, {args.tasks} tasks, K = 1, "
           f"{args.runners} EnvRunners; mean after the first iteration), target ≤ {TARGET:.0%}")
     print_table(["metric", "backend", "Fisher stride", "env steps", "sample s", "learner s",

@@ -138,11 +138,17 @@ def sec_meta_share(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
     first = [[r["metric"], r["backend"], r.get("fisher_stride") or "–", it_i + 1,
               it["sample_s"], it["learner_s"], pct(it["learner_share"])]
              for r in d["rows"] for it_i, it in enumerate(r["iterations"])]
+    threads = sorted({r["learner_torch_threads"] for r in d["rows"]
+                      if "learner_torch_threads" in r})
+    learner = (f" The Learner (in the driver process) ran with "
+               f"{' / '.join(map(str, threads))} torch thread(s)." if threads else "")
     return [f"Target: learner ÷ (sampling + learner) ≤ {pct(target)} per meta-iteration, from "
             f"`algo.train()`'s own split (`results[\"metacpo\"][\"time\"]`). {c['family']}, "
             f"{c['tasks']} tasks, K = 1, policy (32, 16), {c['episodes']} episodes per task and "
             f"round, {c['runners']} EnvRunners, {c['iterations']} iterations per setting; the "
-            f"table shows the mean after the first (warm-up) iteration.", ""] \
+            f"table shows the mean after the first (warm-up) iteration. Fisher stride 5 is "
+            f"`MetaCPOConfig`'s default (the Fisher metric on every 5th state); stride 1 uses "
+            f"every state.{learner}", ""] \
         + table(["metric", "backend", "Fisher stride", "env steps", "sample s", "learner s",
                  "iteration s", "learner share", "target"], rows) \
         + ["Every iteration:", ""] \
