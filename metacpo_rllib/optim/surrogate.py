@@ -62,7 +62,8 @@ def fisher_product(
     # states padded to a common length; padding rows weigh 0, real rows 1/len
     states = torch.stack([torch.nn.functional.pad(o, (0, 0, 0, longest - len_))
                           for o, len_ in zip(obs, lengths)])
-    weight = torch.stack([(torch.arange(longest) < len_).to(states.dtype) / len_
+    steps = torch.arange(longest, device=states.device)
+    weight = torch.stack([(steps < len_).to(states.dtype) / len_
                           for len_ in lengths]).unsqueeze(-1)
     mean, log_std = vmap(lambda p, o: forward(module, p, o))(stacked, states)
     scale = torch.exp(-2.0 * log_std) * weight
@@ -110,5 +111,8 @@ def fisher_vector_product(
     def fvp(v: Tensor) -> Tensor:
         return block(v.unsqueeze(1)).squeeze(1)
 
-    fvp.without_graph = lambda v: block.without_graph(v.unsqueeze(1)).squeeze(1)  # type: ignore[attr-defined]
+    def plain(v: Tensor) -> Tensor:
+        return block.without_graph(v.unsqueeze(1)).squeeze(1)  # type: ignore[attr-defined]
+
+    fvp.without_graph = plain  # type: ignore[attr-defined]
     return fvp
