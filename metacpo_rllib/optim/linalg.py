@@ -117,8 +117,8 @@ def zero_with_solve_gradient(residual: Tensor, solve: Callable[[Tensor], Tensor]
     return _ZeroValueSolve.apply(residual, solve)
 
 
-def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10,
-              known: Tensor | None = None, *, batched_hvp: bool = False) -> Tensor:
+def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10
+              ) -> Tensor:
     """``x = (H + damping·I)⁻¹ rhs`` by conjugate gradient, differentiated implicitly.
 
     The value is CG's. Gradients are those of the exact solve, dx = A⁻¹(d rhs − dA·x),
@@ -127,26 +127,18 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     residuals). One extra product A·x with the graph in the forward pass and one CG solve
     per reverse pass. Second derivatives hold A fixed. ``rhs`` is (n,) or (n, k).
     An ``hvp`` may carry a cheaper graph-free twin as ``hvp.without_graph`` for the solves.
-    ``known``: the value of this very solve, computed before (same ``hvp`` and ``rhs``
-    values); the forward CG is skipped and only the implicit gradient is attached.
-    ``batched_hvp``: ``hvp`` maps a whole (n, k) block (``conjugate_gradient``'s flag);
-    ``rhs`` is then (n, k) too.
     """
     def apply(p: Tensor) -> Tensor:
-        if batched_hvp or p.dim() == 1:
-            hp = hvp(p)
-        else:
-            hp = torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
+        hp = hvp(p) if p.dim() == 1 else torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
         return hp + damping * p if damping else hp
 
     plain = getattr(hvp, "without_graph", None) or (lambda p: hvp(p).detach())
 
     def fixed_solve(y: Tensor) -> Tensor:
         with torch.enable_grad():  # hvp may use autograd itself, also inside a backward pass
-            return conjugate_gradient(plain, y.detach(), iters, damping, tol,
-                                      batched_hvp=batched_hvp).detach()
+            return conjugate_gradient(plain, y.detach(), iters, damping, tol).detach()
 
-    x = fixed_solve(rhs) if known is None else known.detach()
+    x = fixed_solve(rhs)
     if not torch.is_grad_enabled():
         return x
     residual = rhs - apply(x)
