@@ -86,16 +86,26 @@ class MetaCPOTorchLearner(TorchLearner):
         self._dropped[index] = reason
         logger.warning("task dropped from this iteration: %s", reason)
 
-    def _step_or_drop(self, index: int, batch: Batch, step: Any) -> Optional[dict[str, Any]]:
-        """Run one adaptation ``step()`` of task ``index``; store and return its weights,
-        or drop the task (None) if its gradient is non-finite."""
-        try:
-            phi, _ = step()
-        except NonFiniteError as err:
-            self._drop(index, f"non-finite gradient in task {batch.task_id}'s step ({err})")
-            return None
-        self._phi[index] = phi
-        return params_to_weights(phi)
+    def _steps_or_drop(self, batches: dict[int, Batch],
+                       step: Callable[[list[int]], list[Params]]) -> dict[int, dict[str, Any]]:
+        """Run ``step(indices)`` (one adaptation step of those tasks, taken together: their
+        new parameters); store and return each task's new weights. A task whose gradient is
+        non-finite (the one ``NonFiniteError.index`` names; all of them if it names none)
+        is dropped and the rest step again."""
+        pending = dict(batches)
+        while pending:
+            indices = list(pending)
+            try:
+                phis = step(indices)
+            except NonFiniteError as err:
+                for i in indices if err.index is None else [indices[err.index]]:
+                    self._drop(i, f"non-finite gradient in task {pending.pop(i).task_id}'s "
+                                  f"step ({err})")
+                continue
+            for i, phi in zip(indices, phis):
+                self._phi[i] = phi
+            return {i: params_to_weights(phi) for i, phi in zip(indices, phis)}
+        return {}
 
     # -- the per-iteration protocol -------------------------------------------------------
     def begin(self, num_tasks: int) -> dict[str, Any]:
@@ -123,21 +133,11 @@ class MetaCPOTorchLearner(TorchLearner):
                 support[i] = batch
 
         out = self._over_tasks(samples, take)
-        while support:
-            indices = list(support)
-            try:
-                phis, _ = inner_steps(self.policy, [self._phi[i] or params_of(self.policy)
-                                                    for i in indices],
-                                      [support[i] for i in indices], cfg, create_graph=False)
-            except NonFiniteError as err:  # drop the task it names (all if none) and retry
-                for i in indices if err.index is None else [indices[err.index]]:
-                    self._drop(i, f"non-finite gradient in task {support.pop(i).task_id}'s "
-                                  f"step ({err})")
-                continue
-            for i, phi in zip(indices, phis):
-                self._phi[i] = phi
-                out["weights"][i] = params_to_weights(phi)
-            break
+        weights = self._steps_or_drop(support, lambda indices: inner_steps(
+            self.policy, [self._phi[i] or params_of(self.policy) for i in indices],
+            [support[i] for i in indices], cfg, create_graph=False)[0])
+        for i, task_weights in weights.items():
+            out["weights"][i] = task_weights
         out["dropped"] = dict(self._dropped)
         return out
 
@@ -182,8 +182,8 @@ class MetaCPOTorchLearner(TorchLearner):
             if not update:
                 return None
             params = self.adapted_params(i)
-            return self._step_or_drop(i, batch, lambda: adaptation_step(
-                self.policy, params, batch, cfg))
+            return self._steps_or_drop({i: batch}, lambda _: [adaptation_step(
+                self.policy, params, batch, cfg)[0]]).get(i)
 
         return self._over_tasks(samples, step)
 
