@@ -268,3 +268,24 @@ def test_fisher_stride_estimates_the_metric_on_every_kth_state():
                             UpdateConfig(fisher_stride=1), create_graph=False)
     assert torch.equal(strided.x, subsample.x)
     assert not torch.allclose(strided.x, full.x)
+
+
+def test_case_1_step_is_accepted_although_the_reward_surrogate_falls():
+    """A violating policy whose reward and cost advantages agree (cosine +1): the recovery-side
+    step (case 1) must lower the cost and so also the reward surrogate; the line search
+    accepts it instead of rejecting every fraction for want of a reward improvement."""
+    module = small_policy()
+    theta = detached(params_of(module))
+    gen = torch.Generator().manual_seed(11)
+    batch = random_batch(module, theta, gen, n=256, cost=1.5, cost_limit=1.0)
+    batch = dataclasses.replace(batch, adv_cost=batch.adv_reward.clone())
+    cfg = UpdateConfig(inner_steps=0, delta=0.05)
+    _, _, g, b, _ = meta_gradients(module, theta, [[]], [batch], cfg)
+    step = meta.constrained_step(module, theta, g, b, batch.constraint_value, cfg.delta,
+                                 batch.obs, cfg, create_graph=False)
+    assert step.case == 1 and float(g @ step.x) < 0  # case 1, the reward surrogate falls
+    new, info = meta_update(module, theta, [[]], [batch], cfg)
+    assert info["outer_case"] == 1.0
+    assert info["line_search_accepted"] == 1.0
+    assert info["outer_surrogate_reward_change"] < 0 and info["outer_surrogate_cost_change"] < 0
+    assert not torch.equal(flatten(new), flatten(theta))

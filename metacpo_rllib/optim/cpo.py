@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
 
 CASE_INFEASIBLE, CASE_RECOVERY, CASE_CUT, CASE_FEASIBLE, CASE_TRPO = 0, 1, 2, 3, 4
+# Cases with c > 0 (the policy violates): the step restores feasibility first, so the line
+# search must not also demand a reward improvement (as OmniSafe's CPO: only cases >= 2 do).
+RESTORING_CASES = (CASE_INFEASIBLE, CASE_RECOVERY)
 
 
 class NonFiniteError(ValueError):

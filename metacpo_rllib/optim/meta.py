@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
-from metacpo_rllib.optim.cpo import CPOStep, NonFiniteError, check_inputs, step_from_solution
+from metacpo_rllib.optim.cpo import (RESTORING_CASES, CPOStep, NonFiniteError, check_inputs,
+                                     step_from_solution)
 from metacpo_rllib.optim.implicit import ReverseSolve, implicit_steps
 from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
@@ -339,7 +340,7 @@ def meta_update(
         evaluate,
         delta=cfg.delta,
         constraint_value=c if cfg.constrained else None,
-        require_improvement=step.case != 0,
+        require_improvement=step.case not in RESTORING_CASES,
         steps=cfg.line_search_steps,
         decay=cfg.line_search_decay,
     )
