@@ -1,11 +1,16 @@
 """Meta-CPO as a Ray RLlib service; the RLlib names below are imported lazily (``optim``
-and ``envs`` do not import Ray)."""
+and ``envs`` do not import Ray). Importing the package is enough for Tune to know
+"MetaCPO", "MetaTRPO", "CPO" and "TRPO" (registered when Tune first asks for them)."""
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+from metacpo_rllib import _tune_hook
+
 __version__ = "0.1.0"
+
+_tune_hook.install()
 
 _RLLIB_EXPORTS = (
     "MetaCPOConfig", "MetaTRPOConfig", "CPOConfig", "TRPOConfig",

@@ -13,7 +13,10 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
+
+from metacpo_rllib import __version__, console
 
 ALGO_NAMES = ("meta-cpo", "meta-trpo", "cpo", "trpo")
 SAFETY_FAMILIES = ("PointCircle", "CarCircleHazard", "PointButton")
@@ -46,6 +49,125 @@ def add_command(name: str, help: str, configure: Callable[[argparse.ArgumentPars
 # -- shared helpers ----------------------------------------------------------------------
 class UsageError(Exception):
     """Invalid arguments: reported as one line, exit code 2."""
+
+
+# argparse ``type=`` converters: a bad value is one line naming the flag, at parse time.
+def count(low: int = 0, high: Optional[int] = None) -> Callable[[str], int]:
+    """An integer flag in ``[low, high]``."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+def number(low: Optional[float] = None, high: Optional[float] = None
+           ) -> Callable[[str], float]:
+    """A finite float flag in ``[low, high]``."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = (f">= {low:g}" if high is None else f"<= {high:g}" if low is None
+                     else f"in [{low:g}, {high:g}]")
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {value:g}")
+        return value
+    convert.__name__ = "number"
+    return convert
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object flag (``--env-config``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"horizon\": 40}}', got {text!r} "
+            f"({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def abs_path(text: str) -> str:
+    """A local path flag, made absolute against the working directory (RLlib, Tune and
+    pyarrow take relative paths for URIs); ``-`` (stdout) and URIs (``s3://...``) pass."""
+    if text == "-" or "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """``path`` is, or can be created as, a writable directory (nothing is created)."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag}: {path} exists and is not a directory")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag}: cannot create {path}: {existing} is not a directory")
+    try:  # os.access is not enough (root, read-only mounts): try a file
+        with tempfile.TemporaryFile(dir=existing, prefix=".metacpo-write-check-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot write to {existing} "
+                         f"({err.strerror or type(err).__name__})") from None
+
+
+def check_writable_file(path: Optional[str], flag: str) -> None:
+    """An output file path (``-``: stdout) can be written: its folder is writable."""
+    if path in (None, "-"):
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"{flag}: {path} is a directory, expected a file path")
+    check_writable_dir(str(Path(path).parent), flag)
+
+
+def check_checkpoint(path: str, flag: str = "--checkpoint") -> None:
+    """``path`` is an RLlib algorithm checkpoint directory (checked before Ray starts)."""
+    target = Path(path)
+    if not target.exists():
+        raise UsageError(f"{flag}: {path} does not exist")
+    if not target.is_dir():
+        raise UsageError(f"{flag}: {path} is not a directory")
+    if not (target / "rllib_checkpoint.json").is_file():
+        raise UsageError(f"{flag}: {path} is not an RLlib checkpoint "
+                         "(no rllib_checkpoint.json)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``metacpo train: error: argument --x: ...``) and
+    every flag's default shown in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already names its
+    default or there is none to show (no value, on/off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _check_counts(args: argparse.Namespace, **minimums: int) -> None:
@@ -82,6 +204,7 @@ def local_ray(num_cpus: int, address: Optional[str] = None) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+        console.reclaim_signals()
         print(f"ray: joined the cluster at {address}", file=sys.stderr, flush=True)
         try:
             yield
@@ -91,6 +214,7 @@ def local_ray(num_cpus: int, address: Optional[str] = None) -> Iterator[None]:
     temp_dir = tempfile.mkdtemp(prefix="metacpo-ray-", dir="/tmp")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+    console.reclaim_signals()
     print(f"ray: embedded local instance ({num_cpus} CPUs)", file=sys.stderr, flush=True)
     try:
         yield
@@ -131,13 +255,14 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json(report: dict[str, Any], path: Optional[str]) -> None:
+    """The report as JSON: to ``path``, or on stdout for ``-`` (only then)."""
     text = json.dumps(report, indent=2, default=_json_default)
     if path in (None, "-"):
         print(text)
     else:
         with open(path, "w") as f:
             f.write(text + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> list:
@@ -153,46 +278,64 @@ def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str
 
 
 def _add_ray_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--num-cpus", type=count(1), default=2,
+                        help="CPUs of the embedded local Ray")
     parser.add_argument("--ray-address", default=None,
                         help="join this Ray cluster (default: $RAY_ADDRESS if set, else an "
                              "embedded local Ray)")
 
 
-def _add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag: str) -> None:
-    parser.add_argument(tasks_flag, dest="tasks", type=int, default=2,
-                        help="number of held-out tasks (default 2)")
-    parser.add_argument(steps_flag, dest="steps", type=int, default=1,
-                        help="adaptation steps (default 1)")
-    parser.add_argument("--adapt-episodes", type=int, default=None,
+def _add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag: str,
+                    min_tasks: int = 0) -> None:
+    parser.add_argument(tasks_flag, dest="tasks", type=count(min_tasks), default=2,
+                        help="number of held-out tasks" + (" (0: no adaptation)"
+                                                           if min_tasks == 0 else ""))
+    parser.add_argument(steps_flag, dest="steps", type=count(0), default=1,
+                        help="adaptation steps per task (step 0 is the policy itself)")
+    parser.add_argument("--adapt-episodes", type=count(1), default=None,
                         help="episodes per task and step (default: episodes per task)")
-    parser.add_argument("--task-seed", type=int, default=12345,
-                        help="seed of the held-out task sample (default 12345)")
+    parser.add_argument("--task-seed", type=count(0), default=12345,
+                        help="seed of the held-out task sample")
     parser.set_defaults(flag_names={"tasks": tasks_flag, "steps": steps_flag})
 
 
 # -- train -------------------------------------------------------------------------------
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", required=True, help="task family, e.g. PointCircle")
-    parser.add_argument("--algo", default="meta-cpo", choices=ALGO_NAMES)
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--num-env-runners", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-dir", default=None,
-                        help="save the final algorithm state here")
-    parser.add_argument("--tasks-per-iteration", type=int, default=None,
-                        help="default: 2 on safety-gymnasium families, 4 otherwise")
-    parser.add_argument("--episodes-per-task", type=int, default=None,
-                        help="default: 1 on safety-gymnasium families, 8 otherwise")
-    parser.add_argument("--inner-steps", type=int, default=None,
-                        help="K (meta algorithms only; default 1)")
-    parser.add_argument("--train-cost-limit", type=float, default=None,
-                        help="override every training task's cost limit")
-    parser.add_argument("--cost-limit", type=float, default=None,
+    parser.add_argument("--family", required=True,
+                        help="task family: PointCircle, CarCircleHazard, PointButton, "
+                             "ConstrainedBandit or PointNav")
+    parser.add_argument("--algo", default="meta-cpo", choices=ALGO_NAMES,
+                        help="the algorithm: meta-cpo, meta-trpo (no cost constraint), "
+                             "cpo (no inner loop) or trpo (neither)")
+    parser.add_argument("--iterations", type=count(1), default=3,
+                        help="training (meta-)iterations")
+    parser.add_argument("--num-env-runners", type=count(0), default=0,
+                        help="remote EnvRunner actors sampling tasks in parallel (0: sample "
+                             "in this process)")
+    parser.add_argument("--seed", type=count(0), default=0,
+                        help="seed of the training tasks, the sampling and the policy's "
+                             "initialisation")
+    parser.add_argument("--checkpoint-dir", type=abs_path, default=None,
+                        help="save the final algorithm state to this folder (checked "
+                             "writable before training; default: no checkpoint)")
+    parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
+                        help="training tasks per iteration (default: 2 on safety-gymnasium "
+                             "families, 4 otherwise)")
+    parser.add_argument("--episodes-per-task", type=count(1), default=None,
+                        help="episodes per task and sampling round (default: 1 on "
+                             "safety-gymnasium families, 8 otherwise)")
+    parser.add_argument("--inner-steps", type=count(0), default=None,
+                        help="K, inner adaptation steps per task (meta algorithms only; "
+                             "default 1)")
+    parser.add_argument("--train-cost-limit", type=number(0), default=None,
+                        help="override every training task's cost limit (default: the "
+                             "family's train limit)")
+    parser.add_argument("--cost-limit", type=number(0), default=None,
                         help="held-out tasks' cost limit (default: the family's test limit)")
-    parser.add_argument("--env-config", type=json.loads, default={},
+    parser.add_argument("--env-config", type=json_object, default={},
                         help="family overrides as JSON, e.g. '{\"horizon\": 40}'")
-    parser.add_argument("--json", default=None, help="write a JSON report here ('-': stdout)")
+    parser.add_argument("--json", type=abs_path, default=None, metavar="FILE",
+                        help="write a JSON report to FILE ('-': stdout; default: none)")
     _add_ray_args(parser)
     _add_adapt_args(parser, "--test-tasks", "--adapt-steps")
     try:
@@ -256,6 +399,9 @@ def progress_line(results: dict[str, Any], iteration: int, total: int) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     _check_counts(args, iterations=1, tasks=0, steps=0, num_env_runners=0)
+    if args.checkpoint_dir:
+        check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    check_writable_file(args.json, "--json")
     try:
         config = build_config(args)
         config.validate()  # fail on bad flags before Ray starts
@@ -269,12 +415,14 @@ def run_train(args: argparse.Namespace) -> int:
                   f"{config.tasks_per_iteration} tasks x {config.episodes_per_task} episodes, "
                   f"K={config.update_config().inner_steps}, "
                   f"{args.num_env_runners} remote EnvRunners", flush=True)
-            for i in range(1, args.iterations + 1):
-                results = algo.train()
-                history.append(results["metacpo"])
-                if run is not None:
-                    run.log_result(results)
-                print(progress_line(results, i, args.iterations), flush=True)
+            with console.progress(args.iterations, "train", "iter") as bar:
+                for i in range(1, args.iterations + 1):
+                    results = algo.train()
+                    history.append(results["metacpo"])
+                    if run is not None:
+                        run.log_result(results)
+                    console.say(progress_line(results, i, args.iterations))
+                    bar.update(1)
             checkpoint = None
             if args.checkpoint_dir:
                 checkpoint = algo.save_to_path(args.checkpoint_dir)
@@ -298,23 +446,35 @@ def run_train(args: argparse.Namespace) -> int:
 
 # -- adapt -------------------------------------------------------------------------------
 def configure_adapt(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="an algorithm checkpoint dir")
+    parser.add_argument("--checkpoint", required=True, type=abs_path,
+                        help="an algorithm checkpoint folder (train --checkpoint-dir)")
     parser.add_argument("--family", default=None,
                         help="task family (default: the checkpoint's)")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--cost-limit", type=float, default=None,
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="which task distribution the tasks come from")
+    parser.add_argument("--cost-limit", type=number(0), default=None,
                         help="the tasks' cost limit (default: the family's for the split)")
-    parser.add_argument("--json", default=None, help="also write the JSON report here")
+    parser.add_argument("--json", type=abs_path, default=None, metavar="FILE",
+                        help="write the JSON report to FILE ('-': stdout; default: none)")
     _add_ray_args(parser)
-    _add_adapt_args(parser, "--tasks", "--steps")
+    _add_adapt_args(parser, "--tasks", "--steps", min_tasks=1)
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    _check_counts(args, tasks=1, steps=0)
+    check_checkpoint(args.checkpoint)  # before Ray (and its imports) start
+    check_writable_file(args.json, "--json")
+    if args.family is not None:
+        from metacpo_rllib.envs import FAMILIES
+
+        if args.family not in FAMILIES:
+            raise UsageError(f"--family: unknown family {args.family!r}; known: "
+                             f"{', '.join(FAMILIES)}")
+
     from ray.rllib.algorithms.algorithm import Algorithm
 
     import metacpo_rllib.rllib  # noqa: F401  (registers envs and algorithms)
 
-    _check_counts(args, tasks=1, steps=0)
     with local_ray(max(args.num_cpus, 1), args.ray_address):
         algo = Algorithm.from_checkpoint(args.checkpoint)
         try:
@@ -329,7 +489,6 @@ def run_adapt(args: argparse.Namespace) -> int:
                 f"{args.split} tasks (return / cost per adaptation step)")
         finally:
             algo.stop()
-    _write_json(report, None)
     if args.json:
         _write_json(report, args.json)
     return 0
@@ -354,10 +513,25 @@ def load_command_modules() -> None:
         module.register(add_command)
 
 
+def version_text() -> str:
+    """``metacpo --version``: this package and the versions it runs with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("ray", "torch", "mlflow"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"metacpo {__version__} ({', '.join(parts)}, python {python})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     load_command_modules()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="metacpo", description="Meta-CPO (constrained meta-RL) as a Ray RLlib service.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
@@ -365,17 +539,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand. Exit codes: 0 done, 2 invalid arguments (one line on stderr),
+    130 / 143 interrupted by Ctrl-C / SIGTERM (open MLflow runs end as KILLED)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help / --version (0) pass; errors return their code
+        if exit_.code in (0, None):
+            raise
+        return int(exit_.code) if isinstance(exit_.code, int) else 2
     args.command_line = shlex.join(["metacpo", *argv])  # recorded with results
+    console.quiet_ray_noise()
     start = time.perf_counter()
     try:
-        code = COMMANDS[args.command].run(args)
+        with console.signal_handlers():
+            code = COMMANDS[args.command].run(args)
     except UsageError as err:  # invalid settings: one clear line, no traceback
         print(f"metacpo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM / SIGHUP (Terminated)
+        ended = _end_open_runs()
+        what = getattr(interrupt, "args", None) or ("SIGINT",)
+        print(f"metacpo {args.command}: interrupted ({what[0]})"
+              + (f"; {len(ended)} open MLflow run(s) marked KILLED" if ended else ""),
+              file=sys.stderr)
+        return console.exit_code(interrupt)
     print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return code
+
+
+def _end_open_runs() -> list[str]:
+    """Mark the MLflow runs this process left open as KILLED (none without MLflow)."""
+    if "metacpo_rllib.experiments.tracking" not in sys.modules:
+        return []
+    from metacpo_rllib.experiments.tracking import end_open_runs
+
+    return end_open_runs("KILLED")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,27 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage-path", default=None,
-                        help="Tune results and checkpoints (default ./ray_results)")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    from metacpo_rllib.cli import abs_path, count
+
+    parser.add_argument("--storage-path", type=abs_path, default=None,
+                        help="Tune results and checkpoints: a folder (made absolute) or a "
+                             "URI such as s3://bucket/path (default ./ray_results)")
+    parser.add_argument("--num-cpus", type=count(1), default=2,
+                        help="CPUs of the embedded local Ray")
     parser.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+
+
+def _check_outputs(args: argparse.Namespace, files: Sequence[str] = (),
+                   folders: Sequence[str] = ()) -> None:
+    """The output paths among ``args`` can be written (before Ray starts)."""
+    from metacpo_rllib.cli import check_writable_dir, check_writable_file
+
+    for name in files:
+        check_writable_file(getattr(args, name), "--" + name.replace("_", "-"))
+    for name in folders:
+        path = getattr(args, name)
+        if path and "://" not in path:
+            check_writable_dir(path, "--" + name.replace("_", "-"))
 
 
 def _usage(err: Exception) -> Exception:
@@ -37,14 +54,18 @@ def _usage(err: Exception) -> Exception:
 
 # -- sweep -------------------------------------------------------------------------------------
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
+    from metacpo_rllib.cli import abs_path, count
+
     parser.add_argument("file", help="a sweep spec, e.g. tune_configs/smoke_pointnav.yaml")
-    parser.add_argument("--num-samples", type=int, default=None,
-                        help="repeats of every grid point (overrides tune.num_samples)")
-    parser.add_argument("--max-concurrent", type=int, default=None,
-                        help="trials at a time (overrides tune.max_concurrent)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="training iterations per trial (overrides iterations)")
-    parser.add_argument("--json", default=None, metavar="PATH",
+    parser.add_argument("--num-samples", type=count(1), default=None,
+                        help="repeats of every grid point (default: the file's "
+                             "tune.num_samples)")
+    parser.add_argument("--max-concurrent", type=count(1), default=None,
+                        help="trials at a time (default: the file's tune.max_concurrent)")
+    parser.add_argument("--iterations", type=count(1), default=None,
+                        help="training iterations per trial (default: the file's "
+                             "iterations)")
+    parser.add_argument("--json", type=abs_path, default=None, metavar="PATH",
                         help="also write the per-trial rows (with the per-step adaptation "
                         "means), the spec and provenance to this JSON file")
     add_tracking_args(parser)
@@ -57,6 +78,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from metacpo_rllib.experiments.spec import SpecError, load_spec
     from metacpo_rllib.experiments.sweep import format_rows, run_sweep, trial_rows
 
+    _check_outputs(args, files=("json",), folders=("storage_path",))
     try:
         spec = load_spec(args.file, {"tune.num_samples": args.num_samples,
                                      "tune.max_concurrent": args.max_concurrent,
@@ -104,27 +126,38 @@ def _where(experiment: str, uri: str) -> str:
 
 # -- compare -----------------------------------------------------------------------------------
 def configure_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", default=None, help="task family, e.g. PointCircle")
+    from metacpo_rllib.cli import abs_path, count, json_object, number
+
+    parser.add_argument("--family", default=None,
+                        help="task family, e.g. PointCircle (default: --config's)")
     parser.add_argument("--config", default=None,
                         help="take the settings from a spec file (e.g. tune_configs/"
-                             "pointcircle_compare.yaml); the flags below override it")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                             "pointcircle_compare.yaml); the flags below override it "
+                             "(default: none)")
+    parser.add_argument("--seeds", type=count(0), nargs="+", default=None,
                         help="training seeds (default 0 1 2)")
-    parser.add_argument("--iterations", type=int, default=None, help="default 3")
-    parser.add_argument("--test-tasks", type=int, default=None, help="default 2")
-    parser.add_argument("--adapt-steps", type=int, default=None, help="default 1")
-    parser.add_argument("--tasks-per-iteration", type=int, default=None,
-                        help="default: 2 on safety-gymnasium families, 4 otherwise")
-    parser.add_argument("--episodes-per-task", type=int, default=None,
-                        help="default: 1 on safety-gymnasium families, 8 otherwise")
-    parser.add_argument("--train-cost-limit", type=float, default=None,
+    parser.add_argument("--iterations", type=count(1), default=None,
+                        help="training iterations per run (default 3)")
+    parser.add_argument("--test-tasks", type=count(0), default=None,
+                        help="held-out test tasks (default 2)")
+    parser.add_argument("--adapt-steps", type=count(0), default=None,
+                        help="adaptation steps per test task (default 1)")
+    parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
+                        help="training tasks per iteration (default: 2 on "
+                             "safety-gymnasium families, 4 otherwise)")
+    parser.add_argument("--episodes-per-task", type=count(1), default=None,
+                        help="episodes per task and sampling round (default: 1 on "
+                             "safety-gymnasium families, 8 otherwise)")
+    parser.add_argument("--train-cost-limit", type=number(0), default=None,
                         help="training tasks' limit (default: the family's train limit)")
-    parser.add_argument("--test-cost-limit", type=float, default=None,
+    parser.add_argument("--test-cost-limit", type=number(0), default=None,
                         help="test tasks' limit (default: the family's tighter test limit)")
-    parser.add_argument("--env-config", type=json.loads, default=None,
-                        help="family overrides as JSON, e.g. '{\"horizon\": 40}'")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="trials at a time")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--env-config", type=json_object, default=None,
+                        help="family overrides as JSON, e.g. '{\"horizon\": 40}' "
+                             "(default: none)")
+    parser.add_argument("--max-concurrent", type=count(1), default=None,
+                        help="trials at a time (default: as many as the CPUs allow)")
+    parser.add_argument("--out", type=abs_path, default=None,
                         help="report folder (default ./compare_<family>)")
     add_tracking_args(parser)
     _ray_args(parser)
@@ -153,8 +186,8 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
         raise SpecError("--family: required (or --config FILE)")
     training = {**family_defaults(args.family),
                 **{k: v for k, v in training.items() if v is not None}}
-    spec = compare_spec(args.family, seeds=args.seeds or (0, 1, 2),
-                        iterations=args.iterations or 3,
+    spec = compare_spec(args.family, seeds=(0, 1, 2) if args.seeds is None else args.seeds,
+                        iterations=3 if args.iterations is None else args.iterations,
                         test_tasks=2 if args.test_tasks is None else args.test_tasks,
                         adapt_steps=1 if args.adapt_steps is None else args.adapt_steps,
                         training=training, env_config=args.env_config,
@@ -174,7 +207,9 @@ def run_compare_command(args: argparse.Namespace) -> int:
     except SpecError as err:
         raise _usage(err) from None
     uri = tracking.resolve_tracking_uri(args.mlflow_uri)
-    out = args.out or f"compare_{spec.family}"
+    out = args.out or os.path.abspath(f"compare_{spec.family}")
+    args.out = out
+    _check_outputs(args, folders=("out", "storage_path"))
     print(f"compare {', '.join(spec.algorithms)} on {spec.family}: seeds "
           f"{spec.grid.get('seed')}, {spec.iterations} iterations, then "
           f"{spec.adaptation.adapt_steps} adaptation step(s) on "
@@ -192,11 +227,14 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
 # -- ui --------------------------------------------------------------------------------------
 def configure_ui(parser: argparse.ArgumentParser) -> None:
+    from metacpo_rllib.cli import count
+
     parser.add_argument("--mlflow-uri", default=None,
                         help="backend store (default: $MLFLOW_TRACKING_URI, else "
                              f"{tracking.DEFAULT_TRACKING_URI})")
-    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (local only)")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=count(1, 65535), default=5000, help="port to serve on")
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -217,10 +255,60 @@ def run_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)",
           flush=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Its own process group: the server and every worker it starts are stopped together,
+    # whether this command ends by Ctrl-C, SIGTERM (console.Terminated) or the server's exit.
+    server = subprocess.Popen(ui_command(uri, args.host, args.port), env=env,
+                              start_new_session=True)
     try:
-        return subprocess.call(ui_command(uri, args.host, args.port), env=env)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        stop_process_group(server)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid`` (Linux ``/proc``; elsewhere
+    [pgid] while the group exists)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def stop_process_group(server: "subprocess.Popen[Any]", timeout: float = 10.0) -> None:
+    """SIGTERM to the whole process group led by ``server`` (started with
+    ``start_new_session``), SIGKILL to what is left after ``timeout`` seconds."""
+    import signal
+    import time
+
+    pgid = server.pid
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if server.poll() is not None and not _group_members(pgid):
+                return
+            time.sleep(0.1)
+    server.poll()
 
 
 # -- registration ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -226,6 +227,9 @@ class RunRecorder:
         self.report: Optional[dict[str, Any]] = None
         self.pending: list[Any] = []  # metrics not yet accepted by the store
         self.unsent_path: Optional[Path] = None
+        self.finished = False
+        if run_id:
+            _OPEN_RECORDERS[id(self)] = self
 
     def _send(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """A resumable tracking call of this run (skipped if there is no run)."""
@@ -290,6 +294,8 @@ class RunRecorder:
         """Send queued metrics, log the run plot (training curves and adaptation) and close
         the run. Metrics the store never took are written to ``UNSENT_FILE`` (JSON) in the
         working directory."""
+        self.finished = True
+        _OPEN_RECORDERS.pop(id(self), None)
         self._log_metrics([])
         if self.history or self.report:
             self._send(self._log_plot)
@@ -313,6 +319,26 @@ class RunRecorder:
             self.client.log_artifact(self.run_id, str(path), "plots")
 
 
+#: Recorders whose run is still open in this process (``end_open_runs`` closes them).
+#: Weak: a recorder dropped without ``finish`` (e.g. a comparison's parent, closed with
+#: ``set_terminated``) leaves with it; on an interrupt the traceback keeps it alive.
+_OPEN_RECORDERS: "weakref.WeakValueDictionary[int, RunRecorder]" = weakref.WeakValueDictionary()
+
+
+def end_open_runs(status: str = "KILLED") -> list[str]:
+    """Close every run this process opened and has not finished (e.g. a comparison's
+    parent and trial runs when the command is interrupted) with ``status``, even one
+    already marked FAILED by a ``finally`` block on the way out. Returns their run ids."""
+    ended = []
+    for key, recorder in list(_OPEN_RECORDERS.items()):
+        _OPEN_RECORDERS.pop(key, None)
+        recorder.finished = True
+        recorder.guard.call(recorder.client.set_terminated, recorder.run_id, status)
+        if not recorder.guard.disabled:
+            ended.append(recorder.run_id)
+    return ended
+
+
 def plain(value: Any) -> Any:
     """JSON fallback for numpy scalars and the like."""
     return value.item() if hasattr(value, "item") else str(value)
@@ -331,7 +357,7 @@ def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
     a RunRecorder (``log_result(algo.train() result)``, ``log_adaptation(report)``,
     ``log_checkpoint(path)``), and on exit logs the run plot and closes the run (FAILED if
     the block raised). An unreachable or failing store gives one TrackingWarning; the block
-    runs all the same.
+    runs all the same. An interrupted block (Ctrl-C, SIGTERM) closes the run as KILLED.
     """
     from mlflow.tracking import MlflowClient
 
@@ -354,6 +380,9 @@ def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
     recorder.log_params({**training_params(config), **(params or {})})
     try:
         yield recorder
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through console.Terminated
+        recorder.finish("KILLED")
+        raise
     except BaseException:
         recorder.finish("FAILED")
         raise

@@ -1,0 +1,135 @@
+"""Console helpers of the ``metacpo`` CLI: quieter Ray start-up, progress bars, signals.
+
+Nothing here imports Ray: the filters attach to Ray's loggers by name, so they are in
+place before Ray is imported.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from typing import Any, Iterable, Iterator, Optional
+
+#: Known start-up noise of Ray / RLlib 2.60 on this package's code path:
+#: logger name -> substrings of messages that are dropped (nothing else from it is).
+NOISE: dict[str, tuple[str, ...]] = {
+    # "You are running MetaCPO on the new API stack! This is the new default ..."
+    "ray.rllib.algorithms.algorithm_config": ("on the new API stack!",),
+    # RLlib builds its RLModules through the deprecated RLModuleConfig path itself.
+    "ray._common.deprecation": ("RLModule(config=",),
+    # Tune's system monitor, on a machine without GPUs.
+    "ray.tune.utils.util": ("Install gputil",),
+}
+
+#: Python warnings of the same kind (category, message regex).
+NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, r".*RLModuleConfig.*"),
+)
+
+
+class _DropKnownNoise(logging.Filter):
+    """Drops a logger's records whose message contains one of ``needles``."""
+
+    def __init__(self, needles: Iterable[str]) -> None:
+        super().__init__()
+        self.needles = tuple(needles)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a malformed record is not ours to judge)
+            return True
+        return not any(n in message for n in self.needles)
+
+
+def quiet_ray_noise() -> None:
+    """Drop the known Ray / RLlib start-up noise (``NOISE``, ``NOISY_WARNINGS``) in this
+    process; every other message, warnings included, still shows. Idempotent."""
+    for name, needles in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+            logger.addFilter(_DropKnownNoise(needles))
+    for category, message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+# -- progress bars ------------------------------------------------------------------------------
+def progress(total: Optional[int], desc: str, unit: str = "it") -> Any:
+    """A tqdm progress bar with ETA on stderr; shown only on a terminal (off when stderr is
+    not a TTY, e.g. in CI logs or when piped; ``TQDM_DISABLE=1`` turns it off too)."""
+    from tqdm.auto import tqdm
+
+    disable = None if not os.environ.get("TQDM_DISABLE") else True
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
+                dynamic_ncols=True, leave=False)
+
+
+def say(text: str) -> None:
+    """Print a line on stdout without breaking an open progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
+
+# -- signals ------------------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM / SIGHUP: unwinds like Ctrl-C (``finally``
+    blocks run, Ray shuts down, open MLflow runs end as KILLED)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    # A second signal while unwinding ends the process the default way.
+    signal.signal(signum, signal.SIG_DFL)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signal_handlers() -> Iterator[None]:
+    """While open, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread
+    (SIGINT already raises KeyboardInterrupt), and Tune leaves Ctrl-C alone instead of
+    turning it into a graceful stop, so that an interrupted sweep ends the same way.
+    The previous handlers are restored afterwards; off the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in signals}
+    _active.append(signals)
+    tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        _active.pop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if tune_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_env
+
+
+_active: list[list[int]] = []  # the signals of the open signal_handlers() blocks
+
+
+def reclaim_signals() -> None:
+    """Put the handlers of an open :func:`signal_handlers` block back (``ray.init`` sets
+    its own SIGTERM handler, a plain ``sys.exit``, in the driver)."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for sig in _active[-1]:
+            signal.signal(sig, _raise_terminated)
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The shell's convention: 128 + the signal number (130 for Ctrl-C)."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
