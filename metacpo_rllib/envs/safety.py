@@ -47,6 +47,7 @@ import yaml
 
 from metacpo_rllib.envs import compat
 from metacpo_rllib.envs.base import Task, TaskEnv, TaskFamily, check_range
+from metacpo_rllib.envs.fast_step import FastStep
 
 compat.apply()
 
@@ -177,16 +178,29 @@ class _Builder(Builder):
 
     With ``lean_world`` the task gets a :class:`_LeanWorld` up front, so ``Underlying._build``
     takes its rebuild path from the first reset on (the stock path creates the World at the
-    first reset and builds it twice).
+    first reset and builds it twice). With ``fast_step`` every step is :class:`FastStep`'s,
+    whose outputs equal the stock step's bitwise (``fast_step=False``: the stock step).
     """
 
     def __init__(self, task_factory: Callable[[dict], BaseTask], agent: str,
-                 lean_world: bool = True, **kwargs: Any) -> None:
+                 lean_world: bool = True, fast_step: bool = False, **kwargs: Any) -> None:
         self._task_factory = task_factory
         self._lean_world = lean_world
         with warnings.catch_warnings():  # gymnasium Box: float32 bounds cast to float64 dtype
             warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
             super().__init__(task_id=f"metacpo-{agent}", config={"agent_name": agent}, **kwargs)
+        self._fast = FastStep(self) if fast_step else None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        out = super().reset(seed=seed, options=options)
+        if self._fast is not None:
+            self._fast.refresh()  # every reset compiles a new model
+        return out
+
+    def step(self, action: np.ndarray):
+        if self._fast is None:
+            return super().step(action)
+        return self._fast.step(action)
 
     def _get_task(self) -> BaseTask:
         task = self._task_factory(self.config)
@@ -214,7 +228,7 @@ class SafetyTaskEnv(TaskEnv):
     def __init__(self, family: "_SafetyFamily", render_mode: str | None = None) -> None:
         self.family = family
         self._sg = _Builder(family._task_factory, family.agent, lean_world=family.lean_world,
-                            render_mode=render_mode)
+                            fast_step=family.fast_step, render_mode=render_mode)
         self._sg.set_seed(_entropy_seed())
         obs, act = self._sg.observation_space, self._sg.action_space
         self.observation_space = gym.spaces.Box(obs.low.astype(np.float32),
@@ -268,19 +282,24 @@ def _check_count(params: Mapping[str, Any], key: str, low: int, high: int = MAX_
 
 
 class _SafetyFamily(TaskFamily):
-    """Shared plumbing: agent name, task factory, ``max_episode_steps`` and ``lean_world``."""
+    """Shared plumbing: agent name, task factory, ``max_episode_steps``, ``lean_world`` and
+    ``fast_step`` (the stock step's outputs, bitwise, in a fraction of its time; ``False``:
+    safety-gymnasium's own step)."""
 
     agent: str = ""
     default_episode_steps: int = 500
 
     def __init__(self, max_episode_steps: int | None = None, lean_world: bool = True,
-                 **limits: float) -> None:
+                 fast_step: bool = True, **limits: float) -> None:
         super().__init__(**limits)
         steps = self.default_episode_steps if max_episode_steps is None else max_episode_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"max_episode_steps: expected a positive integer, got {steps!r}")
         self.max_episode_steps = int(steps)
         self.lean_world = bool(lean_world)
+        if not isinstance(fast_step, bool):
+            raise ValueError(f"fast_step: expected a bool, got {fast_step!r}")
+        self.fast_step = fast_step
 
     def _task_factory(self, config: dict) -> BaseTask:
         raise NotImplementedError
@@ -322,7 +341,10 @@ class PointCircleFamily(_CircleFamily):
     param_keys = ("radius", "factor")
     agent = "Point"
     RANGES = {"train": {"radius": (1.0, 1.5), "factor": (0.55, 0.75)},
-              "test": {"radius": (2.0, 2.5), "factor": (0.55, 0.65)}}
+              "test": {"radius": (2.0, 2.5), "factor": (0.55, 0.65)},
+              # the training circles, walls at radius·factor in (0.28, 0.54): closer than
+              # every training wall (>= 0.55), beyond the start square (> 0.25)
+              "test_tight": {"radius": (1.0, 1.5), "factor": (0.28, 0.36)}}
 
     def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
         ranges = self.RANGES[split]
@@ -346,7 +368,10 @@ class CarCircleHazardFamily(_CircleFamily):
     RANGES = {"train": {"radius": (1.0, 1.5), "factor": (0.55, 0.75), "num_hazards": (4, 6),
                         "hazard_extent": 1.4},
               "test": {"radius": (1.5, 2.0), "factor": (0.55, 0.65), "num_hazards": (10, 12),
-                       "hazard_extent": 1.8}}
+                       "hazard_extent": 1.8},
+              # the training layout with about twice the training hazards in the same area
+              "test_tight": {"radius": (1.0, 1.5), "factor": (0.55, 0.75),
+                             "num_hazards": (9, 11), "hazard_extent": 1.4}}
 
     def __init__(self, hazard_keepout: float = CIRCLE_HAZARD_KEEPOUT, **overrides: Any) -> None:
         super().__init__(**overrides)
@@ -386,7 +411,9 @@ class PointButtonFamily(_SafetyFamily):
     agent = "Point"
     default_episode_steps = 1000
     RANGES = {"train": {"extent": (1.75, 2.0), "num_buttons": (3, 6), "extra_hazards": 3},
-              "test": {"extent": (2.6, 2.9), "num_buttons": (6, 10), "extra_hazards": 6}}
+              "test": {"extent": (2.6, 2.9), "num_buttons": (6, 10), "extra_hazards": 6},
+              # the training arena and buttons with 9 extra hazards instead of 3
+              "test_tight": {"extent": (1.75, 2.0), "num_buttons": (3, 6), "extra_hazards": 9}}
 
     def _task_factory(self, config: dict) -> BaseTask:
         return _ButtonTask(config, self.max_episode_steps)
