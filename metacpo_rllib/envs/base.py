@@ -9,7 +9,11 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
+#: The splits of every family: the training distribution and the paper's held-out test one.
 SPLITS = ("train", "test")
+#: The held-out split whose constraint is tighter than anything in training (families that
+#: have it list it in ``splits``): a trained policy violates there at first and has to adapt.
+TIGHT_SPLIT = "test_tight"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +120,30 @@ class TaskEnv(gym.Env):
 
 
 class TaskFamily(ABC):
-    """A named distribution of tasks with a train and a test split.
+    """A named distribution of tasks with a train and a test split (and possibly more
+    held-out splits, e.g. :data:`TIGHT_SPLIT`; ``splits`` lists them).
 
     Subclasses define ``name``, ``param_keys`` and ``_sample_params``/``_make_env`` and may
-    override ``validate_params``. ``sample_tasks`` is reproducible for a given seed.
+    override ``validate_params``. ``sample_tasks`` is reproducible for a given seed. The
+    splits are the keys of the class's ``RANGES`` dict when it has one, else
+    :data:`SPLITS` plus ``extra_splits``. Every held-out split uses the test cost limit.
     """
 
     name: str = ""
     param_keys: tuple[str, ...] = ()
+    extra_splits: tuple[str, ...] = ()
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The names of the family's task splits ("train" first)."""
+        ranges = getattr(self, "RANGES", None)
+        if isinstance(ranges, Mapping):
+            return tuple(ranges)
+        return SPLITS + tuple(self.extra_splits)
+
+    def cost_limit_of(self, split: str) -> float:
+        """The default cost limit of ``split`` (held-out splits: the test limit)."""
+        return self.cost_limits["train" if split == "train" else "test"]
 
     def __init__(self, train_cost_limit: float = 10.0, test_cost_limit: float = 5.0) -> None:
         self.cost_limits = {
@@ -152,14 +172,15 @@ class TaskFamily(ABC):
         cost_limit: float | None = None,
     ) -> list[Task]:
         """Sample ``n`` tasks of ``split``; the same seed gives the same tasks."""
-        if split not in SPLITS:
-            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if split not in self.splits:
+            raise ValueError(f"split: expected one of {self.splits}, got {split!r}")
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n: expected a positive integer, got {n!r}")
-        limit = self.cost_limits[split] if cost_limit is None else check_cost_limit(cost_limit)
+        limit = self.cost_limit_of(split) if cost_limit is None else check_cost_limit(cost_limit)
         rng = np.random.default_rng(seed)
-        # Task ids: distinct between splits so train and test tasks never share an id.
-        base = 0 if split == "train" else 1_000_000
+        # Task ids: distinct between splits so tasks of two splits never share an id
+        # (train 0.., test 1_000_000.., the next split 2_000_000.., ...).
+        base = 1_000_000 * self.splits.index(split)
         tasks = []
         for i in range(int(n)):
             params = {k: _plain(v) for k, v in self._sample_params(rng, split).items()}
@@ -182,8 +203,8 @@ class TaskFamily(ABC):
         if missing:
             raise ValueError(f"task.params: missing keys {sorted(missing)} for {self.name}")
         check_cost_limit(task.cost_limit, "task.cost_limit")
-        if task.split not in SPLITS:
-            raise ValueError(f"task.split: expected one of {SPLITS}, got {task.split!r}")
+        if task.split not in self.splits:
+            raise ValueError(f"task.split: expected one of {self.splits}, got {task.split!r}")
         self.validate_params(task.params)
         return task
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from metacpo_rllib.envs.base import Task, TaskEnv, TaskFamily, check_range
+from metacpo_rllib.envs.base import TIGHT_SPLIT, Task, TaskEnv, TaskFamily, check_range
 
 
 class _ToyEnv(TaskEnv):
@@ -183,10 +183,15 @@ class PointNavEnv(_ToyEnv):
 class PointNavFamily(TaskFamily):
     """Navigation tasks: goal at distance U(0.8, 1.2) (train) / U(1.2, 1.5) (test) in a
     random direction; a hazard disk of radius U(0.3, 0.4) (train) / U(0.4, 0.5) (test)
-    near the straight path, at U(0.4, 0.6) of the way with a small sideways offset."""
+    near the straight path, at U(0.4, 0.6) of the way with a small sideways offset.
+    ``test_tight``: a hazard of radius U(0.55, 0.65), larger than any seen in training,
+    on the straight path (offset U(-0.05, 0.05)) with its edge 0.05-0.15 from the start,
+    and the goal 0.1-0.3 beyond its far edge: the straight path crosses the hazard for
+    more than a diameter (> 20 steps, h = 5), going around it takes most of the horizon."""
 
     name = "PointNav"
     param_keys = ("goal_x", "goal_y", "hazard_x", "hazard_y", "hazard_radius")
+    extra_splits = (TIGHT_SPLIT,)
 
     def __init__(self, horizon: int = 60, max_speed: float = 0.05, **limits: float) -> None:
         super().__init__(**limits)
@@ -197,10 +202,23 @@ class PointNavFamily(TaskFamily):
         self.horizon, self.max_speed = horizon, float(max_speed)
 
     def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
+        if split == TIGHT_SPLIT:
+            radius = rng.uniform(0.55, 0.65)
+            angle = rng.uniform(0.0, 2 * math.pi)
+            along, side = radius + rng.uniform(0.05, 0.15), rng.uniform(-0.05, 0.05)
+            dist = along + radius + rng.uniform(0.1, 0.3)
+            return self._layout(dist, radius, angle, along, side)
         dist = rng.uniform(0.8, 1.2) if split == "train" else rng.uniform(1.2, 1.5)
         radius = rng.uniform(0.3, 0.4) if split == "train" else rng.uniform(0.4, 0.5)
         angle = rng.uniform(0.0, 2 * math.pi)
         along, side = rng.uniform(0.4, 0.6) * dist, rng.uniform(-0.1, 0.1)
+        return self._layout(dist, radius, angle, along, side)
+
+    @staticmethod
+    def _layout(dist: float, radius: float, angle: float, along: float, side: float
+                ) -> dict[str, Any]:
+        """Goal at ``dist`` in direction ``angle``; hazard ``along`` that direction and
+        ``side`` across it."""
         ux, uy = math.cos(angle), math.sin(angle)
         return {"goal_x": round(dist * ux, 4), "goal_y": round(dist * uy, 4),
                 "hazard_x": round(along * ux - side * uy, 4),

@@ -1,6 +1,7 @@
 """MetaCPO(Algorithm) and its variants: per meta-iteration, K + 1 sampling rounds, then meta_update."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -19,7 +20,8 @@ from ray.rllib.utils.metrics import (
 
 from metacpo_rllib.envs.base import Task
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
-from metacpo_rllib.rllib.episodes import sample_jobs
+from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_stats
+from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
 from metacpo_rllib.rllib.registry import register_envs
 
@@ -66,7 +68,7 @@ class MetaCPO(Algorithm):
 
     def training_step(self) -> None:
         tasks = self.sample_train_tasks()
-        rounds, placements, times = self._run_rounds(
+        rounds, placements, times, _ = self._run_rounds(
             tasks, self.config.update_config().inner_steps + 1, "add_round")
         start = time.perf_counter()
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
@@ -84,13 +86,31 @@ class MetaCPO(Algorithm):
 
     # -- test-time adaptation ----------------------------------------------------------------
     def adapt(self, tasks: Sequence[Task | Mapping[str, Any]], steps: int = 1,
-              episodes_per_task: Optional[int] = None) -> dict[str, Any]:
+              episodes_per_task: Optional[int] = None, eval_episodes: int = 20,
+              deterministic: bool = False, eval_seed: int = 0) -> dict[str, Any]:
         """Adapt θ to each task for ``steps`` updates and measure every step.
 
         Step 0 is θ itself; step s samples with the parameters after s adaptation steps
         (optim ``adaptation_step``: the inner step for meta algorithms, the CPO/TRPO
-        update otherwise). θ is unchanged afterwards. Returns per task the return, cost and
-        violation at each step, plus their means over tasks.
+        update otherwise). θ is unchanged afterwards.
+
+        Two measurements per task and step. The *learning batch* (``episodes_per_task``
+        episodes, default the config's) is what the step learns from: its mean return and
+        cost are reported as ``return`` / ``cost`` / ``violation`` (and ``mean_return`` /
+        ``mean_cost`` / ``violation_rate`` over tasks); they are noisy and the step is fit
+        to them. The *evaluation* (``eval_episodes`` fresh episodes, 0: off) is the honest
+        figure: sampled on the EnvRunners beside the batch, with sampled actions (the
+        deployed policy; ``deterministic=True`` also evaluates the mean action, under
+        ``eval_mean_action``), and with common random numbers: episode i of a task gets the
+        same env seed and action noise at every step, for every algorithm and training
+        seed, given ``eval_seed`` (``episodes.evaluation_seed``), never a seed of a learning
+        batch. Per task ``eval`` holds per step ``return``, ``cost``, ``cost_se``,
+        ``cost_ucb`` (one-sided 95%, ``evaluation_stats``), ``within_limit`` (mean ≤ h),
+        ``certified`` (upper bound ≤ h) and the per-episode ``episode_cost``; ``ledger``
+        holds per adaptation step the predicted cost change (bᵀx × the accepted
+        line-search fraction), the change realised on the evaluation episodes (paired, with
+        its standard error), the CPO case and the KL (``evaluation_stats.calibration_table``
+        tabulates it). The report's ``eval`` holds the means over tasks per step.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
@@ -99,46 +119,133 @@ class MetaCPO(Algorithm):
                 or episodes_per_task < 1):
             raise ValueError(f"episodes_per_task: expected an integer >= 1, "
                              f"got {episodes_per_task!r}")
+        if isinstance(eval_episodes, bool) or not isinstance(eval_episodes, int) \
+                or eval_episodes < 0:
+            raise ValueError(f"eval_episodes: expected an integer >= 0, got {eval_episodes!r}")
+        if isinstance(eval_seed, bool) or not isinstance(eval_seed, int) or eval_seed < 0:
+            raise ValueError(f"eval_seed: expected an integer >= 0, got {eval_seed!r}")
+        if not isinstance(deterministic, bool):
+            raise ValueError(f"deterministic: expected a bool, got {deterministic!r}")
         tasks = [self.family.validate_task(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: need at least one task")
-        rounds, _, times = self._run_rounds(tasks, steps + 1, "adapt_round", episodes_per_task)
+        modes = [] if eval_episodes == 0 else [False, True] if deterministic else [False]
+        evaluation = EvalPlan(eval_episodes, eval_seed, tuple(modes))
+        rounds, _, times, extra = self._run_rounds(
+            tasks, steps + 1, "adapt_round", episodes_per_task, evaluation)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
         for i, task in enumerate(tasks):
             ret = [_get(r[i], "mean_return") for r in rounds]
             cost = [_get(r[i], "mean_cost") for r in rounds]
-            per_task.append({"task": task.to_dict(), "task_id": task.task_id,
-                             "cost_limit": task.cost_limit, "return": ret, "cost": cost,
-                             "violation": [bool(c > task.cost_limit) for c in cost]})
+            entry = {"task": task.to_dict(), "task_id": task.task_id,
+                     "cost_limit": task.cost_limit, "return": ret, "cost": cost,
+                     "violation": [bool(c > task.cost_limit) for c in cost],
+                     "batch_episodes": [None if r[i] is None else int(r[i]["num_episodes"])
+                                        for r in rounds]}
+            for mode in modes:
+                key = "eval_mean_action" if mode else "eval"
+                entry[key] = task_evaluation([e[mode][i] for e in extra["eval"]],
+                                             task.cost_limit)
+            if modes:
+                entry["ledger"] = ledger(entry["eval"], [st[i] for st in extra["steps"]],
+                                         cost)
+            per_task.append(entry)
 
         def mean(key: str, s: int) -> float:
             values = [float(t[key][s]) for t in per_task if not math.isnan(t["cost"][s])]
             return float(np.mean(values)) if values else math.nan
 
-        return {
+        report = {
             "algorithm": type(self).__name__, "family": self.family.name,
             "steps": list(range(steps + 1)), "tasks": per_task,
+            # learning-batch figures (what each step learned from)
+            "batch_episodes": int(episodes_per_task or self.config.episodes_per_task),
             "mean_return": [mean("return", s) for s in range(steps + 1)],
             "mean_cost": [mean("cost", s) for s in range(steps + 1)],
             "violation_rate": [mean("violation", s) for s in range(steps + 1)],
             "time_s": times,
         }
+        for mode in modes:
+            key = "eval_mean_action" if mode else "eval"
+            report[key] = evaluation_means([t[key] for t in per_task], steps + 1,
+                                           eval_episodes, eval_seed, mode)
+        return report
+
+    # -- training evaluation ------------------------------------------------------------------
+    @classmethod
+    def _should_create_evaluation_env_runners(cls, eval_config: Any) -> bool:
+        """No separate evaluation EnvRunners: evaluation runs on the training EnvRunners,
+        between iterations, when they are idle."""
+        return False
+
+    def evaluation_tasks(self) -> list[Task]:
+        """The fixed training tasks θ is evaluated on every ``evaluation_interval``
+        iterations (``evaluation_num_tasks`` tasks of the train split, drawn with
+        ``evaluation_seed``; the training cost limit)."""
+        return self.family.sample_tasks(self.config.evaluation_num_tasks, "train",
+                                        seed=self.config.evaluation_seed,
+                                        cost_limit=self.config.cost_limit)
+
+    def evaluate(self, parallel_train_future: Any = None, **_: Any) -> dict[str, Any]:
+        """Evaluate θ on :meth:`evaluation_tasks`, ``evaluation_duration`` episodes per task
+        (sampled actions, common random numbers as in :meth:`adapt`, seed
+        ``evaluation_seed``). In ``algo.train()``'s result under ``evaluation``:
+        ``mean_cost`` / ``mean_return`` (means over tasks), ``cost_se`` and ``cost_ucb`` of
+        the task-averaged cost (one-sided 95%), ``cost_limit``, ``meets_limit`` (1: the
+        task-averaged evaluation cost is within the limit), ``certified`` (1: its upper
+        bound is), ``within_limit_rate`` / ``certified_rate`` (fractions of tasks) and
+        ``per_task`` lists."""
+        tasks = self.evaluation_tasks()
+        theta = self._learner_call("theta_weights")
+        start = time.perf_counter()
+        plan = EvalPlan(int(self.config.evaluation_duration), int(self.config.evaluation_seed),
+                        (False,))
+        results = self._run_jobs(plan.jobs(tasks, [theta] * len(tasks), 0, False), tasks)
+        per_task = [results[i] for i in range(len(tasks))]
+        bound = _cost_bound(per_task)
+        stats = [cost_stats(r["costs"], bound) for r in per_task]
+        limits = [float(t.cost_limit) for t in tasks]
+        pooled = pooled_cost_stats([r["costs"] for r in per_task], bound)
+        limit = float(np.mean(limits))
+        return {
+            "mean_cost": pooled.mean,
+            "mean_return": float(np.mean([np.mean(r["returns"]) for r in per_task])),
+            "cost_se": pooled.se, "cost_ucb": pooled.ucb, "cost_limit": limit,
+            "meets_limit": float(pooled.within(limit)),
+            "certified": float(pooled.certified(limit)),
+            "within_limit_rate": float(np.mean([s.within(h) for s, h in zip(stats, limits)])),
+            "certified_rate": float(np.mean([s.certified(h) for s, h in zip(stats, limits)])),
+            "num_tasks": len(tasks), "episodes_per_task": plan.episodes,
+            "env_steps": int(sum(r["num_env_steps"] for r in per_task)),
+            "time_s": time.perf_counter() - start,
+            "per_task": {"task_id": [t.task_id for t in tasks], "cost_limit": limits,
+                         "cost": [s.mean for s in stats], "cost_se": [s.se for s in stats],
+                         "cost_ucb": [s.ucb for s in stats],
+                         "return": [float(np.mean(r["returns"])) for r in per_task]},
+        }
 
     # -- the sampling rounds -------------------------------------------------------------------
     def _run_rounds(self, tasks: Sequence[Task], num_rounds: int, learner_method: str,
-                    episodes_per_task: Optional[int] = None
-                    ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]], dict[str, float]]:
+                    episodes_per_task: Optional[int] = None,
+                    evaluation: Optional["EvalPlan"] = None,
+                    ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]],
+                               dict[str, float], dict[str, list]]:
         """Sample every task ``num_rounds`` times, each round with the weights the
         Learner returned for the task in the previous round (θ in round 0).
 
         Returns the Learner's per-task batch summaries of each round (None: task dropped),
-        the (EnvRunner index, Ray node id) that sampled each task (last round) and the time
-        split.
+        the (EnvRunner index, Ray node id) that sampled each task (last round), the time
+        split and ``{"eval": [...], "steps": [...]}``: per round, the evaluation results of
+        each mode of ``evaluation`` (sampled together with the round's batches, with the
+        same weights) and the Learner's per-task step records (adaptation only).
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
+        extra: dict[str, list] = {"eval": [], "steps": []}
+        if evaluation is not None and evaluation.modes:
+            times.update(eval_env_steps=0)
         theta = self._learner_call("begin", num_tasks=len(tasks))
         weights: list[Optional[dict]] = [theta] * len(tasks)
         rounds, placements = [], [(-1, "")] * len(tasks)
@@ -146,7 +253,19 @@ class MetaCPO(Algorithm):
             start = time.perf_counter()
             seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(tasks))]
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
+                if evaluation is None or not evaluation.modes:
+                    samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
+                else:
+                    jobs = _learning_jobs(tasks, weights, num_eps, seeds)
+                    for m, mode in enumerate(evaluation.modes):
+                        jobs += evaluation.jobs(tasks, weights, (m + 1) * len(tasks), mode)
+                    results = self._run_jobs(jobs, [*tasks] * (len(evaluation.modes) + 1))
+                    samples = [results.get(i) for i in range(len(tasks))]
+                    extra["eval"].append({
+                        mode: [results.get((m + 1) * len(tasks) + i) for i in range(len(tasks))]
+                        for m, mode in enumerate(evaluation.modes)})
+                    times["eval_env_steps"] += sum(
+                        r["num_env_steps"] for j, r in results.items() if j >= len(tasks))
             times["sample_s"] += time.perf_counter() - start
             for i, sample in enumerate(samples):
                 if sample is not None:
@@ -162,9 +281,11 @@ class MetaCPO(Algorithm):
                                              update=k < num_rounds - 1)
             times["learner_s"] += time.perf_counter() - start
             rounds.append(out["summaries"])
+            if "steps" in out:
+                extra["steps"].append(out["steps"])
             # A task stays in the next round only if it got (adapted) weights.
             weights = out["weights"] if k < num_rounds - 1 else weights
-        return rounds, placements, times
+        return rounds, placements, times, extra
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
                         num_episodes: int, seeds: Optional[Sequence[int]] = None
@@ -180,9 +301,14 @@ class MetaCPO(Algorithm):
         noise, so a re-sent job samples the same episodes and a restored checkpoint
         continues the same stream.
         """
-        jobs = [{"job": i, "task": task.to_dict(), "weights": w, "num_episodes": num_episodes,
-                 "seed": None if seeds is None else int(seeds[i])}
-                for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
+        results = self._run_jobs(_learning_jobs(tasks, weights, num_episodes, seeds), tasks)
+        return [results.get(i) for i in range(len(tasks))]
+
+    def _run_jobs(self, jobs: Sequence[dict[str, Any]], tasks: Sequence[Task]
+                  ) -> dict[int, dict]:
+        """Run sampling jobs (``episodes.sample_jobs``) on the EnvRunners as
+        :meth:`sample_episodes` describes; job j samples ``tasks[j]``. Returns the results
+        by job index."""
         results: dict[int, dict] = {}
         group = self.env_runner_group
         if group.num_remote_env_runners() == 0:
@@ -219,7 +345,7 @@ class MetaCPO(Algorithm):
                 raise RuntimeError(f"task {tasks[i].task_id} was sent to EnvRunner "
                                    f"{result['worker_index']} but its episodes carry task ids "
                                    f"{sorted(seen)}")
-        return [results.get(i) for i in range(len(tasks))]
+        return results
 
     def _learner_call(self, method: str, **kwargs: Any) -> Any:
         """Call ``method`` of the (single) Learner with ``kwargs`` and return its result."""
@@ -287,6 +413,101 @@ class TRPO(MetaCPO):
     @classmethod
     def get_default_config(cls) -> TRPOConfig:
         return TRPOConfig(cls)
+
+
+def _learning_jobs(tasks: Sequence[Task], weights: Sequence[Optional[dict]], num_episodes: int,
+                   seeds: Optional[Sequence[int]]) -> list[dict[str, Any]]:
+    """Sampling jobs of learning batches: job i samples task i (tasks without weights are
+    left out)."""
+    return [{"job": i, "task": task.to_dict(), "weights": w, "num_episodes": num_episodes,
+             "seed": None if seeds is None else int(seeds[i])}
+            for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """Evaluation episodes per task, the evaluation seed and the action modes to evaluate
+    (False: sampled actions, True: the mean action)."""
+
+    episodes: int
+    seed: int
+    modes: tuple[bool, ...]
+
+    def jobs(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]], first: int,
+             deterministic: bool) -> list[dict[str, Any]]:
+        """Evaluation jobs numbered from ``first`` (job ``first + i``: task i)."""
+        return [{"job": first + i, "task": task.to_dict(), "weights": w,
+                 "num_episodes": self.episodes, "deterministic": deterministic,
+                 "seed": evaluation_seed(self.seed, task.to_dict())}
+                for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
+
+
+#: Largest cost of one env step in every family (``info["cost"]`` is a 0/1 indicator).
+MAX_STEP_COST = 1.0
+
+
+def _cost_bound(results: Sequence[Optional[dict]]) -> float:
+    """Largest possible episode cost given the evaluation episodes: the longest episode
+    times the largest per-step cost (:data:`MAX_STEP_COST`, or more if seen)."""
+    lengths = [n for r in results if r for n in r["lengths"]]
+    steps = [c for r in results if r for c in r["max_step_costs"]]
+    if not lengths:
+        return math.nan
+    return float(max(lengths)) * max([MAX_STEP_COST, *[c for c in steps if math.isfinite(c)]])
+
+
+def task_evaluation(results: Sequence[Optional[dict]], limit: float) -> dict[str, Any]:
+    """One task's evaluation over the adaptation steps (one job result or None per step)."""
+    bound = _cost_bound(results)
+    stats = [cost_stats(r["costs"] if r else [], bound) for r in results]
+    ret = [float(np.mean(r["returns"])) if r else math.nan for r in results]
+    return {"return": ret, "cost": [s.mean for s in stats], "cost_se": [s.se for s in stats],
+            "cost_ucb": [s.ucb for s in stats],
+            "within_limit": [s.within(limit) if s.n else None for s in stats],
+            "certified": [s.certified(limit) if s.n else None for s in stats],
+            "num_episodes": [s.n for s in stats], "cost_bound": bound,
+            "episode_cost": [list(r["costs"]) if r else [] for r in results],
+            "episode_return": [list(r["returns"]) if r else [] for r in results]}
+
+
+def ledger(evaluation: Mapping[str, Any], records: Sequence[Optional[dict]],
+           batch_cost: Sequence[float]) -> list[dict[str, float]]:
+    """A task's calibration ledger: per adaptation step s (θ_s → θ_{s+1}) the step's record
+    (``learner.step_record``) with the realised change of the evaluation mean cost (paired
+    over the common-random-number episodes, with its standard error) and of the batch
+    cost."""
+    out = []
+    for s, record in enumerate(records):
+        if record is None:
+            continue
+        before, after = evaluation["episode_cost"][s], evaluation["episode_cost"][s + 1]
+        diff = np.asarray(after, float) - np.asarray(before, float) \
+            if len(before) == len(after) and before else np.array([])
+        out.append({"step": s, **record,
+                    "realised_cost_change": float(diff.mean()) if diff.size else math.nan,
+                    "realised_cost_change_se": float(diff.std(ddof=1) / math.sqrt(diff.size))
+                    if diff.size > 1 else math.nan,
+                    "batch_cost_change": float(batch_cost[s + 1] - batch_cost[s])})
+    return out
+
+
+def evaluation_means(per_task: Sequence[Mapping[str, Any]], num_steps: int, episodes: int,
+                     seed: int, deterministic: bool) -> dict[str, Any]:
+    """Means over tasks per step of a report's evaluation figures (tasks without data left
+    out): return, cost, upper bound, and the fractions of tasks within the limit (mean ≤ h)
+    and certified (upper bound ≤ h)."""
+    def mean(key: str, s: int) -> float:
+        values = [float(t[key][s]) for t in per_task
+                  if t[key][s] is not None and not math.isnan(float(t["cost"][s]))]
+        return float(np.mean(values)) if values else math.nan
+
+    return {"mean_return": [mean("return", s) for s in range(num_steps)],
+            "mean_cost": [mean("cost", s) for s in range(num_steps)],
+            "mean_cost_ucb": [mean("cost_ucb", s) for s in range(num_steps)],
+            "within_limit_rate": [mean("within_limit", s) for s in range(num_steps)],
+            "certified_rate": [mean("certified", s) for s in range(num_steps)],
+            "episodes_per_task": episodes, "seed": seed, "deterministic": deterministic,
+            "confidence": CONFIDENCE}
 
 
 def _learner_inputs(tasks: Sequence[Task], samples: Sequence[Optional[dict]]

@@ -72,6 +72,11 @@ class MetaCPOConfig(AlgorithmConfig):
         self.normalize_actions = False
         self.clip_actions = True
         self.num_env_runners = 0
+        # Evaluation of θ on fixed training tasks (off unless evaluation_interval is set);
+        # evaluation_duration counts episodes per task.
+        self.evaluation_duration = 20
+        self.evaluation_num_tasks = 4
+        self.evaluation_seed = 0
 
     # -- setters ------------------------------------------------------------------------
     def training(
@@ -133,6 +138,21 @@ class MetaCPOConfig(AlgorithmConfig):
                 self.inner_steps = (max(self.inner_steps, 1) if meta else 0)
         if inner_steps is not _UNSET:
             self.inner_steps = inner_steps
+        return self
+
+    def evaluation(self, *, evaluation_num_tasks: int = _UNSET, evaluation_seed: int = _UNSET,
+                   **kwargs: Any) -> "MetaCPOConfig":
+        """RLlib's evaluation settings, as this algorithm reads them: every
+        ``evaluation_interval`` training iterations (None: never), θ is evaluated on
+        ``evaluation_num_tasks`` fixed training tasks (drawn with ``evaluation_seed``, which
+        also seeds the evaluation episodes: the same for every algorithm and training
+        seed), ``evaluation_duration`` episodes per task (``evaluation_duration_unit``
+        must stay "episodes"), on the training EnvRunners; see ``MetaCPO.evaluate``."""
+        super().evaluation(**kwargs)
+        if evaluation_num_tasks is not _UNSET:
+            self.evaluation_num_tasks = evaluation_num_tasks
+        if evaluation_seed is not _UNSET:
+            self.evaluation_seed = evaluation_seed
         return self
 
     # -- derived ------------------------------------------------------------------------
@@ -209,6 +229,19 @@ class MetaCPOConfig(AlgorithmConfig):
         if self.seed is not None and not _is_int(self.seed):
             _bad("seed", "expected an integer or None", self.seed)
         self.update_config().validate()  # metric, backend, cg_*, line_search_*
+        if self.evaluation_interval is not None and (
+                not _is_int(self.evaluation_interval) or self.evaluation_interval < 0):
+            _bad("evaluation_interval", "expected an integer >= 1, or 0 / None (off)",
+                 self.evaluation_interval)
+        for field in ("evaluation_duration", "evaluation_num_tasks"):
+            value = getattr(self, field)
+            if not _is_int(value) or value < 1:
+                _bad(field, "expected an integer >= 1", value)
+        if not _is_int(self.evaluation_seed) or self.evaluation_seed < 0:
+            _bad("evaluation_seed", "expected an integer >= 0", self.evaluation_seed)
+        if self.evaluation_duration_unit != "episodes":
+            _bad("evaluation_duration_unit", "Meta-CPO evaluates whole episodes ('episodes')",
+                 self.evaluation_duration_unit)
         if not isinstance(self.env, str) or self.env not in FAMILIES:
             _bad("env", f"expected a task family, one of {list(FAMILIES)}", self.env)
         self.make_family()  # raises ValueError naming an invalid family override

@@ -15,10 +15,18 @@ with one batched policy forward per step. Conventions (the same as RLlib's sampl
   ids of an episode are the ``info["task_id"]`` values of its steps (not of the reset);
 * a job's ``seed`` gives every episode its own reset seed and noise generator (children of
   ``numpy.random.SeedSequence(seed)``): the episodes do not depend on how they are spread
-  over the sub-envs, and the process's global numpy / torch RNGs are not used.
+  over the sub-envs, and the process's global numpy / torch RNGs are not used;
+* learning and evaluation episodes never share a seed: learning reset seeds lie in
+  [0, 2³¹), evaluation reset seeds in [2³¹, 2³²) (safety-gymnasium takes 32-bit seeds), and
+  evaluation noise comes from a seed sequence with its own spawn key
+  (:data:`EVAL_SPAWN_KEY`, see :func:`evaluation_seed`); an evaluation job samples only
+  summaries (:func:`sample_jobs`, ``"evaluation": True``) and is not counted in the
+  runner's sampling metrics.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -145,29 +153,56 @@ def _as_obs(obs: Any) -> np.ndarray:
     return np.asarray(obs, dtype=np.float32).reshape(-1)
 
 
-def episode_streams(num_episodes: int, seed: Optional[int]
+#: Spawn key of every evaluation seed sequence (learning jobs' sequences have none at the root).
+EVAL_SPAWN_KEY = (0x45564C,)  # "EVL"
+_HALF = 1 << 31
+
+
+def evaluation_seed(eval_seed: int, task: Mapping[str, Any]) -> dict[str, Any]:
+    """The seed of an evaluation job: depends only on ``eval_seed`` and the task's identity
+    (its id and layout parameters, not its cost limit), so every adaptation step, every
+    algorithm and every training seed evaluated with the same ``eval_seed`` meets the same
+    env seeds and action noise (common random numbers); episode i of the job is the i-th
+    child of this sequence."""
+    params = json.dumps(task.get("params", {}), sort_keys=True, default=str)
+    digest = int.from_bytes(hashlib.sha256(params.encode()).digest()[:8], "little")
+    return {"entropy": [int(eval_seed), int(task.get("task_id", 0)) & 0xFFFFFFFF, digest],
+            "evaluation": True}
+
+
+def episode_streams(num_episodes: int, seed: Optional[int | Mapping[str, Any]]
                     ) -> list[tuple[Optional[int], np.random.Generator]]:
     """(reset seed, noise generator) of each episode of a job. With ``seed`` None the
     resets are unseeded (each env's own RNG goes on) and the noise comes from fresh OS
-    entropy."""
-    root = np.random.SeedSequence(None if seed is None else int(seed))
+    entropy. An int ``seed`` is a learning job's: reset seeds in [0, 2³¹). An evaluation
+    job's seed (:func:`evaluation_seed`) gives reset seeds in [2³¹, 2³²) and noise from a
+    sequence under :data:`EVAL_SPAWN_KEY`."""
+    if isinstance(seed, Mapping):
+        root = np.random.SeedSequence([int(x) for x in seed["entropy"]],
+                                      spawn_key=EVAL_SPAWN_KEY)
+        offset = _HALF
+    else:
+        root = np.random.SeedSequence(None if seed is None else int(seed))
+        offset = 0
     streams = []
     for child in root.spawn(num_episodes):
         env_seq, noise_seq = child.spawn(2)
-        reset_seed = None if seed is None else int(env_seq.generate_state(1)[0])
+        reset_seed = None if seed is None else \
+            offset + int(env_seq.generate_state(1)[0]) % _HALF
         streams.append((reset_seed, np.random.default_rng(noise_seq)))
     return streams
 
 
 def rollout(envs: Sequence[Any], policy: PolicyFn, num_episodes: int,
-            seed: Optional[int] = None, low: Optional[np.ndarray] = None,
-            high: Optional[np.ndarray] = None) -> tuple[list[EpisodeData], list[list[int]],
-                                                        list[float]]:
+            seed: Optional[int | Mapping[str, Any]] = None, low: Optional[np.ndarray] = None,
+            high: Optional[np.ndarray] = None, deterministic: bool = False
+            ) -> tuple[list[EpisodeData], list[list[int]], list[float]]:
     """Roll out ``num_episodes`` complete episodes on ``envs`` (gymnasium envs, set to
     the task), every env running whole episodes one after another and all busy envs
     stepped together (one ``policy`` call per step). Actions sent to the envs are clipped
-    to ``[low, high]`` when given. Returns (episodes, task ids seen per episode, wall
-    seconds per episode), in episode order.
+    to ``[low, high]`` when given; ``deterministic`` takes the mean action (no noise).
+    Returns (episodes, task ids seen per episode, wall seconds per episode), in episode
+    order. ``seed``: see :func:`episode_streams`.
     """
     streams = episode_streams(num_episodes, seed)
     done: dict[int, tuple[EpisodeData, list[int], float]] = {}
@@ -185,6 +220,8 @@ def rollout(envs: Sequence[Any], policy: PolicyFn, num_episodes: int,
             mean, log_std = policy(np.stack([active[s].obs for s in slots]))
             noise = np.stack([active[s].rng.standard_normal(mean.shape[1], dtype=np.float32)
                               for s in slots])
+        if deterministic:
+            noise = np.zeros_like(noise)
         actions = (mean + np.exp(log_std) * noise).astype(np.float32)
         env_actions = actions if low is None else np.clip(actions, low, high)
         for i, slot in enumerate(slots):
@@ -250,6 +287,11 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
     effect at the reset that starts each episode. The episodes are spread over the
     runner's sub-envs (see :func:`rollout` and the module docstring for the conventions
     and the seeding). Returns ``{"results": [...], "metrics": runner.get_metrics()}``.
+
+    An evaluation job (seed from :func:`evaluation_seed`, optional ``"deterministic":
+    bool``) returns, instead of its episodes, per episode ``returns``, ``costs``,
+    ``lengths`` and ``max_step_costs`` (and its ``reset_seeds``); it is not counted in the
+    runner's sampling metrics.
     """
     results = []
     low, high = _action_bounds(runner)
@@ -259,18 +301,42 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
             runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
         runner.env.unwrapped.call("set_task", job["task"])
         seed = job.get("seed")
-        with runner.metrics.log_time(SAMPLE_TIMER):
+        evaluation = isinstance(seed, Mapping)
+        if not evaluation and seed is not None:
+            seed = int(seed)
+        if evaluation:
             episodes, task_ids, seconds = rollout(
-                envs, policy_of(runner.module), int(job["num_episodes"]),
-                None if seed is None else int(seed), low, high)
-        _log_sampled(runner, episodes, seconds)
-        results.append({
+                envs, policy_of(runner.module), int(job["num_episodes"]), seed, low, high,
+                deterministic=bool(job.get("deterministic", False)))
+        else:
+            with runner.metrics.log_time(SAMPLE_TIMER):
+                episodes, task_ids, seconds = rollout(
+                    envs, policy_of(runner.module), int(job["num_episodes"]), seed, low, high)
+            _log_sampled(runner, episodes, seconds)
+        result = {
             "job": job["job"],
             "worker_index": int(runner.worker_index),
             "node_id": _node_id(),
             "task_id": int(job["task"]["task_id"]),
-            "episodes": episodes,
             "episode_task_ids": task_ids,
             "num_env_steps": int(sum(len(d) for d in episodes)),
-        })
+        }
+        if evaluation:
+            result.update(evaluation_summary(episodes, seed, int(job["num_episodes"])))
+        else:
+            result["episodes"] = episodes
+        results.append(result)
     return {"results": results, "metrics": runner.get_metrics()}
+
+
+def evaluation_summary(episodes: Sequence[EpisodeData], seed: Optional[Mapping[str, Any]],
+                       num_episodes: int) -> dict[str, list]:
+    """What an evaluation job returns: per episode return, cost (sums over steps), length,
+    largest per-step cost and reset seed."""
+    return {
+        "returns": [float(d.rewards.sum()) for d in episodes],
+        "costs": [float(d.costs.sum()) for d in episodes],
+        "lengths": [len(d) for d in episodes],
+        "max_step_costs": [float(d.costs.max()) if len(d) else 0.0 for d in episodes],
+        "reset_seeds": [s for s, _ in episode_streams(num_episodes, seed)],
+    }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -20,6 +21,7 @@ from metacpo_rllib.optim import (
     meta_update,
     params_of,
 )
+from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rllib.module import params_to_weights
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,34 @@ def batch_summary(batch: Batch) -> dict[str, float]:
     return {"task_id": batch.task_id, "mean_return": batch.mean_return,
             "mean_cost": batch.mean_cost, "cost_limit": batch.cost_limit,
             "num_steps": batch.num_steps, "num_episodes": batch.num_episodes}
+
+
+def step_record(module: torch.nn.Module, old: Params, new: Params, batch: Batch,
+                info: dict[str, float], constrained: bool) -> dict[str, float]:
+    """What the calibration ledger keeps of one adaptation step from ``old`` to ``new`` on
+    ``batch`` (sampled by ``old``).
+
+    ``predicted_cost_change`` = bᵀ(new − old), b the gradient of the cost surrogate at
+    ``old`` (the predicted change of the mean episode cost): bᵀx times the accepted
+    line-search fraction, 0 for a rejected step; NaN for unconstrained steps (TRPO,
+    Meta-TRPO), which have no cost model. ``kl``: mean KL(π_old ‖ π_new) on the batch's
+    states. ``case``: the CPO case of the step. ``accepted``: 0 if the line search kept
+    the old parameters.
+    """
+    case = info.get("case", info.get("outer_case", math.nan))
+    accepted = float(info.get("line_search_accepted", 1.0))
+    names = list(old)
+    with torch.enable_grad():
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in old.items()}
+        _, cost = surrogates(module, leaves, batch)
+        grads = torch.autograd.grad(cost, [leaves[k] for k in names], allow_unused=True)
+    with torch.no_grad():
+        predicted = sum(float((g * (new[k] - old[k])).sum())
+                        for k, g in zip(names, grads) if g is not None)
+        kl = float(mean_kl(module, old, new, batch.obs))
+    return {"case": float(case), "accepted": accepted,
+            "predicted_cost_change": float(predicted) if constrained else math.nan,
+            "kl": kl}
 
 
 class MetaCPOTorchLearner(TorchLearner):
@@ -175,17 +205,34 @@ class MetaCPOTorchLearner(TorchLearner):
     def adapt_round(self, samples: Sequence[Optional[dict[str, Any]]], update: bool
                     ) -> dict[str, Any]:
         """Test-time adaptation: summarise each task's batch and, if ``update``, take one
-        optim ``adaptation_step`` from its current parameters; θ is left unchanged."""
+        optim ``adaptation_step`` from its current parameters; θ is left unchanged.
+
+        With ``update`` the result also carries ``steps``: per task (None if dropped) the
+        step's calibration record, :func:`step_record`."""
         cfg = self.config.update_config()
+        records: list[Optional[dict[str, float]]] = [None] * len(samples)
 
         def step(i: int, batch: Batch) -> Optional[dict[str, Any]]:
             if not update:
                 return None
             params = self.adapted_params(i)
-            return self._steps_or_drop({i: batch}, lambda _: [adaptation_step(
-                self.policy, params, batch, cfg)[0]]).get(i)
+            infos: list[dict[str, float]] = []
 
-        return self._over_tasks(samples, step)
+            def take(_: list[int]) -> list[Params]:
+                new, info = adaptation_step(self.policy, params, batch, cfg)
+                infos.append(info)
+                return [new]
+
+            weights = self._steps_or_drop({i: batch}, take).get(i)
+            if weights is not None:
+                records[i] = step_record(self.policy, params, self._phi[i], batch, infos[-1],
+                                         constrained=cfg.constrained)
+            return weights
+
+        out = self._over_tasks(samples, step)
+        if update:
+            out["steps"] = records
+        return out
 
     def _over_tasks(self, samples: Sequence[Optional[dict[str, Any]]],
                     handle: Callable[[int, Batch], Optional[dict[str, Any]]]) -> dict[str, Any]:
