@@ -246,6 +246,34 @@ def adaptation_table(report: dict[str, Any]) -> str:
     lines.append(f"{'violation':>9} {'':>6} "
                  + " ".join(f"{_fmt(v, 17)}  " for v in report["violation_rate"]))
     return "\n".join(lines)
+    if report.get("eval"):
+        lines[0:0] = [f"learning batches ({report.get('batch_episodes', '?')} episodes per "
+                      "task and step: what each step learns from)"]
+        lines += ["", evaluation_table(report)]
+    return "\n".join(lines)
+
+
+def evaluation_table(report: dict[str, Any], key: str = "eval") -> str:
+    """Per task and adaptation step, on the evaluation episodes: ``return / cost ≤ upper
+    bound`` (one-sided 95%); ``*`` = mean over the limit, ``c`` = certified (bound ≤ h)."""
+    ev = report[key]
+    lines = [f"evaluation ({ev['episodes_per_task']} episodes per task and step, "
+             f"{'mean action' if ev.get('deterministic') else 'sampled actions'}, seed "
+             f"{ev['seed']}; * over the limit, c certified)",
+             f"{'task':>9} {'limit':>6} "
+             + " ".join(f"{'step ' + str(s):>27}" for s in report["steps"])]
+    for task in report["tasks"]:
+        e, h = task[key], task["cost_limit"]
+        cells = []
+        for r, c, u in zip(e["return"], e["cost"], e["cost_ucb"]):
+            flag = "*" if c > h else ("c" if u <= h else " ")
+            cells.append(f"{_fmt(r)} / {_fmt(c, 6)} ≤ {_fmt(u, 6)}{flag}")
+        lines.append(f"{task['task_id']:>9} {h:>6.1f} " + " ".join(cells))
+    lines.append(f"{'mean':>9} {'':>6} " + " ".join(
+        f"{_fmt(r)} / {_fmt(c, 6)} ≤ {_fmt(u, 6)} "
+        for r, c, u in zip(ev["mean_return"], ev["mean_cost"], ev["mean_cost_ucb"])))
+    for name, rates in (("within", ev["within_limit_rate"]), ("certified", ev["certified_rate"])):
+        lines.append(f"{name:>9} {'':>6} " + " ".join(f"{_fmt(v, 25)}  " for v in rates))
 
 
 def _json_default(value: Any) -> Any:
@@ -271,7 +299,8 @@ def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> l
 
 
 def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str) -> dict:
-    report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes)
+    report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
+                        eval_episodes=args.eval_episodes)
     print(title)
     print(adaptation_table(report))
     return report
@@ -296,6 +325,9 @@ def _add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag
                         help="episodes per task and step (default: episodes per task)")
     parser.add_argument("--task-seed", type=count(0), default=12345,
                         help="seed of the held-out task sample")
+    parser.add_argument("--eval-episodes", type=count(0), default=20,
+                        help="fresh evaluation episodes per task and step, apart from the "
+                             "learning batches (0: none)")
     parser.set_defaults(flag_names={"tasks": tasks_flag, "steps": steps_flag})
 
 
@@ -450,7 +482,7 @@ def configure_adapt(parser: argparse.ArgumentParser) -> None:
                         help="an algorithm checkpoint folder (train --checkpoint-dir)")
     parser.add_argument("--family", default=None,
                         help="task family (default: the checkpoint's)")
-    parser.add_argument("--split", default="test", choices=("train", "test"),
+    parser.add_argument("--split", default="test", choices=("train", "test", "test_tight"),
                         help="which task distribution the tasks come from")
     parser.add_argument("--cost-limit", type=number(0), default=None,
                         help="the tasks' cost limit (default: the family's for the split)")

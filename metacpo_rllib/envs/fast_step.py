@@ -78,6 +78,7 @@ class FastStep:
         self.agent_id = model.body("agent").id
         self.jacp = np.zeros((3, model.nv))
         self.obs = np.zeros(self.low.shape[0])
+        self.inside = np.zeros(self.low.shape[0], dtype=bool)
         self._plan_observation(model)
         self.hazard_ids = (np.array([model.body(f"hazard{i}").id
                                      for i in range(self.obstacles["hazards"].num)], dtype=int)
@@ -137,6 +138,16 @@ class FastStep:
                                    offsets[o.name + "_lidar"] + self.lidar.num_bins)
                              for o in task._obstacles  # pylint: disable=protected-access
                              if o.is_lidar_observed]
+        rows = len(self.lidar_base)
+        self.points = np.zeros((rows, 3))
+        self.world = np.zeros((rows, 3))
+        self.ego = np.zeros(rows, dtype=complex)
+        self.lidar_index = np.zeros((3, rows), dtype=int)
+        self.lidar_value = np.zeros((3, rows))
+        self.lidar_start = min(part.start for part in self.lidar_slices)
+        if self.lidar_start + len(self.lidar_slices) * self.lidar.num_bins != len(
+                self.obs):
+            raise UnsupportedTask("fast_step: the lidar groups do not end the observation")
         self.buttons_lidar = (slice(offsets["buttons_lidar"],
                                     offsets["buttons_lidar"] + self.lidar.num_bins)
                               if "buttons_lidar" in offsets else None)
@@ -157,7 +168,7 @@ class FastStep:
         action = np.array(action, copy=False)
         if action.shape != env.action_space.shape:
             raise ValueError("Action dimension mismatch")
-        data.ctrl[:] = np.clip(action, self.ctrl_low, self.ctrl_high)
+        np.minimum(np.maximum(action, self.ctrl_low), self.ctrl_high, out=data.ctrl)  # np.clip
         substeps = task.random_generator.random_generator.binomial(
             task.sim_conf.frameskip_binom_n, task.sim_conf.frameskip_binom_p)
         if substeps > 0:
@@ -284,37 +295,40 @@ class FastStep:
         self._lidar(obs)
         if self.buttons_lidar is not None and self.task.buttons.timer != 0:
             obs[self.buttons_lidar] = 0.0
-        if not ((obs >= self.low).all() and (obs <= self.high).all()):
+        inside = np.greater_equal(obs, self.low, out=self.inside)
+        inside &= obs <= self.high
+        if np.count_nonzero(inside) != len(obs):  # Box.contains of every key (NaN: outside)
             raise AssertionError(f"Bad obs {obs} {self.space}")
         return obs.copy()
 
     def _lidar(self, obs: np.ndarray) -> None:
         """``BaseTask._obs_lidar_pseudo`` of every observed object at once."""
-        conf, data = self.lidar, self.data
-        for part in self.lidar_slices:
-            obs[part] = 0.0
-        agent = data.xpos[self.agent_id]
-        world = np.zeros((len(self.lidar_base), 3))
-        world[self.lidar_fixed:, :2] = data.xpos[self.lidar_bodies][:, :2]
-        world -= agent
-        ego = (world[:, None, :] @ data.xmat[self.agent_id].reshape(3, 3))[:, 0, :2]
-        z = np.empty(len(ego), dtype=complex)
-        z.real, z.imag = ego[:, 0], ego[:, 1]
+        conf, data, n = self.lidar, self.data, self.lidar.num_bins
+        obs[self.lidar_start:] = 0.0  # the lidar groups fill the end of the observation
+        points = self.points  # object positions with z = 0 (the stock ego vector drops z)
+        points[self.lidar_fixed:, :2] = data.xpos[self.lidar_bodies, :2]
+        np.subtract(points, data.xpos[self.agent_id], out=self.world)
+        ego = np.matmul(self.world[:, None, :], data.xmat[self.agent_id].reshape(3, 3))
+        z = self.ego
+        z.real, z.imag = ego[:, 0, 0], ego[:, 0, 1]
         dist = np.abs(z)
-        angle = np.angle(z) % (np.pi * 2)
+        angle = np.remainder(np.arctan2(z.imag, z.real), np.pi * 2)
         bins = (angle / self.bin_size).astype(int)
         if conf.max_dist is None:
             sensor = np.exp(-conf.exp_gain * dist)
         else:
             sensor = np.maximum(0, conf.max_dist - dist) / conf.max_dist
-        base = self.lidar_base
-        np.maximum.at(obs, base + bins, sensor)
-        if conf.alias:
-            alias = (angle - self.bin_size * bins) / self.bin_size
-            assert ((alias >= 0) & (alias <= 1)).all(), f"bad alias {alias}"
-            n = conf.num_bins
-            np.maximum.at(obs, base + (bins + 1) % n, alias * sensor)
-            np.maximum.at(obs, base + (bins - 1) % n, (1 - alias) * sensor)
+        if not conf.alias:
+            np.maximum.at(obs, self.lidar_base + bins, sensor)
+            return
+        alias = (angle - self.bin_size * bins) / self.bin_size
+        if np.count_nonzero((alias < 0) | (alias > 1)):
+            raise AssertionError(f"bad alias {alias}")
+        index, value = self.lidar_index, self.lidar_value
+        index[0], index[1], index[2] = bins, bins + 1, bins - 1
+        value[0], value[1], value[2] = sensor, alias * sensor, (1 - alias) * sensor
+        np.remainder(index, n, out=index)
+        np.maximum.at(obs, (index + self.lidar_base).ravel(), value.ravel())
 
 
 def _button_index(name: str) -> int:

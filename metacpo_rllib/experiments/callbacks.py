@@ -14,8 +14,9 @@ from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, Adaptation, config_c
 @dataclasses.dataclass(frozen=True)
 class AdaptAtEnd:
     """RLlib ``on_train_result`` callable: at training iteration ``iteration``, adapt the
-    policy to held-out test tasks and add ``result["adaptation"]``: the final step's
-    ``return_mean`` / ``cost_mean`` / ``violation_rate`` (for Tune's result tables and
+    policy to held-out tasks (``adaptation.split``) and add ``result["adaptation"]``: the
+    final step's learning-batch ``return_mean`` / ``cost_mean`` / ``violation_rate`` and
+    evaluation ``eval_*`` figures (for Tune's result tables and
     ``get_best_result``) and the whole ``algo.adapt`` report as JSON under ``report``
     (a string, which Tune's CSV / TensorBoard loggers store or skip without complaint)."""
 
@@ -26,14 +27,21 @@ class AdaptAtEnd:
         a = self.adaptation
         if result.get("training_iteration") != self.iteration or a.test_tasks < 1:
             return
-        tasks = algorithm.family.sample_tasks(a.test_tasks, "test", seed=a.task_seed,
+        tasks = algorithm.family.sample_tasks(a.test_tasks, a.split, seed=a.task_seed,
                                               cost_limit=a.cost_limit)
         report = algorithm.adapt(tasks, steps=a.adapt_steps,
-                                 episodes_per_task=a.episodes_per_task)
+                                 episodes_per_task=a.episodes_per_task,
+                                 eval_episodes=a.eval_episodes)
         result["adaptation"] = {"return_mean": report["mean_return"][-1],
                                 "cost_mean": report["mean_cost"][-1],
                                 "violation_rate": report["violation_rate"][-1],
                                 "report": json.dumps(report, default=tracking.plain)}
+        if "eval" in report:  # the evaluation episodes' figures at the last step
+            ev = report["eval"]
+            result["adaptation"].update(
+                eval_return_mean=ev["mean_return"][-1], eval_cost_mean=ev["mean_cost"][-1],
+                eval_within_limit_rate=ev["within_limit_rate"][-1],
+                eval_certified_rate=ev["certified_rate"][-1])
 
 
 def adaptation_report(result: Mapping[str, Any]) -> Optional[dict[str, Any]]:

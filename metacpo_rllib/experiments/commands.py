@@ -142,6 +142,9 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                         help="held-out test tasks (default 2)")
     parser.add_argument("--adapt-steps", type=count(0), default=None,
                         help="adaptation steps per test task (default 1)")
+    parser.add_argument("--eval-episodes", type=count(0), default=None,
+                        help="fresh evaluation episodes per test task and step, apart from "
+                             "the learning batches (default 20; 0: none)")
     parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
                         help="training tasks per iteration (default: 2 on "
                              "safety-gymnasium families, 4 otherwise)")
@@ -177,6 +180,7 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
                      "grid.seed": args.seeds, "env_config": args.env_config,
                      "adaptation.test_tasks": args.test_tasks,
                      "adaptation.adapt_steps": args.adapt_steps,
+                     "adaptation.eval_episodes": args.eval_episodes,
                      "adaptation.cost_limit": args.test_cost_limit,
                      "tune.max_concurrent": args.max_concurrent,
                      "mlflow.experiment": args.mlflow_experiment,
@@ -192,7 +196,8 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
                         adapt_steps=1 if args.adapt_steps is None else args.adapt_steps,
                         training=training, env_config=args.env_config,
                         test_cost_limit=args.test_cost_limit,
-                        max_concurrent=args.max_concurrent)
+                        max_concurrent=args.max_concurrent,
+                        eval_episodes=20 if args.eval_episodes is None else args.eval_episodes)
     spec.experiment = args.mlflow_experiment
     return spec
 

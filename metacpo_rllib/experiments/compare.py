@@ -13,6 +13,8 @@ import numpy as np
 
 from metacpo_rllib import provenance
 from metacpo_rllib.experiments import tracking
+from metacpo_rllib.evaluation_stats import (across_seeds, calibration_markdown,
+                                             calibration_table, format_pm)
 from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, Adaptation, SweepSpec, validate_spec
 
 
@@ -21,14 +23,17 @@ def compare_spec(family: str, *, seeds: Sequence[int] = (0, 1, 2), iterations: i
                  training: Optional[Mapping[str, Any]] = None,
                  env_config: Optional[Mapping[str, Any]] = None,
                  test_cost_limit: Optional[float] = None, task_seed: int = 12345,
-                 max_concurrent: Optional[int] = None) -> SweepSpec:
-    """The validated spec of a comparison: all four algorithms, a grid over ``seeds``."""
+                 max_concurrent: Optional[int] = None, eval_episodes: int = 20,
+                 split: str = "test") -> SweepSpec:
+    """The validated spec of a comparison: all four algorithms, a grid over ``seeds``;
+    adaptation on ``split`` with ``eval_episodes`` evaluation episodes per task and step."""
     spec = SweepSpec(
         name=f"compare-{family}", algorithms=list(ALGORITHM_NAMES), family=family,
         iterations=iterations, env_config=dict(env_config or {}),
         training=dict(training or {}), grid={"seed": list(seeds)},
         adaptation=Adaptation(test_tasks=test_tasks, adapt_steps=adapt_steps,
-                              cost_limit=test_cost_limit, task_seed=task_seed),
+                              cost_limit=test_cost_limit, task_seed=task_seed,
+                              eval_episodes=eval_episodes, split=split),
         max_concurrent=max_concurrent)
     validate_spec(spec)
     return spec
@@ -39,6 +44,7 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per algorithm, per seed (sorted): the training curves (post-adaptation return and
     cost per iteration; = pre-adaptation for CPO / TRPO) and the adaptation report."""
     from metacpo_rllib.experiments.callbacks import adaptation_report
+    from metacpo_rllib.evaluation_stats import ledger_entries
 
     runs: dict[str, list[dict[str, Any]]] = {}
     for algorithm, grid in grids.items():
@@ -66,6 +72,12 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 row["adapt"]["task_cost"] = [t["cost"] for t in report["tasks"]]
                 row["adapt"]["task_return"] = [t["return"] for t in report["tasks"]]
                 row["adapt"]["time_s"] = report.get("time_s")
+                if "eval" in report:  # evaluation episodes, apart from the learning batches
+                    row["adapt"]["eval"] = report["eval"]
+                    for key in ("return", "cost", "cost_se", "cost_ucb"):
+                        row["adapt"][f"task_eval_{key}"] = [t["eval"][key]
+                                                            for t in report["tasks"]]
+                    row["adapt"]["ledger"] = ledger_entries(report)
                 row["test_limit"] = float(np.mean([t["cost_limit"] for t in report["tasks"]]))
             rows.append(row)
         runs[algorithm] = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"]))
@@ -73,16 +85,20 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return {"mean": math.nan, "std": math.nan}
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return {"mean": float(np.mean(finite)), "std": std}
+    """Mean and std (ddof = 1) over seeds; one seed has no std (NaN)."""
+    return across_seeds(values)
+
+
+#: Evaluation figures of the summary: (name, key of the report's ``eval``).
+EVAL_FIGURES = (("eval_return", "mean_return"), ("eval_cost", "mean_cost"),
+                ("within_limit_rate", "within_limit_rate"), ("certified_rate", "certified_rate"))
 
 
 def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per algorithm: mean ± std over seeds of the post-adaptation (last step) return,
-    cost and violation rate on the test tasks."""
+    """Per algorithm: mean ± std over seeds of the post-adaptation (last step) figures on
+    the held-out tasks: the learning batches' return, cost and violation rate and, when
+    measured, the evaluation episodes' return and cost and the fractions of tasks within
+    the limit and certified; plus the calibration table of all seeds' adaptation steps."""
     summary = {}
     for algorithm, seeds in runs.items():
         adapted = [s["adapt"] for s in seeds if s["adapt"]]
@@ -92,13 +108,17 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict
                for name, key in (("return", "mean_return"), ("cost", "mean_cost"),
                                  ("violation_rate", "violation_rate"))},
         }
+        evaluated = [a["eval"] for a in adapted if a.get("eval")]
+        if evaluated:
+            summary[algorithm].update({name: _mean_std([e[key][-1] for e in evaluated])
+                                       for name, key in EVAL_FIGURES})
+            summary[algorithm]["calibration"] = calibration_table(
+                [entry for a in adapted for entry in a.get("ledger", [])])
     return summary
 
 
 def _pm(stat: Mapping[str, float], digits: int = 2) -> str:
-    if math.isnan(stat["mean"]):
-        return "n/a"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return format_pm(stat, digits)
 
 
 def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -111,18 +131,39 @@ def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, An
         f"# {spec.family}: Meta-CPO vs Meta-TRPO, CPO, TRPO", "",
         f"{spec.iterations} training iterations at the training cost limit "
         f"(h = {np.nanmean(train) if train else math.nan:.2f}), then {a.adapt_steps} "
-        f"adaptation step(s) on {a.test_tasks} held-out test tasks at the test limit "
+        f"adaptation step(s) on {a.test_tasks} held-out `{a.split}` tasks at the limit "
         f"(h = {np.nanmean(limits) if limits else math.nan:.2f}); task seed {a.task_seed}, "
         f"training seeds {spec.grid.get('seed')}.",
         "Post-adaptation return and cost are means over the test tasks; the violation rate "
         "is the fraction of test tasks whose mean episode cost exceeds the limit. "
-        "Mean ± std (ddof=1) over seeds.", "",
-        "| algorithm | return | cost | violation rate | seeds |",
-        "|---|---:|---:|---:|---:|",
+        "Mean ± std (ddof=1) over seeds (no ± with one seed).", "",
     ]
+    if any("eval_cost" in s for s in summary.values()):
+        lines += [
+            f"**Evaluation episodes** ({a.eval_episodes} fresh episodes per task and step, "
+            "apart from the learning batches; the same episodes' seeds for every algorithm). "
+            "*Within* = evaluation mean ≤ h; *certified* = one-sided 95% t upper bound ≤ h "
+            "(fractions of tasks).", "",
+            "| algorithm | return | cost | within limit | certified | seeds |",
+            "|---|---:|---:|---:|---:|---:|"]
+        for algorithm, s in summary.items():
+            if "eval_cost" in s:
+                lines.append(f"| {algorithm} | {_pm(s['eval_return'])} | {_pm(s['eval_cost'])} "
+                             f"| {_pm(s['within_limit_rate'])} | {_pm(s['certified_rate'])} | "
+                             f"{len(s['seeds'])} |")
+        lines += ["", "**Learning batches** (the episodes each step learned from)", ""]
+    lines += ["| algorithm | return | cost | violation rate | seeds |",
+              "|---|---:|---:|---:|---:|"]
     for algorithm, s in summary.items():
         lines.append(f"| {algorithm} | {_pm(s['return'])} | {_pm(s['cost'])} | "
                      f"{_pm(s['violation_rate'])} | {len(s['seeds'])} |")
+    for algorithm, s in summary.items():
+        if s.get("calibration"):
+            lines += ["", f"## Calibration of the cost model: {algorithm}", "",
+                      "Predicted change of the mean episode cost (bᵀx × accepted line-search "
+                      "fraction) against the change realised on the evaluation episodes, per "
+                      "adaptation step, all seeds and tasks.", "",
+                      calibration_markdown(s["calibration"]).rstrip()]
     lines += ["", "## Per seed (post-adaptation)", "",
               "| algorithm | seed | return | cost | violation rate |", "|---|---:|---:|---:|---:|"]
     for algorithm, seeds in runs.items():

@@ -99,20 +99,30 @@ def _draw_training(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[str,
 
 
 def _within_limit(seed: Mapping[str, Any]) -> list[float]:
+    if seed["adapt"].get("eval"):
+        return seed["adapt"]["eval"]["within_limit_rate"]
     return [1.0 - v for v in seed["adapt"]["violation_rate"]]
+
+
+def _adapt_curve(seed: Mapping[str, Any], key: str) -> list[float]:
+    """A per-step adaptation figure: from the evaluation episodes when measured, else from
+    the learning batches."""
+    adapt = seed["adapt"]
+    return adapt["eval"][key] if adapt.get("eval") else adapt[key]
 
 
 def _draw_adaptation(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Per adaptation step on the test tasks (mean over seeds, bars = ± std): return, cost
-    (test limit dashed) and, with a third axis, the fraction of tasks within the limit."""
+    (test limit dashed) and, with a third axis, the fraction of tasks within the limit;
+    on the evaluation episodes when the runs have them, else on the learning batches."""
     limits = []
     for i, (algorithm, seeds) in enumerate(runs.items()):
         adapted = [s for s in seeds if s.get("adapt")]
         if not adapted:
             continue
         steps = adapted[0]["adapt"]["steps"]
-        curves = (lambda s: s["adapt"]["mean_return"], lambda s: s["adapt"]["mean_cost"],
-                  _within_limit)
+        curves = (lambda s: _adapt_curve(s, "mean_return"),
+                  lambda s: _adapt_curve(s, "mean_cost"), _within_limit)
         for ax, curve in zip(axes, curves):
             mean, std = _mean_std([curve(s) for s in adapted])
             dodge = 0.04 * (i - (len(runs) - 1) / 2)  # error bars side by side

@@ -28,7 +28,8 @@ TOP_LEVEL_KEYS = {
     "mlflow": "experiment, log_checkpoint",
 }
 ADAPTATION_KEYS = {"test_tasks": 2, "adapt_steps": 1, "episodes_per_task": None,
-                   "cost_limit": None, "task_seed": 12345}
+                   "cost_limit": None, "task_seed": 12345, "eval_episodes": 20,
+                   "split": "test"}
 TUNE_KEYS = {"num_samples": 1, "max_concurrent": None, "checkpoint_at_end": True}
 MLFLOW_KEYS = {"experiment": None, "log_checkpoint": True}
 
@@ -46,6 +47,8 @@ class Adaptation:
     episodes_per_task: Optional[int] = None
     cost_limit: Optional[float] = None  # None: the family's (tighter) test limit
     task_seed: int = 12345
+    eval_episodes: int = 20  # fresh evaluation episodes per task and step (0: none)
+    split: str = "test"  # the held-out split (family.splits), e.g. "test_tight"
 
 
 @dataclasses.dataclass
@@ -271,6 +274,7 @@ def validate_spec(spec: SweepSpec) -> None:
     _int("adaptation.adapt_steps", a.adapt_steps, 0)
     _int("adaptation.episodes_per_task", a.episodes_per_task, 1, optional=True)
     _int("adaptation.task_seed", a.task_seed, 0)
+    _int("adaptation.eval_episodes", a.eval_episodes, 0)
     if a.cost_limit is not None:
         try:
             check_cost_limit(a.cost_limit, "adaptation.cost_limit")
@@ -289,9 +293,12 @@ def validate_spec(spec: SweepSpec) -> None:
     if overlap:
         raise SpecError(f"grid.{sorted(overlap)[0]}: also set in training; set it in one place")
     try:
-        make_family(spec.family, **spec.env_config)
+        family = make_family(spec.family, **spec.env_config)
     except (TypeError, ValueError) as err:
         raise SpecError(f"env_config: {err}") from None
+    if a.split not in family.splits:
+        raise SpecError(f"adaptation.split: expected one of {list(family.splits)}, "
+                        f"got {a.split!r}")
     for algorithm in spec.algorithms:
         defaults = config_class(algorithm)()
         for key, value in spec.training.items():

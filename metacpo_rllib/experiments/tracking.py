@@ -184,11 +184,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The per-iteration metrics of a result: every scalar under ``metacpo/`` plus a few
+    """The per-iteration metrics of a result: every scalar under ``metacpo/`` and (in the
+    iterations that evaluate θ, ``evaluation_interval``) under ``evaluation/``, plus a few
     RLlib / Tune counters. Same names for all four algorithms."""
     out = {}
     for key, value in flatten({k: v for k, v in result.items() if k != "adaptation"}):
-        if not (key.startswith("metacpo/") or key in EXTRA_METRICS):
+        if not (key.startswith(("metacpo/", "evaluation/")) or key in EXTRA_METRICS):
             continue
         number = _scalar(value)
         if number is not None:
@@ -263,8 +264,10 @@ class RunRecorder:
         self._log_metrics([Metric(k, v, now, step) for k, v in result_metrics(result).items()])
 
     def log_adaptation(self, report: Mapping[str, Any]) -> None:
-        """An ``algo.adapt`` report: ``test/*`` metrics per adaptation step, the table and
-        the raw report as artifacts."""
+        """An ``algo.adapt`` report: ``test/*`` metrics per adaptation step (the metric's
+        step is the adaptation step; learning-batch figures as ``test/return_mean`` etc.,
+        evaluation-episode figures as ``test/eval_*``), the table and the raw report as
+        artifacts."""
         from mlflow.entities import Metric
 
         from metacpo_rllib.cli import adaptation_table
@@ -275,6 +278,12 @@ class RunRecorder:
         for name, key in (("return_mean", "mean_return"), ("cost_mean", "mean_cost"),
                           ("violation_rate", "violation_rate")):
             for step, value in zip(report["steps"], report[key]):
+                metrics.append(Metric(f"test/{name}", float(value), now, int(step)))
+        for name, key in (("eval_return_mean", "mean_return"), ("eval_cost_mean", "mean_cost"),
+                          ("eval_cost_ucb_mean", "mean_cost_ucb"),
+                          ("eval_within_limit_rate", "within_limit_rate"),
+                          ("eval_certified_rate", "certified_rate")):
+            for step, value in zip(report["steps"], report.get("eval", {}).get(key, [])):
                 metrics.append(Metric(f"test/{name}", float(value), now, int(step)))
         limits = [t["cost_limit"] for t in report["tasks"]]
         metrics.append(Metric("test/cost_limit_mean", float(sum(limits) / len(limits)), now, 0))
