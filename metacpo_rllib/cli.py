@@ -245,7 +245,6 @@ def adaptation_table(report: dict[str, Any]) -> str:
     lines.append(f"{'mean':>9} {'':>6} " + " ".join(means))
     lines.append(f"{'violation':>9} {'':>6} "
                  + " ".join(f"{_fmt(v, 17)}  " for v in report["violation_rate"]))
-    return "\n".join(lines)
     if report.get("eval"):
         lines[0:0] = [f"learning batches ({report.get('batch_episodes', '?')} episodes per "
                       "task and step: what each step learns from)"]
@@ -274,6 +273,7 @@ def evaluation_table(report: dict[str, Any], key: str = "eval") -> str:
         for r, c, u in zip(ev["mean_return"], ev["mean_cost"], ev["mean_cost_ucb"])))
     for name, rates in (("within", ev["within_limit_rate"]), ("certified", ev["certified_rate"])):
         lines.append(f"{name:>9} {'':>6} " + " ".join(f"{_fmt(v, 25)}  " for v in rates))
+    return "\n".join(lines)
 
 
 def _json_default(value: Any) -> Any:
@@ -323,11 +323,11 @@ def _add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag
                         help="adaptation steps per task (step 0 is the policy itself)")
     parser.add_argument("--adapt-episodes", type=count(1), default=None,
                         help="episodes per task and step (default: episodes per task)")
-    parser.add_argument("--task-seed", type=count(0), default=12345,
-                        help="seed of the held-out task sample")
     parser.add_argument("--eval-episodes", type=count(0), default=20,
                         help="fresh evaluation episodes per task and step, apart from the "
                              "learning batches (0: none)")
+    parser.add_argument("--task-seed", type=count(0), default=12345,
+                        help="seed of the held-out task sample")
     parser.set_defaults(flag_names={"tasks": tasks_flag, "steps": steps_flag})
 
 
