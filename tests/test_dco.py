@@ -30,17 +30,19 @@ def instance(seed: int, t: float, n: int = 8, delta: float = 0.02, g_scale: floa
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Records, per layer, how many calls returned a solution and how many fell back."""
+    """Records, per layer, how many instances got a solution and how many fell back
+    (the dual layer is called through ``dual_steps``, a batch of instances per call)."""
     counts = {"dual_step": [0, 0], "primal_step": [0, 0]}
-    for name in counts:
-        original = getattr(dco, name)
+    for name, attr in (("dual_step", "dual_steps"), ("primal_step", "primal_step")):
+        original = getattr(dco, attr)
 
         def wrapped(*args, _orig=original, _name=name, **kwargs):
             out = _orig(*args, **kwargs)
-            counts[_name][out is None] += 1
+            for item in (out if isinstance(out, list) else [out]):
+                counts[_name][item is None] += 1
             return out
 
-        monkeypatch.setattr(dco, name, wrapped)
+        monkeypatch.setattr(dco, attr, wrapped)
     return counts
 
 
@@ -197,3 +199,46 @@ def test_primal_multipliers_from_layer_duals():
         st = cpo_step(g, b, c, delta, backend="cvxpylayers_primal")
         resid = g - st.lam * st.x - st.nu * b
         assert float(resid.norm()) <= 1e-8 * float(g.norm())
+
+
+def test_dual_layer_batched_over_instances_equals_one_call_each(monkeypatch):
+    """Five instances (cases 0-3 and a TRPO one) in one steps_from_solutions call: the layer
+    is called once, for the instances of cases 1-3, and every step and its gradients w.r.t.
+    g, b, c equal those of one cpo_step per instance."""
+    from metacpo_rllib.optim.cpo import check_inputs, steps_from_solutions
+
+    calls = []
+    original = dco.dual_layer()
+
+    class Counting:
+        def __call__(self, *params, **kwargs):
+            calls.append(params[0].shape)
+            return original(*params, **kwargs)
+
+    monkeypatch.setattr(dco, "dual_layer", lambda: Counting())
+    specs = [(0, 0.5), (1, -0.5), (2, -2.0), (3, 2.0), (4, 0.2)]
+    single, batched = [], []
+    for seed, t in specs:
+        single.append(instance(seed, t))
+        batched.append(instance(seed, t))
+    checked = [check_inputs(g, b if i != 4 else None, c, d)
+               for i, (g, b, c, d) in enumerate(batched)]
+    steps = steps_from_solutions(checked, [(g, torch.zeros_like(g) if b is None else b)
+                                           for g, b, _, _ in checked],
+                                 identity_metric=True, backend="cvxpylayers_dual")
+    assert calls == [torch.Size([3])]  # one layer call: cases 1, 2 and 3 (not 0, not TRPO)
+    calls.clear()
+    for i, ((g, b, c, d), (gb, bb, cb, _), step) in enumerate(zip(single, batched, steps)):
+        ref = cpo_step(g, b if i != 4 else None, c, d, backend="cvxpylayers_dual")
+        assert step.case == ref.case
+        torch.testing.assert_close(step.x, ref.x, atol=1e-12, rtol=0)
+        weights = torch.linspace(-1.0, 1.0, g.numel(), dtype=T)
+        grads = torch.autograd.grad(step.x @ weights, [gb, cb] + ([bb] if i != 4 else []),
+                                    allow_unused=True)
+        expected = torch.autograd.grad(ref.x @ weights, [g, c] + ([b] if i != 4 else []),
+                                       allow_unused=True)
+        for got, want in zip(grads, expected):
+            if want is None:
+                assert got is None
+            else:
+                torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-6)

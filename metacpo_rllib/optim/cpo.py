@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -138,6 +138,67 @@ def step_from_solution(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v:
     forms and α, β only, and the caller adds the solve's own part, ``d(αv + βw)`` at fixed
     α, β (one solve: ``implicit.implicit_steps``).
     """
+    return steps_from_solutions([(g, b, c, delta)], [(v, w)], identity_metric=identity_metric,
+                                backend=backend, eps=eps, forms=[forms])[0]
+
+
+@dataclass
+class _Instance:
+    """One CPO instance with its solves, forms, float scalars and case."""
+
+    g: Tensor
+    b: Tensor | None
+    c: Tensor
+    delta: Tensor
+    v: Tensor
+    w: Tensor
+    q: Tensor
+    r: Tensor
+    s: Tensor
+    floats: tuple[float, float, float, float, float]
+    case: int
+    envelope: Callable[[Tensor], Tensor] | None
+
+
+def steps_from_solutions(
+    instances: Sequence[tuple[Tensor, Tensor | None, Tensor, Tensor]],
+    solutions: Sequence[tuple[Tensor, Tensor]],
+    *,
+    identity_metric: bool,
+    backend: str = "closed_form",
+    eps: float = 1e-8,
+    forms: Sequence[SolvedForms | None] | None = None,
+) -> list[CPOStep]:
+    """:func:`step_from_solution` of several instances (``instances[i] = (g, b, c, δ)``,
+    ``solutions[i] = (v, w)``, ``forms[i]``); the ``cvxpylayers_dual`` backend solves all
+    instances that need its layer in one batched layer call."""
+    forms = [None] * len(instances) if forms is None else forms
+    prepared = [_prepare(g, b, c, delta, v, w, identity_metric, eps, f)
+                for (g, b, c, delta), (v, w), f in zip(instances, solutions, forms)]
+    solved: list = [None] * len(prepared)
+    layered = [i for i, p in enumerate(prepared) if p.case not in (CASE_INFEASIBLE, CASE_TRPO)]
+    if backend != "closed_form" and layered:
+        from metacpo_rllib.optim import dco  # lazy: cvxpy is slow to import
+
+        if backend == "cvxpylayers_dual":
+            duals = dco.dual_steps([(p.g, p.b, p.v, p.w, p.q, p.r, p.s, p.c, p.delta, p.envelope)
+                                    for p in (prepared[i] for i in layered)])
+            for i, dual in zip(layered, duals):
+                solved[i] = dual
+        else:
+            for i in layered:
+                p = prepared[i]
+                primal = dco.primal_step(p.g, p.b, p.c, p.delta)
+                if primal is not None:
+                    x, lam, nu = primal
+                    solved[i] = CPOStep(x=x, lam=lam, nu=nu, case=p.case, v=p.v, w=p.w, q=p.q,
+                                        r=p.r, s=p.s, g=p.g, b=p.b, alpha=None, beta=None)
+    return [solution if isinstance(solution, CPOStep) else _finish(p, solution)
+            for p, solution in zip(prepared, solved)]
+
+
+def _prepare(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor, w: Tensor,
+             identity_metric: bool, eps: float, forms: SolvedForms | None) -> _Instance:
     zero = g.new_zeros(())
     if forms is None:
         q = g @ v
@@ -147,26 +208,19 @@ def step_from_solution(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v:
     floats = (_f(q), _f(r), _f(s), _f(c), _f(delta))
     bb = 0.0 if b is None else (floats[2] if identity_metric else _f(b @ b))
     case = classify(*floats, bb, has_b=b is not None, eps=eps)
+    return _Instance(g, b, c, delta, v, w, q, r, s, floats, case,
+                     None if forms is None else forms.schur)
 
-    envelope = None if forms is None else forms.schur
-    alpha = beta = x = None
-    step = None
-    if backend != "closed_form" and case not in (CASE_INFEASIBLE, CASE_TRPO):
-        from metacpo_rllib.optim import dco  # lazy: cvxpy is slow to import
 
-        if backend == "cvxpylayers_dual":
-            step = dco.dual_step(g, b, v, w, q, r, s, c, delta, envelope)
-        else:
-            primal = dco.primal_step(g, b, c, delta)
-            if primal is not None:
-                x, lam, nu = primal
-    if x is None:
-        if step is None:  # closed form, or a cvxpylayers backend's analytic fallback
-            step = closed_form(case, g, b, v, w, q, r, s, c, delta, floats, envelope)
-        alpha, beta, lam, nu = step
-        x = torch.addcmul(alpha * v, beta, w)
-    return CPOStep(x=x, lam=lam, nu=nu, case=case, v=v, w=w, q=q, r=r, s=s, g=g, b=b,
-                   alpha=alpha, beta=beta)
+def _finish(p: _Instance, step: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> CPOStep:
+    """The step from the layer's (α, β, λ, ν), or from the closed form when it gave none."""
+    if step is None:
+        step = closed_form(p.case, p.g, p.b, p.v, p.w, p.q, p.r, p.s, p.c, p.delta, p.floats,
+                           p.envelope)
+    alpha, beta, lam, nu = step
+    x = torch.addcmul(alpha * p.v, beta, p.w)
+    return CPOStep(x=x, lam=lam, nu=nu, case=p.case, v=p.v, w=p.w, q=p.q, r=p.r, s=p.s, g=p.g,
+                   b=p.b, alpha=alpha, beta=beta)
 
 
 def classify(q: float, r: float, s: float, c: float, delta: float, bb: float, *,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import cvxpy as cp
 import diffcp
@@ -62,27 +62,61 @@ def dual_layer() -> CvxpyLayer:
     return CvxpyLayer(problem, parameters=[kappa, sigma, c_t], variables=[lam, nu])
 
 
+DualInstance = tuple  # (g, b, v, w, q, r, s, c, δ, envelope), as dual_step's arguments
+DualResult = Optional[tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
 def dual_step(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor, s: Tensor,
               c: Tensor, delta: Tensor, envelope: Callable[[Tensor], Tensor] | None = None
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+              ) -> DualResult:
     """``(α, β, λ*, ν*)`` from the dual layer: ``x = αv + βw = (H⁻¹g − ν* H⁻¹b)/λ*``;
     None → use closed form.
 
     ``v, w`` are ``H⁻¹g, H⁻¹b`` and ``q, r, s`` their scalars; the layer never sees n.
     ``envelope``: for v, w without a graph (``cpo.schur_complement``).
     """
-    if not (_f(q) > 0.0 and _f(s) > 0.0):
-        return None
-    big_a = schur_complement(g, b, v, w, q, r, s, envelope=envelope)
-    rho, sqrt_q, sqrt_s = torch.sqrt(2.0 * delta), torch.sqrt(q), torch.sqrt(s)
-    params = [(r / (sqrt_q * sqrt_s)), safe_sqrt(big_a / q), c / (rho * sqrt_s)]
-    params = [p.to(torch.float64) for p in params]
+    return dual_steps([(g, b, v, w, q, r, s, c, delta, envelope)])[0]
+
+
+def dual_steps(instances: Sequence[DualInstance]) -> list[DualResult]:
+    """:func:`dual_step` of several instances in one batched layer call (the layer takes a
+    leading batch dimension of its three parameters); each result as dual_step's. A solver
+    error in the batch falls back to one call per instance, so one bad instance does not
+    take the others' layer solutions with it."""
+    results: list[DualResult] = [None] * len(instances)
+    scaled, rows = [], []
+    for i, (g, b, v, w, q, r, s, c, delta, envelope) in enumerate(instances):
+        if not (_f(q) > 0.0 and _f(s) > 0.0):
+            continue
+        big_a = schur_complement(g, b, v, w, q, r, s, envelope=envelope)
+        rho, sqrt_q, sqrt_s = torch.sqrt(2.0 * delta), torch.sqrt(q), torch.sqrt(s)
+        params = [(r / (sqrt_q * sqrt_s)), safe_sqrt(big_a / q), c / (rho * sqrt_s)]
+        scaled.append(([p.to(torch.float64) for p in params], (g, rho, sqrt_q, sqrt_s)))
+        rows.append(i)
+    if not rows:
+        return results
+    batch = [torch.stack([params[k] for params, _ in scaled]) for k in range(3)]
     try:
-        lam_t, nu_t = dual_layer()(*params, solver_args=_solver_args(DUAL_SOLVER_ARGS, params,
-                                                                      dense=True))
+        lam_t, nu_t = dual_layer()(*batch, solver_args=_solver_args(DUAL_SOLVER_ARGS, batch,
+                                                                     dense=True))
+        solved = list(zip(lam_t.unbind(0), nu_t.unbind(0)))
     except _SOLVER_ERRORS as err:
-        warnings.warn(f"CPO dual layer failed ({err}); using the closed form", RuntimeWarning)
-        return None
+        if len(rows) == 1:
+            warnings.warn(f"CPO dual layer failed ({err}); using the closed form",
+                          RuntimeWarning)
+            return results
+        for i in rows:
+            results[i] = dual_steps([instances[i]])[0]
+        return results
+    for i, (params, scale), (lam_i, nu_i) in zip(rows, scaled, solved):
+        results[i] = _dual_result(params, scale, lam_i, nu_i)
+    return results
+
+
+def _dual_result(params: list[Tensor], scale: tuple[Tensor, Tensor, Tensor, Tensor],
+                 lam_t: Tensor, nu_t: Tensor) -> DualResult:
+    """``(α, β, λ*, ν*)`` from the dimensionless solution, or None when it is unusable."""
+    g, rho, sqrt_q, sqrt_s = scale
     lt, nt = _f(lam_t), _f(nu_t)
     if not (np.isfinite(lt) and np.isfinite(nt)) or lt < _MIN_SCALED_LAMBDA:
         return None

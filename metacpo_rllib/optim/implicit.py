@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from metacpo_rllib.optim.cpo import CPOStep, step_from_solution
+from metacpo_rllib.optim.cpo import CPOStep, steps_from_solutions
 from metacpo_rllib.optim.linalg import (
     conjugate_gradient,
     differentiated_as,
@@ -58,25 +58,26 @@ def implicit_steps(
     :func:`step_from_solution` on the same solves.
     """
     width = products.shape[1] // len(instances)
-    steps, residuals = [], []
-    for i, ((g, b, c, delta), (v, w)) in enumerate(zip(instances, solutions)):
+    forms = []
+    for i, ((g, b, _, _), (v, w)) in enumerate(zip(instances, solutions)):
         av = products[:, width * i]
-        residual_g = g - av
         if b is None:
             zero = g.new_zeros(())
-            forms = SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av), zero, zero)
+            forms.append(SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av), zero,
+                                     zero))
         else:
             aw = products[:, width * i + 1]
-            forms = SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av),
-                                differentiated_as(g @ w, w @ g + v @ b - v @ aw),
-                                differentiated_as(b @ w, 2.0 * (w @ b) - w @ aw),
-                                functools.partial(_schur_envelope, g, b, v, w, av, aw))
-        step = step_from_solution(g, b, c, delta, v, w, identity_metric=False,
-                                  backend=backend, forms=forms)
-        residual = step.alpha.detach() * residual_g
+            forms.append(SolvedForms(differentiated_as(g @ v, 2.0 * (v @ g) - v @ av),
+                                     differentiated_as(g @ w, w @ g + v @ b - v @ aw),
+                                     differentiated_as(b @ w, 2.0 * (w @ b) - w @ aw),
+                                     functools.partial(_schur_envelope, g, b, v, w, av, aw)))
+    steps = steps_from_solutions(instances, solutions, identity_metric=False, backend=backend,
+                                 forms=forms)
+    residuals = []
+    for i, ((g, b, _, _), step) in enumerate(zip(instances, steps)):
+        residual = step.alpha.detach() * (g - products[:, width * i])
         if b is not None:
-            residual = residual + step.beta.detach() * (b - aw)
-        steps.append(step)
+            residual = residual + step.beta.detach() * (b - products[:, width * i + 1])
         residuals.append(residual)
     direction = zero_with_solve_gradient(torch.stack(residuals, dim=1), solve)
     return [dataclasses.replace(step, x=step.x + direction[:, i], reverse_solve=solve)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
 from metacpo_rllib.optim.cpo import (RESTORING_CASES, CPOStep, NonFiniteError, check_inputs,
-                                     step_from_solution)
+                                     steps_from_solutions)
 from metacpo_rllib.optim.implicit import ReverseSolve, implicit_steps
 from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
@@ -114,9 +114,9 @@ def constrained_steps(
             err.index = i
             raise
     if cfg.metric == "euclidean":
-        return [step_from_solution(g, b, c, d, g, torch.zeros_like(g) if b is None else b,
-                                   identity_metric=True, backend=cfg.backend)
-                for g, b, c, d in checked]
+        return steps_from_solutions(
+            checked, [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked],
+            identity_metric=True, backend=cfg.backend)
     width = 1 if checked[0][1] is None else 2
     rhs = torch.stack([col for g, b, _, _ in checked for col in ((g,) if b is None else (g, b))],
                       dim=1)
@@ -131,8 +131,7 @@ def constrained_steps(
     pairs = [(columns[width * i], columns[width * i + 1] if width == 2
               else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
     if not (create_graph and torch.is_grad_enabled()):
-        return [step_from_solution(g, b, c, d, v, w, identity_metric=False, backend=cfg.backend)
-                for (g, b, c, d), (v, w) in zip(checked, pairs)]
+        return steps_from_solutions(checked, pairs, identity_metric=False, backend=cfg.backend)
     # A [v w], differentiable w.r.t. the parameters; the reverse pass solves one column each
     products = hvp(known) + cfg.cg_damping * known
     reverse = ReverseSolve(module, params, states, hvp, width, cfg.cg_iters, cfg.cg_damping,
