@@ -24,6 +24,8 @@ SOURCES = {
     "scaling": ("Scaling with EnvRunners", "bench_scaling.py"),
     "profile": ("Profile of a meta-iteration", "bench_profile.py"),
     "envs": ("Env steps/s: bare safety-gymnasium vs task layer", "bench_envs.py"),
+    "fast_step": ("Fast step vs stock step vs bare physics; batched DCO layer",
+                  "bench_fast_step.py"),
 }
 
 
@@ -280,11 +282,50 @@ def sec_envs(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
                  "task layer, full world", "layer ÷ bare (CPU time)"], rows)
 
 
+def sec_fast_step(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
+    target, stretch = d["targets"]["ratio"], d["targets"]["stretch"]
+    rows = []
+    for r in d["env"]:
+        us = r["us_per_step"]
+        rows.append([r["family"], us["stock"], us["fast"], us["physics"], r["ratio_stock"],
+                     r["ratio_fast"], r["speedup"]])
+        summary.append([f"fast step ≥ {target} of bare physics (stretch {stretch})",
+                        r["family"], fmt(r["ratio_fast"]),
+                        met(r["met"]) + (" (stretch met)" if r["stretch_met"] else "")])
+    lines = [f"Random-action steps of the TaskEnv, CPU time of one process, median of "
+             f"{d['config']['rounds']} alternating rounds of {d['config']['steps']} steps "
+             "(resets at episode ends included); physics = `mj_step(model, data, nstep=10)` "
+             "on the same model. Ratio = physics ÷ step time.", ""]
+    lines += table(["family", "stock µs/step", "fast µs/step", "physics µs/step",
+                    "stock ÷ physics", "fast ÷ physics", "speed-up"], rows)
+    if d.get("train"):
+        trows = []
+        for r in d["train"]:
+            sps = r["env_steps_per_s"]
+            trows.append([r["family"], sps["stock"], sps["fast"], r["speedup"]])
+            summary.append([f"algo.train() throughput ≥ {r['target']}× with fast_step",
+                            r["family"], f"{fmt(r['speedup'])}×", met(r["met"])])
+        lines += ["", "End-to-end `algo.train()` (Meta-CPO, default config, 2 EnvRunners), env "
+                  "steps per wall second, median over alternating iterations:", ""]
+        lines += table(["family", "stock steps/s", "fast steps/s", "speed-up"], trows)
+    c = d["dco"]
+    summary.append([f"batched DCO round ≤ {c['target']}× one unbatched call",
+                    f"{c['tasks']} tasks", f"{fmt(c['batched_vs_single'])}×", met(c["met"])])
+    lines += ["", f"cvxpylayers dual layer, forward + backward, {c['tasks']} instances of "
+              f"cases 1–2 (median of {c['repeats']}):", ""]
+    lines += table(["one call, 1 instance (s)", "one call per instance (s)",
+                    "one batched call (s)", "batched ÷ single", "unbatched ÷ batched"],
+                   [[c["single_call_s"], c["unbatched_round_s"], c["batched_round_s"],
+                     c["batched_vs_single"], c["unbatched_vs_batched"]]])
+    return lines + [""]
+
+
 SECTIONS: dict[str, Callable[..., list[str]]] = {
     "sampling": sec_sampling,
     "sampling_vector": lambda d, summary: sec_sampling(d, summary, targets=False),
     "lean_rollout": sec_lean, "meta_share": sec_meta_share, "cpo_step": sec_cpo_step,
     "update": sec_update, "scaling": sec_scaling, "profile": sec_profile, "envs": sec_envs,
+    "fast_step": sec_fast_step,
 }
 
 

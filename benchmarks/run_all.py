@@ -17,7 +17,8 @@ SCRIPTS = [("bench_sampling.py", "sampling", []),
            ("bench_meta_share.py", "meta_share", ["--fisher-strides", "1", "5"]),
            ("bench_scaling.py", "scaling", []),
            ("bench_profile.py", "profile", []), ("bench_envs.py", "envs", []),
-           ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", [])]
+           ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", []),
+           ("bench_fast_step.py", "fast_step", [])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench_fast_step  # noqa: E402
 import bench_lean_rollout  # noqa: E402
 import bench_meta_share  # noqa: E402
 import bench_profile  # noqa: E402
@@ -59,6 +60,21 @@ def test_scripts_write_json_and_report_renders(tmp_path: Path) -> None:
         assert f"## {title}" in text
     assert "*No results: run `benchmarks/bench_update.py`.*" in text
     assert "sampling ratio ≥ 0.8" in text and "learner share ≤ 10.0%" in text
+
+
+def test_fast_step_benchmark_writes_json_and_renders(tmp_path: Path) -> None:
+    data = bench_fast_step.main(["--rounds", "1", "--steps", "60", "--skip-train", "--tasks",
+                                 "2", "--out", str(tmp_path / "fast_step.json")])
+    saved = json.loads((tmp_path / "fast_step.json").read_text())
+    assert saved["commit"] and [r["family"] for r in saved["env"]] == list(
+        bench_fast_step.FAMILIES)
+    for row in data["env"]:
+        us = row["us_per_step"]
+        assert 0 < us["physics"] and 0 < us["fast"] and 0 < us["stock"]
+        assert row["ratio_fast"] == pytest.approx(us["physics"] / us["fast"])
+    assert saved["dco"]["batched_round_s"] > 0 and saved["dco"]["tasks"] == 2
+    text = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
+    assert "## Fast step vs stock step" in text and "fast step ≥ 0.5 of bare physics" in text
 
 
 def test_report_renders_committed_results() -> None:
