@@ -263,3 +263,21 @@ def test_tables_and_comparison_summary(adapted):
     md = markdown_report(spec, {"MetaCPO": [row]}, {"MetaCPO": summary})
     assert "certified" in md and "Calibration of the cost model: MetaCPO" in md
     assert "±" not in md.split("## Per seed")[0].split("| MetaCPO |")[1].splitlines()[0]
+
+
+def test_training_ledger_for_cpo():
+    """CPO evaluated every iteration: from the second evaluation on, the update between two
+    evaluations is in the ledger, its realised change the change of θ's evaluation cost."""
+    algo = _config("CPOConfig", seed=1).evaluation(
+        evaluation_interval=1, evaluation_duration=4, evaluation_num_tasks=2).build_algo()
+    try:
+        first, second = algo.train(), algo.train()
+        assert "ledger" not in first["evaluation"]
+        ledger = second["evaluation"]["ledger"]
+        update = second["metacpo"]["update"]
+        assert ledger["predicted_cost_change"] == update["outer_predicted_cost_change"]
+        assert ledger["case"] == update["outer_case"] and ledger["kl"] == update["outer_kl"]
+        assert ledger["realised_cost_change"] == pytest.approx(
+            second["evaluation"]["mean_cost"] - first["evaluation"]["mean_cost"])
+    finally:
+        algo.stop()

@@ -58,6 +58,9 @@ class MetaCPO(Algorithm):
         self._sample_rng = np.random.default_rng(
             None if self.config.seed is None else [int(self.config.seed), 1])
         self._meta_iterations = 0
+        # For the training ledger: the last update's statistics and the last evaluation.
+        self._last_update: dict[str, Any] = {}
+        self._last_eval: dict[str, Any] = {}
 
     # -- training ----------------------------------------------------------------------------
     def sample_train_tasks(self) -> list[Task]:
@@ -78,6 +81,7 @@ class MetaCPO(Algorithm):
             self.env_runner_group.sync_weights(
                 from_worker_or_learner_group=self.learner_group, inference_only=True)
         self._meta_iterations += 1
+        self._last_update = {"meta_iteration": self._meta_iterations, **info}
         metrics = iteration_metrics(tasks, rounds, info, placements, times)
         metrics["meta_iteration"] = self._meta_iterations
         for key, value in _flatten(metrics):
@@ -188,6 +192,35 @@ class MetaCPO(Algorithm):
                                         seed=self.config.evaluation_seed,
                                         cost_limit=self.config.cost_limit)
 
+    def _training_ledger(self, costs: list[list[float]]) -> dict[str, Any]:
+        """``{"ledger": {...}}`` when this evaluation and the previous one bracket exactly one
+        update of a constrained algorithm without inner loop (CPO: its predicted cost change
+        is θ's): the update's predicted change (``outer_predicted_cost_change``, bᵀx times
+        the accepted fraction), the change of θ's evaluation cost (paired over the same
+        episodes) with its standard error, the CPO case and the KL; else ``{}``."""
+        previous, self._last_eval = self._last_eval, {
+            "meta_iteration": self._meta_iterations, "costs": costs}
+        update = self._last_update
+        cfg = self.config.update_config()
+        if (not previous or cfg.inner_steps or not cfg.constrained
+                or previous["meta_iteration"] != self._meta_iterations - 1
+                or update.get("meta_iteration") != self._meta_iterations
+                or len(previous["costs"]) != len(costs)):
+            return {}
+        diffs = [np.asarray(a, float) - np.asarray(b, float)
+                 for a, b in zip(costs, previous["costs"])]
+        stats = [(d.mean(), d.var(ddof=1) / d.size) for d in diffs if d.size > 1]
+        if not stats:
+            return {}
+        realised = float(np.mean([m for m, _ in stats]))
+        se = float(np.sqrt(sum(v for _, v in stats)) / len(stats))
+        return {"ledger": {
+            "predicted_cost_change": float(update.get("outer_predicted_cost_change", math.nan)),
+            "realised_cost_change": realised, "realised_cost_change_se": se,
+            "case": float(update.get("outer_case", math.nan)),
+            "kl": float(update.get("outer_kl", math.nan)),
+            "accepted": float(update.get("line_search_accepted", math.nan))}}
+
     def evaluate(self, parallel_train_future: Any = None, **_: Any) -> dict[str, Any]:
         """Evaluate θ on :meth:`evaluation_tasks`, ``evaluation_duration`` episodes per task
         (sampled actions, common random numbers as in :meth:`adapt`, seed
@@ -196,7 +229,8 @@ class MetaCPO(Algorithm):
         the task-averaged cost (one-sided 95%), ``cost_limit``, ``meets_limit`` (1: the
         task-averaged evaluation cost is within the limit), ``certified`` (1: its upper
         bound is), ``within_limit_rate`` / ``certified_rate`` (fractions of tasks) and
-        ``per_task`` lists."""
+        ``per_task`` lists; for CPO, when the previous iteration was evaluated too,
+        ``ledger`` (:meth:`_training_ledger`)."""
         tasks = self.evaluation_tasks()
         theta = self._learner_call("theta_weights")
         start = time.perf_counter()
@@ -209,7 +243,8 @@ class MetaCPO(Algorithm):
         limits = [float(t.cost_limit) for t in tasks]
         pooled = pooled_cost_stats([r["costs"] for r in per_task], bound)
         limit = float(np.mean(limits))
-        return {
+        out = self._training_ledger([r["costs"] for r in per_task])
+        return {**out,
             "mean_cost": pooled.mean,
             "mean_return": float(np.mean([np.mean(r["returns"]) for r in per_task])),
             "cost_se": pooled.se, "cost_ucb": pooled.ucb, "cost_limit": limit,
