@@ -94,9 +94,12 @@ def test_train_then_adapt_end_to_end(tmp_path, ray_address):
     lines = adapt.stdout.splitlines()
     assert any("step 2" in line for line in lines)
     table_rows = [line for line in lines if line.strip().startswith("100000")]
-    assert len(table_rows) == 3  # test-split task ids 1000000..1000002
+    # test-split task ids 1000000..1000002, in the learning-batch and the evaluation table
+    assert len(table_rows) == 6
     report = json.loads(adapt_json.read_text())
     assert report["steps"] == [0, 1, 2] and report["algorithm"] == "MetaCPO"
+    assert all(len(t["eval"]["cost_ucb"]) == 3 for t in report["tasks"])
+    assert report["eval"]["episodes_per_task"] == 20  # --eval-episodes default
     assert [t["cost_limit"] for t in report["tasks"]] == [5.0, 5.0, 5.0]
     assert all(t["task"]["split"] == "test" for t in report["tasks"])
     assert "{" not in adapt.stdout  # --json FILE writes the file only
