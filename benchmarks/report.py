@@ -26,6 +26,10 @@ SOURCES = {
     "envs": ("Env steps/s: bare safety-gymnasium vs task layer", "bench_envs.py"),
     "fast_step": ("Fast step vs stock step vs bare physics; batched DCO layer",
                   "bench_fast_step.py"),
+    "meta_share_backends": ("Meta-update share with the closed form or the DCO layer as the "
+                            "backend, fast step on",
+                            "bench_meta_share.py --settings fisher:closed_form "
+                            "fisher:cvxpylayers_dual --fisher-strides 5"),
 }
 
 
@@ -325,7 +329,7 @@ SECTIONS: dict[str, Callable[..., list[str]]] = {
     "sampling_vector": lambda d, summary: sec_sampling(d, summary, targets=False),
     "lean_rollout": sec_lean, "meta_share": sec_meta_share, "cpo_step": sec_cpo_step,
     "update": sec_update, "scaling": sec_scaling, "profile": sec_profile, "envs": sec_envs,
-    "fast_step": sec_fast_step,
+    "fast_step": sec_fast_step, "meta_share_backends": sec_meta_share,
 }
 
 

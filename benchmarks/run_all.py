@@ -18,7 +18,9 @@ SCRIPTS = [("bench_sampling.py", "sampling", []),
            ("bench_scaling.py", "scaling", []),
            ("bench_profile.py", "profile", []), ("bench_envs.py", "envs", []),
            ("bench_update.py", "update", []), ("bench_cpo_step.py", "cpo_step", []),
-           ("bench_fast_step.py", "fast_step", [])]
+           ("bench_fast_step.py", "fast_step", []),
+           ("bench_meta_share.py", "meta_share_backends",
+            ["--settings", "fisher:closed_form", "fisher:cvxpylayers_dual", "--fisher-strides", "5"])]
 
 
 def main(argv: list[str] | None = None) -> int:
