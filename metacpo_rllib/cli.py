@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -288,6 +289,7 @@ def _write_json(report: dict[str, Any], path: Optional[str]) -> None:
     if path in (None, "-"):
         print(text)
     else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             f.write(text + "\n")
         print(f"wrote {path}", file=sys.stderr)
@@ -591,8 +593,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM / SIGHUP (Terminated)
         ended = _end_open_runs()
-        what = getattr(interrupt, "args", None) or ("SIGINT",)
-        print(f"metacpo {args.command}: interrupted ({what[0]})"
+        name = signal.Signals(console.interrupt_signal(interrupt)).name
+        print(f"metacpo {args.command}: interrupted ({name})"
               + (f"; {len(ended)} open MLflow run(s) marked KILLED" if ended else ""),
               file=sys.stderr)
         return console.exit_code(interrupt)

@@ -23,6 +23,8 @@ NOISE: dict[str, tuple[str, ...]] = {
     "ray._common.deprecation": ("RLModule(config=",),
     # Tune's system monitor, on a machine without GPUs.
     "ray.tune.utils.util": ("Install gputil",),
+    # Tune's TensorBoard logger on the per-task EnvRunner node ids (strings) of a result.
+    "ray.tune.logger.tensorboardx": ("metacpo/per_task/node_id",),
 }
 
 #: Python warnings of the same kind (category, message regex).
@@ -86,7 +88,14 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The last signal turned into Terminated (Tune / Ray may re-raise it as a plain
+#: KeyboardInterrupt on the way out).
+last_signal: Optional[int] = None
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    global last_signal
+    last_signal = signum
     # A second signal while unwinding ends the process the default way.
     signal.signal(signum, signal.SIG_DFL)
     raise Terminated(signum)
@@ -99,9 +108,11 @@ def signal_handlers() -> Iterator[None]:
     turning it into a graceful stop, so that an interrupted sweep ends the same way.
     The previous handlers are restored afterwards; off the main thread this does nothing.
     """
+    global last_signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    last_signal = None
     signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, _raise_terminated) for sig in signals}
     _active.append(signals)
@@ -130,6 +141,11 @@ def reclaim_signals() -> None:
             signal.signal(sig, _raise_terminated)
 
 
+def interrupt_signal(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM / SIGHUP if one was received, else SIGINT."""
+    return getattr(interrupt, "signum", None) or last_signal or int(signal.SIGINT)
+
+
 def exit_code(interrupt: KeyboardInterrupt) -> int:
-    """The shell's convention: 128 + the signal number (130 for Ctrl-C)."""
-    return 128 + getattr(interrupt, "signum", signal.SIGINT)
+    """The shell's convention: 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + interrupt_signal(interrupt)

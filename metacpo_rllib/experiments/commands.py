@@ -67,7 +67,7 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
                              "iterations)")
     parser.add_argument("--json", type=abs_path, default=None, metavar="PATH",
                         help="also write the per-trial rows (with the per-step adaptation "
-                        "means), the spec and provenance to this JSON file")
+                        "means), the spec and provenance to this JSON file (default: none)")
     add_tracking_args(parser)
     _ray_args(parser)
 
