@@ -18,14 +18,20 @@ _RLLIB_EXPORTS = (
 )
 
 
+#: Ray-free names (torch only), also imported on first use.
+_POLICY_EXPORTS = ("load_policy", "Policy")
+
+
 def __getattr__(name: str) -> Any:
     if name in _RLLIB_EXPORTS:
         return getattr(importlib.import_module("metacpo_rllib.rllib"), name)
+    if name in _POLICY_EXPORTS:
+        return getattr(importlib.import_module("metacpo_rllib.policy"), name)
     raise AttributeError(f"module 'metacpo_rllib' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_RLLIB_EXPORTS))
+    return sorted(list(globals()) + list(_RLLIB_EXPORTS) + list(_POLICY_EXPORTS))
 
 
-__all__ = list(_RLLIB_EXPORTS)
+__all__ = list(_RLLIB_EXPORTS) + list(_POLICY_EXPORTS)
