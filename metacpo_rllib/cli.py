@@ -130,6 +130,8 @@ def check_writable_file(path: Optional[str], flag: str) -> None:
     """An output file path (``-``: stdout) can be written: its folder is writable."""
     if path in (None, "-"):
         return
+    if "://" in path:
+        raise UsageError(f"{flag}: expected a local file path, got {path}")
     if Path(path).is_dir():
         raise UsageError(f"{flag}: {path} is a directory, expected a file path")
     check_writable_dir(str(Path(path).parent), flag)
@@ -433,7 +435,7 @@ def progress_line(results: dict[str, Any], iteration: int, total: int) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     _check_counts(args, iterations=1, tasks=0, steps=0, num_env_runners=0)
-    if args.checkpoint_dir:
+    if args.checkpoint_dir and "://" not in args.checkpoint_dir:  # (URIs: RLlib's pyarrow)
         check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     check_writable_file(args.json, "--json")
     try:
