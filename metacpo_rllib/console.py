@@ -65,7 +65,8 @@ def progress(total: Optional[int], desc: str, unit: str = "it") -> Any:
     not a TTY, e.g. in CI logs or when piped; ``TQDM_DISABLE=1`` turns it off too)."""
     from tqdm.auto import tqdm
 
-    disable = None if not os.environ.get("TQDM_DISABLE") else True
+    off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+    disable = True if off else None  # None: on only when stderr is a terminal
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
                 dynamic_ncols=True, leave=False)
 
