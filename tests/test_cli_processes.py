@@ -248,8 +248,10 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path) -> None:
             time.sleep(0.2)
         assert not [p for p in spawned if _alive(p)], "server processes left running"
         assert not _serving(port)
-        with socket.socket() as s:  # the port is free again
+        with socket.socket() as s:  # the port is free again (no listener; TIME_WAIT of the
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # probes may remain)
             s.bind(("127.0.0.1", port))
+            s.listen()
     finally:
         if proc.poll() is None:
             proc.kill()
