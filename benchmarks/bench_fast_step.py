@@ -156,7 +156,8 @@ def bench_dco(tasks: int, n: int, repeats: int) -> dict[str, Any]:
 
     dco.dual_layer()  # built once, outside the timings
     batched()
-    per = {"single_call_s": _timed(single, repeats), "unbatched_round_s": _timed(unbatched, repeats),
+    per = {"single_call_s": _timed(single, repeats),
+           "unbatched_round_s": _timed(unbatched, repeats),
            "batched_round_s": _timed(batched, repeats)}
     per["batched_vs_single"] = per["batched_round_s"] / per["single_call_s"]
     per["unbatched_vs_batched"] = per["unbatched_round_s"] / per["batched_round_s"]

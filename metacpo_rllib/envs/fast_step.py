@@ -183,7 +183,7 @@ class FastStep:
             reward = np.clip(reward, -clip, clip)
             print("Warning: reward was outside of range!")
         info = self._cost(agent_pos)
-        env.cost = info
+        env.cost = dict(info)  # as stock: the cost dict apart from the info dict
         cost = info["cost_sum"]
         task.specific_step()
         if goal_met:  # the stock goal handling (rare): layout update and a new goal
@@ -289,9 +289,8 @@ class FastStep:
             theta = float(sensors[adr])
             obs[off], obs[off + 1] = np.sin(theta), np.cos(theta)
         for adr, off in self.quats:
-            out = np.zeros(9, dtype="float64")
-            mujoco.mju_quat2Mat(out, np.array(sensors[adr:adr + 4], dtype="float64"))
-            obs[off:off + 9] = out
+            quat = np.array(sensors[adr:adr + 4], dtype="float64")
+            mujoco.mju_quat2Mat(obs[off:off + 9], quat)  # BaseAgent's quat2mat, in place
         self._lidar(obs)
         if self.buttons_lidar is not None and self.task.buttons.timer != 0:
             obs[self.buttons_lidar] = 0.0
