@@ -310,6 +310,16 @@ def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str
     return report
 
 
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """``--tasks-per-iteration`` and ``--episodes-per-task`` (train and compare)."""
+    parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
+                        help="training tasks per iteration (default: 2 on safety-gymnasium "
+                             "families, 4 otherwise)")
+    parser.add_argument("--episodes-per-task", type=count(1), default=None,
+                        help="episodes per task and sampling round (default: 1 on "
+                             "safety-gymnasium families, 8 otherwise)")
+
+
 def _add_ray_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=count(1), default=2,
                         help="CPUs of the embedded local Ray")
@@ -354,12 +364,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", type=abs_path, default=None,
                         help="save the final algorithm state to this folder (checked "
                              "writable before training; default: no checkpoint)")
-    parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
-                        help="training tasks per iteration (default: 2 on safety-gymnasium "
-                             "families, 4 otherwise)")
-    parser.add_argument("--episodes-per-task", type=count(1), default=None,
-                        help="episodes per task and sampling round (default: 1 on "
-                             "safety-gymnasium families, 8 otherwise)")
+    add_sampling_args(parser)
     parser.add_argument("--inner-steps", type=count(0), default=None,
                         help="K, inner adaptation steps per task (meta algorithms only; "
                              "default 1)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from helpers import alive, descendants
 
 pytestmark = pytest.mark.ray
 
@@ -51,26 +52,6 @@ def _group_alive(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc's parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _kill_by_pid(pids: list[int]) -> None:
@@ -239,14 +220,14 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path) -> None:
     spawned: list[int] = []
     try:
         _wait_for(lambda: _serving(port), proc, 180, "the MLflow UI")
-        spawned = _descendants(proc.pid)
+        spawned = sorted(descendants(proc.pid))
         assert spawned, "metacpo ui started no server process"
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and [p for p in spawned if _alive(p)]:
+        while time.monotonic() < deadline and [p for p in spawned if alive(p)]:
             time.sleep(0.2)
-        assert not [p for p in spawned if _alive(p)], "server processes left running"
+        assert not [p for p in spawned if alive(p)], "server processes left running"
         assert not _serving(port)
         with socket.socket() as s:  # the port is free again (no listener; TIME_WAIT of the
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # probes may remain)
@@ -256,15 +237,7 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        _kill_by_pid([p for p in spawned if _alive(p)])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
+        _kill_by_pid([p for p in spawned if alive(p)])
 
 
 TUNE_RUN = """

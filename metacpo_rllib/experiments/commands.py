@@ -126,7 +126,7 @@ def _where(experiment: str, uri: str) -> str:
 
 # -- compare -----------------------------------------------------------------------------------
 def configure_compare(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import abs_path, count, json_object, number
+    from metacpo_rllib.cli import abs_path, add_sampling_args, count, json_object, number
 
     parser.add_argument("--family", default=None,
                         help="task family, e.g. PointCircle (default: --config's)")
@@ -145,12 +145,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-episodes", type=count(0), default=None,
                         help="fresh evaluation episodes per test task and step, apart from "
                              "the learning batches (default 20; 0: none)")
-    parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
-                        help="training tasks per iteration (default: 2 on "
-                             "safety-gymnasium families, 4 otherwise)")
-    parser.add_argument("--episodes-per-task", type=count(1), default=None,
-                        help="episodes per task and sampling round (default: 1 on "
-                             "safety-gymnasium families, 8 otherwise)")
+    add_sampling_args(parser)
     parser.add_argument("--train-cost-limit", type=number(0), default=None,
                         help="training tasks' limit (default: the family's train limit)")
     parser.add_argument("--test-cost-limit", type=number(0), default=None,
