@@ -18,3 +18,13 @@ def ray_local():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Shut down a Ray left initialised by an in-process command, before interpreter exit
+    (Ray's core worker torn down by the interpreter's exit can crash the process)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
