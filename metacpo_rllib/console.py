@@ -6,11 +6,13 @@ place before Ray is imported.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Any, Iterable, Iterator, Optional
 
@@ -80,6 +82,11 @@ def say(text: str) -> None:
 
 
 # -- signals ------------------------------------------------------------------------------------
+#: Seconds an interrupted command has to unwind (end its MLflow runs, stop Ray) before the
+#: process exits anyway with 128 + signal: an interrupt never leaves a command hanging.
+UNWIND_LIMIT_S = 60.0
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM / SIGHUP: unwinds like Ctrl-C (``finally``
     blocks run, Ray shuts down, open MLflow runs end as KILLED)."""
@@ -89,33 +96,55 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-#: The last signal turned into Terminated (Tune / Ray may re-raise it as a plain
+#: The last signal turned into an interrupt (Tune / Ray may re-raise it as a plain
 #: KeyboardInterrupt on the way out).
 last_signal: Optional[int] = None
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+def _exit_if_still_unwinding(signum: int, limit_s: float) -> None:
+    """Watchdog thread of an interrupt: exit the process once the unwinding takes too long."""
+    time.sleep(limit_s)
+    sys.stderr.write(f"metacpo: interrupted ({signal.Signals(signum).name}); shutting down "
+                     f"took more than {limit_s:.0f} s, exiting now. Where it waited:\n")
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Handler of SIGINT / SIGTERM / SIGHUP inside :func:`signal_handlers`."""
     global last_signal
     last_signal = signum
     # A second signal while unwinding ends the process the default way.
     signal.signal(signum, signal.SIG_DFL)
+    threading.Thread(target=_exit_if_still_unwinding, args=(signum, UNWIND_LIMIT_S),
+                     name="metacpo-unwind-watchdog", daemon=True).start()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
+
+
+def _handled_signals() -> list[int]:
+    return [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                              else [])
 
 
 @contextlib.contextmanager
 def signal_handlers() -> Iterator[None]:
-    """While open, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread
-    (SIGINT already raises KeyboardInterrupt), and Tune leaves Ctrl-C alone instead of
-    turning it into a graceful stop, so that an interrupted sweep ends the same way.
-    The previous handlers are restored afterwards; off the main thread this does nothing.
+    """While open, Ctrl-C raises KeyboardInterrupt and SIGTERM / SIGHUP raise
+    :class:`Terminated` in the main thread; the process then has ``UNWIND_LIMIT_S`` to
+    unwind before it exits with 128 + signal, and a second signal ends it at once. Tune
+    leaves Ctrl-C alone instead of turning it into a graceful stop, so that an interrupted
+    sweep ends the same way. The previous handlers are restored afterwards; off the main
+    thread this does nothing.
     """
     global last_signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     last_signal = None
-    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous = {sig: signal.signal(sig, _raise_terminated) for sig in signals}
+    signals = _handled_signals()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in signals}
     _active.append(signals)
     tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -139,7 +168,47 @@ def reclaim_signals() -> None:
     its own SIGTERM handler, a plain ``sys.exit``, in the driver)."""
     if _active and threading.current_thread() is threading.main_thread():
         for sig in _active[-1]:
-            signal.signal(sig, _raise_terminated)
+            signal.signal(sig, _interrupt)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM / SIGHUP until the block ends, then act on the first one as
+    the handler before would have: a write to the tracking store is never cut in half
+    (which can leave a lock or a transaction open that the KILLED-marking on the way out
+    then waits for). A second signal inside the block acts at once. Off the main thread
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals = _handled_signals()
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:  # the second one: act now
+            _deliver(signum, previous[signum])
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            _deliver(held[0], previous[held[0]])
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Act on ``signum`` as ``handler`` (a callable, SIG_DFL or SIG_IGN) would."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def interrupt_signal(interrupt: KeyboardInterrupt) -> int:

@@ -162,14 +162,8 @@ def _peek(db: Path) -> tuple[dict[str, str], int]:
 @pytest.mark.parametrize("command,sig", [
     (["train", "--family", "ConstrainedBandit", "--iterations", "1000", "--test-tasks", "0"],
      signal.SIGTERM),
-    pytest.param(
-        ["compare", "--family", "ConstrainedBandit", "--iterations", "1000", "--seeds", "0",
-         "--test-tasks", "0", "--quiet"], signal.SIGINT,
-        # Known open bug: in 1 of 3 full-suite runs the Ctrl-C'd compare printed nothing and
-        # had not exited 120 s later (a fresh-clone run of .ci/run); it passed alone and in
-        # the other runs. Reported as xfail/xpass by -ra until the hang is found.
-        marks=pytest.mark.xfail(raises=subprocess.TimeoutExpired, strict=False,
-                                reason="compare sometimes hangs after Ctrl-C (open bug)")),
+    (["compare", "--family", "ConstrainedBandit", "--iterations", "1000", "--seeds", "0",
+      "--test-tasks", "0", "--quiet"], signal.SIGINT),
 ])
 def test_interrupt_ends_mlflow_runs_as_killed(tmp_path, command, sig) -> None:
     """A running train (SIGTERM) or compare (Ctrl-C: SIGINT) ends with 128 + signal,

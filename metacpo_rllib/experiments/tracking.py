@@ -17,6 +17,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from metacpo_rllib import console
 from metacpo_rllib.provenance import git_commit  # noqa: F401 (tags; re-exported)
 
 #: The embedded default store: a sqlite file in the working directory (no server needed).
@@ -113,7 +114,8 @@ class Guard:
         reason = check_reachable(self.uri, timeout=2.0)  # (None for non-http stores)
         if reason is None:
             try:
-                fn(*args, **kwargs)
+                with console.deferred_interrupts():
+                    fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 (any tracking failure)
                 reason = f"{type(err).__name__}: {err}"
             else:
@@ -131,7 +133,8 @@ class Guard:
         if self.disabled:
             return None
         try:
-            return fn(*args, **kwargs)
+            with console.deferred_interrupts():
+                return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 (any tracking failure)
             self.disable(f"{type(err).__name__}: {err}")
             return None
