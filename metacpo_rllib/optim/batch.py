@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metacpo_rllib.evaluation_stats import t95
 from metacpo_rllib.optim.advantages import episode_advantages
 
 
@@ -45,7 +46,10 @@ class Batch:
     Advantages are fixed data (computed once from the sampled episodes). ``adv_reward`` is
     normalised (only its direction matters); ``adv_cost`` is in episode-cost units, so the
     cost surrogate ``sum(ratio * adv_cost) / num_episodes`` predicts changes of the mean
-    episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is c = J_C - h.
+    episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is c = J_C - h with
+    J_C = ``cost_estimate`` (the mean episode cost, or its upper bound: ``make_batch``).
+    ``cost_signal_share``: the factor the cost advantages were scaled by (1: unscaled;
+    ``cost_estimate.shrink_cost_gradient``).
     """
 
     obs: Tensor           # [N, obs_dim] float32
@@ -55,8 +59,11 @@ class Batch:
     adv_cost: Tensor      # [N]
     ep_returns: Tensor    # [E] undiscounted episode returns
     ep_costs: Tensor      # [E] undiscounted episode costs
+    ep_lengths: Optional[Tensor] = None  # [E] steps of each episode (int64)
     task_id: int = 0
     cost_limit: float = 0.0
+    cost_estimate: Optional[float] = None  # J_C in c; None: the mean episode cost
+    cost_signal_share: float = 1.0
     #: (solve settings, flat parameters, H⁻¹[g b]) of the last Fisher inner step taken on
     #: this batch (``meta.inner_step``): the meta-gradient replays the learner's inner step
     #: at the same parameters and reuses its conjugate-gradient solve.
@@ -82,7 +89,8 @@ class Batch:
     @property
     def constraint_value(self) -> float:
         """c = J_C - h in episode-cost units (positive = violating)."""
-        return self.mean_cost - self.cost_limit
+        cost = self.mean_cost if self.cost_estimate is None else self.cost_estimate
+        return cost - self.cost_limit
 
 
 def make_batch(
@@ -94,8 +102,13 @@ def make_batch(
     lam: float = 0.95,
     cost_gamma: float = 1.0,
     cost_lam: float = 0.95,
+    cost_upper_bound: bool = False,
 ) -> Batch:
-    """Build a Batch from complete episodes of one task (GAE for reward and for cost)."""
+    """Build a Batch from complete episodes of one task (GAE for reward and for cost).
+
+    ``cost_upper_bound``: J_C in the constraint value is the one-sided 95% t upper bound of
+    the mean episode cost (mean + t₀.₉₅(E−1)·sd/√E; the mean itself with one episode or no
+    spread), not the mean: a pessimistic c for small batches."""
     if not episodes:
         raise ValueError(f"episodes: no episodes for task {task_id}")
     for field in ("obs", "rewards", "costs"):
@@ -112,6 +125,11 @@ def make_batch(
         return torch.as_tensor(np.concatenate([getattr(ep, field) for ep in episodes]),
                                dtype=torch.float32)
 
+    ep_costs = np.array([c.sum() for c in costs])
+    estimate = None
+    if cost_upper_bound and len(episodes) > 1:
+        estimate = float(ep_costs.mean() + t95(len(episodes) - 1) * ep_costs.std(ddof=1)
+                         / np.sqrt(len(episodes)))
     return Batch(
         obs=cat("obs"),
         actions=cat("actions"),
@@ -119,7 +137,9 @@ def make_batch(
         adv_reward=torch.as_tensor(adv_r, dtype=torch.float32),
         adv_cost=torch.as_tensor(adv_c, dtype=torch.float32),
         ep_returns=torch.tensor([r.sum() for r in rewards], dtype=torch.float32),
-        ep_costs=torch.tensor([c.sum() for c in costs], dtype=torch.float32),
+        ep_costs=torch.tensor(ep_costs, dtype=torch.float32),
+        ep_lengths=torch.tensor([len(r) for r in rewards], dtype=torch.int64),
         task_id=int(task_id),
+        cost_estimate=estimate,
         cost_limit=float(cost_limit),
     )

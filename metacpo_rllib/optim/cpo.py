@@ -168,12 +168,14 @@ def steps_from_solutions(
     backend: str = "closed_form",
     eps: float = 1e-8,
     forms: Sequence[SolvedForms | None] | None = None,
+    recover_when_violating: bool = False,
 ) -> list[CPOStep]:
     """:func:`step_from_solution` of several instances (``instances[i] = (g, b, c, δ)``,
     ``solutions[i] = (v, w)``, ``forms[i]``); the ``cvxpylayers_dual`` backend solves all
-    instances that need its layer in one batched layer call."""
+    instances that need its layer in one batched layer call. ``recover_when_violating``:
+    every instance with c > 0 takes the pure recovery step (case 0; see :func:`classify`)."""
     forms = [None] * len(instances) if forms is None else forms
-    prepared = [_prepare(g, b, c, delta, v, w, identity_metric, eps, f)
+    prepared = [_prepare(g, b, c, delta, v, w, identity_metric, eps, f, recover_when_violating)
                 for (g, b, c, delta), (v, w), f in zip(instances, solutions, forms)]
     solved: list = [None] * len(prepared)
     layered = [i for i, p in enumerate(prepared) if p.case not in (CASE_INFEASIBLE, CASE_TRPO)]
@@ -198,7 +200,8 @@ def steps_from_solutions(
 
 
 def _prepare(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor, w: Tensor,
-             identity_metric: bool, eps: float, forms: SolvedForms | None) -> _Instance:
+             identity_metric: bool, eps: float, forms: SolvedForms | None,
+             recover_when_violating: bool = False) -> _Instance:
     zero = g.new_zeros(())
     if forms is None:
         q = g @ v
@@ -207,7 +210,8 @@ def _prepare(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor, w
         q, r, s = forms.q, forms.r, forms.s
     floats = (_f(q), _f(r), _f(s), _f(c), _f(delta))
     bb = 0.0 if b is None else (floats[2] if identity_metric else _f(b @ b))
-    case = classify(*floats, bb, has_b=b is not None, eps=eps)
+    case = classify(*floats, bb, has_b=b is not None, eps=eps,
+                    recover_when_violating=recover_when_violating)
     return _Instance(g, b, c, delta, v, w, q, r, s, floats, case,
                      None if forms is None else forms.schur)
 
@@ -224,10 +228,16 @@ def _finish(p: _Instance, step: tuple[Tensor, Tensor, Tensor, Tensor] | None) ->
 
 
 def classify(q: float, r: float, s: float, c: float, delta: float, bb: float, *,
-             has_b: bool = True, eps: float = 1e-8) -> int:
-    """Case number 0–4 from the (float) scalars; see the module docstring."""
+             has_b: bool = True, eps: float = 1e-8, recover_when_violating: bool = False) -> int:
+    """Case number 0–4 from the (float) scalars; see the module docstring.
+
+    ``recover_when_violating``: c > 0 is always case 0 (the pure cost-descent step
+    ``−√(2δ/s) H⁻¹b``), also where a feasible step exists (case 1): a violating policy
+    spends its whole trust region on the cost, whatever the reward surrogate would gain."""
     if not has_b or (bb <= eps and c <= 0.0):
         return CASE_TRPO
+    if recover_when_violating and c > 0.0:
+        return CASE_INFEASIBLE
     if s <= 0.0:  # b ≠ 0 but bᵀH⁻¹b ≤ 0 (CG breakdown): no usable cost direction
         return CASE_FEASIBLE if c <= 0.0 else CASE_INFEASIBLE
     big_b = 2.0 * delta - c * c / s  # ≥ 0 ⟺ the plane c + bᵀx = 0 meets the trust region

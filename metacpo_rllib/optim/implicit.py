@@ -42,6 +42,7 @@ def implicit_steps(
     products: Tensor,
     solve: Callable[[Tensor], Tensor],
     backend: str = "closed_form",
+    recover_when_violating: bool = False,
 ) -> list[CPOStep]:
     """CPO steps of several instances whose metric solves are known, differentiated as the
     exact solves: one solve per instance in each reverse pass, rather than two.
@@ -72,7 +73,7 @@ def implicit_steps(
                                      differentiated_as(b @ w, 2.0 * (w @ b) - w @ aw),
                                      functools.partial(_schur_envelope, g, b, v, w, av, aw)))
     steps = steps_from_solutions(instances, solutions, identity_metric=False, backend=backend,
-                                 forms=forms)
+                                 forms=forms, recover_when_violating=recover_when_violating)
     residuals = []
     for i, ((g, b, _, _), step) in enumerate(zip(instances, steps)):
         residual = step.alpha.detach() * (g - products[:, width * i])

@@ -43,6 +43,12 @@ class UpdateConfig:
     line_search_steps: int = 15
     line_search_decay: float = 0.8
     first_order: bool = False
+    #: c > 0 always takes the pure recovery step (case 0), also where case 1 would trade
+    #: reward against cost (``cpo.classify``)
+    recover_when_violating: bool = False
+    #: scale each batch's cost gradient by its cross-fitted signal share before any step
+    #: (``cost_estimate.shrink_cost_gradient``; applied where the batches are built)
+    cost_signal_share: bool = False
 
     def validate(self) -> "UpdateConfig":
         """Raise ValueError naming the first invalid field."""
@@ -52,7 +58,8 @@ class UpdateConfig:
         if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) \
                 or self.inner_steps < 0:
             bad("inner_steps", "expected an integer >= 0")
-        for field in ("constrained", "first_order"):
+        for field in ("constrained", "first_order", "recover_when_violating",
+                      "cost_signal_share"):
             if not isinstance(getattr(self, field), bool):
                 bad(field, "expected a bool")
         for field in ("delta", "inner_delta"):
@@ -116,7 +123,8 @@ def constrained_steps(
     if cfg.metric == "euclidean":
         return steps_from_solutions(
             checked, [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked],
-            identity_metric=True, backend=cfg.backend)
+            identity_metric=True, backend=cfg.backend,
+            recover_when_violating=cfg.recover_when_violating)
     width = 1 if checked[0][1] is None else 2
     rhs = torch.stack([col for g, b, _, _ in checked for col in ((g,) if b is None else (g, b))],
                       dim=1)
@@ -131,12 +139,14 @@ def constrained_steps(
     pairs = [(columns[width * i], columns[width * i + 1] if width == 2
               else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
     if not (create_graph and torch.is_grad_enabled()):
-        return steps_from_solutions(checked, pairs, identity_metric=False, backend=cfg.backend)
+        return steps_from_solutions(checked, pairs, identity_metric=False, backend=cfg.backend,
+                                    recover_when_violating=cfg.recover_when_violating)
     # A [v w], differentiable w.r.t. the parameters; the reverse pass solves one column each
     products = hvp(known) + cfg.cg_damping * known
     reverse = ReverseSolve(module, params, states, hvp, width, cfg.cg_iters, cfg.cg_damping,
                            cfg.cg_tol)
-    return implicit_steps(checked, pairs, products, reverse, backend=cfg.backend)
+    return implicit_steps(checked, pairs, products, reverse, backend=cfg.backend,
+                          recover_when_violating=cfg.recover_when_violating)
 
 
 def constrained_step(

@@ -65,6 +65,10 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_gamma = 1.0
         self.cost_lambda = 0.95
         self.first_order = False
+        # how batch costs enter the constrained step (optim.cost_estimate; off: plain CPO)
+        self.cost_signal_share = False
+        self.cost_upper_bound = False
+        self.recover_when_violating = False
         self.torch_num_threads = None
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
@@ -99,6 +103,9 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_gamma: float = _UNSET,
         cost_lambda: float = _UNSET,
         first_order: bool = _UNSET,
+        cost_signal_share: bool = _UNSET,
+        cost_upper_bound: bool = _UNSET,
+        recover_when_violating: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
         constrained: bool = _UNSET,
@@ -117,6 +124,10 @@ class MetaCPOConfig(AlgorithmConfig):
         ``fisher_stride``: the Fisher metric (trust region) is estimated on every k-th
         sampled state (1: all states); neighbouring states of an episode carry nearly the
         same information, and the Fisher products are most of the Learner's time.
+        ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
+        share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
+        cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
+        (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         """
         super().training(**kwargs)
         values = dict(
@@ -127,6 +138,8 @@ class MetaCPOConfig(AlgorithmConfig):
             line_search_steps=line_search_steps,
             line_search_decay=line_search_decay, lambda_=lambda_, cost_gamma=cost_gamma,
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
+            cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
+            recover_when_violating=recover_when_violating,
             constrained=constrained, torch_num_threads=torch_num_threads,
         )
         for name, value in values.items():
@@ -173,12 +186,15 @@ class MetaCPOConfig(AlgorithmConfig):
             line_search_steps=self.line_search_steps,
             line_search_decay=self.line_search_decay,
             first_order=self.first_order,
+            recover_when_violating=self.recover_when_violating,
+            cost_signal_share=self.cost_signal_share,
         )
 
     def batch_kwargs(self) -> dict[str, float]:
         """Discounting / GAE keyword arguments of optim's ``make_batch``."""
         return {"gamma": self.gamma, "lam": self.lambda_,
-                "cost_gamma": self.cost_gamma, "cost_lam": self.cost_lambda}
+                "cost_gamma": self.cost_gamma, "cost_lam": self.cost_lambda,
+                "cost_upper_bound": self.cost_upper_bound}
 
     def make_family(self):
         """The task family named by ``env`` with ``env_config`` as its overrides."""
@@ -195,7 +211,8 @@ class MetaCPOConfig(AlgorithmConfig):
 
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
-        for field in ("meta", "constrained", "first_order"):
+        for field in ("meta", "constrained", "first_order", "cost_signal_share",
+                      "cost_upper_bound", "recover_when_violating"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:

@@ -21,6 +21,7 @@ from metacpo_rllib.optim import (
     meta_update,
     params_of,
 )
+from metacpo_rllib.optim.cost_estimate import shrink_cost_gradient
 from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rllib.module import params_to_weights
 
@@ -31,7 +32,9 @@ def batch_summary(batch: Batch) -> dict[str, float]:
     """What the algorithm reports about one task's batch."""
     return {"task_id": batch.task_id, "mean_return": batch.mean_return,
             "mean_cost": batch.mean_cost, "cost_limit": batch.cost_limit,
-            "num_steps": batch.num_steps, "num_episodes": batch.num_episodes}
+            "num_steps": batch.num_steps, "num_episodes": batch.num_episodes,
+            "constraint_cost": batch.constraint_value + batch.cost_limit,
+            "cost_signal_share": batch.cost_signal_share}
 
 
 def step_record(module: torch.nn.Module, old: Params, new: Params, batch: Batch,
@@ -105,11 +108,15 @@ class MetaCPOTorchLearner(TorchLearner):
         if sample is None or index in self._dropped:
             return None
         try:
-            return make_batch(sample["episodes"], task_id=sample["task_id"],
-                              cost_limit=sample["cost_limit"], **self.config.batch_kwargs())
+            batch = make_batch(sample["episodes"], task_id=sample["task_id"],
+                               cost_limit=sample["cost_limit"], **self.config.batch_kwargs())
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
+        if self.config.cost_signal_share and self.config.constrained:
+            # sampled with the task's current parameters (θ before its first inner step)
+            batch = shrink_cost_gradient(self.policy, self.adapted_params(index), batch)
+        return batch
 
     def _drop(self, index: int, reason: str) -> None:
         """Leave task ``index`` out of this iteration (bad env output or gradient)."""
