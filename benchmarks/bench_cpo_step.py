@@ -83,7 +83,7 @@ def run(sizes: list[int], repeats: int, min_time_s: float, primal_budget_s: floa
                         f"cvxpylayers_primal skipped: predicted layer build {predicted:.0f} s "
                         f"(~n², from the largest build) exceeds the {primal_budget_s:.0f} s budget")
                     continue
-                dco._PRIMAL_CACHE.clear()
+                dco.primal_layer.cache_clear()
                 t0 = time.perf_counter()
                 dco.primal_layer(n)
                 build_s = time.perf_counter() - t0
@@ -109,7 +109,7 @@ def run(sizes: list[int], repeats: int, min_time_s: float, primal_budget_s: floa
                     primal["median_ms"] / row["backends"][backend]["median_ms"])
         rows.append(row)
         print_row(row)
-        dco._PRIMAL_CACHE.clear()
+        dco.primal_layer.cache_clear()
     return {"rows": rows}
 
 

@@ -74,16 +74,18 @@ def test_dual_layer_solves_the_dimensionless_dual():
         assert float(nu) == pytest.approx(exp_nu, abs=1e-9)
 
 
-def test_primal_layer_cached_per_n(monkeypatch):
-    monkeypatch.setattr(dco, "_PRIMAL_CACHE", type(dco._PRIMAL_CACHE)())
-    monkeypatch.setattr(dco, "PRIMAL_CACHE_SIZE", 2)
+def test_primal_layer_cached_per_n():
+    dco.primal_layer.cache_clear()
     a = dco.primal_layer(4)
     assert dco.primal_layer(4) is a
     b5 = dco.primal_layer(5)
+    for n in range(6, 4 + dco.PRIMAL_CACHE_SIZE):  # fill the cache
+        dco.primal_layer(n)
     assert dco.primal_layer(4) is a  # touch 4: 5 is now the oldest
-    dco.primal_layer(6)
-    assert list(dco._PRIMAL_CACHE) == [4, 6]
+    dco.primal_layer(4 + dco.PRIMAL_CACHE_SIZE)  # evicts 5
+    assert dco.primal_layer.cache_info().currsize == dco.PRIMAL_CACHE_SIZE
     assert dco.primal_layer(5) is not b5  # evicted, rebuilt
+    dco.primal_layer.cache_clear()
 
 
 @pytest.mark.parametrize("backend", LAYER_BACKENDS)

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from metacpo_rllib.optim.linalg import differentiated_as, solve_spd
+from metacpo_rllib.optim.forms import SolvedForms, schur_complement
 from metacpo_rllib.optim.linalg import scalar_float as _f
-
-if TYPE_CHECKING:
-    from metacpo_rllib.optim.implicit import SolvedForms
+from metacpo_rllib.optim.linalg import solve_spd
 
 BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
 
 CASE_INFEASIBLE, CASE_RECOVERY, CASE_CUT, CASE_FEASIBLE, CASE_TRPO = 0, 1, 2, 3, 4
+CASES = (CASE_INFEASIBLE, CASE_RECOVERY, CASE_CUT, CASE_FEASIBLE, CASE_TRPO)
 # Cases with c > 0 (the policy violates): the step restores feasibility first, so the line
 # search must not also demand a reward improvement (as OmniSafe's CPO: only cases >= 2 do).
 RESTORING_CASES = (CASE_INFEASIBLE, CASE_RECOVERY)
@@ -219,8 +218,7 @@ def _prepare(g: Tensor, b: Tensor | None, c: Tensor, delta: Tensor, v: Tensor, w
 def _finish(p: _Instance, step: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> CPOStep:
     """The step from the layer's (α, β, λ, ν), or from the closed form when it gave none."""
     if step is None:
-        step = closed_form(p.case, p.g, p.b, p.v, p.w, p.q, p.r, p.s, p.c, p.delta, p.floats,
-                           p.envelope)
+        step = closed_form(p)
     alpha, beta, lam, nu = step
     x = torch.addcmul(alpha * p.v, beta, p.w)
     return CPOStep(x=x, lam=lam, nu=nu, case=p.case, v=p.v, w=p.w, q=p.q, r=p.r, s=p.s, g=p.g,
@@ -253,11 +251,7 @@ def trpo_step_is_feasible(q: float, r: float, c: float, delta: float) -> bool:
     return c + r * math.sqrt(2.0 * delta / q) <= 0.0
 
 
-def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q: Tensor,
-                r: Tensor, s: Tensor, c: Tensor, delta: Tensor,
-                floats: tuple[float, float, float, float, float] | None = None,
-                envelope: Callable[[Tensor], Tensor] | None = None,
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def closed_form(p: _Instance) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Analytic ``(α, β, λ*, ν*)`` for a classified instance (torch ops, NaN-free); the step
     is ``x = α v + β w``.
 
@@ -266,12 +260,13 @@ def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q:
     appendix's piecewise minimisation of the dual over λ (checked in the tests) without
     comparing the two pieces numerically. Divisions are guarded by Python-float tests of
     the same scalars (as for the case selection), so the graph holds only plain ops.
-    ``floats`` are the Python values of (q, r, s, c, δ) if the caller has them already;
-    ``envelope``: for v, w without a graph (see :func:`schur_complement`).
+    ``p.floats`` are the Python values of (q, r, s, c, δ); ``p.envelope``: for v, w
+    without a graph (see ``forms.schur_complement``).
     """
+    case, g, b, v, w, c, delta, envelope = p.case, p.g, p.b, p.v, p.w, p.c, p.delta, p.envelope
+    q, r, s = p.q, p.r, p.s
+    qf, rf, sf, cf, df = p.floats
     zero = g.new_zeros(())
-    qf, rf, sf, cf, df = floats if floats is not None else (_f(q), _f(r), _f(s), _f(c),
-                                                            _f(delta))
     if case == CASE_INFEASIBLE:  # recovery: steepest cost descent to the trust-region edge
         if sf <= 0.0:  # b = 0: no step reduces the cost (x = 0)
             return zero, zero, zero, zero
@@ -310,25 +305,6 @@ def closed_form(case: int, g: Tensor, b: Tensor | None, v: Tensor, w: Tensor, q:
     if _f(nu) < 0.0:
         nu = torch.clamp(nu, min=0.0)
     return ratio, -(ratio * rs + c_over_s), lam, nu
-
-
-def schur_complement(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor,
-                     s: Tensor, rs: Tensor | None = None, qf: float | None = None,
-                     envelope: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """``A = q − r²/s ≥ 0`` (= uᵀHu for ``u = v − (r/s) w``, the part of H⁻¹g H-orthogonal
-    to H⁻¹b).
-
-    When ``g`` is nearly parallel to ``b`` (A ≤ √eps·q) the subtraction loses more than
-    half the digits; then A's value is ``uᵀ(g − (r/s) b)`` instead (no cancellation
-    beyond that of u itself), clamped at 0 — differentiated as that product, or, when v
-    and w carry no graph, as ``envelope(r/s)`` (``implicit.SolvedForms.schur``).
-    """
-    rs = r / s if rs is None else rs
-    big_a = q - r * rs
-    if _f(big_a) > math.sqrt(torch.finfo(g.dtype).eps) * (_f(q) if qf is None else qf):
-        return big_a
-    precise = torch.clamp((v - rs * w) @ (g - rs * b), min=0.0)
-    return precise if envelope is None else differentiated_as(precise, envelope(rs))
 
 
 def _metric_solve(g: Tensor, b: Tensor | None, hvp: Callable[[Tensor], Tensor] | None,

@@ -10,7 +10,6 @@ cases 0 (infeasible) and 4 (TRPO) without calling a solver. Conventions are thos
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable, Optional, Sequence
 
@@ -21,7 +20,7 @@ import torch
 from cvxpylayers.torch import CvxpyLayer
 from torch import Tensor
 
-from metacpo_rllib.optim.cpo import schur_complement
+from metacpo_rllib.optim.forms import schur_complement
 from metacpo_rllib.optim.linalg import safe_sqrt
 from metacpo_rllib.optim.linalg import scalar_float as _f
 
@@ -73,7 +72,7 @@ def dual_step(g: Tensor, b: Tensor, v: Tensor, w: Tensor, q: Tensor, r: Tensor, 
     None → use closed form.
 
     ``v, w`` are ``H⁻¹g, H⁻¹b`` and ``q, r, s`` their scalars; the layer never sees n.
-    ``envelope``: for v, w without a graph (``cpo.schur_complement``).
+    ``envelope``: for v, w without a graph (``forms.schur_complement``).
     """
     return dual_steps([(g, b, v, w, q, r, s, c, delta, envelope)])[0]
 
@@ -133,29 +132,21 @@ def _dual_result(params: list[Tensor], scale: tuple[Tensor, Tensor, Tensor, Tens
     return inv_lam, -nu * inv_lam, lam, nu
 
 
+@lru_cache(maxsize=PRIMAL_CACHE_SIZE)
 def primal_layer(n: int) -> CvxpyLayer:
-    """``max gᵀx s.t. ‖x‖₂ ≤ ρ, c + bᵀx ≤ 0`` over x ∈ ℝⁿ (Euclidean), cached per n.
+    """``max gᵀx s.t. ‖x‖₂ ≤ ρ, c + bᵀx ≤ 0`` over x ∈ ℝⁿ (Euclidean), cached per n (the
+    ``PRIMAL_CACHE_SIZE`` sizes used last).
 
     Parameters (g, b, c, ρ); variables (x, dual of the ball, dual of the cost constraint).
     """
-    layer = _PRIMAL_CACHE.get(n)
-    if layer is None:
-        x = cp.Variable(n)
-        g, b = cp.Parameter(n), cp.Parameter(n)
-        c, sqrt_2delta = cp.Parameter(), cp.Parameter(nonneg=True)
-        ball = cp.norm(x, 2) <= sqrt_2delta
-        cost = c + b @ x <= 0
-        problem = cp.Problem(cp.Maximize(g @ x), [ball, cost])
-        layer = CvxpyLayer(problem, parameters=[g, b, c, sqrt_2delta],
-                           variables=[x, ball.dual_variables[0], cost.dual_variables[0]])
-        _PRIMAL_CACHE[n] = layer
-        while len(_PRIMAL_CACHE) > PRIMAL_CACHE_SIZE:
-            _PRIMAL_CACHE.popitem(last=False)
-    _PRIMAL_CACHE.move_to_end(n)
-    return layer
-
-
-_PRIMAL_CACHE: OrderedDict[int, CvxpyLayer] = OrderedDict()
+    x = cp.Variable(n)
+    g, b = cp.Parameter(n), cp.Parameter(n)
+    c, sqrt_2delta = cp.Parameter(), cp.Parameter(nonneg=True)
+    ball = cp.norm(x, 2) <= sqrt_2delta
+    cost = c + b @ x <= 0
+    problem = cp.Problem(cp.Maximize(g @ x), [ball, cost])
+    return CvxpyLayer(problem, parameters=[g, b, c, sqrt_2delta],
+                      variables=[x, ball.dual_variables[0], cost.dual_variables[0]])
 
 
 def primal_step(g: Tensor, b: Tensor, c: Tensor, delta: Tensor

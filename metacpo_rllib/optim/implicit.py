@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from metacpo_rllib.optim.cpo import CPOStep, steps_from_solutions
+from metacpo_rllib.optim.forms import SolvedForms
 from metacpo_rllib.optim.linalg import (
     conjugate_gradient,
     differentiated_as,
@@ -21,19 +21,6 @@ from metacpo_rllib.optim.linalg import (
 )
 from metacpo_rllib.optim.policy import Params, detached
 from metacpo_rllib.optim.surrogate import fisher_product
-
-
-@dataclass(frozen=True)
-class SolvedForms:
-    """``q = gᵀA⁻¹g``, ``r = gᵀA⁻¹b``, ``s = bᵀA⁻¹b`` of known solves v, w, with the
-    gradients of the exact solves (built by :func:`implicit_steps`)."""
-
-    q: Tensor
-    r: Tensor
-    s: Tensor
-    #: t ↦ the Schur complement A = min_t (g − tb)ᵀA⁻¹(g − tb) at t = r/s, differentiated
-    #: by the envelope theorem (well conditioned as g → b); None without b
-    schur: Callable[[Tensor], Tensor] | None = None
 
 
 def implicit_steps(

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
-from metacpo_rllib.optim.cpo import (RESTORING_CASES, CPOStep, NonFiniteError, check_inputs,
-                                     steps_from_solutions)
+from metacpo_rllib.optim.cpo import (BACKENDS, CASES, RESTORING_CASES, CPOStep,
+                                     NonFiniteError, check_inputs, steps_from_solutions)
 from metacpo_rllib.optim.implicit import ReverseSolve, implicit_steps
 from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
@@ -23,7 +23,6 @@ from metacpo_rllib.optim.policy import Params, add_step, detached, flatten
 from metacpo_rllib.optim.surrogate import fisher_product, mean_kl, surrogates
 
 METRICS = ("fisher", "euclidean")
-BACKENDS = ("closed_form", "cvxpylayers_dual", "cvxpylayers_primal")
 
 
 @dataclasses.dataclass
@@ -375,7 +374,7 @@ def inner_step_stats(steps: Sequence[CPOStep]) -> dict[str, float]:
     """Case counts and mean multipliers of inner steps (empty dict when there are none)."""
     if not steps:
         return {}
-    stats = {f"inner_case_{k}": float(sum(s.case == k for s in steps)) for k in range(5)}
+    stats = {f"inner_case_{k}": float(sum(s.case == k for s in steps)) for k in CASES}
     stats["inner_lam_mean"] = float(torch.stack([s.lam.detach() for s in steps]).mean())
     stats["inner_nu_mean"] = float(torch.stack([s.nu.detach() for s in steps]).mean())
     stats["inner_recoveries"] = stats["inner_case_0"]
