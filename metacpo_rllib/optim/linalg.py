@@ -1,6 +1,7 @@
 """Differentiable small linear-algebra helpers: conjugate gradient, NaN-free division and sqrt."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -117,6 +118,18 @@ def zero_with_solve_gradient(residual: Tensor, solve: Callable[[Tensor], Tensor]
     return _ZeroValueSolve.apply(residual, solve)
 
 
+@dataclass(frozen=True)
+class MetricProduct:
+    """A metric product ``V -> H V``: ``with_graph`` differentiable w.r.t. what H is built
+    from (when asked for), ``without_graph`` its cheaper graph-free twin for the solves."""
+
+    with_graph: Callable[[Tensor], Tensor]
+    without_graph: Callable[[Tensor], Tensor]
+
+    def __call__(self, block: Tensor) -> Tensor:
+        return self.with_graph(block)
+
+
 def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: float = 1e-10
               ) -> Tensor:
     """``x = (H + damping·I)⁻¹ rhs`` by conjugate gradient, differentiated implicitly.
@@ -126,13 +139,14 @@ def solve_spd(hvp: HVP, rhs: Tensor, iters: int, damping: float = 0.0, tol: floa
     iterations, which are unstable once CG has converged (their ratios of vanishing
     residuals). One extra product A·x with the graph in the forward pass and one CG solve
     per reverse pass. Second derivatives hold A fixed. ``rhs`` is (n,) or (n, k).
-    An ``hvp`` may carry a cheaper graph-free twin as ``hvp.without_graph`` for the solves.
+    A :class:`MetricProduct` ``hvp`` gives its cheaper graph-free twin to the solves.
     """
     def apply(p: Tensor) -> Tensor:
         hp = hvp(p) if p.dim() == 1 else torch.stack([hvp(c) for c in p.unbind(1)], dim=1)
         return hp + damping * p if damping else hp
 
-    plain = getattr(hvp, "without_graph", None) or (lambda p: hvp(p).detach())
+    plain = hvp.without_graph if isinstance(hvp, MetricProduct) else (
+        lambda p: hvp(p).detach())
 
     def fixed_solve(y: Tensor) -> Tensor:
         with torch.enable_grad():  # hvp may use autograd itself, also inside a backward pass

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from metacpo_rllib.optim.batch import Batch
+from metacpo_rllib.optim.linalg import MetricProduct
 from metacpo_rllib.optim.policy import Params, forward, kl_gaussian, log_prob
 
 
@@ -40,7 +41,7 @@ def fisher_product(
     params: Sequence[Params],
     obs: Sequence[Tensor],
     create_graph: bool = False,
-) -> Callable[[Tensor], Tensor]:
+) -> MetricProduct:
     """Block product ``V -> [F_1 V[:, 0], ..., F_B V[:, B-1]]`` for an (n, B) block ``V``.
 
     ``F_j`` is the Fisher matrix of the Gaussian policy at ``params[j]`` on the states
@@ -51,7 +52,7 @@ def fisher_product(
     costs about what one column's does while the network is small. J_mu v comes from the
     double-vjp trick (plain reverse-mode autograd); with ``create_graph`` the product is
     differentiable w.r.t. every ``params[j]`` (needed when differentiating through an inner
-    step). The returned function carries a graph-free twin as ``.without_graph``.
+    step); its ``without_graph`` twin never builds one.
     """
     names = list(params[0])
     size = len(params)
@@ -95,24 +96,14 @@ def fisher_product(
                           for o, t in zip(out, tensors)], dim=1)
         return rows.t() + 2.0 * log_std_mask.unsqueeze(1) * block
 
-    def fvp(block: Tensor) -> Tensor:
-        return product(block, create_graph)
-
-    fvp.without_graph = lambda block: product(block.detach(), False)  # type: ignore[attr-defined]
-    return fvp
+    return MetricProduct(lambda block: product(block, create_graph),
+                         lambda block: product(block.detach(), False))
 
 
 def fisher_vector_product(
     module: nn.Module, params: Params, obs: Tensor, create_graph: bool = False
-) -> Callable[[Tensor], Tensor]:
+) -> MetricProduct:
     """v -> F v for one vector: :func:`fisher_product` with a single item."""
     block = fisher_product(module, [params], [obs], create_graph)
-
-    def fvp(v: Tensor) -> Tensor:
-        return block(v.unsqueeze(1)).squeeze(1)
-
-    def plain(v: Tensor) -> Tensor:
-        return block.without_graph(v.unsqueeze(1)).squeeze(1)  # type: ignore[attr-defined]
-
-    fvp.without_graph = plain  # type: ignore[attr-defined]
-    return fvp
+    return MetricProduct(lambda v: block(v.unsqueeze(1)).squeeze(1),
+                         lambda v: block.without_graph(v.unsqueeze(1)).squeeze(1))
