@@ -9,6 +9,7 @@ gymnasium, not Ray: ``mlflow.pyfunc.load_model(uri).predict(obs)`` or ``mlflow m
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -81,11 +82,21 @@ def package_dir() -> str:
 
 @contextlib.contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (which ``log_model`` uses) pointed at ``uri`` for the block."""
+    """MLflow's fluent API (which ``log_model`` uses) pointed at ``uri`` for the block,
+    without artifact progress bars (logging validates the model by loading it) unless
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is set."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(uri):
-        yield
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    quiet = key not in os.environ
+    if quiet:
+        os.environ[key] = "false"
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if quiet:
+            os.environ.pop(key, None)
 
 
 def log_policy_model(policy_dir: str, *, tracking_uri: str, run_id: str,
