@@ -159,7 +159,9 @@ class Policy:
         folder = Path(path).expanduser().resolve()
         folder.mkdir(parents=True, exist_ok=True)
         header = self.header or ModuleHeader({})
-        metadata = {**header.metadata, "state_file": STATE_NAME}
+        metadata = {k: v for k, v in header.metadata.items()
+                    if k != "class_and_ctor_args_file"}
+        metadata["state_file"] = STATE_NAME
         if header.ctor is not None:
             (folder / CTOR_FILE).write_bytes(header.ctor)
             metadata["class_and_ctor_args_file"] = CTOR_FILE
