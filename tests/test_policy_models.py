@@ -129,6 +129,7 @@ def _predict(uri: str, model_uris: list[str], obs: np.ndarray) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_train_and_adapt_log_registered_pyfunc_models(tmp_path, ray_local, server,
                                                        monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
