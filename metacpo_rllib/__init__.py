@@ -19,7 +19,7 @@ _RLLIB_EXPORTS = (
 
 
 #: Ray-free names (torch only), also imported on first use.
-_POLICY_EXPORTS = ("load_policy", "Policy")
+_POLICY_EXPORTS = ("load_policy", "Policy", "policy_from_weights")
 
 
 def __getattr__(name: str) -> Any:

@@ -100,6 +100,15 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def model_name(text: str) -> str:
+    """A registered-model name (``--register-model``): not empty, no ``/`` or ``:``
+    (MLflow's rule)."""
+    if not text.strip() or any(c in text for c in "/:"):
+        raise argparse.ArgumentTypeError(f"expected a model name without '/' or ':', "
+                                         f"got {text!r}")
+    return text
+
+
 def abs_path(text: str) -> str:
     """A local path flag, made absolute against the working directory (RLlib, Tune and
     pyarrow take relative paths for URIs); ``-`` (stdout) and URIs (``s3://...``) pass."""
@@ -302,9 +311,10 @@ def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> l
                                cost_limit=args.cost_limit)
 
 
-def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str) -> dict:
+def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str,
+                    return_policies: bool = False) -> dict:
     report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
-                        eval_episodes=args.eval_episodes)
+                        eval_episodes=args.eval_episodes, return_policies=return_policies)
     print(title)
     print(adaptation_table(report))
     return report
@@ -386,6 +396,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mlflow", action="store_true",
                         help="do not track the run in MLflow (tracked by default)")
     add_tracking_args(parser)
+    parser.add_argument("--register-model", type=model_name, default=None, metavar="NAME",
+                        help="also register the trained policy (logged as the run's MLflow "
+                             "model 'policy') in the model registry under NAME, a new "
+                             "version per run (default: not registered)")
 
 
 @contextlib.contextmanager
@@ -438,8 +452,31 @@ def progress_line(results: dict[str, Any], iteration: int, total: int) -> str:
             f"learner {m['time']['learner_s']:.1f}s)")
 
 
+def _log_policies(run: Any, folders: dict[str, tuple[Path, dict[str, str]]],
+                  register: Optional[str]) -> None:
+    """Log each saved policy folder (name -> (folder, tags)) as an MLflow model of the run
+    and, with ``register``, as a new version of that registered model."""
+    for name, (folder, tags) in folders.items():
+        info = run.log_policy(str(folder), name, registered_model_name=register, tags=tags)
+        if info is not None:
+            version = getattr(info, "registered_model_version", None)
+            print(f"MLflow model {name}: {info.model_uri}"
+                  + (f" (registered: {register} version {version})" if version else ""))
+
+
+def _log_theta(run: Any, algo: Any, register: Optional[str]) -> None:
+    """Log θ as the run's MLflow model ``policy`` (saved to a temporary folder first)."""
+    with tempfile.TemporaryDirectory(prefix="metacpo-policy-") as tmp:
+        folder = algo.as_policy().save(Path(tmp) / "policy")
+        _log_policies(run, {"policy": (folder, {"algorithm": type(algo).__name__,
+                                                 "family": algo.family.name})}, register)
+
+
 def run_train(args: argparse.Namespace) -> int:
     _check_counts(args, iterations=1, tasks=0, steps=0, num_env_runners=0)
+    if getattr(args, "register_model", None) and args.no_mlflow:
+        raise UsageError("--register-model: needs MLflow tracking, which --no-mlflow "
+                         "turns off")
     if args.checkpoint_dir and "://" not in args.checkpoint_dir:  # (URIs: RLlib's pyarrow)
         check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     check_writable_file(args.json, "--json")
@@ -470,6 +507,8 @@ def run_train(args: argparse.Namespace) -> int:
                 print(f"checkpoint: {checkpoint}")
                 if run is not None:
                     run.log_checkpoint(checkpoint)
+            if run is not None:
+                _log_theta(run, algo, getattr(args, "register_model", None))
             report = None
             if args.tasks > 0:
                 tasks = _test_tasks(algo.family, args)
@@ -497,14 +536,87 @@ def configure_adapt(parser: argparse.ArgumentParser) -> None:
                         help="the tasks' cost limit (default: the family's for the split)")
     parser.add_argument("--json", type=abs_path, default=None, metavar="FILE",
                         help="write the JSON report to FILE ('-': stdout; default: none)")
+    parser.add_argument("--save", type=abs_path, default=None, metavar="DIR",
+                        help="save θ and each task's adapted policy to DIR (theta/, "
+                             "task-<id>/, policies.json; load_policy loads each folder; "
+                             "checked writable before Ray starts; default: not saved)")
     _add_ray_args(parser)
     _add_adapt_args(parser, "--tasks", "--steps", min_tasks=1)
+    try:
+        from metacpo_rllib.experiments.commands import add_tracking_args
+    except ImportError:  # the experiment service is optional
+        return
+    parser.add_argument("--mlflow", action="store_true",
+                        help="track the adaptation in MLflow: the report and metrics, and "
+                             "each adapted policy as an MLflow model (implied by "
+                             "--mlflow-uri, --mlflow-experiment and --register-model)")
+    add_tracking_args(parser)
+    parser.add_argument("--register-model", type=model_name, default=None, metavar="NAME",
+                        help="also register each adapted policy in the MLflow model "
+                             "registry: one new version of NAME per task, tagged with the "
+                             "task id (default: not registered)")
+
+
+def _adapt_tracking_on(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name, None) for name in
+               ("mlflow", "mlflow_uri", "mlflow_experiment", "register_model"))
+
+
+@contextlib.contextmanager
+def _adapt_tracking(args: argparse.Namespace, algo: Any) -> Iterator[Any]:
+    """The MLflow run of an adaptation (experiment ``adapt-<family>``), else None."""
+    if not _adapt_tracking_on(args):
+        yield None
+        return
+    from metacpo_rllib.experiments.tracking import log_training_run
+
+    params = {"checkpoint": args.checkpoint, "split": args.split, "tasks": args.tasks,
+              "steps": args.steps, "task_seed": args.task_seed,
+              "eval_episodes": args.eval_episodes, "test_cost_limit": args.cost_limit}
+    with log_training_run(algo.config, tracking_uri=args.mlflow_uri,
+                          experiment=args.mlflow_experiment, params=params,
+                          kind="adapt") as run:
+        yield run
+
+
+def save_policies(folder: Path, theta: Any, report: dict[str, Any], policies: list
+                  ) -> dict[str, tuple[Path, dict[str, str]]]:
+    """Save θ to ``folder/theta`` and each task's adapted policy to ``folder/task-<id>``,
+    with ``policies.json`` listing them (task, cost limit, steps, final evaluation).
+    Returns name -> (folder, tags) of the adapted policies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    theta.save(folder / "theta")
+    saved: dict[str, tuple[Path, dict[str, str]]] = {}
+    entries = []
+    for task, policy in zip(report["tasks"], policies):
+        entry = {"task_id": task["task_id"], "cost_limit": task["cost_limit"],
+                 "task": task["task"], "steps": report["steps"][-1], "folder": None}
+        if "eval" in task:
+            entry.update(eval_return=task["eval"]["return"][-1],
+                         eval_cost=task["eval"]["cost"][-1])
+        if policy is not None:
+            name = f"task-{task['task_id']}"
+            saved[name] = (policy.save(folder / name),
+                           {"task_id": str(task["task_id"]),
+                            "cost_limit": str(task["cost_limit"]),
+                            "adaptation_steps": str(report["steps"][-1])})
+            entry["folder"] = name
+        entries.append(entry)
+    manifest = {"algorithm": report["algorithm"], "family": report["family"],
+                "theta": "theta", "policies": entries}
+    (folder / "policies.json").write_text(json.dumps(manifest, indent=2,
+                                                     default=_json_default) + "\n")
+    return saved
 
 
 def run_adapt(args: argparse.Namespace) -> int:
     _check_counts(args, tasks=1, steps=0)
     check_checkpoint(args.checkpoint)  # before Ray (and its imports) start
     check_writable_file(args.json, "--json")
+    if args.save:
+        if "://" in args.save:
+            raise UsageError(f"--save: expected a local folder, got {args.save}")
+        check_writable_dir(args.save, "--save")
     if args.family is not None:
         from metacpo_rllib.envs import FAMILIES
 
@@ -524,15 +636,36 @@ def run_adapt(args: argparse.Namespace) -> int:
                 raise UsageError(f"--family: the checkpoint's policy was trained on "
                                  f"{family.name}, not {args.family}")
             tasks = _test_tasks(family, args, args.split)
-            report = _run_adaptation(
-                algo, tasks, args,
-                f"{type(algo).__name__} from {args.checkpoint} on {args.tasks} {family.name} "
-                f"{args.split} tasks (return / cost per adaptation step)")
+            with _adapt_tracking(args, algo) as run:
+                report = _run_adaptation(
+                    algo, tasks, args,
+                    f"{type(algo).__name__} from {args.checkpoint} on {args.tasks} "
+                    f"{family.name} {args.split} tasks (return / cost per adaptation step)",
+                    return_policies=bool(args.save or run))
+                _keep_policies(args, algo, report, run)
         finally:
             algo.stop()
     if args.json:
         _write_json(report, args.json)
     return 0
+
+
+def _keep_policies(args: argparse.Namespace, algo: Any, report: dict[str, Any],
+                   run: Any) -> None:
+    """After ``adapt``: save the policies (``--save``) and log them to the MLflow run
+    (adapted policies as models, the report and metrics); ``report`` loses ``policies``."""
+    policies = report.pop("policies", None)
+    if policies is None:
+        return
+    with contextlib.ExitStack() as stack:
+        folder = Path(args.save) if args.save else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="metacpo-policies-")))
+        saved = save_policies(folder, algo.as_policy(), report, policies)
+        if args.save:
+            print(f"policies: θ and {len(saved)} adapted policies saved to {folder}")
+        if run is not None:
+            run.log_adaptation(report)
+            _log_policies(run, saved, getattr(args, "register_model", None))
 
 
 add_command("train", "train Meta-CPO / Meta-TRPO / CPO / TRPO on a task family, then adapt "

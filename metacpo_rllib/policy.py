@@ -4,15 +4,18 @@ Reads the policy's weights from RLlib's checkpoint layout with pickle and torch 
 Ray import): an algorithm checkpoint (``metacpo train --checkpoint-dir``,
 ``algo.save_to_path``) holds θ under ``learner_group/learner/rl_module/default_policy``;
 that folder, or an RLModule checkpoint saved on its own (``module.save_to_path``), works
-as well.
+as well. ``Policy.save`` writes that RLModule layout (``metacpo adapt --save``,
+``algo.as_policy``), so a saved policy loads here and with ``RLModule.from_checkpoint``.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
@@ -20,6 +23,10 @@ import numpy as np
 MODULE_DIRS = (".", "default_policy", "rl_module/default_policy",
                "learner_group/learner/rl_module/default_policy")
 _PREFIX = "pi."  # GaussianMLPModule keeps its GaussianMLP as ``self.pi``
+#: File names of RLlib's RLModule checkpoint layout (``Checkpointable``).
+METADATA_FILE = "metadata.json"
+CTOR_FILE = "class_and_ctor_args.pkl"
+STATE_NAME = "module_state"
 
 
 class _Placeholder:
@@ -45,14 +52,14 @@ class _RayFreeUnpickler(pickle.Unpickler):
 def _module_dir(path: Path) -> Path:
     for rel in MODULE_DIRS:
         candidate = (path / rel).resolve()
-        if (candidate / "metadata.json").is_file() and any(candidate.glob("module_state.*")):
+        if (candidate / METADATA_FILE).is_file() and any(candidate.glob("module_state.*")):
             return candidate
     raise FileNotFoundError(f"path: no policy weights under {path} (looked for an RLModule "
                             f"checkpoint in {', '.join(MODULE_DIRS)})")
 
 
 def _read_state(module_dir: Path) -> dict[str, np.ndarray]:
-    meta = json.loads((module_dir / "metadata.json").read_text())
+    meta = json.loads((module_dir / METADATA_FILE).read_text())
     state_file = module_dir / f"{meta.get('state_file', 'module_state')}.pkl"
     if not state_file.is_file():
         raise ValueError(f"path: {module_dir} holds its state in a format other than "
@@ -62,18 +69,32 @@ def _read_state(module_dir: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in state.items()}
 
 
-def _read_spaces(module_dir: Path) -> tuple[Any, Any]:
-    """(observation_space, action_space) from the module's constructor arguments, or
-    (None, None) if they cannot be read without Ray."""
+def _read_spaces(ctor: bytes, source: Path) -> tuple[Any, Any]:
+    """(observation_space, action_space) from a module's pickled constructor arguments,
+    or (None, None) if they cannot be read without Ray."""
     try:
-        with open(module_dir / "class_and_ctor_args.pkl", "rb") as f:
-            ctor = _RayFreeUnpickler(f).load()
-        kwargs = ctor["ctor_args_and_kwargs"][1]
+        kwargs = _RayFreeUnpickler(io.BytesIO(ctor)).load()["ctor_args_and_kwargs"][1]
         return kwargs.get("observation_space"), kwargs.get("action_space")
     except Exception as err:  # noqa: BLE001 (spaces are optional: no clipping then)
-        warnings.warn(f"could not read the spaces of {module_dir} ({err}); actions are "
+        warnings.warn(f"could not read the spaces of {source} ({err}); actions are "
                       "not clipped to the action space", stacklevel=3)
         return None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleHeader:
+    """What an RLModule checkpoint holds besides the weights: its metadata and its pickled
+    class and constructor arguments (kept as bytes, written back unchanged by
+    ``Policy.save``, so the folder stays loadable with ``RLModule.from_checkpoint``)."""
+
+    metadata: dict[str, Any]
+    ctor: Optional[bytes] = None
+
+    @classmethod
+    def read(cls, module_dir: Path) -> "ModuleHeader":
+        ctor_file = module_dir / CTOR_FILE
+        return cls(json.loads((module_dir / METADATA_FILE).read_text()),
+                   ctor_file.read_bytes() if ctor_file.is_file() else None)
 
 
 class Policy:
@@ -86,8 +107,10 @@ class Policy:
     """
 
     def __init__(self, net: Any, observation_space: Any = None, action_space: Any = None,
-                 source: str = "", seed: Optional[int] = None) -> None:
+                 source: str = "", seed: Optional[int] = None,
+                 header: Optional[ModuleHeader] = None) -> None:
         self.net = net.eval()
+        self.header = header
         self.observation_space = observation_space
         self.action_space = action_space
         self.source = source
@@ -123,32 +146,75 @@ class Policy:
         action = action.astype(np.float32)
         return action[0] if single else action
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """The weights as an RLModule state dict (``pi.<name>`` -> array)."""
+        return {_PREFIX + k: v.detach().cpu().numpy().copy()
+                for k, v in self.net.state_dict().items()}
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the policy as an RLModule checkpoint folder (created if missing; its files
+        are overwritten), which :func:`load_policy` and ``RLModule.from_checkpoint`` load.
+        Without a header (a Policy built by hand) only :func:`load_policy` can load it, and
+        without the action space's bounds. Returns the folder, absolute."""
+        folder = Path(path).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        header = self.header or ModuleHeader({})
+        metadata = {k: v for k, v in header.metadata.items()
+                    if k != "class_and_ctor_args_file"}
+        metadata["state_file"] = STATE_NAME
+        if header.ctor is not None:
+            (folder / CTOR_FILE).write_bytes(header.ctor)
+            metadata["class_and_ctor_args_file"] = CTOR_FILE
+        with open(folder / f"{STATE_NAME}.pkl", "wb") as f:
+            pickle.dump(self.weights(), f)
+        (folder / METADATA_FILE).write_text(json.dumps(metadata))
+        return folder
+
     def __repr__(self) -> str:
         return (f"Policy(obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
                 f"source={self.source!r})")
 
 
-def load_policy(path: Union[str, Path], seed: Optional[int] = None) -> Policy:
-    """The policy of an algorithm or RLModule checkpoint at ``path`` as a :class:`Policy`
-    (no Ray needed). ``seed`` seeds the action noise of ``act``."""
+def policy_from_weights(weights: Mapping[str, Any], observation_space: Any = None,
+                        action_space: Any = None, *, header: Optional[ModuleHeader] = None,
+                        source: str = "", seed: Optional[int] = None) -> Policy:
+    """A :class:`Policy` from an RLModule state dict (``pi.<name>`` -> array), e.g. the
+    Learner's θ or a task's adapted weights."""
+    import torch
+
     from metacpo_rllib.optim.policy import GaussianMLP
 
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"path: {root} is not a directory")
-    module_dir = _module_dir(root)
-    state = {k[len(_PREFIX):]: v for k, v in _read_state(module_dir).items()
+    state = {k[len(_PREFIX):]: np.asarray(v) for k, v in weights.items()
              if k.startswith(_PREFIX)}
     if "mean.weight" not in state or "log_std" not in state:
-        raise ValueError(f"path: {module_dir} is not a Gaussian MLP policy "
-                         f"(weights: {sorted(state)})")
+        raise ValueError(f"weights: not a Gaussian MLP policy (weights: {sorted(state)})")
     layers = sorted(int(k.split(".")[1]) for k in state
                     if k.startswith("body.") and k.endswith(".weight"))
     hidden = [int(state[f"body.{i}.weight"].shape[0]) for i in layers]
     first = state[f"body.{layers[0]}.weight"] if layers else state["mean.weight"]
     net = GaussianMLP(int(first.shape[1]), int(state["mean.weight"].shape[0]), hidden=hidden)
-    import torch
-
     net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-    obs_space, act_space = _read_spaces(module_dir)
-    return Policy(net, obs_space, act_space, source=str(module_dir), seed=seed)
+    return Policy(net, observation_space, action_space, source=source, seed=seed,
+                  header=header)
+
+
+def load_policy(path: Union[str, Path], seed: Optional[int] = None) -> Policy:
+    """The policy of an algorithm or RLModule checkpoint at ``path`` (or a folder
+    ``Policy.save`` wrote) as a :class:`Policy` (no Ray needed). ``seed`` seeds the action
+    noise of ``act``."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"path: {root} is not a directory")
+    module_dir = _module_dir(root)
+    header = ModuleHeader.read(module_dir)
+    obs_space, act_space = (None, None)
+    if header.ctor is not None:
+        obs_space, act_space = _read_spaces(header.ctor, module_dir)
+    else:
+        warnings.warn(f"{module_dir} has no {CTOR_FILE}; actions are not clipped to the "
+                      "action space", stacklevel=2)
+    try:
+        return policy_from_weights(_read_state(module_dir), obs_space, act_space,
+                                   header=header, source=str(module_dir), seed=seed)
+    except ValueError as err:
+        raise ValueError(f"path: {module_dir}: {err}") from None

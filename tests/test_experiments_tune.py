@@ -120,7 +120,25 @@ def _check_sweep_runs(uri: str, experiment: str, seeds: set[int], kind: str = "s
         table = client.download_artifacts(run.info.run_id, "adaptation/table.txt",
                                            tempfile.mkdtemp(prefix="metacpo-art-"))
         assert "violation" in Path(table).read_text()
+        _check_policy_model(uri, run)
     return runs
+
+
+def _check_policy_model(uri: str, run) -> None:
+    """The trial's final checkpoint, logged as the run's pyfunc model ``policy``, predicts
+    the checkpoint policy's mean actions."""
+    import mlflow
+
+    from metacpo_rllib import load_policy
+
+    (output,) = run.outputs.model_outputs
+    local = mlflow.artifacts.download_artifacts(f"models:/{output.model_id}",
+                                                tracking_uri=uri,
+                                                dst_path=tempfile.mkdtemp(prefix="metacpo-m-"))
+    obs = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    expected = load_policy(run.data.tags["checkpoint_path"]).act(obs, deterministic=True)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(local).predict(obs), expected,
+                               atol=1e-6)
 
 
 def test_sweep_logs_to_a_real_mlflow_server(ray_local, mlflow_server, tmp_path) -> None:

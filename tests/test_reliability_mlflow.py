@@ -10,69 +10,15 @@ process is left afterwards.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import warnings
-from pathlib import Path
 
 import pytest
 
-from helpers import alive, descendants
+from helpers import Server, alive, free_port
 from metacpo_rllib.experiments import tracking
 
 pytestmark = pytest.mark.ray
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``mlflow server`` on 127.0.0.1:port with a sqlite store under ``root``."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.pids: set[int] = set()
-
-    def start(self) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        with open(self.root / "server.log", "a") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while True:
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline, "mlflow server did not start in 120 s"
-                time.sleep(0.5)
-        self.pids |= {self.proc.pid} | descendants(self.proc.pid)
-
-    def kill(self) -> None:
-        """SIGKILL the server's process group (the server and its workers)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.pids |= descendants(self.proc.pid)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        deadline = time.time() + 10
-        while any(alive(p) for p in self.pids) and time.time() < deadline:
-            time.sleep(0.2)
 
 
 @pytest.fixture

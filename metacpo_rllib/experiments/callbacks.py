@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -63,20 +64,23 @@ class MetaCPOMLflowCallback(MLflowLoggerCallback):
     """Ray's MLflowLoggerCallback, adapted: compact params (the training fields, not the
     whole AlgorithmConfig dict), tags (algorithm, family, seed, git commit), the
     per-iteration metrics that ``train`` logs (one batch per iteration), the adaptation
-    report, the run plot and the final checkpoint as artifacts. Runs on the driver; a
-    store that is unreachable or fails gives one TrackingWarning and the sweep goes on.
+    report, the run plot and the final checkpoint as artifacts, and (``log_model``) the
+    final checkpoint's policy as an MLflow model ``policy`` (pyfunc, ``experiments.models``).
+    Runs on the driver; a store that is unreachable or fails gives one TrackingWarning and
+    the sweep goes on.
     """
 
     def __init__(self, tracking_uri: Optional[str] = None, *, experiment_name: str,
                  tags: Optional[Mapping[str, str]] = None,
                  params: Optional[Mapping[str, Any]] = None,
                  log_checkpoint: bool = True, kind: str = "sweep",
-                 guard: Optional[tracking.Guard] = None) -> None:
+                 guard: Optional[tracking.Guard] = None, log_model: bool = True) -> None:
         uri = tracking.resolve_tracking_uri(tracking_uri)
         super().__init__(tracking_uri=uri, experiment_name=experiment_name,
                          tags=dict(tags or {}))
         self.params = dict(params or {})
         self.log_checkpoint = log_checkpoint
+        self.log_model = log_model
         self.kind = kind
         self.guard = guard or tracking.Guard(uri)
         self._recorders: dict[Any, tracking.RunRecorder] = {}
@@ -135,4 +139,7 @@ class MetaCPOMLflowCallback(MLflowLoggerCallback):
             path = trial.checkpoint.path
         if path:
             self.guard.call(recorder.log_checkpoint, path, self.log_checkpoint)
+        if path and self.log_model and not failed and Path(path).is_dir() \
+                and trial_algo_config(trial) is not None:
+            recorder.log_policy(path, "policy")
         self.guard.call(recorder.finish, "FAILED" if failed else "FINISHED")

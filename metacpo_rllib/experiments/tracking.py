@@ -302,6 +302,20 @@ class RunRecorder:
         if upload and Path(path).is_dir():
             self._send(self.client.log_artifacts, self.run_id, str(path), "checkpoint")
 
+    def log_policy(self, policy_dir: str, name: str = "policy",
+                   registered_model_name: Optional[str] = None,
+                   tags: Optional[Mapping[str, str]] = None) -> Optional[Any]:
+        """Log a saved policy folder as an MLflow model ``name`` of this run (pyfunc flavour
+        and signature, ``experiments.models``); with ``registered_model_name`` also as a new
+        version of that registered model. Returns MLflow's ModelInfo (None: not logged)."""
+        from metacpo_rllib.experiments.models import log_policy_model
+
+        logged: list[Any] = []
+        self._send(lambda: logged.append(log_policy_model(
+            policy_dir, tracking_uri=self.guard.uri, run_id=self.run_id, name=name,
+            registered_model_name=registered_model_name, tags=tags)))
+        return logged[0] if logged else None
+
     def finish(self, status: str = "FINISHED") -> None:
         """Send queued metrics, log the run plot (training curves and adaptation) and close
         the run. Metrics the store never took are written to ``UNSENT_FILE`` (JSON) in the

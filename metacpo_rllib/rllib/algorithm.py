@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import shutil
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -24,6 +25,9 @@ from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_s
 from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
 from metacpo_rllib.rllib.registry import register_envs
+
+if TYPE_CHECKING:
+    from metacpo_rllib.policy import Policy
 
 _STATE_KEY = "metacpo"
 
@@ -91,7 +95,8 @@ class MetaCPO(Algorithm):
     # -- test-time adaptation ----------------------------------------------------------------
     def adapt(self, tasks: Sequence[Task | Mapping[str, Any]], steps: int = 1,
               episodes_per_task: Optional[int] = None, eval_episodes: int = 20,
-              deterministic: bool = False, eval_seed: int = 0) -> dict[str, Any]:
+              deterministic: bool = False, eval_seed: int = 0,
+              return_policies: bool = False) -> dict[str, Any]:
         """Adapt θ to each task for ``steps`` updates and measure every step.
 
         Step 0 is θ itself; step s samples with the parameters after s adaptation steps
@@ -115,6 +120,11 @@ class MetaCPO(Algorithm):
         line-search fraction), the change realised on the evaluation episodes (paired, with
         its standard error), the CPO case and the KL (``evaluation_stats.calibration_table``
         tabulates it). The report's ``eval`` holds the means over tasks per step.
+
+        With ``return_policies`` the report also holds ``policies``: per task (in the order
+        of ``tasks``), the adapted policy after the last step as a Ray-free
+        :class:`~metacpo_rllib.policy.Policy` (``.act``, ``.save``; None for a task dropped
+        on non-finite data). They are objects, not JSON: pop them before dumping the report.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
@@ -130,6 +140,8 @@ class MetaCPO(Algorithm):
             raise ValueError(f"eval_seed: expected an integer >= 0, got {eval_seed!r}")
         if not isinstance(deterministic, bool):
             raise ValueError(f"deterministic: expected a bool, got {deterministic!r}")
+        if not isinstance(return_policies, bool):
+            raise ValueError(f"return_policies: expected a bool, got {return_policies!r}")
         tasks = [self.family.validate_task(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: need at least one task")
@@ -175,7 +187,32 @@ class MetaCPO(Algorithm):
             key = "eval_mean_action" if mode else "eval"
             report[key] = evaluation_means([t[key] for t in per_task], steps + 1,
                                            eval_episodes, eval_seed, mode)
+        if return_policies:
+            report["policies"] = [
+                None if w is None else self.as_policy(
+                    w, source=f"{self.family.name} task {t.task_id} after {steps} step(s)")
+                for t, w in zip(tasks, extra["weights"])]
         return report
+
+    def as_policy(self, weights: Optional[Mapping[str, Any]] = None, source: str = ""
+                  ) -> "Policy":
+        """θ (or ``weights``, an RLModule state dict such as an adapted task's) as a
+        Ray-free :class:`~metacpo_rllib.policy.Policy`; ``.save(path)`` writes it as an
+        RLModule checkpoint that ``load_policy`` and ``RLModule.from_checkpoint`` load."""
+        from ray.rllib.utils.checkpoints import CHECKPOINT_VERSION_LEARNER_AND_ENV_RUNNER
+
+        from metacpo_rllib.policy import ModuleHeader, policy_from_weights
+
+        module = self.get_module()
+        ctor = pickle.dumps({"class": type(module),
+                             "ctor_args_and_kwargs": module.get_ctor_args_and_kwargs()})
+        metadata = {"checkpoint_version": str(CHECKPOINT_VERSION_LEARNER_AND_ENV_RUNNER),
+                    **module.get_metadata()}
+        if weights is None:
+            weights = self._learner_call("theta_weights")
+            source = source or f"{type(self).__name__} θ ({self.family.name})"
+        return policy_from_weights(weights, module.observation_space, module.action_space,
+                                   header=ModuleHeader(metadata, ctor), source=source)
 
     # -- training evaluation ------------------------------------------------------------------
     @classmethod
@@ -272,9 +309,10 @@ class MetaCPO(Algorithm):
 
         Returns the Learner's per-task batch summaries of each round (None: task dropped),
         the (EnvRunner index, Ray node id) that sampled each task (last round), the time
-        split and ``{"eval": [...], "steps": [...]}``: per round, the evaluation results of
-        each mode of ``evaluation`` (sampled together with the round's batches, with the
-        same weights) and the Learner's per-task step records (adaptation only).
+        split and ``{"eval": [...], "steps": [...], "weights": [...]}``: per round, the
+        evaluation results of each mode of ``evaluation`` (sampled together with the round's
+        batches, with the same weights) and the Learner's per-task step records (adaptation
+        only); the weights each task was sampled with in the last round (None: dropped).
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
@@ -320,6 +358,7 @@ class MetaCPO(Algorithm):
                 extra["steps"].append(out["steps"])
             # A task stays in the next round only if it got (adapted) weights.
             weights = out["weights"] if k < num_rounds - 1 else weights
+        extra["weights"] = weights  # those of the last round
         return rounds, placements, times, extra
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
