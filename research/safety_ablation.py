@@ -1,0 +1,159 @@
+"""Ablation of the safety corrections (issue: CPO and Meta-CPO that hold their cost limits).
+
+Trains each (variant, algorithm, seed) on the family's train split at the training limit,
+evaluates θ on fixed training tasks (evaluation episodes, not the learning batches), then
+adapts on held-out tasks of the ``test`` and ``test_tight`` splits at the test limit and
+scores every adaptation step on its own evaluation episodes (common random numbers).
+Results are written to ``--out`` after every run; runs already there are skipped, so an
+interrupted sweep resumes where it stopped.
+
+    python research/safety_ablation.py --family PointCircle --iterations 15 \
+        --variants baseline all --algos meta-cpo cpo --seeds 0 1 2 \
+        --out research/results/safety_ablation_pointcircle.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The safety corrections (MetaCPOConfig.training fields) switched on by each variant.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "baseline": {},
+    "share": {"cost_signal_share": True},
+    "ucb": {"cost_upper_bound": True},
+    "recover": {"recover_when_violating": True},
+    "all": {"cost_signal_share": True, "cost_upper_bound": True,
+            "recover_when_violating": True},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", default="PointCircle")
+    p.add_argument("--algos", nargs="+", default=["meta-cpo", "cpo"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=15)
+    p.add_argument("--episodes-per-task", type=int, default=4)
+    p.add_argument("--tasks-per-iteration", type=int, default=4)
+    p.add_argument("--inner-delta", type=float, default=0.003)
+    p.add_argument("--train-eval-episodes", type=int, default=10)
+    p.add_argument("--train-eval-tasks", type=int, default=4)
+    p.add_argument("--test-tasks", type=int, default=6)
+    p.add_argument("--adapt-steps", type=int, default=3)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--splits", nargs="+", default=["test", "test_tight"])
+    p.add_argument("--task-seed", type=int, default=12345)
+    p.add_argument("--out", type=Path, required=True)
+    return p.parse_args(argv)
+
+
+def _key(variant: str, algo: str, seed: int) -> str:
+    return f"{variant}/{algo}/seed{seed}"
+
+
+def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]]:
+    """Per adaptation step, over tasks: evaluation cost / return means, share of tasks
+    within the limit (mean ≤ h) and certified (95% upper bound ≤ h)."""
+    tasks = report["tasks"]
+    steps = len(tasks[0]["eval"]["cost"])
+
+    def over_tasks(fn) -> list[float]:
+        return [float(np.mean([fn(t["eval"], s) for t in tasks])) for s in range(steps)]
+
+    return {"eval_cost": over_tasks(lambda e, s: e["cost"][s]),
+            "eval_return": over_tasks(lambda e, s: e["return"][s]),
+            "within_limit": over_tasks(lambda e, s: float(e["cost"][s] <= limit)),
+            "certified": over_tasks(lambda e, s: float(e["cost_ucb"][s] <= limit)),
+            "batch_cost": [float(v) for v in report["mean_cost"]],
+            "cases": [[(t.get("ledger") or [{}] * steps)[s].get("case") if s < len(
+                t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)]}
+
+
+def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dict[str, Any]:
+    from metacpo_rllib.rllib import ALGO_CONFIGS
+
+    config = (ALGO_CONFIGS[algo]().environment(args.family)
+              .training(seed=seed, episodes_per_task=args.episodes_per_task,
+                        tasks_per_iteration=args.tasks_per_iteration,
+                        inner_delta=args.inner_delta, **VARIANTS[variant])
+              .evaluation(evaluation_interval=5, evaluation_duration=args.train_eval_episodes,
+                          evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
+    algo_obj = config.build_algo()
+    start = time.perf_counter()
+    training = []
+    try:
+        for _ in range(args.iterations):
+            result = algo_obj.train()
+            m = result.get("metacpo", {})
+            row = {"iteration": int(result["training_iteration"]),
+                   "batch_cost": float(m.get("post_cost_mean", math.nan)),
+                   "batch_return": float(m.get("post_return_mean", math.nan))}
+            ev = result.get("evaluation") or {}
+            if "mean_cost" in ev:
+                row.update(eval_cost=ev["mean_cost"], eval_cost_ucb=ev["cost_ucb"],
+                           eval_return=ev["mean_return"], cost_limit=ev["cost_limit"])
+            training.append(row)
+        train_s = time.perf_counter() - start
+        family = config.make_family()
+        adaptation = {}
+        for split in args.splits:
+            tasks = family.sample_tasks(args.test_tasks, split, seed=args.task_seed)
+            report = algo_obj.adapt(tasks, args.adapt_steps, eval_episodes=args.eval_episodes,
+                                    eval_seed=0)
+            adaptation[split] = _step_summary(report, float(tasks[0].cost_limit))
+            adaptation[split]["cost_limit"] = float(tasks[0].cost_limit)
+    finally:
+        algo_obj.stop()
+    last_eval = [r for r in training if "eval_cost" in r][-1:]
+    return {"variant": variant, "algo": algo, "seed": seed, "training": training,
+            "final_train_eval": last_eval[0] if last_eval else None,
+            "adaptation": adaptation, "train_s": train_s,
+            "total_s": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    results: dict[str, Any] = {}
+    if args.out.exists():
+        results = json.loads(args.out.read_text())
+    results.setdefault("settings", {k: (str(v) if isinstance(v, Path) else v)
+                                    for k, v in vars(args).items()})
+    runs = results.setdefault("runs", {})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="metacpo-ablation-", dir="/tmp"))
+    try:
+        for seed in args.seeds:
+            for algo in args.algos:
+                for variant in args.variants:
+                    key = _key(variant, algo, seed)
+                    if key in runs:
+                        continue
+                    print(f"[{time.strftime('%H:%M:%S')}] {key}", flush=True)
+                    runs[key] = run_one(args, variant, algo, seed)
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = args.out.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(results, indent=1, default=float))
+                    os.replace(tmp, args.out)
+                    r = runs[key]
+                    print(f"  train eval {r['final_train_eval']}  "
+                          f"adapt {json.dumps({s: v['eval_cost'] for s, v in r['adaptation'].items()})}"
+                          f"  {r['total_s']:.0f}s", flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
