@@ -21,6 +21,7 @@ from ray.rllib.utils.metrics import (
 from metacpo_rllib.envs.base import Task
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_stats
+from metacpo_rllib.evaluation_stats import episode_cost_bound as _cost_bound
 from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
 from metacpo_rllib.rllib.registry import register_envs
@@ -475,20 +476,6 @@ class EvalPlan:
                  "num_episodes": self.episodes, "deterministic": deterministic,
                  "seed": evaluation_seed(self.seed, task.to_dict())}
                 for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
-
-
-#: Largest cost of one env step in every family (``info["cost"]`` is a 0/1 indicator).
-MAX_STEP_COST = 1.0
-
-
-def _cost_bound(results: Sequence[Optional[dict]]) -> float:
-    """Largest possible episode cost given the evaluation episodes: the longest episode
-    times the largest per-step cost (:data:`MAX_STEP_COST`, or more if seen)."""
-    lengths = [n for r in results if r for n in r["lengths"]]
-    steps = [c for r in results if r for c in r["max_step_costs"]]
-    if not lengths:
-        return math.nan
-    return float(max(lengths)) * max([MAX_STEP_COST, *[c for c in steps if math.isfinite(c)]])
 
 
 def task_evaluation(results: Sequence[Optional[dict]], limit: float) -> dict[str, Any]:
