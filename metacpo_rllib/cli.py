@@ -38,7 +38,8 @@ COMMANDS: dict[str, Command] = {}
 
 #: Modules whose ``register(add_command)`` adds subcommands when the parser is built
 #: (skipped if the module is absent).
-COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",
+                                     "metacpo_rllib.evaluate")
 
 
 def add_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
@@ -303,8 +304,13 @@ def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> l
 
 
 def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str) -> dict:
-    report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
-                        eval_episodes=args.eval_episodes)
+    with console.progress(args.steps + 1, "adapt", "step") as bar:  # one round per step
+        algo.on_round = lambda k, n: bar.update(1)
+        try:
+            report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
+                                eval_episodes=args.eval_episodes)
+        finally:
+            algo.on_round = None
     print(title)
     print(adaptation_table(report))
     return report

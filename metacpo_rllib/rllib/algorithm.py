@@ -6,7 +6,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -44,6 +44,10 @@ class MetaCPO(Algorithm):
     """
 
     config: MetaCPOConfig
+
+    #: Called as ``on_round(k, num_rounds)`` after each sampling round of ``train`` and
+    #: ``adapt`` (round k of num_rounds; e.g. a progress bar); None: nothing.
+    on_round: Optional[Callable[[int, int], None]] = None
 
     @classmethod
     def get_default_config(cls) -> MetaCPOConfig:
@@ -321,6 +325,8 @@ class MetaCPO(Algorithm):
                 extra["steps"].append(out["steps"])
             # A task stays in the next round only if it got (adapted) weights.
             weights = out["weights"] if k < num_rounds - 1 else weights
+            if self.on_round is not None:
+                self.on_round(k, num_rounds)
         return rounds, placements, times, extra
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
