@@ -391,9 +391,11 @@ def run_eval(args: argparse.Namespace) -> int:
         "dir": args.video, "episodes": args.video_episodes, "camera": args.camera,
         "size": args.video_size, "fps": VIDEO_FPS}
     mode = "mean action" if args.deterministic else "sampled actions"
+    out = sys.stderr if args.json == "-" else sys.stdout  # --json -: stdout is the JSON
     print(f"eval {args.checkpoint} on {len(tasks)} {family.name} {args.split} tasks: "
           f"{args.episodes} episodes per task, {mode}, seed {args.seed}"
-          + (f"; videos in {args.video} ({args.gl_backend})" if video else ""), flush=True)
+          + (f"; videos in {args.video} ({args.gl_backend})" if video else ""), file=out,
+          flush=True)
     params = {"checkpoint": args.checkpoint, "family": family.name, "split": args.split,
               "tasks": len(tasks), "episodes": args.episodes, "seed": args.seed,
               "deterministic": args.deterministic, "task_seed": args.task_seed,
@@ -407,9 +409,9 @@ def run_eval(args: argparse.Namespace) -> int:
         table = evaluation_report_table(report)
         if run is not None:
             log_evaluation(run, report, table)
-    print(table)
+    print(table, file=out)
     for path in report["videos"]:
-        print(f"video: {path}")
+        print(f"video: {path}", file=out)
     if args.json:
         _write_json(report, args.json)
     return 0

@@ -205,3 +205,21 @@ def test_tune_progress_callback(ray_local, tmp_path) -> None:
                run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[progress],
                                          verbose=0)).fit()
     assert progress.total == 6 and progress.done == 6
+
+
+def test_gl_backend_fallback() -> None:
+    """Without MUJOCO_GL the first backend that works is chosen and set (a broken one is
+    passed over); when none works, one error names each one tried."""
+    env = _env()
+    env.pop("MUJOCO_GL", None)
+    script = ("import os; from metacpo_rllib import render; render.GL_BACKENDS = {}; "
+              "print(render.select_gl_backend(), os.environ['MUJOCO_GL'])")
+    proc = subprocess.run([sys.executable, "-c", script.format("('nope', 'egl', 'osmesa')")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen, exported = proc.stdout.split()
+    assert chosen in ("egl", "osmesa") and exported == chosen
+    proc = subprocess.run([sys.executable, "-c", script.format("('nope',)")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "RenderError: no offscreen OpenGL backend works (nope: " in proc.stderr
