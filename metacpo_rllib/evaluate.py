@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -31,9 +32,47 @@ from metacpo_rllib import console
 _CHECKPOINT_DEPTH = 4
 VIDEO_CAMERAS = ("fixedfar", "fixednear", "track", "vision")
 VIDEO_FPS = 30  # safety-gymnasium's render_fps
+DEFAULT_TASKS = 2
 
 
 # -- where the policy comes from ---------------------------------------------------------------
+#: The manifest ``metacpo adapt --save DIR`` writes beside the saved policy folders.
+MANIFEST = "policies.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """What is known about a policy folder besides its weights: the family it acts in, the
+    family's settings and (for an adapted policy) the task it was adapted to."""
+
+    family: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task: Optional[dict[str, Any]] = None
+    where: str = "the checkpoint"
+
+
+def policy_origin(path: str) -> Optional[Origin]:
+    """The :class:`Origin` of a policy folder (Ray-free): from the algorithm checkpoint at
+    ``path`` or above it, else from the ``policies.json`` of an ``adapt --save`` folder
+    (``path`` or its parent); None if neither names a family."""
+    found = checkpoint_family(path)
+    if found is not None:
+        return Origin(*found)
+    folder = Path(path).resolve()
+    for manifest in (folder / MANIFEST, folder.parent / MANIFEST):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, Mapping) or not isinstance(data.get("family"), str):
+            continue
+        entries = [e for e in data.get("policies") or [] if isinstance(e, Mapping)]
+        task = next((e.get("task") for e in entries if manifest.parent / str(
+            e.get("folder")) == folder and isinstance(e.get("task"), Mapping)), None)
+        return Origin(data["family"], task=task, where=str(manifest))
+    return None
+
+
 def checkpoint_family(path: str) -> Optional[tuple[str, dict[str, Any]]]:
     """(family name, family overrides) of the algorithm checkpoint at ``path`` or above it
     (a policy folder inside one), read without Ray; None if there is none."""
@@ -251,18 +290,21 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     from metacpo_rllib.cli import abs_path, count, json_object, number
 
     parser.add_argument("--checkpoint", required=True, type=abs_path,
-                        help="an algorithm checkpoint folder (train --checkpoint-dir) or a "
-                             "saved policy folder (what metacpo_rllib.load_policy loads)")
+                        help="an algorithm checkpoint folder (train --checkpoint-dir), a "
+                             "policy folder of adapt --save, or any policy folder "
+                             "metacpo_rllib.load_policy loads")
     parser.add_argument("--family", default=None,
-                        help="task family (default: the checkpoint's; required for a "
-                             "policy folder outside an algorithm checkpoint)")
+                        help="task family (default: the checkpoint's, or the one in the "
+                             f"{MANIFEST} of adapt --save; else required)")
     parser.add_argument("--task", dest="task_specs", type=json_object, action="append",
                         default=None, metavar="JSON",
                         help="evaluate on this task (repeatable): its layout parameters, "
                              "e.g. '{\"radius\": 1.2, \"factor\": 0.6}', or a task dict "
                              "with \"params\" and \"cost_limit\" (default: --tasks sampled)")
-    parser.add_argument("--tasks", type=count(1), default=2,
-                        help="number of tasks sampled from --split (without --task)")
+    parser.add_argument("--tasks", type=count(1), default=None,
+                        help=f"number of tasks sampled from --split, without --task "
+                             f"(default: {DEFAULT_TASKS}; for a policy saved by adapt --save, "
+                             "the task it was adapted to)")
     parser.add_argument("--split", default="test", choices=("train", "test", "test_tight"),
                         help="which task distribution the tasks come from")
     parser.add_argument("--task-seed", type=count(0), default=12345,
@@ -302,9 +344,9 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     add_tracking_args(parser)
 
 
-def _check_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """Every flag checked before anything heavy (one UsageError line each); returns the
-    family name and its overrides."""
+def _check_args(args: argparse.Namespace) -> Origin:
+    """Every flag checked before anything heavy (one UsageError line each); returns where
+    the policy comes from, with ``--env-config`` added to the family's settings."""
     from metacpo_rllib.cli import (SAFETY_FAMILIES, UsageError, check_writable_dir,
                                    check_writable_file)
     from metacpo_rllib.envs import FAMILIES
@@ -319,14 +361,15 @@ def _check_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.family is not None and args.family not in FAMILIES:
         raise UsageError(f"--family: unknown family {args.family!r}; known: "
                          f"{', '.join(FAMILIES)}")
-    found = checkpoint_family(args.checkpoint)
-    if found is None and args.family is None:
+    origin = policy_origin(args.checkpoint)
+    if origin is None and args.family is None:
         raise UsageError(f"--family: required, {path} names no family (not in an "
-                         "algorithm checkpoint)")
-    if found is not None and args.family not in (None, found[0]):
-        raise UsageError(f"--family: the checkpoint's policy was trained on {found[0]}, "
-                         f"not {args.family}")
-    family, overrides = found or (args.family, {})
+                         f"algorithm checkpoint, no {MANIFEST})")
+    if origin is not None and args.family not in (None, origin.family):
+        raise UsageError(f"--family: the checkpoint's policy was trained on {origin.family}, "
+                         f"not {args.family} ({origin.where})")
+    origin = origin or Origin(args.family)
+    family = origin.family
     if args.video:
         if family not in SAFETY_FAMILIES:
             raise UsageError(f"--video: only the safety-gymnasium families "
@@ -339,18 +382,17 @@ def _check_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         except RenderError as err:
             raise UsageError(f"--video: {err}") from None
     check_writable_file(args.json, "--json")
-    return family, {**overrides, **args.env_config}
+    return dataclasses.replace(origin, overrides={**origin.overrides, **args.env_config})
 
 
-def _load(args: argparse.Namespace, family_name: str, overrides: dict[str, Any]
-          ) -> tuple[Any, Any, list[Any]]:
+def _load(args: argparse.Namespace, origin: Origin) -> tuple[Any, Any, list[Any]]:
     """(policy, family, tasks), each problem as a UsageError naming its flag."""
     from metacpo_rllib.cli import UsageError
     from metacpo_rllib.envs import make_family
     from metacpo_rllib.policy import load_policy
 
     try:
-        family = make_family(family_name, **overrides)
+        family = make_family(origin.family, **origin.overrides)
     except ValueError as err:
         raise UsageError(f"--env-config: {err}") from None
     if args.split not in family.splits:
@@ -358,9 +400,12 @@ def _load(args: argparse.Namespace, family_name: str, overrides: dict[str, Any]
     try:
         if args.task_specs:
             tasks = given_tasks(family, args.task_specs, args.split, args.cost_limit)
+        elif args.tasks is None and origin.task is not None:  # an adapted policy's own task
+            task = family.validate_task(origin.task)
+            tasks = [task if args.cost_limit is None else task.with_cost_limit(args.cost_limit)]
         else:
-            tasks = family.sample_tasks(args.tasks, args.split, seed=args.task_seed,
-                                        cost_limit=args.cost_limit)
+            tasks = family.sample_tasks(args.tasks or DEFAULT_TASKS, args.split,
+                                        seed=args.task_seed, cost_limit=args.cost_limit)
     except ValueError as err:
         raise UsageError(f"--task: {err}") from None
     try:
@@ -385,8 +430,7 @@ def run_eval(args: argparse.Namespace) -> int:
     videos, MLflow run)."""
     from metacpo_rllib.cli import _write_json
 
-    family_name, overrides = _check_args(args)
-    policy, family, tasks = _load(args, family_name, overrides)
+    policy, family, tasks = _load(args, _check_args(args))
     video = None if not args.video else {
         "dir": args.video, "episodes": args.video_episodes, "camera": args.camera,
         "size": args.video_size, "fps": VIDEO_FPS}

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import alive, descendants, run_on_pty
-from helpers import group_alive as _group_alive, kill_by_pid as _kill_by_pid
+from helpers import alive, descendants
+from terminal import group_alive as _group_alive, kill_by_pid as _kill_by_pid, run_on_pty
 
 pytestmark = pytest.mark.ray
 

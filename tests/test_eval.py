@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_on_pty
+from terminal import run_on_pty
 
 from metacpo_rllib import cli
 
@@ -108,6 +108,27 @@ def test_eval_given_task_logged_to_mlflow(bandit, tmp_path, capsys) -> None:
     assert run.data.params["deterministic"] == "True"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == \
         {"eval/table.txt", "eval/report.json"}
+
+
+def test_eval_saved_policy_folder(bandit, tmp_path, capsys) -> None:
+    """A policy folder with an ``adapt --save`` manifest: family and task come from
+    ``policies.json``; the episodes are those of adapt's evaluation of that task."""
+    import shutil
+
+    task = bandit["adapt"]["tasks"][1]
+    folder = tmp_path / "saved" / f"task-{task['task_id']}"
+    shutil.copytree(Path(bandit["checkpoint"]) / "learner_group/learner/rl_module/"
+                    "default_policy", folder)
+    (folder.parent / "policies.json").write_text(json.dumps({
+        "algorithm": "MetaCPO", "family": "ConstrainedBandit", "theta": "theta",
+        "policies": [{"task_id": task["task_id"], "cost_limit": task["cost_limit"],
+                      "task": task["task"], "steps": 0, "folder": folder.name}]}))
+    code = cli.main(["eval", "--checkpoint", str(folder), "--episodes", str(EPISODES),
+                     "--json", str(tmp_path / "eval.json")])
+    assert code == 0, capsys.readouterr().err
+    (ours,) = json.loads((tmp_path / "eval.json").read_text())["tasks"]
+    assert ours["task"] == task["task"]
+    assert ours["episode_cost"] == task["eval"]["episode_cost"][0]
 
 
 def test_eval_pointcircle_video(tmp_path) -> None:
