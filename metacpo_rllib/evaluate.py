@@ -35,7 +35,7 @@ VIDEO_FPS = 30  # safety-gymnasium's render_fps
 DEFAULT_TASKS = 2
 
 
-# -- where the policy comes from ---------------------------------------------------------------
+# -- where the policy comes from --------------------------------------------------------------
 #: The manifest ``metacpo adapt --save DIR`` writes beside the saved policy folders.
 MANIFEST = "policies.json"
 
@@ -119,7 +119,7 @@ def given_tasks(family: Any, specs: Sequence[Mapping[str, Any]], split: str,
     return tasks
 
 
-# -- rollouts --------------------------------------------------------------------------------------
+# -- rollouts ---------------------------------------------------------------------------------
 def policy_fn(policy: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The (mean, log_std) function of a loaded policy (its numpy copy when possible)."""
     from metacpo_rllib.rollout import numpy_policy
@@ -137,20 +137,7 @@ def evaluate_task(policy: Any, family: Any, task: Any, episodes: int, seed: int 
     from metacpo_rllib.rollout import evaluation_seed, evaluation_summary, rollout
 
     videos: list[str] = []
-    if video:
-        from metacpo_rllib.render import EpisodeRecorder, write_video
-
-        size = int(video["size"])
-        env = family.make_env(task, render_mode="rgb_array", width=size, height=size,
-                              camera_name=video["camera"])
-
-        def save(index: int, frames: list) -> None:
-            stem = Path(video["dir"]) / f"{family.name}-task{task.task_id}-episode{index}"
-            videos.append(str(write_video(frames, stem, fps=int(video["fps"]))))
-
-        env = EpisodeRecorder(env, int(video["episodes"]), save)
-    else:
-        env = family.make_env(task)
+    env = _task_env(family, task, video, videos)
     space = env.action_space
     job_seed = evaluation_seed(seed, task.to_dict())
     try:
@@ -175,6 +162,25 @@ def evaluate_task(policy: Any, family: Any, task: Any, episodes: int, seed: int 
             "certified": stats.certified(task.cost_limit), "num_episodes": stats.n,
             "episode_return": summary["returns"], "episode_cost": summary["costs"],
             "episode_length": summary["lengths"], "videos": videos}
+
+
+def _task_env(family: Any, task: Any, video: Optional[Mapping[str, Any]],
+              videos: list[str]) -> Any:
+    """An env of ``task``; with ``video``, one that records its first episodes (the files
+    written are appended to ``videos``)."""
+    if not video:
+        return family.make_env(task)
+    from metacpo_rllib.render import EpisodeRecorder, write_video
+
+    size = int(video["size"])
+    env = family.make_env(task, render_mode="rgb_array", width=size, height=size,
+                          camera_name=video["camera"])
+
+    def save(index: int, frames: list) -> None:
+        stem = Path(video["dir"]) / f"{family.name}-task{task.task_id}-episode{index}"
+        videos.append(str(write_video(frames, stem, fps=int(video["fps"]))))
+
+    return EpisodeRecorder(env, int(video["episodes"]), save)
 
 
 def evaluate(policy: Any, family: Any, tasks: Sequence[Any], episodes: int = 20,
