@@ -624,5 +624,7 @@ def _end_open_runs() -> list[str]:
     return end_open_runs("KILLED")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m metacpo_rllib.cli: the importable module's main, so
+    from metacpo_rllib.cli import main as _main  # that every command raises one UsageError
+
+    sys.exit(_main())

@@ -48,7 +48,7 @@ class Origin:
     family: str
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     task: Optional[dict[str, Any]] = None
-    where: str = "the checkpoint"
+    where: str = ""  # the manifest it was read from (none: the checkpoint)
 
 
 def policy_origin(path: str) -> Optional[Origin]:
@@ -373,7 +373,8 @@ def _check_args(args: argparse.Namespace) -> Origin:
                          f"algorithm checkpoint, no {MANIFEST})")
     if origin is not None and args.family not in (None, origin.family):
         raise UsageError(f"--family: the checkpoint's policy was trained on {origin.family}, "
-                         f"not {args.family} ({origin.where})")
+                         f"not {args.family}"
+                         + (f" (as {origin.where} says)" if origin.where else ""))
     origin = origin or Origin(args.family)
     family = origin.family
     if args.video:

@@ -129,6 +129,10 @@ def test_eval_saved_policy_folder(bandit, tmp_path, capsys) -> None:
     (ours,) = json.loads((tmp_path / "eval.json").read_text())["tasks"]
     assert ours["task"] == task["task"]
     assert ours["episode_cost"] == task["eval"]["episode_cost"][0]
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(folder), "--family", "PointNav"]) == 2
+    assert f"not PointNav (as {folder.parent / 'policies.json'} says)" in \
+        capsys.readouterr().err
 
 
 def test_eval_pointcircle_video(tmp_path) -> None:
@@ -244,3 +248,15 @@ def test_gl_backend_fallback() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "RenderError: no offscreen OpenGL backend works (nope: " in proc.stderr
+
+
+def test_eval_usage_error_as_module_process(bandit, tmp_path) -> None:
+    """``python -m metacpo_rllib.cli eval`` with bad input: one line and exit code 2 (the
+    command module's UsageError is the one ``main`` catches)."""
+    proc = subprocess.run([sys.executable, "-m", "metacpo_rllib.cli", "eval", "--checkpoint",
+                           bandit["checkpoint"], "--family", "PointNav"], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "metacpo eval: error: --family: the checkpoint's policy was trained on "
+        "ConstrainedBandit, not PointNav"]
