@@ -321,12 +321,12 @@ class MetaCPO(Algorithm):
                                              update=k < num_rounds - 1)
             times["learner_s"] += time.perf_counter() - start
             rounds.append(out["summaries"])
+            if self.on_round is not None:
+                self.on_round(k, num_rounds)
             if "steps" in out:
                 extra["steps"].append(out["steps"])
             # A task stays in the next round only if it got (adapted) weights.
             weights = out["weights"] if k < num_rounds - 1 else weights
-            if self.on_round is not None:
-                self.on_round(k, num_rounds)
         return rounds, placements, times, extra
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
