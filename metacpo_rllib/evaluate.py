@@ -443,11 +443,12 @@ def run_eval(args: argparse.Namespace) -> int:
         "size": args.video_size, "fps": VIDEO_FPS}
     mode = "mean action" if args.deterministic else "sampled actions"
     out = sys.stderr if args.json == "-" else sys.stdout  # --json -: stdout is the JSON
-    print(f"eval {args.checkpoint} on {len(tasks)} {family.name} {args.split} tasks: "
+    split = "/".join(sorted({t.split for t in tasks}))
+    print(f"eval {args.checkpoint} on {len(tasks)} {family.name} {split} tasks: "
           f"{args.episodes} episodes per task, {mode}, seed {args.seed}"
           + (f"; videos in {args.video} ({args.gl_backend})" if video else ""), file=out,
           flush=True)
-    params = {"checkpoint": args.checkpoint, "family": family.name, "split": args.split,
+    params = {"checkpoint": args.checkpoint, "family": family.name, "split": split,
               "tasks": len(tasks), "episodes": args.episodes, "seed": args.seed,
               "deterministic": args.deterministic, "task_seed": args.task_seed,
               "cost_limit": tasks[0].cost_limit if len(
@@ -455,7 +456,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with _tracking(args, family.name, params) as run:
         report = evaluate(policy, family, tasks, args.episodes, args.seed,
                           args.deterministic, video)
-        report.update(checkpoint=args.checkpoint, split=args.split,
+        report.update(checkpoint=args.checkpoint, split=split,
                       command=getattr(args, "command_line", None))
         table = evaluation_report_table(report)
         if run is not None:
