@@ -22,7 +22,23 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) --no-deps safety-gymnasium==1.0.0 $(QUIET)
 	$(PIP) -e ".[dev]" $(QUIET)
 	$(PY) -c "import metacpo_rllib.envs.compat as c; c.apply(); import torch, ray, cvxpylayers, mlflow, safety_gymnasium"
+	$(MAKE) --no-print-directory gl
 	touch $(STAMP)
+
+# MuJoCo's offscreen renderer (`metacpo eval --video`) needs EGL or OSMesa. Where neither
+# works, root on Debian/Ubuntu gets them from apt; elsewhere this only says what is missing
+# (never an error: everything but videos works without them).
+.PHONY: gl
+gl:
+	@$(PY) -m metacpo_rllib.render >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libegl1 libosmesa6 (offscreen OpenGL for MuJoCo videos)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get update -q && apt-get install -y -q libegl1 libgl1-mesa-dri libosmesa6; } \
+	      >/dev/null 2>&1 || echo "note: apt-get could not install them"; \
+	  fi; \
+	  $(PY) -m metacpo_rllib.render || echo "note: no offscreen OpenGL: metacpo eval --video will not work"; \
+	}
 
 train: $(STAMP)
 	$(VENV)/bin/metacpo train --family PointCircle --algo meta-cpo --iterations 3

@@ -1,7 +1,7 @@
 """Lean rollouts against the raw random-policy rate of the same task env, in one process, no
 Ray: (a) a plain loop (task env + the (32, 16) GaussianMLP policy through torch, one
 observation per forward, log-probs kept, actions clipped for the env) and (b) the EnvRunners'
-own sampler, ``rllib.episodes.rollout`` with the numpy copy of the policy, on one env. The gap
+own sampler, ``rollout.rollout`` with the numpy copy of the policy, on one env. The gap
 between (b) and ``bench_sampling.py``'s ratio is what the Ray round trips and the runner cost.
 
     .venv/bin/python benchmarks/bench_lean_rollout.py [--steps 2000] [--repeats 3] [--out PATH]
@@ -25,7 +25,7 @@ from bench_sampling import SAFETY, horizon_config, raw_rate  # noqa: E402
 from metacpo_rllib.envs import make_family  # noqa: E402
 from metacpo_rllib.optim import GaussianMLP  # noqa: E402
 from metacpo_rllib.optim.policy import log_prob  # noqa: E402
-from metacpo_rllib.rllib.episodes import numpy_policy, rollout  # noqa: E402
+from metacpo_rllib.rollout import numpy_policy, rollout  # noqa: E402
 
 
 def lean_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed: int = 0
@@ -59,7 +59,7 @@ def lean_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed
 
 def sampler_rate(family_name: str, steps: int, repeats: int, env_config: dict, seed: int = 0
                  ) -> dict[str, Any]:
-    """Steps/s of ``rllib.episodes.rollout`` (whole episodes, >= ``steps`` steps) on one env."""
+    """Steps/s of ``rollout.rollout`` (whole episodes, >= ``steps`` steps) on one env."""
     family = make_family(family_name, **env_config)
     env = family.make_env(family.default_task())
     low, high = env.action_space.low, env.action_space.high

@@ -25,11 +25,11 @@ from bench_meta_share import _parse_kv  # noqa: E402
 #: part name -> (file name ends with, function name); ordered roughly outermost first.
 PARTS: dict[str, tuple[str, str]] = {
     "sample_episodes (driver)": ("rllib/algorithm.py", "sample_episodes"),
-    "runner rollout": ("rllib/episodes.py", "rollout"),
+    "runner rollout": ("/rollout.py", "rollout"),
     "  task env step": ("envs/safety.py", "step"),
     "    mujoco mj_step": ("~", "mj_step"),
-    "  policy forward": ("rllib/episodes.py", "policy"),
-    "episode arrays (EpisodeData)": ("rllib/episodes.py", "data"),
+    "  policy forward": ("/rollout.py", "policy"),
+    "episode arrays (EpisodeData)": ("/rollout.py", "data"),
     "runner.set_state (weights)": ("single_agent_env_runner.py", "set_state"),
     "runner.get_metrics": ("single_agent_env_runner.py", "get_metrics"),
     "set_task": ("envs/safety.py", "set_task"),

@@ -121,7 +121,7 @@ def sec_lean(d: dict[str, Any], summary: list[list[str]]) -> list[str]:
     return ["One process, no Ray: the task env stepped by the (32, 16) GaussianMLP through a "
             "plain loop (torch forward per observation, actions sampled, log-probs kept, "
             "clipped copy to the env) and through the EnvRunners' rollout "
-            "(`rllib/episodes.py`: numpy forward, whole episodes), against the random-policy "
+            "(`rollout.py`: numpy forward, whole episodes), against the random-policy "
             f"rate of the same env, median of {d['config']['repeats']} runs of "
             f"{d['config']['steps']} steps. Not a target: the per-EnvRunner bound of "
             "sampling without Ray.", ""] \

@@ -38,7 +38,8 @@ COMMANDS: dict[str, Command] = {}
 
 #: Modules whose ``register(add_command)`` adds subcommands when the parser is built
 #: (skipped if the module is absent).
-COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",
+                                     "metacpo_rllib.evaluate")
 
 
 def add_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
@@ -313,8 +314,14 @@ def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> l
 
 def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str,
                     return_policies: bool = False) -> dict:
-    report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
-                        eval_episodes=args.eval_episodes, return_policies=return_policies)
+    with console.progress(args.steps + 1, "adapt", "step") as bar:  # one round per step
+        algo.on_round = lambda k, n: bar.update(1)
+        try:
+            report = algo.adapt(tasks, steps=args.steps, episodes_per_task=args.adapt_episodes,
+                                eval_episodes=args.eval_episodes,
+                                return_policies=return_policies)
+        finally:
+            algo.on_round = None
     print(title)
     print(adaptation_table(report))
     return report
@@ -751,5 +758,7 @@ def _end_open_runs() -> list[str]:
     return end_open_runs("KILLED")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m metacpo_rllib.cli: the importable module's main, so
+    from metacpo_rllib.cli import main as _main  # that every command raises one UsageError
+
+    sys.exit(_main())

@@ -133,6 +133,23 @@ def pooled_cost_stats(groups: Sequence[Iterable[float]],
     return CostStats(sum(s.n for s in stats), mean, math.nan, se, ucb)
 
 
+#: Largest cost of one env step in every family (``info["cost"]`` is a 0/1 indicator).
+MAX_STEP_COST = 1.0
+
+
+def episode_cost_bound(results: Iterable[Optional[Mapping[str, Any]]]) -> float:
+    """Largest possible episode cost given evaluation results (each with per-episode
+    ``lengths`` and ``max_step_costs``; None entries are skipped): the longest episode times
+    the largest per-step cost (:data:`MAX_STEP_COST`, or more if seen); NaN without
+    episodes. The ``cost_bound`` of :func:`cost_stats`."""
+    results = [r for r in results if r]
+    lengths = [n for r in results for n in r["lengths"]]
+    steps = [c for r in results for c in r["max_step_costs"]]
+    if not lengths:
+        return math.nan
+    return float(max(lengths)) * max([MAX_STEP_COST, *[c for c in steps if math.isfinite(c)]])
+
+
 # -- across seeds -------------------------------------------------------------------------------
 def across_seeds(values: Iterable[float]) -> dict[str, float]:
     """Mean and sample std (ddof = 1) over seeds of one figure; NaN values are left out.

@@ -4,19 +4,14 @@ stopping its whole process group, and ``tune.run("MetaCPO")`` after ``import met
 Every process is started here and stopped by its PID."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +19,7 @@ from typing import Callable
 
 import pytest
 from helpers import alive, descendants
+from terminal import group_alive as _group_alive, kill_by_pid as _kill_by_pid, run_on_pty
 
 pytestmark = pytest.mark.ray
 
@@ -39,29 +35,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) members of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-def _kill_by_pid(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _wait_for(check: Callable[[], bool], proc: subprocess.Popen, timeout: float,
               what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -74,34 +47,8 @@ def _wait_for(check: Callable[[], bool], proc: subprocess.Popen, timeout: float,
 
 
 def _run_on_pty(argv: list[str], cwd: Path) -> tuple[int, str, str]:
-    """Run ``argv`` with stderr on a pseudo-terminal (so progress bars show); returns
-    (exit code, stdout, what the terminal got)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns
-    proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    os.close(slave)
-    chunks: list[bytes] = []
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO once the last writer is gone
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        _kill_by_pid(_group_alive(proc.pid))
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+    """(exit code, stdout, what the terminal got) of ``argv`` with stderr on a terminal."""
+    return run_on_pty(argv, cwd, _env())
 
 
 def test_relative_paths_train_then_adapt(tmp_path) -> None:

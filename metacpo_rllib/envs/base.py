@@ -208,10 +208,13 @@ class TaskFamily(ABC):
         self.validate_params(task.params)
         return task
 
-    def make_env(self, task: Task | Mapping[str, Any] | None = None) -> TaskEnv:
-        """Build an env set to ``task`` (the family's default train task when None)."""
+    def make_env(self, task: Task | Mapping[str, Any] | None = None,
+                 **render_kwargs: Any) -> TaskEnv:
+        """Build an env set to ``task`` (the family's default train task when None).
+        ``render_kwargs`` (``render_mode="rgb_array"``, ...) are for families whose envs
+        render (the safety-gymnasium ones)."""
         task = self.default_task() if task is None else self.validate_task(task)
-        env = self._make_env()
+        env = self._make_env(**render_kwargs)
         env.set_task(task)
         return env
 

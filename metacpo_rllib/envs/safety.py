@@ -225,10 +225,15 @@ class SafetyTaskEnv(TaskEnv):
 
     metadata = {"render_modes": ["rgb_array", "depth_array"], "render_fps": 30}
 
-    def __init__(self, family: "_SafetyFamily", render_mode: str | None = None) -> None:
+    def __init__(self, family: "_SafetyFamily", render_mode: str | None = None,
+                 **render_kwargs: Any) -> None:
+        """``render_mode`` ("rgb_array" / "depth_array") and ``render_kwargs`` (``width``,
+        ``height``, ``camera_name``: "fixedfar", "track", ...) go to safety-gymnasium's
+        Builder; MuJoCo's offscreen renderer needs ``MUJOCO_GL`` (``metacpo_rllib.render``)."""
         self.family = family
         self._sg = _Builder(family._task_factory, family.agent, lean_world=family.lean_world,
-                            fast_step=family.fast_step, render_mode=render_mode)
+                            fast_step=family.fast_step, render_mode=render_mode,
+                            **render_kwargs)
         self._sg.set_seed(_entropy_seed())
         obs, act = self._sg.observation_space, self._sg.action_space
         self.observation_space = gym.spaces.Box(obs.low.astype(np.float32),
@@ -255,6 +260,7 @@ class SafetyTaskEnv(TaskEnv):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._apply_pending_task()
+        self._close_viewers()  # a reset compiles a new model: its viewer is made on render
         obs, info = self._sg.reset(seed=seed)
         info["cost"] = 0.0
         info["task_id"] = self._task_id
@@ -269,6 +275,18 @@ class SafetyTaskEnv(TaskEnv):
 
     def render(self):
         return self._sg.render()
+
+    def close(self) -> None:
+        """Free the renderer's OpenGL contexts (if any)."""
+        self._close_viewers()
+
+    def _close_viewers(self) -> None:
+        viewers = getattr(self._sg.task, "_viewers", None)
+        if viewers:
+            for viewer in viewers.values():
+                viewer.close()
+            viewers.clear()
+            self._sg.task.viewer = None
 
 
 # -- families -----------------------------------------------------------------------------------
@@ -304,8 +322,8 @@ class _SafetyFamily(TaskFamily):
     def _task_factory(self, config: dict) -> BaseTask:
         raise NotImplementedError
 
-    def _make_env(self) -> SafetyTaskEnv:
-        return SafetyTaskEnv(self)
+    def _make_env(self, **render_kwargs: Any) -> SafetyTaskEnv:
+        return SafetyTaskEnv(self, **render_kwargs)
 
     def make_bare_env(self, lean_world: bool = False) -> Builder:
         """This family's safety-gymnasium Builder without the task layer (6-tuple ``step``,

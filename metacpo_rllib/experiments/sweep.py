@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 from metacpo_rllib.experiments.callbacks import (AdaptAtEnd, MetaCPOMLflowCallback,
                                                   adaptation_report)
+from metacpo_rllib.experiments.progress import TrialIterationProgress
 from metacpo_rllib.experiments.spec import SweepSpec, build_config, config_class, config_key
 from metacpo_rllib.experiments.tracking import Guard, resolve_tracking_uri
 
@@ -73,7 +74,8 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: Optional[str] = None,
                 stop={"training_iteration": spec.iterations},
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_at_end=spec.checkpoint_at_end),
-                callbacks=[mlflow_callback(spec, tracking_uri, tags, kind, guard)],
+                callbacks=[mlflow_callback(spec, tracking_uri, tags, kind, guard),
+                           TrialIterationProgress(spec.iterations, f"{kind} {algorithm}")],
                 verbose=verbose),
         )
         grids[algorithm] = tuner.fit()

@@ -7,7 +7,7 @@ import os
 import pickle
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -22,6 +22,7 @@ from ray.rllib.utils.metrics import (
 from metacpo_rllib.envs.base import Task
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_stats
+from metacpo_rllib.evaluation_stats import episode_cost_bound as _cost_bound
 from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
 from metacpo_rllib.rllib.registry import register_envs
@@ -47,6 +48,10 @@ class MetaCPO(Algorithm):
     """
 
     config: MetaCPOConfig
+
+    #: Called as ``on_round(k, num_rounds)`` after each sampling round of ``train`` and
+    #: ``adapt`` (round k of num_rounds; e.g. a progress bar); None: nothing.
+    on_round: Optional[Callable[[int, int], None]] = None
 
     @classmethod
     def get_default_config(cls) -> MetaCPOConfig:
@@ -354,6 +359,8 @@ class MetaCPO(Algorithm):
                                              update=k < num_rounds - 1)
             times["learner_s"] += time.perf_counter() - start
             rounds.append(out["summaries"])
+            if self.on_round is not None:
+                self.on_round(k, num_rounds)
             if "steps" in out:
                 extra["steps"].append(out["steps"])
             # A task stays in the next round only if it got (adapted) weights.
@@ -514,20 +521,6 @@ class EvalPlan:
                  "num_episodes": self.episodes, "deterministic": deterministic,
                  "seed": evaluation_seed(self.seed, task.to_dict())}
                 for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
-
-
-#: Largest cost of one env step in every family (``info["cost"]`` is a 0/1 indicator).
-MAX_STEP_COST = 1.0
-
-
-def _cost_bound(results: Sequence[Optional[dict]]) -> float:
-    """Largest possible episode cost given the evaluation episodes: the longest episode
-    times the largest per-step cost (:data:`MAX_STEP_COST`, or more if seen)."""
-    lengths = [n for r in results if r for n in r["lengths"]]
-    steps = [c for r in results if r for c in r["max_step_costs"]]
-    if not lengths:
-        return math.nan
-    return float(max(lengths)) * max([MAX_STEP_COST, *[c for c in steps if math.isfinite(c)]])
 
 
 def task_evaluation(results: Sequence[Optional[dict]], limit: float) -> dict[str, Any]:
