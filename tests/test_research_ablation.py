@@ -1,0 +1,41 @@
+"""research/safety_ablation.py end to end on a tiny PointNav run (real Ray, real rollouts),
+then its Markdown report; an interrupted sweep resumes without redoing finished runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_ablation_writes_every_run_and_its_report(tmp_path) -> None:
+    out = tmp_path / "ablation.json"
+    command = [sys.executable, str(REPO / "research" / "safety_ablation.py"),
+               "--family", "PointNav", "--iterations", "1", "--variants", "baseline", "all",
+               "--algos", "cpo", "--seeds", "0", "--test-tasks", "2", "--adapt-steps", "1",
+               "--eval-episodes", "3", "--train-eval-episodes", "2", "--train-eval-tasks", "2",
+               "--episodes-per-task", "2", "--tasks-per-iteration", "2", "--out", str(out)]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"baseline/cpo/seed0", "all/cpo/seed0"}
+    for run in runs.values():
+        for split in ("test", "test_tight"):
+            adaptation = run["adaptation"][split]
+            assert len(adaptation["eval_cost"]) == 2  # steps 0 and 1
+            assert all(0.0 <= share <= 1.0 for share in adaptation["within_limit"])
+    # resumed: nothing left to run, the file is kept as it was
+    before = out.read_text()
+    done = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert "baseline/cpo" not in done.stdout and out.read_text() == before
+    page = tmp_path / "ablation.md"
+    subprocess.run([sys.executable, str(REPO / "research" / "ablation_report.py"), str(out),
+                    "--out", str(page)], check=True, timeout=120)
+    text = page.read_text()
+    assert "| baseline | cpo | 1 |" in text and "| all | cpo | 1 |" in text
+    assert "Adaptation on `test_tight`" in text
