@@ -28,8 +28,9 @@ def _ray_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-path", type=abs_path, default=None,
                         help="Tune results and checkpoints: a folder (made absolute) or a "
                              "URI such as s3://bucket/path (default ./ray_results)")
-    parser.add_argument("--num-cpus", type=count(1), default=2,
-                        help="CPUs of the embedded local Ray")
+    parser.add_argument("--num-cpus", type=count(1), default=os.cpu_count() or 1,
+                        help="CPUs of the embedded local Ray (default: all of this "
+                             "machine's, %(default)s); trials run as many at a time as fit")
     parser.add_argument("--quiet", action="store_true", help="no Tune progress tables")
 
 
