@@ -189,6 +189,16 @@ def train_cost_limit(spec: SweepSpec) -> Optional[float]:
     return float(limit)
 
 
+def summary_metrics(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The comparison as metrics of its parent run, ``<algorithm>/<figure>`` (means over
+    seeds, post-adaptation on the held-out tasks): the four algorithms side by side in the
+    run's metrics table and as columns of the runs table."""
+    names = ("return", "cost", "violation_rate") + tuple(name for name, _ in EVAL_FIGURES)
+    return {f"{algorithm}/{name}": float(s[name]["mean"])
+            for algorithm, s in summary.items() for name in names
+            if name in s and math.isfinite(s[name]["mean"])}
+
+
 #: The longest description MLflow keeps (a tag value).
 NOTE_LIMIT = 8000
 
@@ -273,6 +283,7 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
         if parent:  # the run's description: the figure and the table, on its first page
             guard.call(client.set_tag, parent, "mlflow.note.content",
                        parent_note(parent, files["table"].read_text()))
+            recorder.log_summary(summary_metrics(summary))
         status = "FINISHED"
         return {**data, "files": {k: str(v) for k, v in files.items()}}
     finally:

@@ -17,7 +17,7 @@ ALGORITHM_NAMES = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 #: Top-level keys of a spec file and what each holds.
 TOP_LEVEL_KEYS = {
     "name": "Tune run / MLflow experiment name",
-    "algorithm": "one algorithm name or a list of them (one Tune run each)",
+    "algorithm": "one algorithm name or a list of them (all trials of one Tuner)",
     "family": "task family",
     "iterations": "training iterations per trial",
     "env_config": "family constructor overrides",

@@ -287,6 +287,13 @@ class RunRecorder:
         for i in range(0, len(items), 100):  # MLflow: 100 params per batch
             self._send(self.client.log_batch, self.run_id, params=items[i:i + 100])
 
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """Final figures of the run as metrics at step 0."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log_metrics([Metric(metric_key(k), float(v), now, 0) for k, v in metrics.items()])
+
     def log_result(self, result: Mapping[str, Any]) -> None:
         """One ``algo.train()`` / Tune result: its metrics at step = training iteration."""
         from mlflow.entities import Metric
