@@ -130,7 +130,7 @@ def progress_reporter(spec: SweepSpec) -> Any:
     params = [ALGORITHM_KEY] + [config_key(k) for k in spec.grid if k != "seed"] + ["seed"]
     return CLIReporter(metric_columns=PROGRESS_COLUMNS,
                        parameter_columns=list(dict.fromkeys(params)),
-                       max_report_frequency=30)
+                       max_report_frequency=30, print_intermediate_tables=True)
 
 
 @contextlib.contextmanager
