@@ -351,6 +351,16 @@ def test_one_tuner_over_algorithms_and_seeds_with_search_spaces(ray_local, tmp_p
         assert result.config["inner_delta"] in (0.005, 0.02)
         assert Path(result.path).name.startswith(
             f"{result.config['algorithm']}-ConstrainedBandit-seed{result.config['seed']}_")
+    # a trial's checkpoint loads as its own algorithm, like a `metacpo train` checkpoint
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    (cpo,) = [r for r in results["CPO"] if r.config["seed"] == 1]
+    algo = Algorithm.from_checkpoint(cpo.checkpoint.path)
+    try:
+        assert type(algo).__name__ == "CPO" and algo.config.meta is False
+        assert algo.config.seed == 1
+    finally:
+        algo.stop()
     best = grid.get_best_result()
     values = [r.metrics["metacpo"]["post_return_mean"] for r in grid]
     assert best.metrics["metacpo"]["post_return_mean"] == max(values)

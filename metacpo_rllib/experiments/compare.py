@@ -192,7 +192,7 @@ def train_cost_limit(spec: SweepSpec) -> Optional[float]:
 def summary_metrics(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """The comparison as metrics of its parent run, ``<algorithm>/<figure>`` (means over
     seeds, post-adaptation on the held-out tasks): the four algorithms side by side in the
-    run's metrics table and as columns of the runs table."""
+    run's metrics table (and as columns the runs table can show)."""
     names = ("return", "cost", "violation_rate") + tuple(name for name, _ in EVAL_FIGURES)
     return {f"{algorithm}/{name}": float(s[name]["mean"])
             for algorithm, s in summary.items() for name in names

@@ -3,6 +3,8 @@ Tuner: the trial config's ``algorithm`` key picks the config class (MetaCPOConfi
 MetaTRPOConfig, CPOConfig or TRPOConfig) the trial runs with."""
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any, Mapping
 
 from metacpo_rllib.experiments import tracking
@@ -39,6 +41,17 @@ class SweepAlgorithm(MetaCPO):
 
     def __init__(self, config: Any = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(algorithm_config(config), *args, **kwargs)
+
+    def save_to_path(self, path: Any = None, *args: Any, **kwargs: Any) -> str:
+        """RLlib's checkpoint, recording the algorithm's own class (e.g. CPO) as the one to
+        build: it loads like a checkpoint of ``metacpo train``."""
+        path = super().save_to_path(path, *args, **kwargs)
+        ctor_file = Path(path) / self.CLASS_AND_CTOR_ARGS_FILE_NAME
+        if kwargs.get("filesystem") is None and ctor_file.is_file():
+            info = pickle.loads(ctor_file.read_bytes())
+            info["class"] = self.config.algo_class
+            ctor_file.write_bytes(pickle.dumps(info))
+        return path
 
     @classmethod
     def default_resource_request(cls, config: Any) -> Any:
