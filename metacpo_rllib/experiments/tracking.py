@@ -70,8 +70,10 @@ def check_reachable(uri: str, timeout: float = 3.0) -> Optional[str]:
         return f"cannot reach {uri} ({getattr(err, 'reason', err)})"
 
 
-#: Experiment tags: MLflow 3's UI opens an experiment of this kind on its runs (without
-#: it, on the empty GenAI "Traces" page).
+#: Experiment tags: the kind "custom_model_development" ("Machine learning" in MLflow 3's UI)
+#: opens the experiment on its runs rather than the empty GenAI pages (MLflow 3.17's UI
+#: also follows its browser's GenAI / Model training switch; ``?workflowType=machine_learning``
+#: in the link picks the latter).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
