@@ -417,10 +417,11 @@ def _tracking(args: argparse.Namespace, config: Any) -> Iterator[Any]:
         yield None
         return
     uri, experiment = args.mlflow_uri, args.mlflow_experiment
-    from metacpo_rllib.experiments.tracking import log_training_run
+    from metacpo_rllib.experiments.tracking import cost_limits, log_training_run
 
     params = {"iterations": args.iterations, "test_tasks": args.tasks,
-              "adapt_steps": args.steps}
+              "adapt_steps": args.steps,
+              **cost_limits(config, args.cost_limit)}
     with log_training_run(config, tracking_uri=uri, experiment=experiment,
                           params=params) as run:
         yield run

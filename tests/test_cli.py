@@ -81,9 +81,17 @@ def test_train_then_adapt_end_to_end(tmp_path, ray_address):
     # tracked by default in the embedded MLflow store of the working directory
     from mlflow.tracking import MlflowClient
 
+    from metacpo_rllib.envs import make_family
+
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].data.tags["algorithm"] == "MetaCPO"
+    assert runs[0].info.run_name == "MetaCPO-PointNav-seed3"
+    limits = make_family("PointNav", horizon=30).cost_limits  # the limits used, not None
+    assert runs[0].data.params["train_cost_limit"] == str(limits["train"])
+    assert runs[0].data.params["test_cost_limit"] == str(limits["test"])
+    assert (client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"]
+            == "custom_model_development")
     history = client.get_metric_history(runs[0].info.run_id, "metacpo/post_return_mean")
     assert [m.step for m in history] == [1, 2]
 

@@ -110,7 +110,7 @@ def _peek(db: Path) -> tuple[dict[str, str], int]:
     (["train", "--family", "ConstrainedBandit", "--iterations", "1000", "--test-tasks", "0"],
      signal.SIGTERM),
     (["compare", "--family", "ConstrainedBandit", "--iterations", "1000", "--seeds", "0",
-      "--test-tasks", "0", "--quiet"], signal.SIGINT),
+      "--test-tasks", "0", "--max-concurrent", "1", "--quiet"], signal.SIGINT),
 ])
 def test_interrupt_ends_mlflow_runs_as_killed(tmp_path, command, sig) -> None:
     """A running train (SIGTERM) or compare (Ctrl-C: SIGINT) ends with 128 + signal,
@@ -124,7 +124,8 @@ def test_interrupt_ends_mlflow_runs_as_killed(tmp_path, command, sig) -> None:
         _wait_for(lambda: _peek(db)[1] > 0, proc, 240, "a logged iteration")
         running = _peek(db)[0]
         assert running and set(running.values()) == {"RUNNING"}, running
-        assert len(running) == (2 if command[0] == "compare" else 1)  # + the parent run
+        # compare: one trial at a time (--max-concurrent 1) + the parent run
+        assert len(running) == (2 if command[0] == "compare" else 1)
         os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 128 + sig, err[-3000:]

@@ -137,7 +137,8 @@ def test_sweep_job_uses_shared_storage_and_mlflow(cluster):
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     checkpoints = sorted(storage.glob("*/*/checkpoint_*"))
     assert len(checkpoints) == 2, checkpoints
-    trials = lc.job_actors(cluster, lc.job_info(cluster, sid)["job_id"], class_name="MetaCPO")
+    trials = lc.job_actors(cluster, lc.job_info(cluster, sid)["job_id"],
+                           class_name="SweepAlgorithm")
     roles = lc.node_roles(cluster)
     print("trial nodes:", [roles.get(t["node_id"]) for t in trials])
     assert len(trials) == 2 and all(t["node_id"] in roles for t in trials)

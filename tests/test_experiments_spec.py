@@ -67,6 +67,34 @@ BAD = {
                              "env_config"),
     "bad adaptation": ("iterations: 2", "iterations: 2\nadaptation: {test_tasks: -1}",
                        "adaptation.test_tasks"),
+    "unknown search space": ("seed: [0, 1]", "inner_delta: {normal: [0.0, 1.0]}",
+                             "grid.inner_delta.normal"),
+    "search space not one key": ("seed: [0, 1]",
+                                 "inner_delta: {uniform: [0.01, 0.1], choice: [0.1]}",
+                                 "grid.inner_delta"),
+    "range upside down": ("seed: [0, 1]", "inner_delta: {uniform: [0.1, 0.01]}",
+                          "grid.inner_delta.uniform"),
+    "range not two numbers": ("seed: [0, 1]", "inner_delta: {uniform: [0.01, x]}",
+                              "grid.inner_delta.uniform"),
+    "loguniform from zero": ("seed: [0, 1]", "inner_delta: {loguniform: [0, 0.1]}",
+                             "grid.inner_delta.loguniform"),
+    "empty choice": ("seed: [0, 1]", "inner_delta: {choice: []}", "grid.inner_delta.choice"),
+    "float range for an integer field": ("seed: [0, 1]", "seed: {uniform: [0, 5]}",
+                                         "grid.seed"),
+    "invalid value at a range end": ("seed: [0, 1]",
+                                     "trust_region_delta: {uniform: [-1.0, 0.1]}",
+                                     "grid.trust_region_delta"),
+    "unknown scheduler": ("iterations: 2", "iterations: 2\nscheduler: {type: pbt}",
+                          "scheduler.type"),
+    "unknown scheduler key": ("iterations: 2",
+                              "iterations: 2\nscheduler: {type: asha, grace: 1}",
+                              "scheduler.grace"),
+    "grace period past max_t": ("iterations: 2",
+                                "iterations: 2\nscheduler: {type: asha, grace_period: 3}",
+                                "scheduler.grace_period"),
+    "reduction factor 1": ("iterations: 2",
+                           "iterations: 2\nscheduler: {type: asha, reduction_factor: 1}",
+                           "scheduler.reduction_factor"),
 }
 
 
@@ -127,12 +155,68 @@ def test_param_space_is_compact_with_grid_search() -> None:
     assert len(space) < 10  # only what differs from CPOConfig's defaults
 
 
+SEARCH = GOOD.replace("grid:\n  seed: [0, 1]\n", """\
+grid:
+  seed: {grid_search: [0, 1]}
+  trust_region_delta: {loguniform: [0.001, 0.1]}
+  inner_delta: {uniform: [0.005, 0.02]}
+  inner_steps: {choice: [1, 2]}
+scheduler: {type: asha, max_t: 2, grace_period: 1, reduction_factor: 2}
+""")
+
+
+def test_search_spaces_and_scheduler_parse_to_tune_objects() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.sample import Categorical, Float
+
+    from metacpo_rllib.experiments.spec import Scheduler, SearchSpace
+    from metacpo_rllib.experiments.sweep import (METRIC, param_space, tune_scheduler,
+                                                 tuner_param_space)
+
+    spec = parse_spec(_yaml(SEARCH))
+    assert spec.grid["seed"] == [0, 1]  # {grid_search: [...]} is a plain grid
+    assert spec.grid["trust_region_delta"] == SearchSpace("loguniform", (0.001, 0.1))
+    assert spec.scheduler == Scheduler("asha", 2, 1, 2)
+    assert spec.num_trials() == 2  # sampled fields add no grid points
+    space = param_space(spec, "MetaCPO")
+    assert space["seed"] == {"grid_search": [0, 1]}
+    assert isinstance(space["inner_delta"], Float) and space["inner_delta"].lower == 0.005
+    assert isinstance(space["trust_region_delta"].sampler, Float._LogUniform)
+    assert isinstance(space["inner_steps"], Categorical)
+    assert space["inner_steps"].categories == [1, 2]
+    one = tuner_param_space(parse_spec({**_yaml(GOOD), "algorithm": ["MetaCPO", "CPO"]}))
+    assert one["algorithm"] == {"grid_search": ["MetaCPO", "CPO"]}
+    assert one["seed"] == {"grid_search": [0, 1]} and one["tasks_per_iteration"] == 2
+    scheduler = tune_scheduler(spec)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert scheduler._max_t == 2 and scheduler._reduction_factor == 2
+    assert tune_scheduler(parse_spec(_yaml(GOOD))) is None
+    assert METRIC == "metacpo/post_return_mean"
+
+
+def test_bad_search_space_fails_in_cli_before_anything_starts(tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SEARCH.replace("loguniform: [0.001, 0.1]", "loguniform: [-1, 0.1]"))
+    commands.register()
+    assert cli.main(["sweep", str(bad)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "grid.trust_region_delta.loguniform: expected 0 < low" in line
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_params_tags_and_metric_names() -> None:
     from metacpo_rllib.experiments.spec import build_config
 
     config = build_config(parse_spec(_yaml(GOOD)), "MetaTRPO", {"seed": 1})
     params = tracking.training_params(config)
     assert params["family"] == "PointNav" and params["seed"] == "1"
+    # the limits used (the family's when the config leaves them unset), not "None"
+    assert "cost_limit" not in params
+    assert (params["train_cost_limit"], params["test_cost_limit"]) == ("10.0", "5.0")
     assert params["constrained"] == "False" and params["inner_steps"] == "1"
     assert len(params) < 40 and all(len(v) <= 6000 for v in params.values())
     tags = tracking.run_tags(config, "sweep")

@@ -151,9 +151,11 @@ def test_sweep_logs_to_a_real_mlflow_server(ray_local, mlflow_server, tmp_path) 
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
-def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path) -> None:
+def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path, capsys) -> None:
     code = cli.main(["sweep", SMOKE, "--storage-path", "ray", "--quiet", "--json", "sweep.json"])
     assert code == 0
+    assert "best trial (metacpo/post_return_mean, max): MetaCPO-PointNav-seed" in (
+        capsys.readouterr().out)
     assert (tmp_path / "mlflow.db").exists()
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert sorted(r["seed"] for r in summary["rows"]) == [0, 1]
@@ -265,7 +267,7 @@ def test_unreachable_server_sweep_completes_with_one_warning(ray_local, tmp_path
     assert len(_tracking_warnings(caught)) == 1
 
 
-def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
+def test_compare_writes_figure_table_and_json(ray_local, tmp_path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'cmp.db'}"
     out = tmp_path / "report"
     code = cli.main(["compare", "--family", "PointNav", "--seeds", "0", "1",
@@ -274,6 +276,7 @@ def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
                      "--env-config", '{"horizon": 30}', "--out", str(out),
                      "--mlflow-uri", uri, "--storage-path", str(tmp_path / "ray"), "--quiet"])
     assert code == 0
+    printed = capsys.readouterr().out
     png = (out / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     table = (out / "comparison.md").read_text()
@@ -301,17 +304,117 @@ def test_compare_writes_figure_table_and_json(ray_local, tmp_path) -> None:
     _check_results_page(tmp_path, data)
     client = _client(uri)
     exp = client.get_experiment_by_name("compare-PointNav")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "comparison"]
     children = [r for r in runs if r is not parent]
     assert len(children) == 8
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {r.data.tags["algorithm"] for r in children} == set(algorithms)
+    assert sorted(r.info.run_name for r in children) == sorted(
+        f"{a}-PointNav-seed{s}" for a in algorithms for s in (0, 1))
+    assert parent.data.params["test_cost_limit"] == str(data["runs"]["CPO"][0]["test_limit"])
+    assert parent.data.params["train_cost_limit"] == str(data["runs"]["CPO"][0]["train_limit"])
+    note = parent.data.tags["mlflow.note.content"]  # the run page shows figure and table
+    assert f"comparison%2Fcomparison.png&run_uuid={parent.info.run_id}" in note
+    assert table.strip() in note
+    for name in algorithms:  # the four side by side in the parent's metrics
+        assert parent.data.metrics[f"{name}/eval_cost"] == pytest.approx(
+            data["summary"][name]["eval_cost"]["mean"])
+        assert f"{name}/violation_rate" in parent.data.metrics
+    assert (f"runs: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+            "?workflowType=machine_learning") in printed
     names = {frozenset(r.data.metrics) for r in children}
     assert len(names) == 1  # the same metric names for all four: side by side in the UI
     assert {"metacpo/post_return_mean", "test/cost_mean"} <= set(next(iter(names)))
     assert {"comparison/comparison.png", "comparison/comparison.md",
             "comparison/comparison.json"} <= _artifacts(client, parent.info.run_id)
+
+
+SEARCH_SPEC = """\
+name: bandit-search
+algorithm: [MetaCPO, CPO]
+family: ConstrainedBandit
+iterations: 1
+training: {tasks_per_iteration: 2, episodes_per_task: 2}
+grid:
+  seed: [0, 1]
+  trust_region_delta: {loguniform: [0.001, 0.1]}
+  inner_delta: {choice: [0.005, 0.02]}
+adaptation: {test_tasks: 1, eval_episodes: 2}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+"""
+
+
+def test_one_tuner_over_algorithms_and_seeds_with_search_spaces(ray_local, tmp_path,
+                                                               capfd) -> None:
+    """A YAML with search spaces and ASHA: one Tuner runs algorithms × seeds (one Tune
+    experiment), ``get_best_result()`` works, the progress table has return / cost /
+    violation columns, and the MLflow runs are named, tagged and parametrised for the UI."""
+    from metacpo_rllib.experiments.spec import load_spec
+    from metacpo_rllib.experiments.sweep import METRIC, run_sweep
+
+    path = tmp_path / "search.yaml"
+    path.write_text(SEARCH_SPEC)
+    spec = load_spec(path)
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    results = run_sweep(spec, tracking_uri=uri, storage_path=str(tmp_path / "ray"), verbose=1)
+    grid = results.result_grid
+    assert len(grid) == 4 and grid.num_errors == 0
+    assert len({Path(r.path).parent for r in grid}) == 1  # one Tune experiment
+    assert {a: sorted(r.config["seed"] for r in rs) for a, rs in results.items()} == {
+        "MetaCPO": [0, 1], "CPO": [0, 1]}
+    for result in grid:
+        assert 0.001 <= result.config["trust_region_delta"] <= 0.1
+        assert result.config["inner_delta"] in (0.005, 0.02)
+        assert Path(result.path).name.startswith(
+            f"{result.config['algorithm']}-ConstrainedBandit-seed{result.config['seed']}_")
+    # a trial's checkpoint loads as its own algorithm, like a `metacpo train` checkpoint
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    (cpo,) = [r for r in results["CPO"] if r.config["seed"] == 1]
+    algo = Algorithm.from_checkpoint(cpo.checkpoint.path)
+    try:
+        assert type(algo).__name__ == "CPO" and algo.config.meta is False
+        assert algo.config.seed == 1
+    finally:
+        algo.stop()
+    best = grid.get_best_result()
+    values = [r.metrics["metacpo"]["post_return_mean"] for r in grid]
+    assert best.metrics["metacpo"]["post_return_mean"] == max(values)
+    assert math.isfinite(grid.get_best_result("adaptation/eval_return_mean", "max")
+                         .metrics["adaptation"]["eval_return_mean"])
+    assert METRIC == "metacpo/post_return_mean"
+    table = capfd.readouterr().out
+    header = [line for line in table.splitlines() if line.startswith("| Trial name")][-1]
+    for column in ("algorithm", "seed", "return", "cost", "violation", "test return",
+                   "test violation"):
+        assert f" {column} " in header, header
+    assert "CPO-ConstrainedBandit-seed1 " in table
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name("bandit-search")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [
+        "CPO-ConstrainedBandit-seed0", "CPO-ConstrainedBandit-seed1",
+        "MetaCPO-ConstrainedBandit-seed0", "MetaCPO-ConstrainedBandit-seed1"]
+    for run in runs:
+        params, tags = run.data.params, run.data.tags
+        assert run.info.run_name == (f"{tags['algorithm']}-ConstrainedBandit-"
+                                     f"seed{tags['seed']}")
+        assert params["train_cost_limit"] == "10.0" and params["test_cost_limit"] == "5.0"
+        assert "cost_limit" not in params
+        assert 0.001 <= float(params["trust_region_delta"]) <= 0.1
+
+
+def test_experiment_tag_is_added_to_an_existing_experiment(tmp_path) -> None:
+    client = _client(f"sqlite:///{tmp_path / 'x.db'}")
+    old = client.create_experiment("made-elsewhere")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert tracking.ensure_experiment(client, "made-elsewhere", "sqlite:///x.db") == old
+    assert (client.get_experiment(old).tags["mlflow.experimentKind"]
+            == "custom_model_development")
 
 
 def _check_results_page(tmp_path, data: dict) -> None:

@@ -54,7 +54,12 @@ def adaptation_report(result: Mapping[str, Any]) -> Optional[dict[str, Any]]:
 
 
 def trial_algo_config(trial: Any) -> Optional[Any]:
-    """The AlgorithmConfig a Meta-CPO-family trial runs with (None for other trainables)."""
+    """The AlgorithmConfig a Meta-CPO-family trial runs with (a sweep's SweepAlgorithm
+    trial or a registered name's; None for other trainables)."""
+    from metacpo_rllib.experiments.trainable import ALGORITHM_KEY, algorithm_config
+
+    if ALGORITHM_KEY in (trial.config or {}):
+        return algorithm_config(trial.config)
     if trial.trainable_name not in ALGORITHM_NAMES:
         return None
     return config_class(trial.trainable_name)().update_from_dict(dict(trial.config))
@@ -112,7 +117,9 @@ class MetaCPOMLflowCallback(MLflowLoggerCallback):
             params = tracking.training_params(config)
         else:
             params = {k: v for k, v in trial.config.items() if not isinstance(v, Mapping)}
-        run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
+        from metacpo_rllib.experiments.trainable import trial_run_name
+
+        run = self.mlflow_util.start_run(tags=tags, run_name=trial_run_name(trial))
         self._trial_runs[trial] = run.info.run_id
         recorder = tracking.RunRecorder(self.client, run.info.run_id, self.guard)
         recorder.log_params({**params, **self.params})

@@ -28,8 +28,9 @@ def _ray_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-path", type=abs_path, default=None,
                         help="Tune results and checkpoints: a folder (made absolute) or a "
                              "URI such as s3://bucket/path (default ./ray_results)")
-    parser.add_argument("--num-cpus", type=count(1), default=2,
-                        help="CPUs of the embedded local Ray")
+    parser.add_argument("--num-cpus", type=count(1), default=os.cpu_count() or 1,
+                        help="CPUs of the embedded local Ray (default: all of this "
+                             "machine's, %(default)s); trials run as many at a time as fit")
     parser.add_argument("--quiet", action="store_true", help="no Tune progress tables")
 
 
@@ -95,10 +96,23 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                           verbose=0 if args.quiet else 1)
     rows = trial_rows(grids, spec)
     print(format_rows(rows))
+    print(best_line(grids.result_grid))
     if args.json:
         _write_sweep_json(args.json, spec, rows, args.command_line)
     print(_where(spec.experiment_name, uri))
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def best_line(result_grid: Any) -> str:
+    """The best trial by the sweep's metric (see ``sweep.METRIC``), or why there is none."""
+    from metacpo_rllib.experiments.sweep import METRIC, MODE
+
+    try:
+        best = result_grid.get_best_result()
+    except RuntimeError as err:  # no trial reported the metric
+        return f"best trial: none ({err})"
+    value = best.metrics.get("metacpo", {}).get(METRIC.split("/", 1)[1])
+    return f"best trial ({METRIC}, {MODE}): {Path(best.path).name} = {value:.4g}"
 
 
 def _write_sweep_json(path: str, spec: Any, rows: list, command_line: str) -> None:
@@ -119,8 +133,24 @@ def _write_sweep_json(path: str, spec: Any, rows: list, command_line: str) -> No
     print(f"wrote {out}")
 
 
+#: The MLflow UI's runs page of an experiment, in its "Model training" view (MLflow 3's UI
+#: otherwise opens in the GenAI view its browser last used).
+RUNS_PAGE = "{ui}/#/experiments/{id}/runs?workflowType=machine_learning"
+
+
 def _where(experiment: str, uri: str) -> str:
-    hint = "" if uri.startswith(("http://", "https://")) else "; browse it with `metacpo ui`"
+    """Where the runs went, with the link to their runs page in the MLflow UI."""
+    served = uri.startswith(("http://", "https://"))
+    hint = "" if served else "; browse it with `metacpo ui`"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 (an unreachable store: no link)
+        found = None
+    if found is not None:
+        ui = uri.rstrip("/") if served else "http://127.0.0.1:5000"
+        hint += f"; runs: {RUNS_PAGE.format(ui=ui, id=found.experiment_id)}"
     return f"MLflow experiment {experiment!r} at {uri}{hint}"
 
 

@@ -176,6 +176,44 @@ def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, An
 
 
 # -- the whole command ----------------------------------------------------------------------------
+def train_cost_limit(spec: SweepSpec) -> Optional[float]:
+    """The training tasks' limit of a comparison (``training.cost_limit``, else the
+    family's); None where it varies over the grid."""
+    from metacpo_rllib.envs import make_family
+
+    if "cost_limit" in spec.grid:
+        return None
+    limit = spec.training.get("cost_limit")
+    if limit is None:
+        limit = make_family(spec.family, **spec.env_config).cost_limit_of("train")
+    return float(limit)
+
+
+def summary_metrics(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The comparison as metrics of its parent run, ``<algorithm>/<figure>`` (means over
+    seeds, post-adaptation on the held-out tasks): the four algorithms side by side in the
+    run's metrics table (and as columns the runs table can show)."""
+    names = ("return", "cost", "violation_rate") + tuple(name for name, _ in EVAL_FIGURES)
+    return {f"{algorithm}/{name}": float(s[name]["mean"])
+            for algorithm, s in summary.items() for name in names
+            if name in s and math.isfinite(s[name]["mean"])}
+
+
+#: The longest description MLflow keeps (a tag value).
+NOTE_LIMIT = 8000
+
+
+def parent_note(run_id: str, table: str) -> str:
+    """The comparison run's MLflow description (markdown): the comparison figure (served
+    by the tracking server's ``get-artifact`` endpoint) above the comparison table."""
+    figure = f"get-artifact?path=comparison%2Fcomparison.png&run_uuid={run_id}"
+    note = f"![comparison figure]({figure})\n\n{table}"
+    if len(note) > NOTE_LIMIT:  # MLflow's limit on a tag value; the whole table is an artifact
+        note = note[:note.rfind("\n", 0, NOTE_LIMIT - 80)] + (
+            "\n\n(cut here: the whole table is the artifact comparison/comparison.md)")
+    return note
+
+
 def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[str] = None,
                 storage_path: Optional[str] = None, verbose: int = 1,
                 command_line: Optional[str] = None) -> dict[str, Any]:
@@ -186,7 +224,7 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
     from mlflow.tracking import MlflowClient
 
     from metacpo_rllib.experiments.plots import comparison_figure
-    from metacpo_rllib.experiments.sweep import run_sweep
+    from metacpo_rllib.experiments.sweep import run_sweep, sweep_params
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     guard = tracking.Guard(uri)  # one warning for the whole comparison
@@ -210,7 +248,8 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
                          "env_config": spec.env_config, "iterations": spec.iterations,
                          "test_tasks": spec.adaptation.test_tasks,
                          "adapt_steps": spec.adaptation.adapt_steps,
-                         "test_cost_limit": spec.adaptation.cost_limit,
+                         "train_cost_limit": train_cost_limit(spec),
+                         "test_cost_limit": sweep_params(spec)["test_cost_limit"],
                          "task_seed": spec.adaptation.task_seed})
     status = "FAILED"
     started, started_utc = time.perf_counter(), provenance.utc_now()
@@ -241,6 +280,10 @@ def run_compare(spec: SweepSpec, out_dir: str | Path, *, tracking_uri: Optional[
         files["json"].write_text(json.dumps(data, indent=2, default=tracking.plain) + "\n")
         for path in files.values():
             guard.call(client.log_artifact, parent, str(path), "comparison")
+        if parent:  # the run's description: the figure and the table, on its first page
+            guard.call(client.set_tag, parent, "mlflow.note.content",
+                       parent_note(parent, files["table"].read_text()))
+            recorder.log_summary(summary_metrics(summary))
         status = "FINISHED"
         return {**data, "files": {k: str(v) for k, v in files.items()}}
     finally:

@@ -5,6 +5,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -16,15 +17,19 @@ ALGORITHM_NAMES = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 #: Top-level keys of a spec file and what each holds.
 TOP_LEVEL_KEYS = {
     "name": "Tune run / MLflow experiment name",
-    "algorithm": "one algorithm name or a list of them (one Tune run each)",
+    "algorithm": "one algorithm name or a list of them (all trials of one Tuner)",
     "family": "task family",
     "iterations": "training iterations per trial",
     "env_config": "family constructor overrides",
     "env_runners": "AlgorithmConfig.env_runners(...) fields",
     "training": "fixed MetaCPOConfig.training(...) fields",
-    "grid": "training field -> list of values (Tune grid_search, full cross product)",
+    "grid": "training field -> list of values (Tune grid_search, full cross product) or a "
+            "search space {choice: [...]}, {uniform: [low, high]}, {loguniform: [low, high]}, "
+            "{grid_search: [...]}",
     "adaptation": "test-time adaptation after the last iteration",
     "tune": "num_samples, max_concurrent, checkpoint_at_end",
+    "scheduler": "optional trial scheduler: {type: asha, max_t, grace_period, "
+                 "reduction_factor}",
     "mlflow": "experiment, log_checkpoint",
 }
 ADAPTATION_KEYS = {"test_tasks": 2, "adapt_steps": 1, "episodes_per_task": None,
@@ -32,6 +37,9 @@ ADAPTATION_KEYS = {"test_tasks": 2, "adapt_steps": 1, "episodes_per_task": None,
                    "split": "test"}
 TUNE_KEYS = {"num_samples": 1, "max_concurrent": None, "checkpoint_at_end": True}
 MLFLOW_KEYS = {"experiment": None, "log_checkpoint": True}
+SCHEDULER_KEYS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 4}
+#: The search-space forms of a ``grid`` entry (a plain list is ``grid_search``).
+SEARCH_KINDS = ("grid_search", "choice", "uniform", "loguniform")
 
 
 class SpecError(ValueError):
@@ -51,6 +59,42 @@ class Adaptation:
     split: str = "test"  # the held-out split (family.splits), e.g. "test_tight"
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A sampled ``grid`` entry: ``choice`` of ``values``, or ``uniform`` / ``loguniform``
+    between ``values = (low, high)``; Tune draws one value per trial (``tune.num_samples``
+    trials per grid point)."""
+
+    kind: str
+    values: tuple
+
+    def domain(self) -> Any:
+        """The Tune search space (``tune.choice`` / ``tune.uniform`` / ``tune.loguniform``)."""
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        return getattr(tune, self.kind)(*self.values)
+
+    def probes(self) -> list:
+        """The values validated before any trial: every choice, or both ends of a range."""
+        return list(self.values)
+
+    def __str__(self) -> str:
+        return f"{self.kind}{list(self.values)}"
+
+
+@dataclasses.dataclass
+class Scheduler:
+    """A Tune trial scheduler: ASHA (``type: asha``) stopping weak trials early on the
+    sweep metric (``training_iteration`` as time; ``max_t`` None: the spec's iterations)."""
+
+    type: str = "asha"
+    max_t: Optional[int] = None
+    grace_period: int = 1
+    reduction_factor: float = 4
+
+
 @dataclasses.dataclass
 class SweepSpec:
     """A validated sweep: what ``metacpo sweep`` / ``compare`` turn into Tune runs."""
@@ -62,8 +106,9 @@ class SweepSpec:
     env_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_runners: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
-    grid: dict[str, list] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list | SearchSpace] = dataclasses.field(default_factory=dict)
     adaptation: Adaptation = dataclasses.field(default_factory=Adaptation)
+    scheduler: Optional[Scheduler] = None
     num_samples: int = 1
     max_concurrent: Optional[int] = None
     checkpoint_at_end: bool = True
@@ -75,13 +120,23 @@ class SweepSpec:
         return self.experiment or self.name
 
     def grid_points(self) -> Iterator[dict[str, Any]]:
-        """Every point of the grid (one empty point without a grid)."""
+        """Every point of the grid (one empty point without a grid); a sampled entry
+        (SearchSpace) is at its first probe value."""
+        return self._points(lambda values: values if isinstance(values, list)
+                            else values.probes()[:1])
+
+    def probe_points(self) -> Iterator[dict[str, Any]]:
+        """The grid points with every probe value of the sampled entries (validation)."""
+        return self._points(lambda values: values if isinstance(values, list)
+                            else values.probes())
+
+    def _points(self, options: Any) -> Iterator[dict[str, Any]]:
         keys = list(self.grid)
-        for values in itertools.product(*(self.grid[k] for k in keys)):
+        for values in itertools.product(*(options(self.grid[k]) for k in keys)):
             yield dict(zip(keys, values))
 
     def num_trials(self) -> int:
-        """Trials per algorithm: grid size times ``num_samples``."""
+        """Trials per algorithm: grid size (lists only) times ``num_samples``."""
         return sum(1 for _ in self.grid_points()) * self.num_samples
 
 
@@ -170,6 +225,43 @@ def _int(key: str, value: Any, low: int, optional: bool = False) -> Optional[int
     return value
 
 
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise SpecError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def search_space(key: str, value: Any) -> list | SearchSpace:
+    """A ``grid`` entry: a non-empty list (or ``{grid_search: [...]}``), or a SearchSpace
+    (``{choice: [...]}``, ``{uniform: [low, high]}``, ``{loguniform: [low, high]}``)."""
+    expected = ("a non-empty list of values or one of {choice: [...]}, {uniform: [low, "
+                "high]}, {loguniform: [low, high]}, {grid_search: [...]}")
+    if isinstance(value, list) and value:
+        return value
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise SpecError(f"{key}: expected {expected}, got {value!r}")
+    ((kind, args),) = value.items()
+    if kind not in SEARCH_KINDS:
+        close = difflib.get_close_matches(str(kind), SEARCH_KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SpecError(f"{key}.{kind}: unknown search space{hint} (expected one of "
+                        f"{', '.join(SEARCH_KINDS)})")
+    where = f"{key}.{kind}"
+    if kind in ("grid_search", "choice"):
+        if not isinstance(args, list) or not args:
+            raise SpecError(f"{where}: expected a non-empty list of values, got {args!r}")
+        return args if kind == "grid_search" else SearchSpace(kind, tuple(args))
+    if not isinstance(args, list) or len(args) != 2:
+        raise SpecError(f"{where}: expected [low, high], got {args!r}")
+    low, high = (_number(where, v) for v in args)
+    if not low < high:
+        raise SpecError(f"{where}: expected low < high, got {args!r}")
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{where}: expected 0 < low, got {args!r}")
+    return SearchSpace(kind, (low, high))
+
+
 # -- loading ---------------------------------------------------------------------------------
 def load_spec(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> SweepSpec:
     """Read a spec file, apply ``overrides`` (dotted keys, e.g. ``{"tune.num_samples": 2}``;
@@ -231,20 +323,24 @@ def parse_spec(data: Any, default_name: str = "sweep") -> SweepSpec:
     _unknown("tune", tune_opts, TUNE_KEYS)
     mlflow_opts = _mapping("mlflow", data.get("mlflow"))
     _unknown("mlflow", mlflow_opts, MLFLOW_KEYS)
+    scheduler = None
+    if data.get("scheduler") is not None:
+        scheduler_opts = _mapping("scheduler", data["scheduler"])
+        _unknown("scheduler", scheduler_opts, SCHEDULER_KEYS)
+        scheduler = Scheduler(**{**SCHEDULER_KEYS, **scheduler_opts})
     grid = _mapping("grid", data.get("grid"))
     for key, values in grid.items():
         if key in ("meta", "constrained"):
             raise SpecError(f"grid.{key}: not a grid field; list the algorithms under "
                             "`algorithm:` instead")
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        grid[key] = search_space(f"grid.{key}", values)
     spec = SweepSpec(
         name=name, algorithms=list(algorithms), family=data["family"],
         iterations=data["iterations"],
         env_config=_mapping("env_config", data.get("env_config")),
         env_runners=_mapping("env_runners", data.get("env_runners")),
         training=_mapping("training", data.get("training")), grid=grid,
-        adaptation=Adaptation(**adaptation),
+        adaptation=Adaptation(**adaptation), scheduler=scheduler,
         **{**TUNE_KEYS, **tune_opts}, **{**MLFLOW_KEYS, **mlflow_opts},
     )
     validate_spec(spec)
@@ -269,6 +365,7 @@ def validate_spec(spec: SweepSpec) -> None:
             raise SpecError(f"{section}.{key}: expected a bool, got {getattr(spec, key)!r}")
     if spec.experiment is not None and not isinstance(spec.experiment, str):
         raise SpecError(f"mlflow.experiment: expected a string, got {spec.experiment!r}")
+    _check_scheduler(spec)
     a = spec.adaptation
     _int("adaptation.test_tasks", a.test_tasks, 0)
     _int("adaptation.adapt_steps", a.adapt_steps, 0)
@@ -304,11 +401,13 @@ def validate_spec(spec: SweepSpec) -> None:
         for key, value in spec.training.items():
             _check_like(f"training.{key}", value, getattr(defaults, key, None))
         for key, values in spec.grid.items():
-            for value in values:
-                _check_like(f"grid.{key}", value, getattr(defaults, key, None))
+            probes = values if isinstance(values, list) else values.probes()
+            where = f"grid.{key}" + ("" if isinstance(values, list) else f".{values.kind}")
+            for value in probes:
+                _check_like(where, value, getattr(defaults, key, None))
         for key, value in spec.env_runners.items():
             _check_like(f"env_runners.{key}", value, getattr(defaults, key, None))
-        for point in spec.grid_points():
+        for point in spec.probe_points():
             try:
                 build_config(spec, algorithm, point).validate()
             except Exception as err:  # RLlib raises ValueError or its own errors
@@ -316,6 +415,25 @@ def validate_spec(spec: SweepSpec) -> None:
                 section = _section_of(str(err), spec, point)
                 raise SpecError(f"{section}{err}" + (f" (grid point {where})" if where else "")
                                 ) from None
+
+
+def _check_scheduler(spec: SweepSpec) -> None:
+    """The ``scheduler`` section: ASHA with integer ``max_t`` >= ``grace_period`` >= 1 and
+    ``reduction_factor`` > 1."""
+    s = spec.scheduler
+    if s is None:
+        return
+    if not isinstance(s.type, str) or s.type.lower() != "asha":
+        raise SpecError(f"scheduler.type: expected 'asha', got {s.type!r}")
+    _int("scheduler.max_t", s.max_t, 1, optional=True)
+    _int("scheduler.grace_period", s.grace_period, 1)
+    max_t = spec.iterations if s.max_t is None else s.max_t
+    if s.grace_period > max_t:
+        raise SpecError(f"scheduler.grace_period: expected <= max_t ({max_t}), got "
+                        f"{s.grace_period!r}")
+    if _number("scheduler.reduction_factor", s.reduction_factor) <= 1:
+        raise SpecError(f"scheduler.reduction_factor: expected a number > 1, got "
+                        f"{s.reduction_factor!r}")
 
 
 def _section_of(message: str, spec: SweepSpec, point: Mapping[str, Any]) -> str:

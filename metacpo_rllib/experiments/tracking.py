@@ -71,12 +71,24 @@ def check_reachable(uri: str, timeout: float = 3.0) -> Optional[str]:
         return f"cannot reach {uri} ({getattr(err, 'reason', err)})"
 
 
+#: Experiment tags: the kind "custom_model_development" ("Machine learning" in MLflow 3's UI)
+#: opens the experiment on its runs rather than the empty GenAI pages (MLflow 3.17's UI
+#: also follows its browser's GenAI / Model training switch; ``?workflowType=machine_learning``
+#: in the link picks the latter).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created (with its artifact location) if missing."""
+    """The id of experiment ``name``, created (with its artifact location) if missing;
+    tagged with ``EXPERIMENT_TAGS`` either way."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name),
+                                        tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 class Guard:
@@ -153,7 +165,30 @@ def training_params(config: Any) -> dict[str, str]:
                               "gamma": config.gamma}
     for field in sorted(setter_fields(MetaCPOConfig.training)):
         params[field] = getattr(config, field, None)
+    del params["cost_limit"]  # None means the family's: logged as the limit used instead
+    params.update(cost_limits(config))
     return {k: _param(v) for k, v in params.items()}
+
+
+def cost_limits(config: Any, test_limit: Optional[float] = None,
+                split: str = "test") -> dict[str, Optional[float]]:
+    """The limits a config's run uses: ``train_cost_limit`` (its ``cost_limit``, else the
+    family's train limit) and ``test_cost_limit`` (``test_limit``, else the family's limit
+    of the held-out ``split``); None where the family cannot be built."""
+    try:
+        family = config.make_family()
+    except Exception:  # noqa: BLE001 (an invalid config: validate() names the problem)
+        family = None
+    train = config.cost_limit if config.cost_limit is not None else (
+        family and family.cost_limit_of("train"))
+    test = test_limit if test_limit is not None else (family and family.cost_limit_of(split))
+    return {"train_cost_limit": None if train is None else float(train),
+            "test_cost_limit": None if test is None else float(test)}
+
+
+def run_name_for(algorithm: str, family: Any, seed: Any) -> str:
+    """``<Algorithm>-<family>-seed<N>``: the name of a training run and of a trial's run."""
+    return f"{algorithm}-{family}-seed{seed}"
 
 
 def _param(value: Any) -> str:
@@ -256,6 +291,13 @@ class RunRecorder:
         items = [Param(k, _param(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow: 100 params per batch
             self._send(self.client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """Final figures of the run as metrics at step 0."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log_metrics([Metric(metric_key(k), float(v), now, 0) for k, v in metrics.items()])
 
     def log_result(self, result: Mapping[str, Any]) -> None:
         """One ``algo.train()`` / Tune result: its metrics at step = training iteration."""
@@ -397,7 +439,7 @@ def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
 
     def start() -> str:
         experiment_id = ensure_experiment(client, experiment, uri)
-        name = run_name or f"{config.algo_class.__name__}-{config.env}-seed{config.seed}"
+        name = run_name or run_name_for(config.algo_class.__name__, config.env, config.seed)
         return client.create_run(experiment_id, run_name=name,
                                  tags=run_tags(config, kind, tags)).info.run_id
 
