@@ -65,10 +65,13 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_gamma = 1.0
         self.cost_lambda = 0.95
         self.first_order = False
-        # how batch costs enter the constrained step (optim.cost_estimate; off: plain CPO)
-        self.cost_signal_share = False
-        self.cost_upper_bound = False
-        self.recover_when_violating = False
+        # How batch costs enter the constrained step (optim.cost_estimate, cpo.classify).
+        # On by default: with the three off (the textbook CPO step) PointCircle training
+        # ends far above its limit and adaptation raises the cost step after step
+        # (docs/SAFETY_ABLATION.md).
+        self.cost_signal_share = True
+        self.cost_upper_bound = True
+        self.recover_when_violating = True
         self.torch_num_threads = None
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
