@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.json.as_posix()} --out {args.out.as_posix()}` from the JSON that "
         "`research/safety_ablation.py` writes (its docstring has the command); do not edit by "
         "hand. Variants: `baseline` (plain CPO steps), `share` (`cost_signal_share`), `ucb` "
-        "(`cost_upper_bound`), `recover` (`recover_when_violating`), `all` (the three). "
+        "(`cost_upper_bound`), `recover` (`recover_when_violating`), `ucb_recover` (those two), "
+        "`all` (the three). "
         "Costs and returns are means over evaluation episodes, never the learning batches; "
         "± is the std over seeds (none with one seed).\n\n" + tables + "\n")
     return 0

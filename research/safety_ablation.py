@@ -25,15 +25,18 @@ from typing import Any
 
 import numpy as np
 
-#: The safety corrections (MetaCPOConfig.training fields) switched on by each variant.
+#: The safety corrections (MetaCPOConfig.training fields) switched on by each variant; the
+#: others are switched off (every flag is set, whatever the config's defaults).
+CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
 VARIANTS: dict[str, dict[str, bool]] = {
-    "baseline": {},
-    "share": {"cost_signal_share": True},
-    "ucb": {"cost_upper_bound": True},
-    "recover": {"recover_when_violating": True},
-    "all": {"cost_signal_share": True, "cost_upper_bound": True,
-            "recover_when_violating": True},
-}
+    name: {flag: flag in on for flag in CORRECTIONS} for name, on in {
+        "baseline": (),
+        "share": ("cost_signal_share",),
+        "ucb": ("cost_upper_bound",),
+        "recover": ("recover_when_violating",),
+        "ucb_recover": ("cost_upper_bound", "recover_when_violating"),
+        "all": CORRECTIONS,
+    }.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,7 +118,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dic
     finally:
         algo_obj.stop()
     last_eval = [r for r in training if "eval_cost" in r][-1:]
-    return {"variant": variant, "algo": algo, "seed": seed, "training": training,
+    return {"variant": variant, "algo": algo, "seed": seed,
+            "flags": {f: getattr(config, f) for f in CORRECTIONS}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
             "adaptation": adaptation, "train_s": train_s,
             "total_s": time.perf_counter() - start}

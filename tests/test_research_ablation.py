@@ -23,6 +23,8 @@ def test_ablation_writes_every_run_and_its_report(tmp_path) -> None:
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"baseline/cpo/seed0", "all/cpo/seed0"}
+    assert not any(runs["baseline/cpo/seed0"]["flags"].values())  # whatever the defaults
+    assert all(runs["all/cpo/seed0"]["flags"].values())
     for run in runs.values():
         for split in ("test", "test_tight"):
             adaptation = run["adaptation"][split]
