@@ -58,10 +58,10 @@ UI_PORT ?= 5000
 FAMILY  ?= PointCircle
 
 ui: $(STAMP)
-	$(PY) -m metacpo_rllib.experiments.commands ui --port $(UI_PORT)
+	$(VENV)/bin/metacpo ui --port $(UI_PORT)
 
 compare: $(STAMP)
-	$(PY) -m metacpo_rllib.experiments.commands compare --family $(FAMILY) --seeds 0 1 2 --iterations 3
+	$(VENV)/bin/metacpo compare --family $(FAMILY) --seeds 0 1 2 --iterations 3
 
 # A local multi-node Ray cluster on this machine (cluster/local_cluster.py; README "Run on a cluster"):
 # `make cluster-up` starts a head and a worker node (`ray start --block`, each in its own

@@ -26,6 +26,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from metacpo_rllib import console
+from metacpo_rllib.cli_support import (SAFETY_FAMILIES, UsageError, abs_path, check_writable_dir,
+                                       check_writable_file, count, json_object, number,
+                                       write_json)
 
 #: How far above a policy folder an algorithm checkpoint's root may lie
 #: (``learner_group/learner/rl_module/default_policy``).
@@ -293,7 +296,6 @@ def log_evaluation(recorder: Any, report: Mapping[str, Any], table: str) -> None
 
 # -- the subcommand ----------------------------------------------------------------------------
 def configure_eval(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import abs_path, count, json_object, number
 
     parser.add_argument("--checkpoint", required=True, type=abs_path,
                         help="an algorithm checkpoint folder (train --checkpoint-dir), a "
@@ -353,8 +355,6 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> Origin:
     """Every flag checked before anything heavy (one UsageError line each); returns where
     the policy comes from, with ``--env-config`` added to the family's settings."""
-    from metacpo_rllib.cli import (SAFETY_FAMILIES, UsageError, check_writable_dir,
-                                   check_writable_file)
     from metacpo_rllib.envs import FAMILIES
 
     path = Path(args.checkpoint)
@@ -394,7 +394,6 @@ def _check_args(args: argparse.Namespace) -> Origin:
 
 def _load(args: argparse.Namespace, origin: Origin) -> tuple[Any, Any, list[Any]]:
     """(policy, family, tasks), each problem as a UsageError naming its flag."""
-    from metacpo_rllib.cli import UsageError
     from metacpo_rllib.envs import make_family
     from metacpo_rllib.policy import load_policy
 
@@ -435,7 +434,6 @@ def _load(args: argparse.Namespace, origin: Origin) -> tuple[Any, Any, list[Any]
 def run_eval(args: argparse.Namespace) -> int:
     """``metacpo eval``: checks, policy and tasks, the episodes, the table (and JSON,
     videos, MLflow run)."""
-    from metacpo_rllib.cli import _write_json
 
     policy, family, tasks = _load(args, _check_args(args))
     video = None if not args.video else {
@@ -465,7 +463,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for path in report["videos"]:
         print(f"video: {path}", file=out)
     if args.json:
-        _write_json(report, args.json)
+        write_json(report, args.json)
     return 0
 
 
@@ -475,7 +473,6 @@ def _tracking(args: argparse.Namespace, family: str, params: Mapping[str, Any]
     if not args.mlflow:
         yield None
         return
-    from metacpo_rllib.cli import UsageError
 
     if not hasattr(args, "mlflow_uri"):
         raise UsageError("--mlflow: MLflow tracking is not installed")

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from metacpo_rllib import cli_support
+from metacpo_rllib.cli_support import (UsageError, abs_path, add_sampling_args,
+                                       check_writable_dir, check_writable_file, count,
+                                       family_defaults, json_object, local_ray, number)
 from metacpo_rllib.experiments import tracking
 
 _MLFLOW_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded "
@@ -23,7 +27,6 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray_args(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import abs_path, count
 
     parser.add_argument("--storage-path", type=abs_path, default=None,
                         help="Tune results and checkpoints: a folder (made absolute) or a "
@@ -37,7 +40,6 @@ def _ray_args(parser: argparse.ArgumentParser) -> None:
 def _check_outputs(args: argparse.Namespace, files: Sequence[str] = (),
                    folders: Sequence[str] = ()) -> None:
     """The output paths among ``args`` can be written (before Ray starts)."""
-    from metacpo_rllib.cli import check_writable_dir, check_writable_file
 
     for name in files:
         check_writable_file(getattr(args, name), "--" + name.replace("_", "-"))
@@ -48,14 +50,12 @@ def _check_outputs(args: argparse.Namespace, files: Sequence[str] = (),
 
 
 def _usage(err: Exception) -> Exception:
-    from metacpo_rllib.cli import UsageError
 
     return UsageError(str(err))
 
 
 # -- sweep -------------------------------------------------------------------------------------
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import abs_path, count
 
     parser.add_argument("file", help="a sweep spec, e.g. tune_configs/smoke_pointnav.yaml")
     parser.add_argument("--num-samples", type=count(1), default=None,
@@ -75,7 +75,6 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Validate the file (one error naming the key, before Ray starts), then run it."""
-    from metacpo_rllib.cli import local_ray
     from metacpo_rllib.experiments.spec import SpecError, load_spec
     from metacpo_rllib.experiments.sweep import format_rows, run_sweep, trial_rows
 
@@ -156,7 +155,6 @@ def _where(experiment: str, uri: str) -> str:
 
 # -- compare -----------------------------------------------------------------------------------
 def configure_compare(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import abs_path, add_sampling_args, count, json_object, number
 
     parser.add_argument("--family", default=None,
                         help="task family, e.g. PointCircle (default: --config's)")
@@ -193,7 +191,6 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
 
 def compare_spec_from_args(args: argparse.Namespace) -> Any:
     """The comparison spec: ``--config`` (or the per-family defaults) plus the flags."""
-    from metacpo_rllib.cli import family_defaults
     from metacpo_rllib.experiments.compare import compare_spec
     from metacpo_rllib.experiments.spec import SpecError, load_spec
 
@@ -228,7 +225,6 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from metacpo_rllib.cli import local_ray
     from metacpo_rllib.experiments.compare import run_compare
     from metacpo_rllib.experiments.spec import SpecError
 
@@ -257,7 +253,6 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
 # -- ui --------------------------------------------------------------------------------------
 def configure_ui(parser: argparse.ArgumentParser) -> None:
-    from metacpo_rllib.cli import count
 
     parser.add_argument("--mlflow-uri", default=None,
                         help="backend store (default: $MLFLOW_TRACKING_URI, else "
@@ -343,10 +338,9 @@ def stop_process_group(server: "subprocess.Popen[Any]", timeout: float = 10.0) -
 
 # -- registration ------------------------------------------------------------------------------
 def register(add_command: Optional[Callable[..., None]] = None) -> None:
-    """Add ``sweep``, ``compare`` and ``ui`` to the ``metacpo`` CLI (``cli.add_command``
+    """Add ``sweep``, ``compare`` and ``ui`` to the ``metacpo`` CLI (``cli_support.add_command``
     unless another registrar is given)."""
-    if add_command is None:
-        from metacpo_rllib.cli import add_command
+    add_command = add_command or cli_support.add_command
     add_command("sweep", "run a Tune sweep from a YAML spec (tune_configs/), logged to MLflow",
                 configure_sweep, run_sweep_command)
     add_command("compare", "train Meta-CPO, Meta-TRPO, CPO and TRPO on one family (same "
@@ -354,16 +348,3 @@ def register(add_command: Optional[Callable[..., None]] = None) -> None:
                 configure_compare, run_compare_command)
     add_command("ui", "start the MLflow UI on the embedded store (127.0.0.1)",
                 configure_ui, run_ui)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m metacpo_rllib.experiments.commands COMMAND ...`` (works before the CLI
-    hook is in place)."""
-    from metacpo_rllib import cli
-
-    register(cli.add_command)
-    return cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from metacpo_rllib import console
+from metacpo_rllib.cli_support import adaptation_table
 from metacpo_rllib.provenance import git_commit  # noqa: F401 (tags; re-exported)
 
 #: The embedded default store: a sqlite file in the working directory (no server needed).
@@ -315,7 +316,6 @@ class RunRecorder:
         artifacts."""
         from mlflow.entities import Metric
 
-        from metacpo_rllib.cli import adaptation_table
 
         self.report = dict(report)
         now = int(time.time() * 1000)
