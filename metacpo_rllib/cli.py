@@ -94,6 +94,14 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inner-steps", type=count(0), default=None,
                         help="K, inner adaptation steps per task (meta algorithms only; "
                              "default 1)")
+    parser.add_argument("--trust-region-delta", type=number(0, exclusive_low=True), default=None,
+                        help="outer trust-region radius (KL; default: the config's 0.01)")
+    parser.add_argument("--inner-delta", type=number(0, exclusive_low=True), default=None,
+                        help="adaptation (inner) trust-region radius (KL; default: the "
+                             "config's 0.01)")
+    parser.add_argument("--eval-interval", type=count(0), default=0,
+                        help="evaluate θ on fixed training tasks every N iterations, "
+                             "--eval-episodes episodes each (0: never)")
     parser.add_argument("--train-cost-limit", type=number(0), default=None,
                         help="override every training task's cost limit (default: the "
                              "family's train limit)")
@@ -151,12 +159,17 @@ def build_config(args: argparse.Namespace) -> Any:
         "cost_limit": args.train_cost_limit,
         "seed": args.seed,
     }
-    if args.inner_steps is not None:
-        training["inner_steps"] = args.inner_steps
-    return (ALGO_CONFIGS[args.algo]()
-            .environment(args.family, env_config=dict(args.env_config))
-            .env_runners(num_env_runners=args.num_env_runners)
-            .training(**training))
+    for name in ("inner_steps", "trust_region_delta", "inner_delta"):
+        if getattr(args, name) is not None:
+            training[name] = getattr(args, name)
+    config = (ALGO_CONFIGS[args.algo]()
+              .environment(args.family, env_config=dict(args.env_config))
+              .env_runners(num_env_runners=args.num_env_runners)
+              .training(**training))
+    if args.eval_interval:
+        config.evaluation(evaluation_interval=args.eval_interval,
+                          evaluation_duration=max(args.eval_episodes, 2))
+    return config
 
 
 def progress_line(results: dict[str, Any], iteration: int, total: int) -> str:
@@ -166,7 +179,20 @@ def progress_line(results: dict[str, Any], iteration: int, total: int) -> str:
             f"{fmt_value(m['post_cost_mean'], 6)} (limit {m['cost_limit_mean']:.1f})  "
             f"violation {m['pre_violation_rate']:.2f} -> {m['post_violation_rate']:.2f}  "
             f"time {results['time_this_iter_s']:.1f}s (sample {m['time']['sample_s']:.1f}s, "
-            f"learner {m['time']['learner_s']:.1f}s)")
+            f"learner {m['time']['learner_s']:.1f}s)" + training_evaluation_line(results))
+
+
+def training_evaluation_line(results: dict[str, Any]) -> str:
+    """θ's evaluation on the fixed training tasks, when this iteration ran one: mean
+    episode cost ≤ its 95% upper bound against the training limit ("" otherwise)."""
+    ev = results.get("evaluation") or {}
+    if "mean_cost" not in ev:
+        return ""
+    met = "within" if ev["meets_limit"] else "OVER"
+    return (f"\n  evaluation of θ on {ev['num_tasks']} training tasks x "
+            f"{ev['episodes_per_task']} episodes: return {ev['mean_return']:.2f}, cost "
+            f"{ev['mean_cost']:.2f} ≤ {ev['cost_ucb']:.2f} (95% bound), {met} the limit "
+            f"{ev['cost_limit']:.1f}")
 
 
 def _log_policies(run: Any, folders: dict[str, tuple[Path, dict[str, str]]],

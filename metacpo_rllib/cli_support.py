@@ -63,9 +63,9 @@ def count(low: int = 0, high: Optional[int] = None) -> Callable[[str], int]:
     return convert
 
 
-def number(low: Optional[float] = None, high: Optional[float] = None
-           ) -> Callable[[str], float]:
-    """A finite float flag in ``[low, high]``."""
+def number(low: Optional[float] = None, high: Optional[float] = None,
+           exclusive_low: bool = False) -> Callable[[str], float]:
+    """A finite float flag in ``[low, high]`` (``(low, high]`` with ``exclusive_low``)."""
     def convert(text: str) -> float:
         try:
             value = float(text)
@@ -73,9 +73,11 @@ def number(low: Optional[float] = None, high: Optional[float] = None
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bound = (f">= {low:g}" if high is None else f"<= {high:g}" if low is None
-                     else f"in [{low:g}, {high:g}]")
+        too_low = low is not None and (value <= low if exclusive_low else value < low)
+        if too_low or (high is not None and value > high):
+            above = f"> {low:g}" if exclusive_low else f">= {low:g}"
+            bound = (above if high is None else f"<= {high:g}" if low is None
+                     else f"in {'(' if exclusive_low else '['}{low:g}, {high:g}]")
             raise argparse.ArgumentTypeError(f"expected a number {bound}, got {value:g}")
         return value
     convert.__name__ = "number"
@@ -280,7 +282,21 @@ def evaluation_table(report: dict[str, Any], key: str = "eval") -> str:
         for r, c, u in zip(ev["mean_return"], ev["mean_cost"], ev["mean_cost_ucb"])))
     for name, rates in (("within", ev["within_limit_rate"]), ("certified", ev["certified_rate"])):
         lines.append(f"{name:>9} {'':>6} " + " ".join(f"{fmt_value(v, 25)}  " for v in rates))
-    return "\n".join(lines)
+    return "\n".join([*lines, verdict(report, key)])
+
+
+def verdict(report: dict[str, Any], key: str = "eval") -> str:
+    """One line: after which adaptation steps every task's evaluation mean cost was within
+    its limit, and the return from step 0 to the last step."""
+    tasks, steps = report["tasks"], report["steps"]
+    inside = [sum(t[key]["cost"][s] <= t["cost_limit"] for t in tasks) for s in range(len(steps))]
+    missed = [str(steps[s]) for s in range(1, len(steps)) if inside[s] < len(tasks)]
+    returns = report[key]["mean_return"]
+    held = ("within the limit on every task at every adaptation step" if not missed
+            else f"over the limit on some task after step(s) {', '.join(missed)}"
+            f" ({min(inside[1:] or inside)}/{len(tasks)} tasks within at the worst step)")
+    return (f"verdict: {held}; return {fmt_value(returns[0], 0).strip()} -> "
+            f"{fmt_value(returns[-1], 0).strip()} (evaluation episodes)")
 
 
 def json_default(value: Any) -> Any:

@@ -69,11 +69,15 @@ def test_train_then_adapt_end_to_end(tmp_path, ray_address):
                  "--num-env-runners", "1", "--seed", "3", "--tasks-per-iteration", "2",
                  "--episodes-per-task", "2", "--env-config", '{"horizon": 30}',
                  "--checkpoint-dir", str(ckpt), "--test-tasks", "2", "--adapt-steps", "1",
+                 "--eval-interval", "2", "--eval-episodes", "3", "--inner-delta", "0.02",
                  "--json", str(train_json), cwd=tmp_path)
     out = train.stdout
     assert "ray: embedded local instance (2 CPUs)" in train.stderr
     assert "iter   1/2" in out and "iter   2/2" in out and "violation" in out
     assert "step 0" in out and "step 1" in out
+    # θ evaluated at iteration 2 only; the adaptation ends with a one-line verdict
+    assert out.count("evaluation of θ on 4 training tasks x 3 episodes") == 1, out
+    assert out.strip().splitlines()[-1].startswith("verdict: "), out
     report = json.loads(train_json.read_text())
     assert len(report["train"]) == 2 and report["checkpoint"] == str(ckpt)
     assert report["adapt"]["steps"] == [0, 1] and len(report["adapt"]["tasks"]) == 2

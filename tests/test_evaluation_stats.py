@@ -138,3 +138,18 @@ def test_calibration_table():
     assert table["all"]["n"] == 4
     text = calibration_markdown(table)
     assert text.count("\n") == 2 + 3 and "| 1: violating, feasible step exists | 3 |" in text
+
+
+def test_verdict_names_the_steps_over_the_limit_and_the_return_change():
+    from metacpo_rllib.cli_support import verdict
+
+    report = {"steps": [0, 1, 2],
+              "tasks": [{"cost_limit": 5.0, "eval": {"cost": [9.0, 1.0, 2.0]}},
+                        {"cost_limit": 5.0, "eval": {"cost": [0.0, 6.0, 5.0]}}],
+              "eval": {"mean_return": [1.0, 2.0, 3.5]}}
+    assert verdict(report) == ("verdict: over the limit on some task after step(s) 1 "
+                               "(1/2 tasks within at the worst step); return 1.00 -> 3.50 "
+                               "(evaluation episodes)")
+    report["tasks"][1]["eval"]["cost"][1] = 5.0  # at the limit counts as within
+    assert verdict(report).startswith(
+        "verdict: within the limit on every task at every adaptation step;")
