@@ -233,39 +233,13 @@ def evaluation_report_table(report: Mapping[str, Any]) -> str:
 
 
 # -- MLflow ------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def tracked_run(tracking_uri: Optional[str], experiment: str, run_name: str,
-                params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
-    """An MLflow run for one evaluation (a :class:`~metacpo_rllib.experiments.tracking.
-    RunRecorder`): FINISHED after the block, FAILED / KILLED if it raised or was
-    interrupted; an unreachable store gives one warning and the block runs all the same."""
-    from mlflow.tracking import MlflowClient
-
+                params: Mapping[str, Any], tags: Mapping[str, str]) -> Any:
+    """An MLflow run for one evaluation (``tracking.tracked_run``)."""
     from metacpo_rllib.experiments import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    guard = tracking.Guard(uri)
-    reason = tracking.check_reachable(uri)
-    if reason:
-        guard.disable(reason)
-    client = MlflowClient(tracking_uri=uri)
-
-    def start() -> str:
-        experiment_id = tracking.ensure_experiment(client, experiment, uri)
-        return client.create_run(experiment_id, run_name=run_name,
-                                 tags=dict(tags)).info.run_id
-
-    recorder = tracking.RunRecorder(client, guard.call(start) or "", guard)
-    recorder.log_params(params)
-    try:
-        yield recorder
-    except KeyboardInterrupt:
-        recorder.finish("KILLED")
-        raise
-    except BaseException:
-        recorder.finish("FAILED")
-        raise
-    recorder.finish("FINISHED")
+    return tracking.tracked_run(experiment, run_name, tags=tags, params=params,
+                                tracking_uri=tracking_uri)
 
 
 def log_evaluation(recorder: Any, report: Mapping[str, Any], table: str) -> None:

@@ -427,11 +427,26 @@ def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
     the block raised). An unreachable or failing store gives one TrackingWarning; the block
     runs all the same. An interrupted block (Ctrl-C, SIGTERM) closes the run as KILLED.
     """
+    name = run_name or run_name_for(config.algo_class.__name__, config.env, config.seed)
+    with tracked_run(experiment or f"{kind}-{config.env}", name,
+                     tags=run_tags(config, kind, tags),
+                     params={**training_params(config), **(params or {})},
+                     tracking_uri=tracking_uri) as recorder:
+        yield recorder
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str, *, tags: Mapping[str, str],
+                params: Mapping[str, Any], tracking_uri: Optional[str] = None
+                ) -> Iterator[RunRecorder]:
+    """One MLflow run in ``experiment`` (created if needed), as a RunRecorder with
+    ``params`` logged: FINISHED after the block, FAILED if it raised, KILLED if it was
+    interrupted (Ctrl-C, SIGTERM). An unreachable or failing store gives one
+    TrackingWarning; the block runs all the same."""
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
     guard = Guard(uri)
-    experiment = experiment or f"{kind}-{config.env}"
     reason = check_reachable(uri)
     if reason:
         guard.disable(reason)
@@ -439,13 +454,11 @@ def log_training_run(config: Any, *, tracking_uri: Optional[str] = None,
 
     def start() -> str:
         experiment_id = ensure_experiment(client, experiment, uri)
-        name = run_name or run_name_for(config.algo_class.__name__, config.env, config.seed)
-        return client.create_run(experiment_id, run_name=name,
-                                 tags=run_tags(config, kind, tags)).info.run_id
+        return client.create_run(experiment_id, run_name=run_name,
+                                 tags=dict(tags)).info.run_id
 
-    run_id = guard.call(start)
-    recorder = RunRecorder(client, run_id or "", guard)
-    recorder.log_params({**training_params(config), **(params or {})})
+    recorder = RunRecorder(client, guard.call(start) or "", guard)
+    recorder.log_params(dict(params))
     try:
         yield recorder
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through console.Terminated
