@@ -94,7 +94,7 @@ def paired_rates(family_name: str, runners: int, jobs_per_runner: int, episodes:
         algo = _algo.build(family_name, runners, tasks=tasks_n, episodes=episodes,
                            env_config=env_config, envs_per_runner=envs_per_runner)
         try:
-            theta = algo._learner_call("theta_weights")
+            theta = algo._on_learner(lambda learner: learner.theta_weights())
             tasks = algo.sample_train_tasks()
             algo.sample_episodes(tasks, [theta] * len(tasks), 1)  # warm-up (env, module)
             raws, sampled, ratios, steps = [], [], [], 0

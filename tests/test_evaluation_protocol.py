@@ -248,7 +248,8 @@ def test_tables_and_comparison_summary(adapted):
     report = adapted[2]
     text = adaptation_table(report)
     assert "learning batches (3 episodes" in text and "evaluation (5 episodes" in text
-    assert "certified" in text.splitlines()[-1]
+    assert "certified" in text.splitlines()[-2]
+    assert text.splitlines()[-1].startswith("verdict: ")
     row = {"seed": 0, "train_limit": 10.0, "test_limit": 5.0,
            "adapt": {k: report[k] for k in ("steps", "mean_return", "mean_cost",
                                             "violation_rate")}}

@@ -51,7 +51,7 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 
 
 def theta(algo) -> dict:
-    return algo._learner_call("theta_weights")
+    return algo._on_learner(lambda learner: learner.theta_weights())
 
 
 @pytest.mark.parametrize("cls", [MetaCPOConfig, CPOConfig], ids=["MetaCPO", "CPO"])

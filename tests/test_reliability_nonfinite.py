@@ -166,12 +166,12 @@ def test_algorithm_counts_dropped_tasks_and_skipped_updates(ray_local, monkeypat
         assert m["num_tasks_dropped"] == 2 and m["per_task"]["dropped"] == [1, 1, 0]
         assert m["update"]["num_tasks_updated"] == 1.0
         assert m["update"]["updates_skipped"] == 0.0
-        theta = algo._learner_call("theta_weights")
+        theta = algo._on_learner(lambda learner: learner.theta_weights())
         plan.clear()
         plan[(3, 2)] = ("logp", -math.inf)   # iteration 2, query round (call 3), task 2
         m = algo.train()["metacpo"]
         assert m["num_tasks_dropped"] == 0 and m["update"]["updates_skipped"] == 1.0
-        for key, value in algo._learner_call("theta_weights").items():
+        for key, value in algo._on_learner(lambda learner: learner.theta_weights()).items():
             np.testing.assert_array_equal(value, theta[key])
         m = algo.train()["metacpo"]  # and training goes on
         assert m["update"]["updates_skipped"] == 0.0 and m["meta_iteration"] == 3

@@ -86,7 +86,7 @@ def test_task_assignment_reaches_each_runner(ray_local):
     algo = make_config(runners=2, tasks_per_iteration=4).build_algo()
     try:
         tasks = algo.sample_train_tasks()
-        theta = algo._learner_call("begin", num_tasks=len(tasks))
+        theta = algo._on_learner(lambda learner: learner.begin(len(tasks)))
         samples = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
         assert [s["worker_index"] for s in samples] == [1, 2, 1, 2]  # round-robin
         for task, sample in zip(tasks, samples):
@@ -106,10 +106,10 @@ def test_adapted_weights_reach_the_runner(ray_local):
     algo = make_config(runners=2, inner_delta=0.05).build_algo()
     try:
         tasks = algo.sample_train_tasks()
-        theta = algo._learner_call("begin", num_tasks=len(tasks))
+        theta = algo._on_learner(lambda learner: learner.begin(len(tasks)))
         round0 = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
-        out = algo._learner_call("add_round", round_index=0,
-                                 samples=_learner_inputs(tasks, round0))
+        inputs = _learner_inputs(tasks, round0)
+        out = algo._on_learner(lambda learner: learner.add_round(0, inputs))
         round1 = algo.sample_episodes(tasks, out["weights"], 2)
         policy = GaussianMLP(6, 2)
         theta_params = weights_to_params(theta)
@@ -122,7 +122,7 @@ def test_adapted_weights_reach_the_runner(ray_local):
         for ep in round0[0]["episodes"]:
             np.testing.assert_allclose(ep.logp, logp(theta_params, ep), atol=1e-4)
         for i, sample in enumerate(round1):
-            phi = algo._learner_call("adapted_params", index=i)
+            phi = algo._on_learner(lambda learner: learner.adapted_params(i))
             for ep in sample["episodes"]:
                 np.testing.assert_allclose(ep.logp, logp(phi, ep), atol=1e-4)
                 assert np.max(np.abs(ep.logp - logp(theta_params, ep))) > 1e-3
@@ -137,14 +137,14 @@ def test_checkpoint_restore_continues_training(ray_local, tmp_path):
     try:
         algo.train()
         path = algo.save_to_path(str(tmp_path / "ckpt"))
-        theta = algo._learner_call("theta_weights")
+        theta = algo._on_learner(lambda learner: learner.theta_weights())
         next_tasks = algo.sample_train_tasks()
     finally:
         algo.stop()
     restored = Algorithm.from_checkpoint(path)
     try:
         assert type(restored).__name__ == "MetaCPO"
-        for key, value in restored._learner_call("theta_weights").items():
+        for key, value in restored._on_learner(lambda learner: learner.theta_weights()).items():
             np.testing.assert_array_equal(value, theta[key])
         assert restored.sample_train_tasks() == next_tasks  # the task RNG was restored
         results = restored.train()

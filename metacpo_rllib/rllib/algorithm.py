@@ -24,6 +24,7 @@ from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig,
 from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_stats
 from metacpo_rllib.evaluation_stats import episode_cost_bound as _cost_bound
 from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
+from metacpo_rllib.rllib.learner import MetaCPOTorchLearner
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
 from metacpo_rllib.rllib.registry import register_envs
 
@@ -81,10 +82,11 @@ class MetaCPO(Algorithm):
     def training_step(self) -> None:
         tasks = self.sample_train_tasks()
         rounds, placements, times, _ = self._run_rounds(
-            tasks, self.config.update_config().inner_steps + 1, "add_round")
+            tasks, self.config.update_config().inner_steps + 1,
+            lambda learner, k, samples: learner.add_round(k, samples))
         start = time.perf_counter()
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            info = self._learner_call("meta_step")
+            info = self._on_learner(lambda learner: learner.meta_step())
         times["learner_s"] += time.perf_counter() - start
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             self.env_runner_group.sync_weights(
@@ -153,7 +155,9 @@ class MetaCPO(Algorithm):
         modes = [] if eval_episodes == 0 else [False, True] if deterministic else [False]
         evaluation = EvalPlan(eval_episodes, eval_seed, tuple(modes))
         rounds, _, times, extra = self._run_rounds(
-            tasks, steps + 1, "adapt_round", episodes_per_task, evaluation)
+            tasks, steps + 1,
+            lambda learner, k, samples: learner.adapt_round(samples, update=k < steps),
+            episodes_per_task, evaluation)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
@@ -214,7 +218,7 @@ class MetaCPO(Algorithm):
         metadata = {"checkpoint_version": str(CHECKPOINT_VERSION_LEARNER_AND_ENV_RUNNER),
                     **module.get_metadata()}
         if weights is None:
-            weights = self._learner_call("theta_weights")
+            weights = self._on_learner(lambda learner: learner.theta_weights())
             source = source or f"{type(self).__name__} θ ({self.family.name})"
         return policy_from_weights(weights, module.observation_space, module.action_space,
                                    header=ModuleHeader(metadata, ctor), source=source)
@@ -274,7 +278,7 @@ class MetaCPO(Algorithm):
         ``per_task`` lists; for CPO, when the previous iteration was evaluated too,
         ``ledger`` (:meth:`_training_ledger`)."""
         tasks = self.evaluation_tasks()
-        theta = self._learner_call("theta_weights")
+        theta = self._on_learner(lambda learner: learner.theta_weights())
         start = time.perf_counter()
         plan = EvalPlan(int(self.config.evaluation_duration), int(self.config.evaluation_seed),
                         (False,))
@@ -304,13 +308,16 @@ class MetaCPO(Algorithm):
         }
 
     # -- the sampling rounds -------------------------------------------------------------------
-    def _run_rounds(self, tasks: Sequence[Task], num_rounds: int, learner_method: str,
+    def _run_rounds(self, tasks: Sequence[Task], num_rounds: int,
+                    take_round: Callable[[MetaCPOTorchLearner, int, list], dict[str, Any]],
                     episodes_per_task: Optional[int] = None,
                     evaluation: Optional["EvalPlan"] = None,
                     ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]],
                                dict[str, float], dict[str, list]]:
         """Sample every task ``num_rounds`` times, each round with the weights the
-        Learner returned for the task in the previous round (θ in round 0).
+        Learner returned for the task in the previous round (θ in round 0);
+        ``take_round(learner, k, samples)`` hands round k's samples to the Learner
+        (``add_round`` in training, ``adapt_round`` in adaptation) and returns its output.
 
         Returns the Learner's per-task batch summaries of each round (None: task dropped),
         the (EnvRunner index, Ray node id) that sampled each task (last round), the time
@@ -324,7 +331,7 @@ class MetaCPO(Algorithm):
         extra: dict[str, list] = {"eval": [], "steps": []}
         if evaluation is not None and evaluation.modes:
             times.update(eval_env_steps=0)
-        theta = self._learner_call("begin", num_tasks=len(tasks))
+        theta = self._on_learner(lambda learner: learner.begin(len(tasks)))
         weights: list[Optional[dict]] = [theta] * len(tasks)
         rounds, placements = [], [(-1, "")] * len(tasks)
         for k in range(num_rounds):
@@ -351,12 +358,8 @@ class MetaCPO(Algorithm):
                     times["env_steps"] += sample["num_env_steps"]
             start = time.perf_counter()
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-                if learner_method == "add_round":
-                    out = self._learner_call("add_round", round_index=k,
-                                             samples=_learner_inputs(tasks, samples))
-                else:
-                    out = self._learner_call("adapt_round", samples=_learner_inputs(tasks, samples),
-                                             update=k < num_rounds - 1)
+                inputs = _learner_inputs(tasks, samples)
+                out = self._on_learner(lambda learner: take_round(learner, k, inputs))
             times["learner_s"] += time.perf_counter() - start
             rounds.append(out["summaries"])
             if self.on_round is not None:
@@ -428,10 +431,9 @@ class MetaCPO(Algorithm):
                                    f"{sorted(seen)}")
         return results
 
-    def _learner_call(self, method: str, **kwargs: Any) -> Any:
-        """Call ``method`` of the (single) Learner with ``kwargs`` and return its result."""
-        results = self.learner_group.foreach_learner(
-            lambda learner, **kw: getattr(learner, method)(**kw), **kwargs)
+    def _on_learner(self, call: Callable[[MetaCPOTorchLearner], Any]) -> Any:
+        """``call(learner)`` on the (single) Learner; returns its result."""
+        results = self.learner_group.foreach_learner(call)
         result = next(iter(results))
         if not result.ok:
             raise result.get()
