@@ -109,8 +109,15 @@ def test_meta_gradient_matches_central_finite_differences(metric, constrained):
                        cg_damping=0.01, cg_tol=1e-26)  # CG converged: the exact solve
     theta = detached(params_of(module))
     support, query = meta_batches(module, theta, cfg)
-    _, _, g, b, steps = meta_gradients(module, theta, support, query, cfg)
+    steps = assert_meta_gradient_matches_finite_differences(module, theta, support, query, cfg)
     assert len(steps) == 4
+
+
+def assert_meta_gradient_matches_finite_differences(module, theta, support, query, cfg):
+    """The meta-gradients g, b of ``meta_gradients`` against central finite differences of
+    the query objectives, along random directions and two coordinate axes; returns the
+    inner steps."""
+    _, _, g, b, steps = meta_gradients(module, theta, support, query, cfg)
     flat = flatten(theta).detach()
 
     def objectives(vector):
@@ -118,7 +125,6 @@ def test_meta_gradient_matches_central_finite_differences(metric, constrained):
         reward, cost, _ = query_objectives(module, p, support, query, cfg, create_graph=False)
         return torch.stack([reward.detach(), cost.detach()])
 
-    # directional derivatives along random directions (and two coordinate axes)
     gen = torch.Generator().manual_seed(1)
     directions = torch.cat([torch.randn(4, flat.numel(), generator=gen, dtype=torch.float64),
                             torch.eye(flat.numel(), dtype=torch.float64)[:2]])
@@ -126,10 +132,11 @@ def test_meta_gradient_matches_central_finite_differences(metric, constrained):
     fd = torch.stack([(objectives(flat + eps * u) - objectives(flat - eps * u)) / (2 * eps)
                       for u in directions])
     assert torch.allclose(directions @ g, fd[:, 0], rtol=1e-5, atol=1e-7)
-    if constrained:
+    if cfg.constrained:
         assert torch.allclose(directions @ b, fd[:, 1], rtol=1e-5, atol=1e-7)
     else:
         assert b is None
+    return steps
 
 
 def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters():
