@@ -69,8 +69,11 @@ def progress(total: Optional[int], desc: str, unit: str = "it") -> Any:
 
     off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
     disable = True if off else None  # None: on only when stderr is a terminal
+    # every update is drawn (mininterval 0): these bars count slow units (iterations, steps,
+    # episodes, trial iterations), and a bar that skipped them would show nothing between
+    # its start and its end
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False, mininterval=0, miniters=1)
 
 
 def say(text: str) -> None:

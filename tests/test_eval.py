@@ -212,10 +212,7 @@ def test_adapt_progress_bar(bandit, tmp_path) -> None:
          bandit["checkpoint"], "--tasks", "1", "--steps", "1", "--eval-episodes", "2"],
         tmp_path, _env())
     assert code == 0, out[-2000:] + term[-3000:]
-    # a state after the first round, with its ETA (tqdm draws an update only 0.1 s after the
-    # last drawing, and clears the bar on close, so either state may be the one shown)
-    assert re.search(r"adapt:\s+(50|100)%\|.*\| [12]/2 \[\d\d:\d\d<\d\d:\d\d", term), \
-        term[-3000:]
+    assert re.search(r"adapt:\s+50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d", term), term[-3000:]
 
 
 def test_tune_progress_callback(ray_local, tmp_path) -> None:
