@@ -211,25 +211,23 @@ def local_ray(num_cpus: int, address: Optional[str] = None) -> Iterator[None]:
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    temp_dir = None
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-        console.reclaim_signals()
-        print(f"ray: joined the cluster at {address}", file=sys.stderr, flush=True)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    temp_dir = tempfile.mkdtemp(prefix="metacpo-ray-", dir="/tmp")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+        where = f"joined the cluster at {address}"
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="metacpo-ray-", dir="/tmp")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+        where = f"embedded local instance ({num_cpus} CPUs)"
     console.reclaim_signals()
-    print(f"ray: embedded local instance ({num_cpus} CPUs)", file=sys.stderr, flush=True)
+    print(f"ray: {where}", file=sys.stderr, flush=True)
     try:
         yield
     finally:
         ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def fmt_value(value: float, width: int = 8) -> str:

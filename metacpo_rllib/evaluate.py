@@ -233,15 +233,6 @@ def evaluation_report_table(report: Mapping[str, Any]) -> str:
 
 
 # -- MLflow ------------------------------------------------------------------------------------
-def tracked_run(tracking_uri: Optional[str], experiment: str, run_name: str,
-                params: Mapping[str, Any], tags: Mapping[str, str]) -> Any:
-    """An MLflow run for one evaluation (``tracking.tracked_run``)."""
-    from metacpo_rllib.experiments import tracking
-
-    return tracking.tracked_run(experiment, run_name, tags=tags, params=params,
-                                tracking_uri=tracking_uri)
-
-
 def log_evaluation(recorder: Any, report: Mapping[str, Any], table: str) -> None:
     """The evaluation as MLflow metrics (``eval/*``: per task at step = the task's
     position, and the means / rates), the table and report as text, the videos as
@@ -452,9 +443,11 @@ def _tracking(args: argparse.Namespace, family: str, params: Mapping[str, Any]
         raise UsageError("--mlflow: MLflow tracking is not installed")
     experiment = args.mlflow_experiment or f"eval-{family}"
     name = f"eval-{family}-seed{args.seed}"
-    with tracked_run(args.mlflow_uri, experiment, name, params,
-                     {"kind": "eval", "family": family, "checkpoint": args.checkpoint,
-                      "mlflow.source.name": "metacpo eval"}) as run:
+    from metacpo_rllib.experiments.tracking import tracked_run
+
+    with tracked_run(experiment, name, params=params, tracking_uri=args.mlflow_uri,
+                     tags={"kind": "eval", "family": family, "checkpoint": args.checkpoint,
+                           "mlflow.source.name": "metacpo eval"}) as run:
         yield run
 
 

@@ -2,6 +2,7 @@
 server, and random-policy episodes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -117,3 +119,16 @@ def random_episodes(family, task, n: int, seed: int) -> list[EpisodeData]:
         logp = (-0.5 * a ** 2 - 0.5 * np.log(2 * np.pi)).sum(-1).astype(np.float32)
         out.append(EpisodeData(o.astype(np.float32), a.astype(np.float32), logp, r, c))
     return out
+
+
+@contextlib.contextmanager
+def running_server(root: Path) -> Iterator[Server]:
+    """A started :class:`Server` under ``root``; afterwards killed, and none of its
+    processes may be left."""
+    srv = Server(root, free_port())
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.kill()
+        assert not [p for p in srv.pids if alive(p)], "mlflow server processes left"

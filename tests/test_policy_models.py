@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import Server, alive, free_port
+from helpers import running_server
 from metacpo_rllib import cli
 
 pytestmark = pytest.mark.ray
@@ -28,13 +28,8 @@ HORIZON = {"horizon": 20}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real ``mlflow server`` (sqlite backend store, hence a model registry)."""
-    srv = Server(tmp_path_factory.mktemp("mlflow-registry"), free_port())
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("mlflow-registry")) as srv:
         yield srv
-    finally:
-        srv.kill()
-        assert not [p for p in srv.pids if alive(p)], "mlflow server processes left"
 
 
 def _rollout_returns(family, task, policy, episodes: int, eval_seed: int) -> float:

@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from helpers import Server, alive, free_port
+from helpers import running_server
 from metacpo_rllib.experiments import tracking
 
 pytestmark = pytest.mark.ray
@@ -25,13 +25,8 @@ pytestmark = pytest.mark.ray
 def server(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    srv = Server(tmp_path, free_port())
-    srv.start()
-    try:
+    with running_server(tmp_path) as srv:
         yield srv
-    finally:
-        srv.kill()
-        assert not [p for p in srv.pids if alive(p)], "mlflow server processes left"
 
 
 def make_algo():
