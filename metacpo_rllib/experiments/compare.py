@@ -65,6 +65,7 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 "env_steps": int(df["metacpo/env_steps_sampled"].sum()),
                 "train_time_s": float(df["time_total_s"].iloc[-1]) if len(df) else math.nan,
                 "adapt": None, "test_limit": math.nan,
+                "train_eval": training_evaluation(df),
             }
             if report:
                 row["adapt"] = {k: report[k] for k in ("steps", "mean_return", "mean_cost",
@@ -82,6 +83,24 @@ def collect_runs(grids: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
             rows.append(row)
         runs[algorithm] = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"]))
     return runs
+
+
+#: The training evaluation's figures kept per run (``algo.train()`` result ``evaluation``).
+TRAIN_EVAL_KEYS = ("mean_return", "mean_cost", "cost_se", "cost_ucb", "cost_limit",
+                   "meets_limit", "certified", "within_limit_rate", "certified_rate")
+
+
+def training_evaluation(df: Any) -> Optional[dict[str, float]]:
+    """The last evaluation of θ on the fixed training tasks in a trial's results (the
+    ``evaluation/*`` columns; ``iteration`` = when), or None when the trial never
+    evaluated (no ``evaluation.evaluation_interval`` in the spec)."""
+    column = "evaluation/mean_cost"
+    if column not in df.columns or df[column].isna().all():
+        return None
+    last = df[df[column].notna()].iloc[-1]
+    return {"iteration": int(last["training_iteration"]),
+            **{k: float(last[f"evaluation/{k}"]) for k in TRAIN_EVAL_KEYS
+               if f"evaluation/{k}" in df.columns}}
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -114,6 +133,12 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict
                                        for name, key in EVAL_FIGURES})
             summary[algorithm]["calibration"] = calibration_table(
                 [entry for a in adapted for entry in a.get("ledger", [])])
+        trained = [s["train_eval"] for s in seeds if s.get("train_eval")]
+        if trained:
+            summary[algorithm]["train_eval"] = {
+                key: _mean_std([t[key] for t in trained])
+                for key in ("mean_return", "mean_cost", "cost_ucb", "meets_limit",
+                            "certified")}
     return summary
 
 
@@ -138,6 +163,7 @@ def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, An
         "is the fraction of test tasks whose mean episode cost exceeds the limit. "
         "Mean ± std (ddof=1) over seeds (no ± with one seed).", "",
     ]
+    lines += _training_evaluation_lines(runs, summary)
     if any("eval_cost" in s for s in summary.values()):
         lines += [
             f"**Evaluation episodes** ({a.eval_episodes} fresh episodes per task and step, "
@@ -173,6 +199,28 @@ def markdown_report(spec: SweepSpec, runs: Mapping[str, Sequence[Mapping[str, An
                                                          "violation_rate"))
                 lines.append(f"| {algorithm} | {s['seed']} | {r:.2f} | {c:.2f} | {v:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _training_evaluation_lines(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                               summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The 'training meets h' table: θ's last evaluation on the fixed training tasks."""
+    if not any("train_eval" in s for s in summary.values()):
+        return []
+    first = next(t for seeds in runs.values() for t in (s.get("train_eval") for s in seeds) if t)
+    lines = [f"**Training meets its limit?** θ evaluated at iteration {first['iteration']} "
+             "on fixed training tasks (evaluation episodes, h = "
+             f"{first.get('cost_limit', math.nan):.2f}); *meets* = task-averaged evaluation cost "
+             "≤ h, *certified* = its one-sided 95% upper bound ≤ h (fractions of seeds).", "",
+             "| algorithm | return | cost | cost UCB | meets h | certified | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for algorithm, s in summary.items():
+        t = s.get("train_eval")
+        if t:
+            n = sum(1 for r in runs[algorithm] if r.get("train_eval"))
+            lines.append(f"| {algorithm} | {_pm(t['mean_return'])} | {_pm(t['mean_cost'])} | "
+                         f"{_pm(t['cost_ucb'])} | {_pm(t['meets_limit'])} | "
+                         f"{_pm(t['certified'])} | {n} |")
+    return lines + [""]
 
 
 # -- the whole command ----------------------------------------------------------------------------

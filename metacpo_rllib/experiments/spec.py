@@ -27,6 +27,8 @@ TOP_LEVEL_KEYS = {
             "search space {choice: [...]}, {uniform: [low, high]}, {loguniform: [low, high]}, "
             "{grid_search: [...]}",
     "adaptation": "test-time adaptation after the last iteration",
+    "evaluation": "MetaCPOConfig.evaluation(...) fields: θ evaluated on fixed training tasks "
+                  "every evaluation_interval iterations (training meets its limit?)",
     "tune": "num_samples, max_concurrent, checkpoint_at_end",
     "scheduler": "optional trial scheduler: {type: asha, max_t, grace_period, "
                  "reduction_factor}",
@@ -35,6 +37,9 @@ TOP_LEVEL_KEYS = {
 ADAPTATION_KEYS = {"test_tasks": 2, "adapt_steps": 1, "episodes_per_task": None,
                    "cost_limit": None, "task_seed": 12345, "eval_episodes": 20,
                    "split": "test"}
+#: The ``evaluation`` section: MetaCPOConfig.evaluation fields (training evaluation).
+EVALUATION_KEYS = ("evaluation_interval", "evaluation_duration", "evaluation_num_tasks",
+                   "evaluation_seed")
 TUNE_KEYS = {"num_samples": 1, "max_concurrent": None, "checkpoint_at_end": True}
 MLFLOW_KEYS = {"experiment": None, "log_checkpoint": True}
 SCHEDULER_KEYS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 4}
@@ -108,6 +113,7 @@ class SweepSpec:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     grid: dict[str, list | SearchSpace] = dataclasses.field(default_factory=dict)
     adaptation: Adaptation = dataclasses.field(default_factory=Adaptation)
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
     scheduler: Optional[Scheduler] = None
     num_samples: int = 1
     max_concurrent: Optional[int] = None
@@ -319,6 +325,8 @@ def parse_spec(data: Any, default_name: str = "sweep") -> SweepSpec:
         raise SpecError(f"name: expected a non-empty string, got {name!r}")
     adaptation = _mapping("adaptation", data.get("adaptation"))
     _unknown("adaptation", adaptation, ADAPTATION_KEYS)
+    evaluation = _mapping("evaluation", data.get("evaluation"))
+    _unknown("evaluation", evaluation, EVALUATION_KEYS)
     tune_opts = _mapping("tune", data.get("tune"))
     _unknown("tune", tune_opts, TUNE_KEYS)
     mlflow_opts = _mapping("mlflow", data.get("mlflow"))
@@ -340,7 +348,7 @@ def parse_spec(data: Any, default_name: str = "sweep") -> SweepSpec:
         env_config=_mapping("env_config", data.get("env_config")),
         env_runners=_mapping("env_runners", data.get("env_runners")),
         training=_mapping("training", data.get("training")), grid=grid,
-        adaptation=Adaptation(**adaptation), scheduler=scheduler,
+        adaptation=Adaptation(**adaptation), evaluation=evaluation, scheduler=scheduler,
         **{**TUNE_KEYS, **tune_opts}, **{**MLFLOW_KEYS, **mlflow_opts},
     )
     validate_spec(spec)
@@ -372,6 +380,8 @@ def validate_spec(spec: SweepSpec) -> None:
     _int("adaptation.episodes_per_task", a.episodes_per_task, 1, optional=True)
     _int("adaptation.task_seed", a.task_seed, 0)
     _int("adaptation.eval_episodes", a.eval_episodes, 0)
+    for key, value in spec.evaluation.items():
+        _int(f"evaluation.{key}", value, 0 if key == "evaluation_seed" else 1)
     if a.cost_limit is not None:
         try:
             check_cost_limit(a.cost_limit, "adaptation.cost_limit")
@@ -445,6 +455,8 @@ def _section_of(message: str, spec: SweepSpec, point: Mapping[str, Any]) -> str:
         return "training."
     if field in spec.env_runners:
         return "env_runners."
+    if field in spec.evaluation:
+        return "evaluation."
     return ""
 
 
@@ -456,6 +468,8 @@ def build_config(spec: SweepSpec, algorithm: str, point: Optional[Mapping[str, A
               .environment(spec.family, env_config=dict(spec.env_config))
               .env_runners(**spec.env_runners)
               .training(**{**spec.training, **(point or {})}))
+    if spec.evaluation:
+        config.evaluation(**spec.evaluation)
     if on_train_result is not None:
         config.callbacks(on_train_result=on_train_result)
     return config
