@@ -91,24 +91,23 @@ BENCH_RUNNERS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(if $(strip $(BENCH_RUNNERS)),--runners $(BENCH_RUNNERS))
 
-# Results (docs/RESULTS.md): `make results` runs the three four-algorithm comparisons of
-# tune_configs/*_compare.yaml (train at h = 10, adapt on held-out tasks at h = 5; hours on
-# 2 cores) and the tuned PointCircle one, writing docs/results/<name>/comparison.json, then
-# regenerates the page (the page lists the exact commands of the committed runs);
-# `make results-page` only regenerates the page and its figures from the JSON.
+# Results (docs/RESULTS.md): `make results` runs the four-algorithm comparisons listed in
+# RESULTS_RUNS (config:folder; PointCircle on its `test` and `test_tight` splits by default: train
+# at h = 10, evaluate training, adapt on held-out tasks at h = 5 with evaluation episodes; about
+# an hour each on 2 cores), writing docs/results/<folder>/comparison.json, then regenerates the
+# page (the page lists the exact commands of the committed runs); `make results-page` only
+# regenerates the page and its figures from the JSON.
 # RESULTS_FLAGS: extra `metacpo compare` flags, e.g. "--seeds 0 --max-concurrent 8".
 .PHONY: results results-page
-RESULTS_FAMILIES ?= PointCircle CarCircleHazard PointButton
+RESULTS_RUNS ?= pointcircle_compare:PointCircle pointcircle_compare_tight:PointCircle-tight
 RESULTS_FLAGS ?=
 
 results: $(STAMP)
-	for family in $(RESULTS_FAMILIES); do \
-	  config=tune_configs/$$(echo $$family | tr A-Z a-z)_compare.yaml; \
-	  $(VENV)/bin/metacpo compare --config $$config --out docs/results/$$family --quiet $(RESULTS_FLAGS); \
+	for run in $(RESULTS_RUNS); do \
+	  $(VENV)/bin/metacpo compare --config tune_configs/$${run%%:*}.yaml \
+	    --out docs/results/$${run##*:} --quiet $(RESULTS_FLAGS) || exit 1; \
 	done
-	$(VENV)/bin/metacpo compare --config tune_configs/pointcircle_compare_tuned.yaml \
-	  --out docs/results/PointCircle-tuned --quiet $(RESULTS_FLAGS)
-	$(PY) -m metacpo_rllib.experiments.results_page
+	$(PY) -m research.results_page
 
 results-page: $(STAMP)
-	$(PY) -m metacpo_rllib.experiments.results_page
+	$(PY) -m research.results_page

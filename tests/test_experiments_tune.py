@@ -418,9 +418,10 @@ def test_experiment_tag_is_added_to_an_existing_experiment(tmp_path) -> None:
 
 
 def _check_results_page(tmp_path, data: dict) -> None:
-    """The results page renders the comparison: a table row per algorithm and step
-    column, the figures, and the within-limit fractions computed from the JSON."""
-    from metacpo_rllib.experiments import results_page
+    """The results page renders the comparison: a row per algorithm in each per-step table
+    (evaluation return, cost, upper bound, within, certified; the learning batches' cost),
+    the figures, and the within-limit fractions of the evaluation episodes."""
+    from research import results_page
 
     folder = tmp_path / "results" / "PointNav"
     folder.mkdir(parents=True)
@@ -430,8 +431,10 @@ def _check_results_page(tmp_path, data: dict) -> None:
     for fig in ("training.png", "adaptation.png"):
         assert (folder / fig).read_bytes().startswith(b"\x89PNG")
         assert f"](results/PointNav/{fig})" in page
+    assert (tmp_path / "results" / "calibration.png").read_bytes().startswith(b"\x89PNG")
     rows = [line for line in page.splitlines() if line.startswith("| MetaCPO | ")]
-    assert len(rows) == 3 and all(r.count("±") == 2 for r in rows)  # steps 0 and 1
-    within = [1 - s["adapt"]["violation_rate"][1] for s in data["runs"]["MetaCPO"]]
-    assert f"{np.mean(within):.2f} ± {np.std(within, ddof=1):.2f}" in rows[2]
+    assert len(rows) == len(results_page.STEP_TABLES)
+    assert all(r.count("±") == 2 for r in rows)  # steps 0 and 1, two seeds
+    within = [s["adapt"]["eval"]["within_limit_rate"][1] for s in data["runs"]["MetaCPO"]]
+    assert f"{np.mean(within):.2f} ± {np.std(within, ddof=1):.2f}" in rows[3]
     assert data["provenance"]["commit"] in page

@@ -1,39 +1,60 @@
-"""docs/RESULTS.md is generated from the committed run JSON; the surrogate check runs on a real env."""
+"""docs/RESULTS.md is generated from the committed comparison JSON; the surrogate check runs on a
+real env."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
-from metacpo_rllib.experiments import results_page, surrogate_check
+import pytest
+
+from metacpo_rllib.experiments import surrogate_check
+from research import results_page
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
 
-def test_results_page_matches_the_committed_json(tmp_path) -> None:
-    """Every number on docs/RESULTS.md comes from docs/results/**.json (figures not redrawn)."""
-    families = results_page.load(RESULTS)
-    assert "PointCircle" in families
-    page = results_page.render(families, ROOT / "docs", draw=False, results=RESULTS)
+def test_results_page_matches_the_committed_json() -> None:
+    """Every number on docs/RESULTS.md comes from docs/results/*/comparison.json (figures
+    not redrawn); both PointCircle splits are there, with every algorithm's runs."""
+    comparisons = results_page.load(RESULTS)
+    splits = {results_page.split_of(d) for d in comparisons.values()
+              if d["family"] == "PointCircle"}
+    assert splits == {"test", "test_tight"}
+    page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
-    for name, data in families.items():
+    for name, data in comparisons.items():
         for algorithm in results_page.ALGORITHMS:
-            assert data["runs"][algorithm], f"{name}: no {algorithm} runs"
+            assert len(data["runs"][algorithm]) >= 3, f"{name}: fewer than 3 {algorithm} seeds"
         for fig in ("training.png", "adaptation.png"):
             assert (RESULTS / name / fig).read_bytes().startswith(b"\x89PNG")
+    assert (RESULTS / "calibration.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_target_check_follows_its_definition() -> None:
-    """The target verdicts on the page agree with the per-seed numbers in the JSON."""
-    data = results_page.load(RESULTS)["PointCircle"]
-    t = results_page.check_targets(data)
-    within = [1 - s["adapt"]["violation_rate"][t["step"]] for s in data["runs"]["MetaCPO"]]
-    assert math.isclose(t["within"], sum(within) / len(within))
-    assert t["within_met"] == any(
-        results_page.mean_std(results_page.per_seed(data["runs"]["MetaCPO"], "within", s))[0]
-        >= results_page.TARGET_WITHIN for s in range(1, results_page.TARGET_MAX_STEP + 1))
+    """The target verdicts agree with the per-seed evaluation numbers in the JSON."""
+    for data in results_page.load(RESULTS).values():
+        t = results_page.check_targets(data)
+        runs = data["runs"]["MetaCPO"]
+        within = [s["adapt"]["eval"]["within_limit_rate"][t["step"]] for s in runs]
+        assert math.isclose(t["within"], sum(within) / len(within))
+        assert t["within_met"] == any(
+            results_page.mean_std(results_page.per_seed(runs, "within", s))[0]
+            >= results_page.TARGET_WITHIN for s in range(1, results_page.TARGET_MAX_STEP + 1))
+        meets = [s["train_eval"]["mean_cost"] <= s["train_eval"]["cost_limit"]
+                 for a in results_page.CONSTRAINED for s in data["runs"][a]]
+        assert t["train_met"] == all(meets)
+
+
+def test_batch_scored_runs_are_refused(tmp_path) -> None:
+    """A comparison without evaluation episodes is not rendered as a safety result."""
+    old = RESULTS / "batch-scored" / "PointCircle" / "comparison.json"
+    (tmp_path / "PointCircle").mkdir()
+    (tmp_path / "PointCircle" / "comparison.json").write_text(old.read_text())
+    with pytest.raises(ValueError, match="PointCircle: no evaluation episodes"):
+        results_page.load(tmp_path)
 
 
 def test_surrogate_check_on_a_real_env(tmp_path) -> None:

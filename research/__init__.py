@@ -1,0 +1,1 @@
+"""Research tooling beside the package: ablations, the results page and their reports."""

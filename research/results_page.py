@@ -1,0 +1,501 @@
+"""Renders docs/RESULTS.md and its figures from the comparison JSON of ``metacpo compare`` runs.
+
+    python -m research.results_page [--results docs/results] [--out docs/RESULTS.md]
+
+Reads ``<results>/<name>/comparison.json`` (one folder per comparison: a family and a held-out
+split), writes ``<results>/<name>/training.png`` and ``adaptation.png``, ``<results>/
+calibration.png`` and the page. Every number on the page comes from those files. Safety is
+read from the evaluation episodes (fresh episodes per task and adaptation step, apart from
+the learning batches, common random numbers); runs without them are refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from metacpo_rllib.evaluation_stats import calibration_markdown, calibration_table
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "docs" / "results"
+DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
+ALGORITHMS = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
+#: The algorithms with a cost model (their steps enter the calibration ledger).
+CONSTRAINED = ("MetaCPO", "CPO")
+#: Adaptation steps shown in the tables (those a run has).
+REPORT_STEPS = (0, 1, 2, 3, 5)
+#: The targets of the comparison (checked on the family named here).
+TARGET_FAMILY = "PointCircle"
+TARGET_WITHIN = 0.8        # Meta-CPO: fraction of test tasks within h ...
+TARGET_MAX_STEP = 3        # ... after at most this many adaptation steps
+TARGET_RETURN_RATIO = 0.9  # Meta-CPO's return >= this x Meta-TRPO's (same step)
+FAMILY_ORDER = ("PointCircle", "CarCircleHazard", "PointButton")
+SPLIT_ORDER = ("test", "test_tight")
+
+#: Per-step figures of a run: name -> (key of the evaluation record, key of the learning
+#: batches' record or None). ``within`` on the batches is 1 - their violation rate.
+FIGURES: dict[str, tuple[str, Optional[str]]] = {
+    "return": ("mean_return", "mean_return"), "cost": ("mean_cost", "mean_cost"),
+    "cost_ucb": ("mean_cost_ucb", None), "within": ("within_limit_rate", None),
+    "certified": ("certified_rate", None), "batch_cost": ("", "mean_cost"),
+    "batch_within": ("", "violation_rate")}
+
+
+def split_of(data: Mapping[str, Any]) -> str:
+    return str(data["adaptation"].get("split", "test"))
+
+
+def load(results: Path) -> dict[str, dict[str, Any]]:
+    """folder name -> comparison JSON, for every ``<results>/<name>/comparison.json``, in
+    family then split order. Raises ValueError for a run without evaluation episodes."""
+    found = {path.parent.name: {**json.loads(path.read_text()), "dir": path.parent}
+             for path in results.glob("*/comparison.json")}
+    for name, data in found.items():
+        if not any(s.get("adapt", {}).get("eval") for seeds in data["runs"].values()
+                   for s in seeds if s.get("adapt")):
+            raise ValueError(f"{name}: no evaluation episodes (compare with eval_episodes > 0)")
+    fam = {name: i for i, name in enumerate(FAMILY_ORDER)}
+    spl = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (
+        fam.get(kv[1]["family"], len(fam)), spl.get(split_of(kv[1]), len(spl)), kv[0])))
+
+
+# -- statistics ---------------------------------------------------------------------------------
+def per_seed(seeds: Sequence[Mapping[str, Any]], key: str, step: int) -> list[float]:
+    """One value per seed at adaptation ``step`` (see FIGURES): from the evaluation episodes
+    (``return``, ``cost``, ``cost_ucb``: means over test tasks; ``within`` / ``certified``:
+    fractions of test tasks whose evaluation mean / one-sided 95% upper bound is <= h), or
+    from the learning batches (``batch_cost``, ``batch_within``)."""
+    eval_key, batch_key = FIGURES[key]
+    out = []
+    for s in seeds:
+        adapt = s.get("adapt")
+        if not adapt or step >= len(adapt["steps"]):
+            continue
+        if eval_key:
+            out.append(float(adapt["eval"][eval_key][step]))
+        elif key == "batch_within":
+            out.append(1.0 - float(adapt[batch_key][step]))
+        else:
+            out.append(float(adapt[batch_key][step]))
+    return [v for v in out if not math.isnan(v)]
+
+
+def train_eval(seeds: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """One value per seed of θ's last evaluation on the fixed training tasks."""
+    return [float(s["train_eval"][key]) for s in seeds if s.get("train_eval")]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; NaN for one value or none)."""
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1
+                                    else math.nan)
+
+
+def pm(values: Sequence[float], digits: int = 2) -> str:
+    """mean ± std over seeds; a single seed shows its value alone."""
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def steps_of(data: Mapping[str, Any]) -> list[int]:
+    adapt_steps = int(data["adaptation"]["adapt_steps"])
+    return [s for s in REPORT_STEPS if s <= adapt_steps]
+
+
+# -- the targets --------------------------------------------------------------------------------
+def first_within_step(data: Mapping[str, Any]) -> tuple[int, float, bool]:
+    """(step, fraction, met): the first step s in 1..3 where Meta-CPO's mean (over seeds)
+    fraction of test tasks within h on the evaluation episodes is >= 0.8, else the step
+    with the highest fraction (earliest on ties)."""
+    max_step = min(TARGET_MAX_STEP, int(data["adaptation"]["adapt_steps"]))
+    runs = data["runs"].get("MetaCPO", [])
+    within = {s: mean_std(per_seed(runs, "within", s))[0] for s in range(1, max_step + 1)}
+    hits = [s for s, v in within.items() if v >= TARGET_WITHIN]
+    step = hits[0] if hits else max(within, key=lambda s: (within[s], -s))
+    return step, within[step], bool(hits)
+
+
+def check_targets(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparison targets on one comparison's runs (evaluation episodes).
+
+    Meta-CPO is *within* at :func:`first_within_step`; at that step its mean return must
+    be >= 0.9 x Meta-TRPO's, and Meta-TRPO and TRPO must each violate the limit on more
+    than half of the test tasks (means over seeds). *Training meets h*: for Meta-CPO and
+    CPO, θ's evaluation cost on the fixed training tasks is <= the training limit for
+    every seed.
+    """
+    runs = data["runs"]
+    step, within, within_met = first_within_step(data)
+    mean = lambda a, key: mean_std(per_seed(runs.get(a, []), key, step))[0]  # noqa: E731
+    ret = {a: mean(a, "return") for a in ALGORITHMS}
+    violating = {a: 1.0 - mean(a, "within") for a in ("MetaTRPO", "TRPO")}
+    ratio = ret["MetaCPO"] / ret["MetaTRPO"] if ret["MetaTRPO"] > 0 else math.nan
+    meets = {a: train_eval(runs.get(a, []), "meets_limit") for a in CONSTRAINED}
+    return {
+        "step": step, "within": within, "within_met": within_met,
+        "step0_within": mean_std(per_seed(runs.get("MetaCPO", []), "within", 0))[0],
+        "return_ratio": ratio,
+        "return_met": bool(ret["MetaCPO"] >= TARGET_RETURN_RATIO * ret["MetaTRPO"]),
+        "returns": ret, "costs": {a: mean(a, "cost") for a in ALGORITHMS},
+        "violating": violating, "violating_met": all(v > 0.5 for v in violating.values()),
+        "train_meets": {a: (sum(v), len(v)) for a, v in meets.items()},
+        "train_met": all(v and all(x == 1.0 for x in v) for v in meets.values()),
+    }
+
+
+def _met(flag: bool) -> str:
+    return "**met**" if flag else "**missed**"
+
+
+def _fraction(hits: tuple[int, int]) -> str:
+    return f"{int(hits[0])} of {hits[1]} seeds"
+
+
+def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One table of the targets over the target family's comparisons (every split)."""
+    rows = []
+    for name, data in families.items():
+        if data["family"] != TARGET_FAMILY:
+            continue
+        t, split = check_targets(data), split_of(data)
+        ret, where = t["returns"], f"`{split}` split"
+        ratio = "–" if math.isnan(t["return_ratio"]) else f"{t['return_ratio']:.2f}"
+        rows += [
+            f"| Meta-CPO within h on ≥ {TARGET_WITHIN:.0%} of {where} tasks after ≤ "
+            f"{TARGET_MAX_STEP} adaptation steps | {t['within']:.0%} of tasks at step "
+            f"{t['step']} (step 0: {t['step0_within']:.0%}) | {_met(t['within_met'])} |",
+            f"| Meta-CPO return ≥ {TARGET_RETURN_RATIO:.0%} of Meta-TRPO's ({where}, step "
+            f"{t['step']}) | {ret['MetaCPO']:.2f} vs {ret['MetaTRPO']:.2f} (ratio {ratio}) | "
+            f"{_met(t['return_met'])} |",
+            f"| Meta-TRPO and TRPO violate h on most {where} tasks (step {t['step']}) | "
+            f"Meta-TRPO {t['violating']['MetaTRPO']:.0%}, TRPO {t['violating']['TRPO']:.0%} "
+            f"of tasks | {_met(t['violating_met'])} |",
+            f"| Training meets h = {_limit(data, 'train_limit'):g} (θ's evaluation cost on "
+            f"the training tasks; {name} runs) | Meta-CPO "
+            f"{_fraction(t['train_meets']['MetaCPO'])}, CPO "
+            f"{_fraction(t['train_meets']['CPO'])} | {_met(t['train_met'])} |",
+        ]
+    if not rows:
+        return []
+    return [f"## Targets: {TARGET_FAMILY}", "", "Measured on the evaluation episodes; "
+            "means over seeds.", "", "| target | measured | |", "|---|---|---|", *rows, ""]
+
+
+def _limit(data: Mapping[str, Any], key: str) -> float:
+    """The mean ``train_limit`` / ``test_limit`` of the runs (NaN without runs)."""
+    runs = [s for seeds in data["runs"].values() for s in seeds]
+    return float(np.nanmean([s[key] for s in runs])) if runs else math.nan
+
+
+# -- one comparison -----------------------------------------------------------------------------
+def _budget(data: Mapping[str, Any]) -> list[str]:
+    training, adaptation = data["training"], data["adaptation"]
+    prov = data.get("provenance", {})
+    steps = {a: int(np.mean([s["env_steps"] for s in seeds])) for a, seeds in data["runs"].items()
+             if seeds and "env_steps" in seeds[0]}
+    first = next((s["train_eval"] for seeds in data["runs"].values() for s in seeds
+                  if s.get("train_eval")), None)
+    lines = [
+        f"- **Training:** {data['iterations']} iterations at h = "
+        f"{_limit(data, 'train_limit'):g}; per iteration "
+        f"{training.get('tasks_per_iteration', '?')} training tasks × "
+        f"{training.get('episodes_per_task', '?')} episodes per sampling round (two rounds "
+        "for Meta-CPO / Meta-TRPO with K = 1, one for CPO / TRPO); settings "
+        f"`{json.dumps(training, sort_keys=True)}`"
+        + (f", env overrides `{json.dumps(data['env_config'], sort_keys=True)}`"
+           if data.get("env_config") else "") + ".",
+        "- **Env steps per trial (training):** "
+        + ", ".join(f"{a} {n:,}" for a, n in steps.items()) + ".",
+    ]
+    if first:
+        lines.append(f"- **Training evaluation:** θ after iteration {first['iteration']} on "
+                     "fixed training tasks, fresh evaluation episodes (the same for every "
+                     "algorithm and seed).")
+    lines += [
+        f"- **Adaptation:** {adaptation['test_tasks']} held-out `{split_of(data)}` tasks "
+        f"(task seed {adaptation['task_seed']}) at h = {_limit(data, 'test_limit'):g}, "
+        f"{adaptation['adapt_steps']} adaptation steps, "
+        f"{adaptation.get('episodes_per_task') or training.get('episodes_per_task', '?')} "
+        "learning episodes per task and step; every step scored on "
+        f"{adaptation.get('eval_episodes', '?')} fresh evaluation episodes per task.",
+        f"- **Seeds:** {data['seeds']}.",
+    ]
+    if prov:
+        m = prov["machine"]
+        lines += [
+            f"- **Command:** `{prov['command']}`",
+            f"- **Commit:** `{prov['commit']}`; **machine:** {m['cpu']}, {m['cpus']} CPUs, "
+            f"{m['mem_gib']} GiB, {m['platform']}, Python {m['python']}; "
+            f"**wall time:** {prov['wall_s'] / 60:.0f} min "
+            f"({prov['started_utc']} – {prov['finished_utc']}).",
+        ]
+        if prov.get("note"):
+            lines.append(f"- **Note:** {prov['note']}")
+    return lines
+
+
+def _title(name: str, data: Mapping[str, Any]) -> str:
+    return f"{name} ({data['family']}, `{split_of(data)}` split)"
+
+
+def _training_table(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Does training meet its limit? θ's last evaluation on the fixed training tasks."""
+    if not any(s.get("train_eval") for seeds in runs.values() for s in seeds):
+        return []
+    lines = ["**Training: θ on the training tasks** (evaluation episodes; *meets h* = "
+             "task-averaged cost ≤ h, *certified* = its one-sided 95% upper bound ≤ h; "
+             "fractions of seeds)", "",
+             "| algorithm | return | cost | cost 95% UCB | meets h | certified | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for algorithm in ALGORITHMS:
+        seeds = runs.get(algorithm, [])
+        cells = [pm(train_eval(seeds, k)) for k in ("mean_return", "mean_cost", "cost_ucb",
+                                                     "meets_limit", "certified")]
+        lines.append(f"| {algorithm} | " + " | ".join(cells)
+                     + f" | {len(train_eval(seeds, 'mean_cost'))} |")
+    return lines + [""]
+
+
+def _step_table(title: str, key: str, runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                steps: Sequence[int]) -> list[str]:
+    lines = [f"**{title}** (mean ± std over seeds)", "",
+             "| algorithm | " + " | ".join(f"step {s}" for s in steps) + " | seeds |",
+             "|---|" + "---:|" * (len(steps) + 1)]
+    for algorithm in ALGORITHMS:
+        seeds = [s for s in runs.get(algorithm, []) if s.get("adapt")]
+        cells = [pm(per_seed(seeds, key, s)) for s in steps]
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + f" | {len(seeds)} |")
+    return lines + [""]
+
+
+STEP_TABLES = (
+    ("return", "Evaluation: mean episode return on the test tasks"),
+    ("cost", "Evaluation: mean episode cost on the test tasks"),
+    ("cost_ucb", "Evaluation: one-sided 95% upper confidence bound of the cost (mean over "
+                 "test tasks)"),
+    ("within", "Evaluation: fraction of test tasks within the limit (mean ≤ h)"),
+    ("certified", "Evaluation: fraction of test tasks certified (95% upper bound ≤ h)"),
+    ("batch_cost", "Learning batches (the episodes each step learned from): mean episode "
+                   "cost"),
+)
+
+
+def comparison_section(name: str, data: Mapping[str, Any],
+                       figures: Mapping[str, str]) -> list[str]:
+    """Budget, provenance, the training evaluation, the per-step tables and the figures."""
+    steps, runs = steps_of(data), data["runs"]
+    lines = [f"## {_title(name, data)}", "", *_budget(data), "", *_training_table(runs)]
+    for key, title in STEP_TABLES:
+        lines += _step_table(title, key, runs, steps)
+    lines += [f"![{name} training]({figures['training']})", "",
+              f"![{name} adaptation]({figures['adaptation']})", ""]
+    return lines
+
+
+# -- calibration --------------------------------------------------------------------------------
+def ledger(families: Mapping[str, Mapping[str, Any]], algorithm: str) -> list[dict[str, Any]]:
+    """Every adaptation step's calibration entry of ``algorithm`` over all comparisons."""
+    return [entry for data in families.values() for s in data["runs"].get(algorithm, [])
+            if s.get("adapt") for entry in s["adapt"].get("ledger", [])]
+
+
+def calibration_section(families: Mapping[str, Mapping[str, Any]],
+                        figure: Optional[str]) -> list[str]:
+    """Per constrained algorithm: the cost model's predicted change against the change
+    realised on the evaluation episodes, per CPO case."""
+    lines = ["## Calibration of the cost model", "",
+             "For every adaptation step of every comparison above (all seeds, tasks and "
+             "splits): the predicted change of the mean episode cost (bᵀx times the accepted "
+             "line-search fraction) against the change of the evaluation mean cost from the "
+             "step's start to its end (the same evaluation episodes' seeds before and after). "
+             "A calibrated model has sign agreement near 1 and realised ÷ predicted near 1.",
+             ""]
+    for algorithm in CONSTRAINED:
+        entries = ledger(families, algorithm)
+        if entries:
+            lines += [f"**{algorithm}**", "", calibration_markdown(
+                calibration_table(entries)).rstrip(), ""]
+    if figure:
+        lines += [f"![calibration]({figure})", ""]
+    return lines
+
+
+def calibration_figure(families: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Realised against predicted cost change, one panel per constrained algorithm,
+    coloured by CPO case; the diagonal is a calibrated model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CONSTRAINED), figsize=(11, 4.2), squeeze=False)
+    for ax, algorithm in zip(axes[0], CONSTRAINED):
+        entries = [e for e in ledger(families, algorithm)
+                   if not math.isnan(float(e.get("predicted_cost_change", math.nan)))]
+        for case in sorted({int(e["case"]) for e in entries}):
+            pts = np.array([(e["predicted_cost_change"], e["realised_cost_change"])
+                            for e in entries if int(e["case"]) == case])
+            ax.scatter(pts[:, 0], pts[:, 1], s=18, alpha=0.7, label=f"case {case}")
+        lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+        ax.plot(lims, lims, color="grey", linewidth=1, linestyle="--", label="calibrated")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.axvline(0, color="black", linewidth=0.5)
+        ax.set(title=algorithm, xlabel="predicted cost change (bᵀx × fraction)",
+               ylabel="realised change (evaluation episodes)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the investigation --------------------------------------------------------------------------
+def load_investigation(results: Path) -> tuple[list[dict], list[dict]]:
+    """(surrogate checks, sweeps) from ``<results>/investigation/*.json``."""
+    checks, sweeps = [], []
+    for path in sorted((results / "investigation").glob("*.json")):
+        data = json.loads(path.read_text())
+        (sweeps if "rows" in data else checks).append(data)
+    return checks, sweeps
+
+
+def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per policy, task and batch size: predicted vs realised cost change."""
+    if not checks:
+        return []
+    s = checks[0]["settings"]
+    lines = [
+        "### Is the cost surrogate predictive?", "",
+        f"The surrogate check ({checks[0]['family']}): one "
+        f"CPO recovery step (pure cost descent, KL radius {s['delta']}) from a batch of the "
+        "given size; *predicted* is the surrogate's bᵀx, *realised* the change of the mean "
+        f"episode cost over {s['eval_episodes']} fresh episodes (the same env and noise "
+        "seeds before and after; ± standard error); cos is the cosine between the cost "
+        "gradients of two disjoint batches of that size (– where one of them saw no cost, "
+        "so b = 0 and the step is no step).", "",
+        "| policy | task (radius, factor) | cost before | batch episodes | predicted | "
+        "realised | cos(b, b′) | commit |", "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for check in checks:
+        for task in check["tasks"]:
+            p = task["task"]["params"]
+            name = ", ".join(f"{v:.2f}" for v in p.values())
+            for st in task["steps"]:
+                lines.append(
+                    f"| {check['policy']} | {name} | {task['cost_before']:.1f} ± "
+                    f"{task['cost_before_se']:.1f} | {st['batch_episodes']} | "
+                    f"{st['predicted_change']:+.1f} | {st['realised_change']:+.1f} ± "
+                    f"{st['realised_change_se']:.1f} | "
+                    f"{_signed(st['gradient_cosine_disjoint_batch'])} | "
+                    f"`{check['provenance']['commit']}` |")
+    return lines + [""]
+
+
+def _signed(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def investigation_section(results: Path) -> list[str]:
+    """The hand-written notes (``investigation/NOTES.md``, words only) and the surrogate
+    checks."""
+    checks, _ = load_investigation(results)
+    notes = results / "investigation" / "NOTES.md"
+    if not (checks or notes.exists()):
+        return []
+    lines = ["## Investigation", ""]
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    return lines + surrogate_section(checks)
+
+
+# -- the page -----------------------------------------------------------------------------------
+INTRO = (
+    "Meta-CPO, Meta-TRPO, CPO and TRPO are trained with the same seeds and training tasks at "
+    "the training cost limit; θ is then evaluated on fixed training tasks (does training meet "
+    "its limit?), and each algorithm adapts to the same held-out tasks at the tighter test "
+    "limit. Step 0 is the trained policy itself; step s uses the parameters after s "
+    "adaptation steps (the inner update for the meta algorithms, the CPO / TRPO update for "
+    "the others). Every step is scored on its own **evaluation episodes**: fresh episodes "
+    "per task, apart from the batches the steps learn from, with the same env seeds and "
+    "action-noise streams for every step and algorithm (common random numbers); the "
+    "evaluated policy samples its actions. A task is *within the limit* when its evaluation "
+    "mean episode cost is ≤ h, and *certified* when the one-sided 95% upper confidence "
+    "bound of that mean (Student t on the episode costs; a few bursty episodes make the "
+    "spread large and the t bound honest about it) is ≤ h. Two held-out splits: `test` "
+    "(the paper's, walls wider than in training) and `test_tight` (walls inside the "
+    "training range: a policy that only keeps its training limit violates at step 0 and "
+    "has to adapt its way into safety).")
+
+
+def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
+           draw: bool = True, results: Optional[Path] = None) -> str:
+    """The page (and, with ``draw``, its figures next to each comparison's JSON and the
+    calibration figure in ``results``); with ``results``, also the investigation."""
+    from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
+
+    lines = [
+        "# Results: adaptable safety on held-out tasks", "", INTRO, "",
+        "Generated by `python -m research.results_page` from "
+        "`docs/results/<name>/comparison.json` (written by `metacpo compare`); do not edit "
+        "by hand. Earlier comparisons that were scored on the learning batches are kept in "
+        "`docs/results/batch-scored/` and are not shown: their fractions within the limit "
+        "are optimistic.", "",
+    ]
+    if not families:
+        return "\n".join(lines + ["No comparison runs found.", ""])
+    lines += targets_section(families)
+    for name, data in families.items():
+        folder = Path(data["dir"])
+        figures = {"training": folder / "training.png", "adaptation": folder / "adaptation.png"}
+        if draw:
+            training_figure(data["runs"], figures["training"],
+                            title=f"{name}: training (mean ± std over seeds)")
+            adaptation_figure(data["runs"], figures["adaptation"],
+                              title=f"{name}: adaptation on held-out `{split_of(data)}` tasks "
+                                    "(evaluation episodes)")
+        rel = {k: _relative(v, page_dir) for k, v in figures.items()}
+        lines += comparison_section(name, data, rel)
+    figure = None
+    if results is not None:
+        path = results / "calibration.png"
+        if draw:
+            calibration_figure(families, path)
+        figure = _relative(path, page_dir)
+    lines += calibration_section(families, figure)
+    if results is not None:
+        lines += investigation_section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help="folder with <name>/comparison.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
+    args = parser.parse_args(argv)
+    page = render(load(args.results), args.out.parent, results=args.results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
