@@ -23,6 +23,7 @@ from metacpo_rllib.evaluation_stats import calibration_markdown, calibration_tab
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
+DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 ALGORITHMS = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 #: The algorithms with a cost model (their steps enter the calibration ledger).
 CONSTRAINED = ("MetaCPO", "CPO")
@@ -359,6 +360,17 @@ def calibration_figure(families: Mapping[str, Mapping[str, Any]], path: Path) ->
     return path
 
 
+# -- the ablation -------------------------------------------------------------------------------
+def ablation_section(path: Path) -> list[str]:
+    """The safety corrections switched on and off (``research/safety_ablation.py``'s JSON)."""
+    from research.ablation_report import LEGEND, report
+
+    return ["## Safety corrections: ablation", "",
+            f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: Meta-CPO and CPO "
+            "trained and adapted with each combination of the safety corrections. "
+            f"{LEGEND}", "", report(json.loads(path.read_text())), ""]
+
+
 # -- the investigation --------------------------------------------------------------------------
 def load_investigation(results: Path) -> tuple[list[dict], list[dict]]:
     """(surrogate checks, sweeps) from ``<results>/investigation/*.json``."""
@@ -438,9 +450,11 @@ INTRO = (
 
 
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
-           draw: bool = True, results: Optional[Path] = None) -> str:
+           draw: bool = True, results: Optional[Path] = None,
+           ablation: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
-    calibration figure in ``results``); with ``results``, also the investigation."""
+    calibration figure in ``results``); with ``results``, also the investigation; with
+    ``ablation``, the safety corrections' ablation table."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -472,6 +486,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             calibration_figure(families, path)
         figure = _relative(path, page_dir)
     lines += calibration_section(families, figure)
+    if ablation is not None:
+        lines += ablation_section(ablation)
     if results is not None:
         lines += investigation_section(results)
     return "\n".join(lines).rstrip() + "\n"
@@ -489,8 +505,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="folder with <name>/comparison.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
+    parser.add_argument("--ablation", type=Path, default=DEFAULT_ABLATION,
+                        help="safety_ablation.py's JSON ('' : no ablation section)")
     args = parser.parse_args(argv)
-    page = render(load(args.results), args.out.parent, results=args.results)
+    ablation = args.ablation if str(args.ablation) not in ("", ".") else None
+    page = render(load(args.results), args.out.parent, results=args.results, ablation=ablation)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")

@@ -22,7 +22,8 @@ def test_results_page_matches_the_committed_json() -> None:
     splits = {results_page.split_of(d) for d in comparisons.values()
               if d["family"] == "PointCircle"}
     assert splits == {"test", "test_tight"}
-    page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS)
+    page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS,
+                               ablation=results_page.DEFAULT_ABLATION)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():
