@@ -3,6 +3,7 @@ evaluation (θ on the fixed training tasks) from a trial's results."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from metacpo_rllib.experiments import compare
 from metacpo_rllib.experiments.spec import SpecError, build_config, parse_spec
 
+CONFIGS = Path(__file__).resolve().parents[1] / "tune_configs"
 SPEC = {"algorithm": ["MetaCPO", "CPO"], "family": "PointNav", "iterations": 4,
         "env_config": {"horizon": 30}}
 
@@ -69,3 +71,19 @@ def test_training_table_reports_every_algorithm_that_evaluated() -> None:
     assert "iteration 4" in lines[0] and "h = 10.00" in lines[0]
     (row,) = [line for line in lines if line.startswith("| CPO |")]
     assert row.endswith("| 2 |") and row.count("±") == 5
+
+
+def test_compare_flags_choose_the_split_and_the_training_evaluation() -> None:
+    import argparse
+
+    from metacpo_rllib.experiments.commands import compare_spec_from_args, configure_compare
+
+    parser = argparse.ArgumentParser()
+    configure_compare(parser)
+    spec = compare_spec_from_args(parser.parse_args(
+        ["--family", "PointNav", "--split", "test_tight", "--eval-interval", "2"]))
+    assert spec.adaptation.split == "test_tight" and spec.evaluation == {"evaluation_interval": 2}
+    spec = compare_spec_from_args(parser.parse_args(
+        ["--config", str(CONFIGS / "pointcircle_compare.yaml"), "--split", "test_tight"]))
+    assert spec.adaptation.split == "test_tight" and spec.evaluation["evaluation_interval"] == 15
+    assert compare_spec_from_args(parser.parse_args(["--family", "PointNav"])).evaluation == {}

@@ -173,6 +173,12 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-episodes", type=count(0), default=None,
                         help="fresh evaluation episodes per test task and step, apart from "
                              "the learning batches (default 20; 0: none)")
+    parser.add_argument("--split", default=None, choices=("test", "test_tight"),
+                        help="held-out split to adapt on: test (the paper's) or test_tight "
+                             "(tighter than training) (default: test)")
+    parser.add_argument("--eval-interval", type=count(1), default=None,
+                        help="evaluate θ on fixed training tasks every N iterations (does "
+                             "training meet its limit?; default: off)")
     add_sampling_args(parser)
     parser.add_argument("--train-cost-limit", type=number(0), default=None,
                         help="training tasks' limit (default: the family's train limit)")
@@ -203,6 +209,8 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
                      "adaptation.test_tasks": args.test_tasks,
                      "adaptation.adapt_steps": args.adapt_steps,
                      "adaptation.eval_episodes": args.eval_episodes,
+                     "adaptation.split": args.split,
+                     "evaluation.evaluation_interval": args.eval_interval,
                      "adaptation.cost_limit": args.test_cost_limit,
                      "tune.max_concurrent": args.max_concurrent,
                      "mlflow.experiment": args.mlflow_experiment,
@@ -219,7 +227,10 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
                         training=training, env_config=args.env_config,
                         test_cost_limit=args.test_cost_limit,
                         max_concurrent=args.max_concurrent,
-                        eval_episodes=20 if args.eval_episodes is None else args.eval_episodes)
+                        eval_episodes=20 if args.eval_episodes is None else args.eval_episodes,
+                        split=args.split or "test",
+                        evaluation=({"evaluation_interval": args.eval_interval}
+                                    if args.eval_interval else None))
     spec.experiment = args.mlflow_experiment
     return spec
 

@@ -24,9 +24,11 @@ def compare_spec(family: str, *, seeds: Sequence[int] = (0, 1, 2), iterations: i
                  env_config: Optional[Mapping[str, Any]] = None,
                  test_cost_limit: Optional[float] = None, task_seed: int = 12345,
                  max_concurrent: Optional[int] = None, eval_episodes: int = 20,
-                 split: str = "test") -> SweepSpec:
+                 split: str = "test", evaluation: Optional[Mapping[str, int]] = None
+                 ) -> SweepSpec:
     """The validated spec of a comparison: all four algorithms, a grid over ``seeds``;
-    adaptation on ``split`` with ``eval_episodes`` evaluation episodes per task and step."""
+    adaptation on ``split`` with ``eval_episodes`` evaluation episodes per task and step;
+    ``evaluation``: MetaCPOConfig.evaluation fields (θ on fixed training tasks)."""
     spec = SweepSpec(
         name=f"compare-{family}", algorithms=list(ALGORITHM_NAMES), family=family,
         iterations=iterations, env_config=dict(env_config or {}),
@@ -34,7 +36,7 @@ def compare_spec(family: str, *, seeds: Sequence[int] = (0, 1, 2), iterations: i
         adaptation=Adaptation(test_tasks=test_tasks, adapt_steps=adapt_steps,
                               cost_limit=test_cost_limit, task_seed=task_seed,
                               eval_episodes=eval_episodes, split=split),
-        max_concurrent=max_concurrent)
+        evaluation=dict(evaluation or {}), max_concurrent=max_concurrent)
     validate_spec(spec)
     return spec
 
