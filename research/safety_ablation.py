@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-tasks", type=int, default=6)
     p.add_argument("--adapt-steps", type=int, default=3)
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--splits", nargs="+", default=["test", "test_tight"])
+    p.add_argument("--splits", nargs="*", default=["test", "test_tight"])
+    p.add_argument("--train-eval-interval", type=int, default=5,
+                   help="evaluate θ on the training tasks every N iterations (1: CPO's training "
+                        "steps also get their calibration entries, the 'ledger')")
     p.add_argument("--task-seed", type=int, default=12345)
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
@@ -89,7 +92,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dic
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
                         inner_delta=args.inner_delta, **VARIANTS[variant])
-              .evaluation(evaluation_interval=5, evaluation_duration=args.train_eval_episodes,
+              .evaluation(evaluation_interval=args.train_eval_interval,
+                          evaluation_duration=args.train_eval_episodes,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
     algo_obj = config.build_algo()
     start = time.perf_counter()
@@ -105,6 +109,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dic
             if "mean_cost" in ev:
                 row.update(eval_cost=ev["mean_cost"], eval_cost_ucb=ev["cost_ucb"],
                            eval_return=ev["mean_return"], cost_limit=ev["cost_limit"])
+            if "ledger" in ev:  # this iteration's update, predicted vs realised (CPO)
+                row["ledger"] = dict(ev["ledger"])
             training.append(row)
         train_s = time.perf_counter() - start
         family = config.make_family()
