@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
+DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 #: The algorithms with a cost model (their steps enter the calibration ledger).
 CONSTRAINED = ("MetaCPO", "CPO")
@@ -309,10 +310,39 @@ def ledger(families: Mapping[str, Mapping[str, Any]], algorithm: str) -> list[di
             if s.get("adapt") for entry in s["adapt"].get("ledger", [])]
 
 
+def training_ledgers(data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """variant -> every training step's calibration entry of ``safety_ablation.py`` runs
+    made with ``--train-eval-interval 1`` (CPO: θ evaluated after every update)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in data["runs"].values():
+        out.setdefault(run["variant"], []).extend(
+            row["ledger"] for row in run["training"] if row.get("ledger"))
+    return out
+
+
+def training_calibration_lines(path: Path) -> list[str]:
+    """The calibration tables of CPO's training steps, one per safety-correction variant."""
+    data = json.loads(path.read_text())
+    settings = data.get("settings", {})
+    lines = [f"**CPO, training steps** (`research/safety_ablation.py --train-eval-interval 1` "
+             f"→ `{_relative(path, REPO)}`): θ evaluated on {settings.get('train_eval_tasks')} "
+             f"fixed training tasks × {settings.get('train_eval_episodes')} episodes after "
+             "every iteration; each update's predicted change against the change of that "
+             "evaluation cost (paired episodes), per variant of the safety corrections "
+             "(`baseline`: none, `all`: the default).", ""]
+    for variant, entries in training_ledgers(data).items():
+        seeds = sorted({r["seed"] for r in data["runs"].values() if r["variant"] == variant})
+        lines += [f"*{variant}* ({len(seeds)} seeds)", "",
+                  calibration_markdown(calibration_table(entries)).rstrip(), ""]
+    return lines
+
+
 def calibration_section(families: Mapping[str, Mapping[str, Any]],
-                        figure: Optional[str]) -> list[str]:
+                        figure: Optional[str], training_ledger: Optional[Path] = None
+                        ) -> list[str]:
     """Per constrained algorithm: the cost model's predicted change against the change
-    realised on the evaluation episodes, per CPO case."""
+    realised on the evaluation episodes, per CPO case (adaptation steps; with
+    ``training_ledger``, CPO's training steps too)."""
     lines = ["## Calibration of the cost model", "",
              "For every adaptation step of every comparison above (all seeds, tasks and "
              "splits): the predicted change of the mean episode cost (bᵀx times the accepted "
@@ -323,8 +353,10 @@ def calibration_section(families: Mapping[str, Mapping[str, Any]],
     for algorithm in CONSTRAINED:
         entries = ledger(families, algorithm)
         if entries:
-            lines += [f"**{algorithm}**", "", calibration_markdown(
+            lines += [f"**{algorithm}, adaptation steps**", "", calibration_markdown(
                 calibration_table(entries)).rstrip(), ""]
+    if training_ledger is not None:
+        lines += training_calibration_lines(training_ledger)
     if figure:
         lines += [f"![calibration]({figure})", ""]
     return lines
@@ -451,10 +483,11 @@ INTRO = (
 
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
-           ablation: Optional[Path] = None) -> str:
+           ablation: Optional[Path] = None, training_ledger: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
-    ``ablation``, the safety corrections' ablation table."""
+    ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
+    calibration of CPO's training steps."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -485,7 +518,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
         if draw:
             calibration_figure(families, path)
         figure = _relative(path, page_dir)
-    lines += calibration_section(families, figure)
+    lines += calibration_section(families, figure, training_ledger)
     if ablation is not None:
         lines += ablation_section(ablation)
     if results is not None:
@@ -507,9 +540,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
     parser.add_argument("--ablation", type=Path, default=DEFAULT_ABLATION,
                         help="safety_ablation.py's JSON ('' : no ablation section)")
+    parser.add_argument("--training-ledger", type=Path, default=DEFAULT_TRAINING_LEDGER,
+                        help="safety_ablation.py --train-eval-interval 1 JSON ('': none)")
     args = parser.parse_args(argv)
-    ablation = args.ablation if str(args.ablation) not in ("", ".") else None
-    page = render(load(args.results), args.out.parent, results=args.results, ablation=ablation)
+    optional = {k: (p if str(p) not in ("", ".") else None)
+                for k, p in (("ablation", args.ablation),
+                             ("training_ledger", args.training_ledger))}
+    page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")

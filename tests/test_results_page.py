@@ -23,7 +23,8 @@ def test_results_page_matches_the_committed_json() -> None:
               if d["family"] == "PointCircle"}
     assert splits == {"test", "test_tight"}
     page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS,
-                               ablation=results_page.DEFAULT_ABLATION)
+                               ablation=results_page.DEFAULT_ABLATION,
+                               training_ledger=results_page.DEFAULT_TRAINING_LEDGER)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():
