@@ -161,7 +161,12 @@ def test_sweep_logs_to_the_embedded_sqlite_store(ray_local, tmp_path, capsys) ->
     assert sorted(r["seed"] for r in summary["rows"]) == [0, 1]
     for row in summary["rows"]:  # per-step adaptation means (steps 0 and 1)
         assert len(row["adapt"]["violation_rate"]) == 2
-        assert row["test_cost"] == row["adapt"]["mean_cost"][-1]
+        assert row["test_batch_cost"] == row["adapt"]["mean_cost"][-1]
+        # scored on the evaluation episodes (smoke spec: 4 per task and step), and θ's
+        # training evaluation after the last iteration
+        assert row["test_eval_cost"] == row["adapt"]["eval"]["mean_cost"][-1]
+        assert row["test_within"] == row["adapt"]["eval"]["within_limit_rate"][-1]
+        assert math.isfinite(row["train_eval_cost"]) and row["env_steps"] > 0
     assert summary["grid"] == {"seed": [0, 1]} and len(summary["provenance"]["commit"]) == 40
     assert summary["provenance"]["command"] == (f"metacpo sweep {SMOKE} --storage-path ray "
                                                 "--quiet --json sweep.json")

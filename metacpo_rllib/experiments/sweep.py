@@ -210,25 +210,37 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: Optional[str] = None,
 
 
 def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]]:
-    """One summary row per trial: grid values, final training and adaptation numbers
-    (and under ``adapt`` the per-step means of the adaptation report)."""
+    """One summary row per trial: grid values, the env steps it sampled in training, its
+    final training figures (learning batches; ``train_eval_cost``: θ's last evaluation on
+    the fixed training tasks, when the spec evaluates) and adaptation figures: on the
+    evaluation episodes (``test_eval_*``, ``test_within``) when measured, and on the
+    learning batches (``test_batch_*``); under ``adapt`` the per-step means."""
     rows = []
     for algorithm, grid in grids.items():
         for result in grid:
             metrics = result.metrics or {}
             m = metrics.get("metacpo", {})
             report = adaptation_report(metrics) or {}
+            evaluation = report.get("eval") or {}
+            last = lambda xs: (xs or [math.nan])[-1]  # noqa: E731
+            df = result.metrics_dataframe
+            steps = (int(df["metacpo/env_steps_sampled"].sum())
+                     if df is not None and "metacpo/env_steps_sampled" in df else None)
             row = {"algorithm": algorithm, "trial": Path(result.path).name,
                    **{k: result.config.get(config_key(k)) for k in spec.grid},
-                   "iterations": metrics.get("training_iteration"),
+                   "iterations": metrics.get("training_iteration"), "env_steps": steps,
                    "train_return": m.get("post_return_mean", math.nan),
                    "train_cost": m.get("post_cost_mean", math.nan),
-                   "test_return": (report.get("mean_return") or [math.nan])[-1],
-                   "test_cost": (report.get("mean_cost") or [math.nan])[-1],
-                   "test_violation": (report.get("violation_rate") or [math.nan])[-1],
+                   "train_eval_cost": (metrics.get("evaluation") or {}).get("mean_cost",
+                                                                             math.nan),
+                   "test_eval_return": last(evaluation.get("mean_return")),
+                   "test_eval_cost": last(evaluation.get("mean_cost")),
+                   "test_within": last(evaluation.get("within_limit_rate")),
+                   "test_batch_return": last(report.get("mean_return")),
+                   "test_batch_cost": last(report.get("mean_cost")),
                    "error": None if result.error is None else type(result.error).__name__,
                    "adapt": {k: report[k] for k in ("steps", "mean_return", "mean_cost",
-                                                    "violation_rate") if k in report}}
+                                                    "violation_rate", "eval") if k in report}}
             rows.append(row)
     return rows
 
