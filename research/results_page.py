@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
+DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 #: The algorithms with a cost model (their steps enter the calibration ledger).
@@ -392,6 +393,40 @@ def calibration_figure(families: Mapping[str, Mapping[str, Any]], path: Path) ->
     return path
 
 
+# -- the batch size ------------------------------------------------------------------------------
+def batch_size_section(path: Path) -> list[str]:
+    """Episodes per task and sampling round against the env steps they cost and the safety
+    and return they buy (``metacpo sweep --json`` of a grid over ``episodes_per_task``)."""
+    sweep = json.loads(path.read_text())
+    a, prov = sweep["adaptation"], sweep["provenance"]
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for row in sweep["rows"]:
+        if not row.get("error"):
+            groups.setdefault(int(row["episodes_per_task"]), []).append(row)
+    steps = range(int(a["adapt_steps"]) + 1)
+    per_step = lambda rows, key: " → ".join(  # noqa: E731
+        pm([r["adapt"]["eval"][key][s] for r in rows]) for s in steps)
+    lines = ["## Batch size: episodes per task", "",
+             f"`{prov['command']}` (commit `{prov['commit']}`): "
+             f"{sweep['algorithms'][0]} on {sweep['family']}, {sweep['iterations']} iterations, "
+             f"settings `{json.dumps(sweep['training'], sort_keys=True)}`, with "
+             "`episodes_per_task` episodes per task and sampling round in training and in "
+             f"adaptation; adaptation on {a['test_tasks']} held-out `{a.get('split', 'test')}` "
+             f"tasks, {a['eval_episodes']} evaluation episodes per task and step. Env steps "
+             "are those of training; per step 0 → "
+             f"{a['adapt_steps']}, on the evaluation episodes.", "",
+             "| episodes per task | seeds | training env steps | training eval cost | "
+             "within h per step | cost per step | return per step |",
+             "|---:|---:|---:|---:|---|---|---|"]
+    for size, rows in sorted(groups.items()):
+        lines.append(
+            f"| {size} | {len(rows)} | {np.mean([r['env_steps'] for r in rows]):,.0f} | "
+            f"{pm([r['train_eval_cost'] for r in rows])} | "
+            f"{per_step(rows, 'within_limit_rate')} | {per_step(rows, 'mean_cost')} | "
+            f"{per_step(rows, 'mean_return')} |")
+    return lines + [""]
+
+
 # -- the ablation -------------------------------------------------------------------------------
 def ablation_section(path: Path) -> list[str]:
     """The safety corrections switched on and off (``research/safety_ablation.py``'s JSON)."""
@@ -483,11 +518,12 @@ INTRO = (
 
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
-           ablation: Optional[Path] = None, training_ledger: Optional[Path] = None) -> str:
+           ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
+           batch_sweep: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
-    calibration of CPO's training steps."""
+    calibration of CPO's training steps; with ``batch_sweep``, the batch-size table."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -521,6 +557,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     lines += calibration_section(families, figure, training_ledger)
     if ablation is not None:
         lines += ablation_section(ablation)
+    if batch_sweep is not None:
+        lines += batch_size_section(batch_sweep)
     if results is not None:
         lines += investigation_section(results)
     return "\n".join(lines).rstrip() + "\n"
@@ -542,10 +580,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                         help="safety_ablation.py's JSON ('' : no ablation section)")
     parser.add_argument("--training-ledger", type=Path, default=DEFAULT_TRAINING_LEDGER,
                         help="safety_ablation.py --train-eval-interval 1 JSON ('': none)")
+    parser.add_argument("--batch-sweep", type=Path, default=DEFAULT_BATCH_SWEEP,
+                        help="metacpo sweep --json of episodes_per_task ('': none)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
-                             ("training_ledger", args.training_ledger))}
+                             ("training_ledger", args.training_ledger),
+                             ("batch_sweep", args.batch_sweep))}
     page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)

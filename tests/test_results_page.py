@@ -24,7 +24,8 @@ def test_results_page_matches_the_committed_json() -> None:
     assert splits == {"test", "test_tight"}
     page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS,
                                ablation=results_page.DEFAULT_ABLATION,
-                               training_ledger=results_page.DEFAULT_TRAINING_LEDGER)
+                               training_ledger=results_page.DEFAULT_TRAINING_LEDGER,
+                               batch_sweep=results_page.DEFAULT_BATCH_SWEEP)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():

@@ -122,6 +122,7 @@ def _write_sweep_json(path: str, spec: Any, rows: list, command_line: str) -> No
     data = {"name": spec.name, "family": spec.family, "algorithms": spec.algorithms,
             "iterations": spec.iterations, "training": spec.training, "grid": spec.grid,
             "env_config": spec.env_config, "adaptation": dataclasses.asdict(spec.adaptation),
+            "evaluation": spec.evaluation,
             "rows": rows,
             "provenance": {"commit": tracking.git_commit(), "machine": provenance.machine(),
                            "command": command_line,
