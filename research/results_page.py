@@ -18,7 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from metacpo_rllib.evaluation_stats import calibration_markdown, calibration_table
+from metacpo_rllib.evaluation_stats import (across_seeds, calibration_markdown,
+                                             calibration_table, format_pm)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
@@ -94,19 +95,15 @@ def train_eval(seeds: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof = 1; NaN for one value or none)."""
-    if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1
-                                    else math.nan)
+    """Mean and sample std over seeds (``evaluation_stats.across_seeds``: NaN std for one
+    value; NaN mean for none)."""
+    stat = across_seeds(values)
+    return stat["mean"], stat["std"]
 
 
 def pm(values: Sequence[float], digits: int = 2) -> str:
     """mean ± std over seeds; a single seed shows its value alone."""
-    mean, std = mean_std(values)
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return format_pm(across_seeds(values), digits)
 
 
 def steps_of(data: Mapping[str, Any]) -> list[int]:
