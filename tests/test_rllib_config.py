@@ -1,10 +1,12 @@
 """MetaCPOConfig and variants: switches, validation (ValueError naming the field), exports, lazy imports."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
+from ray.rllib.callbacks.callbacks import RLlibCallback
 
 import metacpo_rllib
 from metacpo_rllib.rllib import ALGO_CONFIGS, CPO, TRPO, MetaCPO, MetaTRPO
@@ -95,6 +97,43 @@ def test_invalid_env_and_family_override_are_named():
         MetaCPOConfig().environment("PointNav", env_config={"no_such_option": 1}).validate()
     with pytest.raises(ValueError, match=r"^num_learners:"):
         MetaCPOConfig().environment("PointNav").learners(num_learners=2).validate()
+
+
+class _EpisodeEndCallback(RLlibCallback):
+    def on_episode_end(self, **kwargs) -> None:
+        pass
+
+
+class _TrainResultCallback(RLlibCallback):
+    def on_train_result(self, **kwargs) -> None:
+        pass
+
+
+#: RLlib settings the Meta-CPO sampler would ignore: (field named, how the config sets it).
+IGNORED_SETTINGS = [
+    ("env_to_module_connector", lambda c: c.env_runners(env_to_module_connector=lambda env: [])),
+    ("module_to_env_connector", lambda c: c.env_runners(module_to_env_connector=lambda env: [])),
+    ("normalize_actions", lambda c: c.environment(normalize_actions=True)),
+    ("explore", lambda c: c.env_runners(explore=False)),
+    ("batch_mode", lambda c: c.env_runners(batch_mode="truncate_episodes")),
+    ("callbacks.on_episode_step", lambda c: c.callbacks(on_episode_step=lambda **kw: None)),
+    ("callbacks.on_sample_end", lambda c: c.callbacks(on_sample_end=lambda **kw: None)),
+    ("callbacks_class", lambda c: c.callbacks(_EpisodeEndCallback)),
+    ("callbacks_class", lambda c: c.callbacks([_TrainResultCallback, _EpisodeEndCallback])),
+]
+
+
+@pytest.mark.parametrize("field,configure", IGNORED_SETTINGS,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(IGNORED_SETTINGS)])
+def test_sampling_settings_the_sampler_would_ignore_are_rejected(field, configure):
+    cfg = configure(MetaCPOConfig().environment("PointNav"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(field)}:"):
+        cfg.validate()
+
+
+def test_callbacks_the_sampler_does_not_bypass_are_accepted():
+    (MetaCPOConfig().environment("PointNav")
+     .callbacks(_TrainResultCallback, on_train_result=lambda **kw: None).validate())
 
 
 def test_valid_configs_validate():

@@ -19,6 +19,19 @@ def _bad(field: str, why: str, value: Any) -> None:
     raise ValueError(f"{field}: {why}, got {value!r}")
 
 
+#: RLlib callbacks of sampled episodes and batches, which the Meta-CPO sampler never calls.
+_EPISODE_HOOKS = ("on_episode_created", "on_episode_start", "on_episode_step",
+                  "on_episode_end", "on_sample_end")
+
+
+def _overrides(cls: Any, hook: str) -> bool:
+    """Whether callbacks class ``cls`` defines ``hook`` itself (not RLlib's no-op)."""
+    from ray.rllib.callbacks.callbacks import RLlibCallback
+
+    own = getattr(cls, hook, None)
+    return own is not None and own is not getattr(RLlibCallback, hook, None)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -270,6 +283,38 @@ class MetaCPOConfig(AlgorithmConfig):
                  self.num_learners)
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
+        self.validate_sampling()
+
+    def validate_sampling(self) -> None:
+        """Raise ValueError naming the first RLlib sampling setting that the Meta-CPO
+        sampler (``rllib.episodes``: raw observations, whole episodes, stochastic actions,
+        clipped only on their way to the env) would silently ignore."""
+        for field in ("env_to_module_connector", "module_to_env_connector"):
+            if getattr(self, "_" + field) is not None:
+                _bad(field, "the Meta-CPO sampler runs no connector pipelines (the policy "
+                     "sees the env's observations, the env the clipped actions)",
+                     getattr(self, "_" + field))
+        if self.normalize_actions is not False:
+            _bad("normalize_actions", "the Meta-CPO sampler does not squash actions "
+                 "(set False; clip_actions clips the env's copy)", self.normalize_actions)
+        if self.explore is not True:
+            _bad("explore", "learning samples the stochastic policy (set True; "
+                 "adapt(deterministic=True) evaluates the mean action)", self.explore)
+        if self.batch_mode != "complete_episodes":
+            _bad("batch_mode", "the Meta-CPO sampler collects whole episodes "
+                 "('complete_episodes')", self.batch_mode)
+        for hook in _EPISODE_HOOKS:
+            value = getattr(self, "callbacks_" + hook)
+            if value is not None:
+                _bad(f"callbacks.{hook}", "the Meta-CPO sampler runs no RLlib episodes, so "
+                     "episode / sample callbacks are never called", value)
+        classes = self.callbacks_class
+        for cls in classes if isinstance(classes, (list, tuple)) else [classes]:
+            hook = next((h for h in _EPISODE_HOOKS if _overrides(cls, h)), None)
+            if hook is not None:
+                name = getattr(cls, "__name__", repr(cls))
+                _bad("callbacks_class", f"{name}.{hook} would never be called (the "
+                     "Meta-CPO sampler runs no RLlib episodes)", cls)
 
     # -- RLlib defaults -------------------------------------------------------------------
     def get_default_rl_module_spec(self) -> RLModuleSpec:
