@@ -32,6 +32,30 @@ def test_variants_are_exported_and_set_the_switches():
         assert getattr(metacpo_rllib, name).__name__ == name
 
 
+def test_every_algorithm_name_comes_from_the_one_table():
+    """The CLI choices, the YAML / Tune names, the config classes, the Tune registry and the
+    figure styles are the rows of ``algorithms.ALGORITHM_TABLE``, looked up by either name."""
+    from ray.tune.registry import get_trainable_cls
+
+    from metacpo_rllib.algorithms import ALGORITHM_TABLE, algorithm_info
+    from metacpo_rllib.cli_support import ALGO_NAMES
+    from metacpo_rllib.experiments.plots import _style
+    from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, config_class
+
+    assert ALGO_NAMES == tuple(a.cli for a in ALGORITHM_TABLE)
+    assert ALGORITHM_NAMES == tuple(a.name for a in ALGORITHM_TABLE)
+    for info in ALGORITHM_TABLE:
+        assert algorithm_info(info.cli) is algorithm_info(info.name) is info
+        cfg = ALGO_CONFIGS[info.cli]()
+        assert type(cfg) is config_class(info.name) is info.config_class()
+        assert cfg.algo_class is info.algorithm_class() is get_trainable_cls(info.name)
+        assert (cfg.meta, cfg.constrained) == (info.meta, info.constrained)
+        assert _style(info.name)["color"] == info.color
+    assert len({a.color for a in ALGORITHM_TABLE}) == len(ALGORITHM_TABLE)
+    with pytest.raises(KeyError, match="unknown algorithm 'PPO'"):
+        algorithm_info("PPO")
+
+
 def test_training_sets_fields_and_meta_switch_sets_inner_steps():
     cfg = MetaCPOConfig().training(
         inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, cost_limit=7.5,

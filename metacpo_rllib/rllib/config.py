@@ -7,6 +7,7 @@ from typing import Any, Optional
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
 from metacpo_rllib.rllib.registry import family_overrides, register_envs
@@ -49,17 +50,15 @@ class MetaCPOConfig(AlgorithmConfig):
     means TRPO steps (the cost constraint is ignored by the update, still measured).
     """
 
-    #: (meta, constrained) defaults of this class; the variants override them.
-    _switches: tuple[bool, bool] = (True, True)
+    #: This class's row of ``algorithms.ALGORITHM_TABLE`` (its Algorithm class and the
+    #: defaults of the switches ``meta`` / ``constrained``); the variants override it.
+    _algorithm: str = "MetaCPO"
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import MetaCPO
-            algo_class = MetaCPO
-        super().__init__(algo_class=algo_class)
-        meta, constrained = self._switches
-        self.meta = meta
-        self.constrained = constrained
+        info = algorithm_info(self._algorithm)
+        super().__init__(algo_class=algo_class or info.algorithm_class())
+        meta = self.meta = info.meta
+        self.constrained = info.constrained
         self.inner_steps = 1 if meta else 0
         self.tasks_per_iteration = 4
         self.episodes_per_task = 4
@@ -333,34 +332,16 @@ class MetaCPOConfig(AlgorithmConfig):
 class MetaTRPOConfig(MetaCPOConfig):
     """Meta-TRPO: meta-learning with unconstrained (TRPO) inner and outer steps."""
 
-    _switches = (True, False)
-
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import MetaTRPO
-            algo_class = MetaTRPO
-        super().__init__(algo_class=algo_class)
+    _algorithm = "MetaTRPO"
 
 
 class CPOConfig(MetaCPOConfig):
     """CPO: no inner loop; the CPO update on the tasks' batches sampled by θ."""
 
-    _switches = (False, True)
-
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import CPO
-            algo_class = CPO
-        super().__init__(algo_class=algo_class)
+    _algorithm = "CPO"
 
 
 class TRPOConfig(MetaCPOConfig):
     """TRPO: no inner loop and no constraint in the update."""
 
-    _switches = (False, False)
-
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import TRPO
-            algo_class = TRPO
-        super().__init__(algo_class=algo_class)
+    _algorithm = "TRPO"
