@@ -1,9 +1,9 @@
 """The four algorithms, once: how the CLI, Tune / RLlib, the configs, reports and figures name
-them. Ray-free (the CLI checks its flags and ``import metacpo_rllib`` runs without Ray); the
-RLlib classes are looked up by name on first use."""
+them. Plain data, importing nothing of the package and no Ray (the CLI checks its flags and
+``import metacpo_rllib`` runs without Ray); ``rllib.config.config_class(name)`` and Tune's
+registry map a name to its classes."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +23,8 @@ class AlgorithmInfo:
 
     @property
     def config_name(self) -> str:
-        """The AlgorithmConfig class in ``metacpo_rllib.rllib.config``."""
+        """The name of its AlgorithmConfig class (``rllib.config``)."""
         return f"{self.name}Config"
-
-    def algorithm_class(self) -> type:
-        """The RLlib Algorithm class (imports the RLlib layer)."""
-        return getattr(importlib.import_module("metacpo_rllib.rllib.algorithm"), self.name)
-
-    def config_class(self) -> type:
-        """The AlgorithmConfig class (imports the RLlib layer)."""
-        return getattr(importlib.import_module("metacpo_rllib.rllib.config"), self.config_name)
 
     def style(self) -> dict[str, Any]:
         """matplotlib keyword arguments of this algorithm's lines."""

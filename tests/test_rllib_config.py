@@ -41,14 +41,17 @@ def test_every_algorithm_name_comes_from_the_one_table():
     from metacpo_rllib.cli_support import ALGO_NAMES
     from metacpo_rllib.experiments.plots import _style
     from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, config_class
+    from metacpo_rllib.rllib.config import config_class as rllib_config_class
 
     assert ALGO_NAMES == tuple(a.cli for a in ALGORITHM_TABLE)
     assert ALGORITHM_NAMES == tuple(a.name for a in ALGORITHM_TABLE)
     for info in ALGORITHM_TABLE:
         assert algorithm_info(info.cli) is algorithm_info(info.name) is info
         cfg = ALGO_CONFIGS[info.cli]()
-        assert type(cfg) is config_class(info.name) is info.config_class()
-        assert cfg.algo_class is info.algorithm_class() is get_trainable_cls(info.name)
+        assert type(cfg) is config_class(info.name) is rllib_config_class(info.cli)
+        assert type(cfg).__name__ == info.config_name
+        assert cfg.algo_class is get_trainable_cls(info.name)
+        assert cfg.algo_class.__name__ == info.name
         assert (cfg.meta, cfg.constrained) == (info.meta, info.constrained)
         assert _style(info.name)["color"] == info.color
     assert len({a.color for a in ALGORITHM_TABLE}) == len(ALGORITHM_TABLE)

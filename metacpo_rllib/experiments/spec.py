@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 
-from metacpo_rllib.algorithms import TUNE_NAMES, algorithm_info
+from metacpo_rllib.algorithms import TUNE_NAMES
 
 #: The Tune names of the algorithms (registered by ``metacpo_rllib.rllib``).
 ALGORITHM_NAMES = TUNE_NAMES
@@ -145,7 +145,9 @@ class SweepSpec:
 # -- the config classes' fields --------------------------------------------------------------
 def config_class(algorithm: str) -> type:
     """The AlgorithmConfig class of a Tune algorithm name."""
-    return algorithm_info(algorithm).config_class()
+    from metacpo_rllib.rllib import config
+
+    return config.config_class(algorithm)
 
 
 def setter_fields(method: Any) -> set[str]:

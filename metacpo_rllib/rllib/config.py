@@ -55,8 +55,11 @@ class MetaCPOConfig(AlgorithmConfig):
     _algorithm: str = "MetaCPO"
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
+        if algo_class is None:
+            from metacpo_rllib.rllib import algorithm  # (it imports this module)
+            algo_class = getattr(algorithm, self._algorithm)
+        super().__init__(algo_class=algo_class)
         info = algorithm_info(self._algorithm)
-        super().__init__(algo_class=algo_class or info.algorithm_class())
         meta = self.meta = info.meta
         self.constrained = info.constrained
         self.inner_steps = 1 if meta else 0
@@ -345,3 +348,8 @@ class TRPOConfig(MetaCPOConfig):
     """TRPO: no inner loop and no constraint in the update."""
 
     _algorithm = "TRPO"
+
+
+def config_class(algorithm: str) -> type:
+    """The config class of an algorithm's Tune or CLI name ("MetaCPO", "meta-cpo")."""
+    return globals()[algorithm_info(algorithm).config_name]

@@ -36,8 +36,11 @@ def register_envs() -> None:
 
 def register_algorithms() -> None:
     """Register the Algorithm classes with Tune (``tune.run("MetaCPO", ...)``)."""
-    for info in ALGORITHM_TABLE:
-        register_trainable(info.name, info.algorithm_class())
+    import importlib
+
+    for name, target in ALGORITHMS.items():
+        module, cls = target.split(":")
+        register_trainable(name, getattr(importlib.import_module(module), cls))
 
 
 def register_all() -> None:
