@@ -9,7 +9,7 @@ import pytest
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 import metacpo_rllib
-from metacpo_rllib.rllib import ALGO_CONFIGS, CPO, TRPO, MetaCPO, MetaTRPO
+from metacpo_rllib.rllib import ALGO_CONFIGS, ALGORITHMS, CPO, TRPO, MetaCPO, MetaTRPO
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 
 
@@ -33,10 +33,9 @@ def test_variants_are_exported_and_set_the_switches():
 
 
 def test_every_algorithm_name_comes_from_the_one_table():
-    """The CLI choices, the YAML / Tune names, the config classes, the Tune registry and the
-    figure styles are the rows of ``algorithms.ALGORITHM_TABLE``, looked up by either name."""
-    from ray.tune.registry import get_trainable_cls
-
+    """The CLI choices, the YAML / Tune names, the config classes, the Tune registrations
+    and the figure styles are the rows of ``algorithms.ALGORITHM_TABLE``, looked up by
+    either name (``test_registered_with_tune`` checks the registry itself)."""
     from metacpo_rllib.algorithms import ALGORITHM_TABLE, algorithm_info
     from metacpo_rllib.cli_support import ALGO_NAMES
     from metacpo_rllib.experiments.plots import _style
@@ -50,8 +49,8 @@ def test_every_algorithm_name_comes_from_the_one_table():
         cfg = ALGO_CONFIGS[info.cli]()
         assert type(cfg) is config_class(info.name) is rllib_config_class(info.cli)
         assert type(cfg).__name__ == info.config_name
-        assert cfg.algo_class is get_trainable_cls(info.name)
-        assert cfg.algo_class.__name__ == info.name
+        assert cfg.algo_class is getattr(metacpo_rllib, info.name)
+        assert ALGORITHMS[info.name] == f"{cfg.algo_class.__module__}:{info.name}"
         assert (cfg.meta, cfg.constrained) == (info.meta, info.constrained)
         assert _style(info.name)["color"] == info.color
     assert len({a.color for a in ALGORITHM_TABLE}) == len(ALGORITHM_TABLE)
