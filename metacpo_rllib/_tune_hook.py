@@ -15,11 +15,11 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from metacpo_rllib.algorithms import TUNE_NAMES  # the names this package registers
+
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
-#: The Tune names this package registers (``metacpo_rllib.rllib.registry.ALGORITHMS``).
-TUNE_NAMES = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
 _TARGET = "ray.tune.registry"
 
 

@@ -18,6 +18,7 @@ from metacpo_rllib.cli_support import (  # noqa: F401 (re-exported: the CLI's he
     ALGO_NAMES,
     COMMANDS,
     Command,
+    DeprecatedFlag,
     HelpFormatter,
     Parser,
     SAFETY_FAMILIES,
@@ -51,9 +52,9 @@ COMMAND_MODULES: tuple[str, ...] = ("metacpo_rllib.experiments.commands",
 
 
 
-def _test_tasks(family: Any, args: argparse.Namespace, split: str = "test") -> list:
-    return family.sample_tasks(args.tasks, split, seed=args.task_seed,
-                               cost_limit=args.cost_limit)
+def _test_tasks(family: Any, args: argparse.Namespace, cost_limit: Optional[float],
+                split: str = "test") -> list:
+    return family.sample_tasks(args.tasks, split, seed=args.task_seed, cost_limit=cost_limit)
 
 
 def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str,
@@ -105,8 +106,11 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-cost-limit", type=number(0), default=None,
                         help="override every training task's cost limit (default: the "
                              "family's train limit)")
-    parser.add_argument("--cost-limit", type=number(0), default=None,
-                        help="held-out tasks' cost limit (default: the family's test limit)")
+    parser.add_argument("--test-cost-limit", type=number(0), default=None,
+                        help="held-out test tasks' cost limit (default: the family's test "
+                             "limit)")
+    parser.add_argument("--cost-limit", action=DeprecatedFlag, new="--test-cost-limit",
+                        dest="test_cost_limit", type=number(0), default=None)
     parser.add_argument("--env-config", type=json_object, default={},
                         help="family overrides as JSON, e.g. '{\"horizon\": 40}'")
     parser.add_argument("--json", type=abs_path, default=None, metavar="FILE",
@@ -138,7 +142,7 @@ def _tracking(args: argparse.Namespace, config: Any) -> Iterator[Any]:
 
     params = {"iterations": args.iterations, "test_tasks": args.tasks,
               "adapt_steps": args.steps,
-              **cost_limits(config, args.cost_limit)}
+              **cost_limits(config, args.test_cost_limit)}
     with log_training_run(config, tracking_uri=uri, experiment=experiment,
                           params=params) as run:
         yield run
@@ -254,7 +258,7 @@ def run_train(args: argparse.Namespace) -> int:
                 _log_theta(run, algo, getattr(args, "register_model", None))
             report = None
             if args.tasks > 0:
-                tasks = _test_tasks(algo.family, args)
+                tasks = _test_tasks(algo.family, args, args.test_cost_limit)
                 report = _run_adaptation(
                     algo, tasks, args,
                     f"held-out {args.family} test tasks (return / cost per adaptation step)")
@@ -378,7 +382,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             if args.family not in (None, family.name):
                 raise UsageError(f"--family: the checkpoint's policy was trained on "
                                  f"{family.name}, not {args.family}")
-            tasks = _test_tasks(family, args, args.split)
+            tasks = _test_tasks(family, args, args.cost_limit, args.split)
             with _adapt_tracking(args, algo) as run:
                 report = _run_adaptation(
                     algo, tasks, args,

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional
 
 from metacpo_rllib import console
+from metacpo_rllib.algorithms import CLI_NAMES
 
-ALGO_NAMES = ("meta-cpo", "meta-trpo", "cpo", "trpo")
+ALGO_NAMES = CLI_NAMES
 SAFETY_FAMILIES = ("PointCircle", "CarCircleHazard", "PointButton")
 
 
@@ -82,6 +83,23 @@ def number(low: Optional[float] = None, high: Optional[float] = None,
         return value
     convert.__name__ = "number"
     return convert
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag name that keeps working: it stores into the new flag's ``dest`` and says
+    on stderr which flag replaces it (``parser.add_argument("--old", action=DeprecatedFlag,
+    dest=..., new="--new", type=...)``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        kwargs.setdefault("help", f"deprecated: the old name of {new} (same value and default)")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.new} "
+              "(the same value)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def json_object(text: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Whole-episode rollouts of a Gaussian policy on gymnasium task envs, without Ray: the
-sampling core of the EnvRunners (``rllib.episodes.sample_jobs``), of ``metacpo eval`` and of
-the benchmarks.
+"""Whole-episode rollouts of a Gaussian policy on gymnasium task envs, without Ray: the one
+sampler of the project, used by the EnvRunners (``rllib.episodes.sample_jobs``), by
+``metacpo eval``, by the benchmarks, the research scripts and the tests
+(:func:`sample_episodes` for one env and a policy at given parameters).
 
 The rollout bypasses ``SingleAgentEnvRunner.sample()`` (its connector pipelines and per-step
 bookkeeping cost about as much as the simulator); it steps the runner's sub-envs directly
@@ -26,6 +27,7 @@ with one batched policy forward per step. Conventions (the same as RLlib's sampl
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from metacpo_rllib.optim import EpisodeData
+from metacpo_rllib.optim.policy import Params
 
 #: obs batch [B, obs_dim] float32 -> (mean [B, act_dim], log_std [B, act_dim]) float32.
 PolicyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -96,6 +99,20 @@ def torch_policy(pi: torch.nn.Module) -> PolicyFn:
     return policy
 
 
+def sampling_policy(pi: torch.nn.Module, params: Optional[Params] = None) -> PolicyFn:
+    """The sampling policy of ``pi`` (a GaussianMLP or any obs -> (mean, log_std) module),
+    at ``params`` (name -> tensor, e.g. θ plus a step) when given, else at its own weights:
+    a numpy copy when ``pi`` has the GaussianMLP structure, else through torch."""
+    if params is not None:
+        pi = copy.deepcopy(pi)
+        with torch.no_grad():
+            pi.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+    return numpy_policy(pi) or torch_policy(pi)
+
+
+def action_bounds(space: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of a Box action space as float32: the clip bounds of the env actions."""
+    return space.low.astype(np.float32), space.high.astype(np.float32)
 
 
 def gaussian_logp(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -238,6 +255,15 @@ def rollout(envs: Sequence[Any], policy: PolicyFn, num_episodes: int,
                     active[slot] = _start(envs[slot], index, streams)
     ordered = [done[i] for i in range(num_episodes)]
     return [d for d, _, _ in ordered], [t for _, t, _ in ordered], [s for _, _, s in ordered]
+
+
+def sample_episodes(env: Any, policy: PolicyFn, num_episodes: int,
+                    seed: Optional[int | Mapping[str, Any]] = None) -> list[EpisodeData]:
+    """``num_episodes`` episodes of ``env``'s current task, as a learning job of an EnvRunner
+    samples them (actions clipped to ``env.action_space``, the conventions of this module):
+    the Ray-free entry point for tests and research scripts."""
+    low, high = action_bounds(env.action_space)
+    return rollout([env], policy, num_episodes, seed, low, high)[0]
 
 
 def _start(env: Any, index: int, streams: Sequence[tuple[Optional[int], np.random.Generator]]

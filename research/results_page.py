@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from metacpo_rllib.algorithms import TUNE_NAMES, algorithm_info
 from metacpo_rllib.evaluation_stats import (across_seeds, calibration_markdown,
                                              calibration_table, format_pm)
 
@@ -27,9 +28,9 @@ DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
-ALGORITHMS = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
+ALGORITHMS = TUNE_NAMES
 #: The algorithms with a cost model (their steps enter the calibration ledger).
-CONSTRAINED = ("MetaCPO", "CPO")
+CONSTRAINED = tuple(name for name in TUNE_NAMES if algorithm_info(name).constrained)
 #: Adaptation steps shown in the tables (those a run has).
 REPORT_STEPS = (0, 1, 2, 3, 5)
 #: The targets of the comparison (checked on the family named here).
@@ -452,7 +453,7 @@ def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
     s = checks[0]["settings"]
     lines = [
         "### Is the cost surrogate predictive?", "",
-        f"The surrogate check ({checks[0]['family']}): one "
+        f"`python research/surrogate_check.py` ({checks[0]['family']}): one "
         f"CPO recovery step (pure cost descent, KL radius {s['delta']}) from a batch of the "
         "given size; *predicted* is the surrogate's bᵀx, *realised* the change of the mean "
         f"episode cost over {s['eval_episodes']} fresh episodes (the same env and noise "

@@ -1,13 +1,15 @@
 """Meta-CPO on the constrained bandit: after meta-training, ≤ 3 inner steps make new tasks safe."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from metacpo_rllib.envs import make_family
-from metacpo_rllib.local_sampler import sample_episodes
 from metacpo_rllib.optim import GaussianMLP, UpdateConfig, make_batch, meta_update, params_of
 from metacpo_rllib.optim.meta import adaptation_step
 from metacpo_rllib.optim.policy import detached, forward
+from metacpo_rllib.rollout import sample_episodes, sampling_policy
 
 LIMIT = 5.0   # episode-cost limit of every task here (20 pulls, cost 0/1 per pull)
 EPISODES = 30
@@ -32,11 +34,12 @@ def test_meta_cpo_makes_new_bandit_tasks_safe_within_three_steps():
     family = make_family("ConstrainedBandit")
     env = family.make_env()
     module = GaussianMLP(1, 4, hidden=(16,), init_log_std=0.0)
-    gen = torch.Generator().manual_seed(0)
+    seeds = itertools.count()  # every batch its own seed: reproducible, never repeated
 
     def batch(task, params):
         env.set_task(task)
-        episodes = sample_episodes(env, module, params, EPISODES, rng=gen)
+        episodes = sample_episodes(env, sampling_policy(module, params), EPISODES,
+                                   seed=next(seeds))
         return make_batch(episodes, task_id=task.task_id, cost_limit=task.cost_limit)
 
     def safe_within_three_steps(params):

@@ -26,6 +26,7 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize("argv,flag", [
     (["train", "--family", "PointNav", "--cost-limit", "-3"], "--cost-limit"),
     (["train", "--family", "PointNav", "--train-cost-limit", "nan"], "--train-cost-limit"),
+    (["train", "--family", "PointNav", "--test-cost-limit", "-1"], "--test-cost-limit"),
     (["train", "--family", "PointNav", "--iterations", "0"], "--iterations"),
     (["train", "--family", "PointNav", "--inner-delta", "0"], "--inner-delta"),
     (["train", "--family", "PointNav", "--trust-region-delta", "nan"], "--trust-region-delta"),
@@ -51,6 +52,21 @@ def test_bad_numbers_are_rejected_by_the_parser(argv, flag, capsys) -> None:
     assert cli.main(argv) == 2
     line = _one_line_error(capsys)
     assert line.startswith(f"metacpo {argv[0]}: error: argument {flag}"), line
+
+
+def test_train_cost_limit_is_the_deprecated_name_of_test_cost_limit(capsys) -> None:
+    """``train --cost-limit`` (the held-out tasks' limit) still works, under the clear name
+    ``--test-cost-limit``, and says so once on stderr; the new name says nothing."""
+    parser = cli.build_parser()
+    old = parser.parse_args(["train", "--family", "PointNav", "--cost-limit", "5"])
+    assert old.test_cost_limit == 5.0 and not hasattr(old, "cost_limit")
+    assert _one_line_error(capsys) == ("metacpo train: warning: --cost-limit is deprecated, "
+                                       "use --test-cost-limit (the same value)")
+    new = parser.parse_args(["train", "--family", "PointNav", "--test-cost-limit", "4",
+                             "--train-cost-limit", "9"])
+    assert (new.test_cost_limit, new.train_cost_limit) == (4.0, 9.0)
+    assert capsys.readouterr().err == ""
+    assert cli.build_config(new).cost_limit == 9.0  # the config's field is the training limit
 
 
 def test_cost_limit_error_comes_in_seconds_without_ray() -> None:

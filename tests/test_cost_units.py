@@ -2,10 +2,10 @@
 import torch
 
 from metacpo_rllib.envs import Task, make_family
-from metacpo_rllib.local_sampler import sample_episodes
 from metacpo_rllib.optim import GaussianMLP, UpdateConfig, make_batch, params_of
 from metacpo_rllib.optim.meta import inner_step
 from metacpo_rllib.optim.policy import detached, forward
+from metacpo_rllib.rollout import sample_episodes, sampling_policy
 
 REWARDS = [0.2, 1.0, 0.6, 0.4]
 COSTS = [0.1, 0.9, 0.5, 0.7]
@@ -31,8 +31,7 @@ def test_predicted_cost_change_matches_realised_change():
     env = family.make_env(task)
     module = GaussianMLP(1, 4, hidden=(8,), init_log_std=0.0)
     theta = detached(params_of(module))
-    episodes = sample_episodes(env, module, theta, 600, rng=torch.Generator().manual_seed(0),
-                               seed=0)
+    episodes = sample_episodes(env, sampling_policy(module, theta), 600, seed=0)
     batch = make_batch(episodes, cost_limit=task.cost_limit, cost_gamma=1.0, cost_lam=1.0)
     assert batch.constraint_value > 0  # the uniform policy violates h = 5 (J_C ≈ 11)
     cfg = UpdateConfig(inner_steps=1, metric="euclidean", inner_delta=0.02)

@@ -1,13 +1,15 @@
 """MetaCPOConfig and variants: switches, validation (ValueError naming the field), exports, lazy imports."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
+from ray.rllib.callbacks.callbacks import RLlibCallback
 
 import metacpo_rllib
-from metacpo_rllib.rllib import ALGO_CONFIGS, CPO, TRPO, MetaCPO, MetaTRPO
+from metacpo_rllib.rllib import ALGO_CONFIGS, ALGORITHMS, CPO, TRPO, MetaCPO, MetaTRPO
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 
 
@@ -28,6 +30,32 @@ def test_variants_are_exported_and_set_the_switches():
     assert set(ALGO_CONFIGS) == {"meta-cpo", "meta-trpo", "cpo", "trpo"}
     for name in ("MetaCPO", "MetaTRPO", "CPO", "TRPO"):
         assert getattr(metacpo_rllib, name).__name__ == name
+
+
+def test_every_algorithm_name_comes_from_the_one_table():
+    """The CLI choices, the YAML / Tune names, the config classes, the Tune registrations
+    and the figure styles are the rows of ``algorithms.ALGORITHM_TABLE``, looked up by
+    either name (``test_registered_with_tune`` checks the registry itself)."""
+    from metacpo_rllib.algorithms import ALGORITHM_TABLE, algorithm_info
+    from metacpo_rllib.cli_support import ALGO_NAMES
+    from metacpo_rllib.experiments.plots import _style
+    from metacpo_rllib.experiments.spec import ALGORITHM_NAMES, config_class
+    from metacpo_rllib.rllib.config import config_class as rllib_config_class
+
+    assert ALGO_NAMES == tuple(a.cli for a in ALGORITHM_TABLE)
+    assert ALGORITHM_NAMES == tuple(a.name for a in ALGORITHM_TABLE)
+    for info in ALGORITHM_TABLE:
+        assert algorithm_info(info.cli) is algorithm_info(info.name) is info
+        cfg = ALGO_CONFIGS[info.cli]()
+        assert type(cfg) is config_class(info.name) is rllib_config_class(info.cli)
+        assert type(cfg).__name__ == info.config_name
+        assert cfg.algo_class is getattr(metacpo_rllib, info.name)
+        assert ALGORITHMS[info.name] == f"{cfg.algo_class.__module__}:{info.name}"
+        assert (cfg.meta, cfg.constrained) == (info.meta, info.constrained)
+        assert _style(info.name)["color"] == info.color
+    assert len({a.color for a in ALGORITHM_TABLE}) == len(ALGORITHM_TABLE)
+    with pytest.raises(KeyError, match="unknown algorithm 'PPO'"):
+        algorithm_info("PPO")
 
 
 def test_training_sets_fields_and_meta_switch_sets_inner_steps():
@@ -95,6 +123,43 @@ def test_invalid_env_and_family_override_are_named():
         MetaCPOConfig().environment("PointNav", env_config={"no_such_option": 1}).validate()
     with pytest.raises(ValueError, match=r"^num_learners:"):
         MetaCPOConfig().environment("PointNav").learners(num_learners=2).validate()
+
+
+class _EpisodeEndCallback(RLlibCallback):
+    def on_episode_end(self, **kwargs) -> None:
+        pass
+
+
+class _TrainResultCallback(RLlibCallback):
+    def on_train_result(self, **kwargs) -> None:
+        pass
+
+
+#: RLlib settings the Meta-CPO sampler would ignore: (field named, how the config sets it).
+IGNORED_SETTINGS = [
+    ("env_to_module_connector", lambda c: c.env_runners(env_to_module_connector=lambda env: [])),
+    ("module_to_env_connector", lambda c: c.env_runners(module_to_env_connector=lambda env: [])),
+    ("normalize_actions", lambda c: c.environment(normalize_actions=True)),
+    ("explore", lambda c: c.env_runners(explore=False)),
+    ("batch_mode", lambda c: c.env_runners(batch_mode="truncate_episodes")),
+    ("callbacks.on_episode_step", lambda c: c.callbacks(on_episode_step=lambda **kw: None)),
+    ("callbacks.on_sample_end", lambda c: c.callbacks(on_sample_end=lambda **kw: None)),
+    ("callbacks_class", lambda c: c.callbacks(_EpisodeEndCallback)),
+    ("callbacks_class", lambda c: c.callbacks([_TrainResultCallback, _EpisodeEndCallback])),
+]
+
+
+@pytest.mark.parametrize("field,configure", IGNORED_SETTINGS,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(IGNORED_SETTINGS)])
+def test_sampling_settings_the_sampler_would_ignore_are_rejected(field, configure):
+    cfg = configure(MetaCPOConfig().environment("PointNav"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(field)}:"):
+        cfg.validate()
+
+
+def test_callbacks_the_sampler_does_not_bypass_are_accepted():
+    (MetaCPOConfig().environment("PointNav")
+     .callbacks(_TrainResultCallback, on_train_result=lambda **kw: None).validate())
 
 
 def test_valid_configs_validate():

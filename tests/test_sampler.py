@@ -150,6 +150,21 @@ def test_numpy_policy_matches_the_torch_module(runners):
     np.testing.assert_allclose(log_std_np, log_std_t)
 
 
+def test_ray_free_sampler_gives_the_runners_episodes(runners, task):
+    """``rollout.sample_episodes`` on a plain env with a policy at given parameters (what
+    tests and research scripts use) samples exactly what an EnvRunner's job samples."""
+    from metacpo_rllib.optim import GaussianMLP
+    from metacpo_rllib.rllib.module import weights_to_params
+    from metacpo_rllib.rollout import sample_episodes, sampling_policy
+
+    weights = _weights(6, log_std=0.3)
+    expected = _sample(runners[1], task, 3, seed=17, weights=weights)["episodes"]
+    env = make_family(FAMILY, horizon=HORIZON).make_env(task)
+    params = {k: v.float() for k, v in weights_to_params(weights).items()}
+    episodes = sample_episodes(env, sampling_policy(GaussianMLP(6, 2), params), 3, seed=17)
+    _assert_same(episodes, expected)
+
+
 def test_steps_and_episodes_reach_the_runner_metrics(task):
     runner = _runner(2)
     try:

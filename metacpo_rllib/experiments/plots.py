@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from metacpo_rllib.algorithms import algorithm_info
 
 
 def _pyplot() -> Any:
@@ -17,14 +19,12 @@ def _pyplot() -> Any:
     return plt
 
 
-#: Fixed colour, marker and line style per algorithm (identical curves stay visible).
-STYLES = {"MetaCPO": ("tab:blue", "o", "-"), "MetaTRPO": ("tab:orange", "s", "--"),
-          "CPO": ("tab:green", "^", "-."), "TRPO": ("tab:red", "D", ":")}
-
-
 def _style(algorithm: str) -> dict[str, Any]:
-    color, marker, linestyle = STYLES.get(algorithm, (None, "o", "-"))
-    return {"color": color, "marker": marker, "linestyle": linestyle, "label": algorithm}
+    """The algorithm's fixed colour, marker and line style (``algorithms.ALGORITHM_TABLE``)."""
+    try:
+        return algorithm_info(algorithm).style()
+    except KeyError:
+        return {"color": None, "marker": "o", "linestyle": "-", "label": algorithm}
 
 
 def _limit_line(ax: Any, value: float, label: str) -> None:
@@ -140,6 +140,19 @@ def _draw_adaptation(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[st
         axes[2].set_ylim(-0.05, 1.05)
 
 
+def _figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str,
+            rows: Sequence[Callable[[Any, Any], None]], columns: int,
+            size: tuple[float, float]) -> Path:
+    """A figure with one row of ``columns`` panels per drawing function, saved to ``path``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), columns, figsize=size, squeeze=False)
+    for draw, row in zip(rows, axes):
+        draw(row, runs)
+    _finish(fig, axes, path, title)
+    plt.close(fig)
+    return Path(path)
+
+
 def comparison_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                       title: str = "") -> Path:
     """2 x 2 panels, one line per algorithm (mean over seeds, band = ± std): training
@@ -149,32 +162,16 @@ def comparison_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     "train_limit", "adapt": {"steps", "mean_return", "mean_cost", "violation_rate"},
     "test_limit"}``.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    _draw_training(axes[0], runs)
-    _draw_adaptation(axes[1], runs)
-    _finish(fig, axes, path, title)
-    plt.close(fig)
-    return Path(path)
+    return _figure(runs, path, title, (_draw_training, _draw_adaptation), 2, (11, 7.5))
 
 
 def training_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                     title: str = "") -> Path:
     """Training return and cost per iteration, one line per algorithm (± std over seeds)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
-    _draw_training(axes[0], runs)
-    _finish(fig, axes, path, title)
-    plt.close(fig)
-    return Path(path)
+    return _figure(runs, path, title, (_draw_training,), 2, (11, 3.8))
 
 
 def adaptation_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                       title: str = "") -> Path:
     """Test-task return, cost and fraction within the limit per adaptation step."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), squeeze=False)
-    _draw_adaptation(axes[0], runs)
-    _finish(fig, axes, path, title)
-    plt.close(fig)
-    return Path(path)
+    return _figure(runs, path, title, (_draw_adaptation,), 3, (15, 3.8))

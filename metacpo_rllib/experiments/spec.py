@@ -11,8 +11,10 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 
+from metacpo_rllib.algorithms import TUNE_NAMES
+
 #: The Tune names of the algorithms (registered by ``metacpo_rllib.rllib``).
-ALGORITHM_NAMES = ("MetaCPO", "MetaTRPO", "CPO", "TRPO")
+ALGORITHM_NAMES = TUNE_NAMES
 
 #: Top-level keys of a spec file and what each holds.
 TOP_LEVEL_KEYS = {
@@ -149,10 +151,9 @@ class SweepSpec:
 # -- the config classes' fields --------------------------------------------------------------
 def config_class(algorithm: str) -> type:
     """The AlgorithmConfig class of a Tune algorithm name."""
-    from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
+    from metacpo_rllib.rllib import config
 
-    return {"MetaCPO": MetaCPOConfig, "MetaTRPO": MetaTRPOConfig, "CPO": CPOConfig,
-            "TRPO": TRPOConfig}[algorithm]
+    return config.config_class(algorithm)
 
 
 def setter_fields(method: Any) -> set[str]:

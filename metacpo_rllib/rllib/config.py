@@ -7,6 +7,7 @@ from typing import Any, Optional
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
 from metacpo_rllib.rllib.registry import family_overrides, register_envs
@@ -17,6 +18,19 @@ _UNSET = NotProvided
 
 def _bad(field: str, why: str, value: Any) -> None:
     raise ValueError(f"{field}: {why}, got {value!r}")
+
+
+#: RLlib callbacks of sampled episodes and batches, which the Meta-CPO sampler never calls.
+_EPISODE_HOOKS = ("on_episode_created", "on_episode_start", "on_episode_step",
+                  "on_episode_end", "on_sample_end")
+
+
+def _overrides(cls: Any, hook: str) -> bool:
+    """Whether callbacks class ``cls`` defines ``hook`` itself (not RLlib's no-op)."""
+    from ray.rllib.callbacks.callbacks import RLlibCallback
+
+    own = getattr(cls, hook, None)
+    return own is not None and own is not getattr(RLlibCallback, hook, None)
 
 
 def _is_int(value: Any) -> bool:
@@ -36,17 +50,18 @@ class MetaCPOConfig(AlgorithmConfig):
     means TRPO steps (the cost constraint is ignored by the update, still measured).
     """
 
-    #: (meta, constrained) defaults of this class; the variants override them.
-    _switches: tuple[bool, bool] = (True, True)
+    #: This class's row of ``algorithms.ALGORITHM_TABLE`` (its Algorithm class and the
+    #: defaults of the switches ``meta`` / ``constrained``); the variants override it.
+    _algorithm: str = "MetaCPO"
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
         if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import MetaCPO
-            algo_class = MetaCPO
+            from metacpo_rllib.rllib import algorithm  # (it imports this module)
+            algo_class = getattr(algorithm, self._algorithm)
         super().__init__(algo_class=algo_class)
-        meta, constrained = self._switches
-        self.meta = meta
-        self.constrained = constrained
+        info = algorithm_info(self._algorithm)
+        meta = self.meta = info.meta
+        self.constrained = info.constrained
         self.inner_steps = 1 if meta else 0
         self.tasks_per_iteration = 4
         self.episodes_per_task = 4
@@ -270,6 +285,38 @@ class MetaCPOConfig(AlgorithmConfig):
                  self.num_learners)
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
+        self.validate_sampling()
+
+    def validate_sampling(self) -> None:
+        """Raise ValueError naming the first RLlib sampling setting that the Meta-CPO
+        sampler (``rllib.episodes``: raw observations, whole episodes, stochastic actions,
+        clipped only on their way to the env) would silently ignore."""
+        for field in ("env_to_module_connector", "module_to_env_connector"):
+            if getattr(self, "_" + field) is not None:
+                _bad(field, "the Meta-CPO sampler runs no connector pipelines (the policy "
+                     "sees the env's observations, the env the clipped actions)",
+                     getattr(self, "_" + field))
+        if self.normalize_actions is not False:
+            _bad("normalize_actions", "the Meta-CPO sampler does not squash actions "
+                 "(set False; clip_actions clips the env's copy)", self.normalize_actions)
+        if self.explore is not True:
+            _bad("explore", "learning samples the stochastic policy (set True; "
+                 "adapt(deterministic=True) evaluates the mean action)", self.explore)
+        if self.batch_mode != "complete_episodes":
+            _bad("batch_mode", "the Meta-CPO sampler collects whole episodes "
+                 "('complete_episodes')", self.batch_mode)
+        for hook in _EPISODE_HOOKS:
+            value = getattr(self, "callbacks_" + hook)
+            if value is not None:
+                _bad(f"callbacks.{hook}", "the Meta-CPO sampler runs no RLlib episodes, so "
+                     "episode / sample callbacks are never called", value)
+        classes = self.callbacks_class
+        for cls in classes if isinstance(classes, (list, tuple)) else [classes]:
+            hook = next((h for h in _EPISODE_HOOKS if _overrides(cls, h)), None)
+            if hook is not None:
+                name = getattr(cls, "__name__", repr(cls))
+                _bad("callbacks_class", f"{name}.{hook} would never be called (the "
+                     "Meta-CPO sampler runs no RLlib episodes)", cls)
 
     # -- RLlib defaults -------------------------------------------------------------------
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -288,34 +335,21 @@ class MetaCPOConfig(AlgorithmConfig):
 class MetaTRPOConfig(MetaCPOConfig):
     """Meta-TRPO: meta-learning with unconstrained (TRPO) inner and outer steps."""
 
-    _switches = (True, False)
-
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import MetaTRPO
-            algo_class = MetaTRPO
-        super().__init__(algo_class=algo_class)
+    _algorithm = "MetaTRPO"
 
 
 class CPOConfig(MetaCPOConfig):
     """CPO: no inner loop; the CPO update on the tasks' batches sampled by θ."""
 
-    _switches = (False, True)
-
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import CPO
-            algo_class = CPO
-        super().__init__(algo_class=algo_class)
+    _algorithm = "CPO"
 
 
 class TRPOConfig(MetaCPOConfig):
     """TRPO: no inner loop and no constraint in the update."""
 
-    _switches = (False, False)
+    _algorithm = "TRPO"
 
-    def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib.algorithm import TRPO
-            algo_class = TRPO
-        super().__init__(algo_class=algo_class)
+
+def config_class(algorithm: str) -> type:
+    """The config class of an algorithm's Tune or CLI name ("MetaCPO", "meta-cpo")."""
+    return globals()[algorithm_info(algorithm).config_name]

@@ -1,6 +1,12 @@
-"""Runner-side sampling: set task and weights on an EnvRunner, roll out whole episodes on its
-sub-envs with the runner's policy (:func:`metacpo_rllib.rollout.rollout`, whose docstring
-has the conventions), return compact EpisodeData.
+"""The EnvRunner glue of the sampler: set task and weights on a SingleAgentEnvRunner, roll out
+whole episodes on its sub-envs with :func:`metacpo_rllib.rollout.rollout` (whose docstring
+has the conventions), log RLlib's sampling metrics, return compact EpisodeData.
+
+The glue touches the runner in four places only: ``set_state`` (weights), the sub-envs
+(``runner.env.unwrapped``: ``set_task`` and the envs stepped), the runner's module (the
+policy) and its metrics logger (:func:`_log_sampled`). RLlib settings this bypasses
+(connectors, ``normalize_actions``, ``explore``, episode callbacks) are rejected by
+``MetaCPOConfig.validate``.
 """
 from __future__ import annotations
 
@@ -12,13 +18,13 @@ from ray.rllib.utils.metrics import SAMPLE_TIMER
 
 from metacpo_rllib.optim import EpisodeData
 from metacpo_rllib.rollout import (  # noqa: F401  (re-exported: the sampling core)
-    EVAL_SPAWN_KEY, PolicyFn, episode_streams, evaluation_seed, evaluation_summary,
-    gaussian_logp, numpy_policy, rollout, torch_policy)
+    EVAL_SPAWN_KEY, PolicyFn, action_bounds, episode_streams, evaluation_seed,
+    evaluation_summary, gaussian_logp, numpy_policy, rollout, sampling_policy, torch_policy)
 
 
 def policy_of(module: Any) -> PolicyFn:
     """The sampling policy of an RLModule with a GaussianMLP ``pi`` (numpy when possible)."""
-    return numpy_policy(module.pi) or torch_policy(module.pi)
+    return sampling_policy(module.pi)
 
 
 # -- the runner side ------------------------------------------------------------------------
@@ -38,8 +44,7 @@ def _action_bounds(runner: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarr
     """Clip bounds for the env actions (None when the config turns clipping off)."""
     if not getattr(runner.config, "clip_actions", True):
         return None, None
-    space = runner.env.single_action_space
-    return space.low.astype(np.float32), space.high.astype(np.float32)
+    return action_bounds(runner.env.single_action_space)
 
 
 def _log_sampled(runner: Any, episodes: Sequence[EpisodeData], seconds: Sequence[float]
@@ -67,37 +72,40 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
     ``lengths`` and ``max_step_costs`` (and its ``reset_seeds``); it is not counted in the
     runner's sampling metrics.
     """
-    results = []
     low, high = _action_bounds(runner)
     envs = list(runner.env.unwrapped.envs)
-    for job in jobs:
-        if job.get("weights") is not None:
-            runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
-        runner.env.unwrapped.call("set_task", job["task"])
-        seed = job.get("seed")
-        evaluation = isinstance(seed, Mapping)
-        if not evaluation and seed is not None:
-            seed = int(seed)
-        if evaluation:
-            episodes, task_ids, seconds = rollout(
-                envs, policy_of(runner.module), int(job["num_episodes"]), seed, low, high,
-                deterministic=bool(job.get("deterministic", False)))
-        else:
-            with runner.metrics.log_time(SAMPLE_TIMER):
-                episodes, task_ids, seconds = rollout(
-                    envs, policy_of(runner.module), int(job["num_episodes"]), seed, low, high)
-            _log_sampled(runner, episodes, seconds)
-        result = {
-            "job": job["job"],
-            "worker_index": int(runner.worker_index),
-            "node_id": _node_id(),
-            "task_id": int(job["task"]["task_id"]),
-            "episode_task_ids": task_ids,
-            "num_env_steps": int(sum(len(d) for d in episodes)),
-        }
-        if evaluation:
-            result.update(evaluation_summary(episodes, seed, int(job["num_episodes"])))
-        else:
-            result["episodes"] = episodes
-        results.append(result)
+    results = [_run_job(runner, envs, job, low, high) for job in jobs]
     return {"results": results, "metrics": runner.get_metrics()}
+
+
+def _run_job(runner: Any, envs: Sequence[Any], job: Mapping[str, Any],
+             low: Optional[np.ndarray], high: Optional[np.ndarray]) -> dict[str, Any]:
+    """One job of :func:`sample_jobs`: weights and task set on the runner, then the rollout."""
+    if job.get("weights") is not None:
+        runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
+    runner.env.unwrapped.call("set_task", job["task"])
+    seed, num = job.get("seed"), int(job["num_episodes"])
+    evaluation = isinstance(seed, Mapping)
+    if evaluation:
+        episodes, task_ids, seconds = rollout(
+            envs, policy_of(runner.module), num, seed, low, high,
+            deterministic=bool(job.get("deterministic", False)))
+    else:
+        seed = None if seed is None else int(seed)
+        with runner.metrics.log_time(SAMPLE_TIMER):
+            episodes, task_ids, seconds = rollout(envs, policy_of(runner.module), num, seed,
+                                                  low, high)
+        _log_sampled(runner, episodes, seconds)
+    result = {
+        "job": job["job"],
+        "worker_index": int(runner.worker_index),
+        "node_id": _node_id(),
+        "task_id": int(job["task"]["task_id"]),
+        "episode_task_ids": task_ids,
+        "num_env_steps": int(sum(len(d) for d in episodes)),
+    }
+    if evaluation:
+        result.update(evaluation_summary(episodes, seed, num))
+    else:
+        result["episodes"] = episodes
+    return result

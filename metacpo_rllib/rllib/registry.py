@@ -1,4 +1,5 @@
-"""Registration with Ray: every task family as an env name, the four algorithms as Tune trainables."""
+"""Registration with Ray: every task family as an env name, the four algorithms (the rows of
+``metacpo_rllib.algorithms.ALGORITHM_TABLE``) as Tune trainables."""
 from __future__ import annotations
 
 import functools
@@ -7,15 +8,12 @@ from typing import Any
 import ray
 from ray.tune.registry import register_env, register_trainable
 
+from metacpo_rllib.algorithms import ALGORITHM_TABLE
 from metacpo_rllib.envs import FAMILIES, make_family
 
-#: Tune / RLlib names of the algorithms -> "module:class".
-ALGORITHMS: dict[str, str] = {
-    "MetaCPO": "metacpo_rllib.rllib.algorithm:MetaCPO",
-    "MetaTRPO": "metacpo_rllib.rllib.algorithm:MetaTRPO",
-    "CPO": "metacpo_rllib.rllib.algorithm:CPO",
-    "TRPO": "metacpo_rllib.rllib.algorithm:TRPO",
-}
+#: Tune / RLlib names of the algorithms -> "module:class" (from ``algorithms.ALGORITHM_TABLE``).
+ALGORITHMS: dict[str, str] = {a.name: f"metacpo_rllib.rllib.algorithm:{a.name}"
+                              for a in ALGORITHM_TABLE}
 
 
 def family_overrides(env_config: Any) -> dict[str, Any]:

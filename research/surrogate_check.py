@@ -1,6 +1,6 @@
 """Is the cost surrogate predictive? Predicted vs realised cost change of one CPO recovery step.
 
-    python -m metacpo_rllib.experiments.surrogate_check --family PointCircle \
+    python research/surrogate_check.py --family PointCircle \
         [--checkpoint DIR] [--label NAME] [--batch-episodes 2 8] [--out PATH]
 
 For a policy (the initial one, or a trained RLlib checkpoint) and a few training tasks:
@@ -8,7 +8,8 @@ sample a batch, take the pure cost-descent step that CPO takes when a task is in
 (recovery, trust region ``delta``), and compare the surrogate's predicted change of the
 mean episode cost (bᵀx) with the change measured on fresh episodes (the same env and
 noise seeds before and after the step). Also reports how well cost gradients b from
-disjoint batches agree (cosine). Ray-free; one process.
+disjoint batches agree (cosine). Ray-free; one process; the episodes come from the sampler
+of training (``metacpo_rllib.rollout``: the same seeding, clipping and dtypes).
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ import torch
 
 from metacpo_rllib import provenance
 from metacpo_rllib.envs import make_family
-from metacpo_rllib.local_sampler import sample_episodes
 from metacpo_rllib.optim import GaussianMLP
 from metacpo_rllib.optim.batch import make_batch
 from metacpo_rllib.optim.meta import UpdateConfig, constrained_step
 from metacpo_rllib.optim.policy import add_step, detached, flatten, params_of
 from metacpo_rllib.optim.surrogate import surrogates
+from metacpo_rllib.rollout import sample_episodes, sampling_policy
 
 MODULE_STATE = Path("learner_group/learner/rl_module/default_policy/module_state.pkl")
 
@@ -56,8 +57,7 @@ def cost_gradient(policy: GaussianMLP, episodes: Sequence[Any], cost_limit: floa
 
 def mean_costs(env: Any, policy: GaussianMLP, params: Any, episodes: int, seed: int) -> np.ndarray:
     """Episode costs of ``episodes`` episodes; env resets and action noise seeded by ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    eps = sample_episodes(env, policy, params, episodes, rng=generator, seed=seed)
+    eps = sample_episodes(env, sampling_policy(policy, params), episodes, seed)
     return np.array([float(e.costs.sum()) for e in eps])
 
 
@@ -65,8 +65,7 @@ def check_task(env: Any, policy: GaussianMLP, cost_limit: float, batch_sizes: Se
                eval_episodes: int, delta: float, seed: int) -> dict[str, Any]:
     """Recovery steps from batches of each size vs the realised change on fresh episodes."""
     theta = detached(params_of(policy))
-    pool = sample_episodes(env, policy, theta, 2 * max(batch_sizes),
-                           rng=torch.Generator().manual_seed(seed), seed=seed)
+    pool = sample_episodes(env, sampling_policy(policy, theta), 2 * max(batch_sizes), seed)
     before = mean_costs(env, policy, theta, eval_episodes, seed + 10_000)
     cfg = UpdateConfig(delta=delta, inner_delta=delta)
     steps = []
