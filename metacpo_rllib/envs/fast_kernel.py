@@ -99,11 +99,6 @@ def pack_tables(tables: dict[str, np.ndarray], ipar: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def _table(tab, ipar, slot):
-    return tab[ipar[slot]:ipar[slot + 1]]
-
-
-@njit(cache=True)
 def _cabs(x, y):
     """numpy's ``abs`` of ``complex(x, y)`` (its SIMD loop), bit for bit (finite inputs)."""
     re, im = abs(x), abs(y)
@@ -117,9 +112,9 @@ def _cabs(x, y):
 @njit(cache=True)
 def _goal_and_wrong_contacts(geoms, tab, ipar):
     """(agent touches the goal button, contacts agent - other button), as the stock loops."""
-    is_agent = _table(tab, ipar, T_GEOM_AGENT)
-    is_button = _table(tab, ipar, T_GEOM_IS_BUTTON)
-    button = _table(tab, ipar, T_GEOM_BUTTON)
+    is_agent = tab[ipar[T_GEOM_AGENT]:ipar[T_GEOM_AGENT + 1]]
+    is_button = tab[ipar[T_GEOM_IS_BUTTON]:ipar[T_GEOM_IS_BUTTON + 1]]
+    button = tab[ipar[T_GEOM_BUTTON]:ipar[T_GEOM_BUTTON + 1]]
     goal = ipar[I_GOAL_BUTTON]
     met, wrong = False, 0
     for k in range(geoms.shape[0]):
@@ -158,7 +153,7 @@ def _reward_and_costs(xpos, vel, geoms, tab, ipar, fpar, out):
             reward += fpar[F_REWARD_GOAL]
     out[O_REWARD], out[O_GOAL_MET] = reward, 1.0 if met else 0.0
     total = 0.0
-    kinds = _table(tab, ipar, T_COST_KINDS)
+    kinds = tab[ipar[T_COST_KINDS]:ipar[T_COST_KINDS + 1]]
     for kind in kinds:
         if kind == COST_SIGWALLS:  # sigwalls: out of the boundary
             out_x = abs(ax) > fpar[F_LOCATE_FACTOR]
@@ -169,7 +164,7 @@ def _reward_and_costs(xpos, vel, geoms, tab, ipar, fpar, out):
         elif kind == COST_HAZARDS:  # hazards: cost * depth inside each hazard, summed in order
             value = 0.0
             size = fpar[F_HAZARD_SIZE]
-            for h in _table(tab, ipar, T_HAZARD_ID):
+            for h in tab[ipar[T_HAZARD_ID]:ipar[T_HAZARD_ID + 1]]:
                 dx, dy = xpos[h, 0] - ax, xpos[h, 1] - ay
                 dist = math.sqrt(dx * dx + dy * dy)
                 if dist <= size:
@@ -192,17 +187,17 @@ def step_outputs(sensordata, xpos, xmat, geoms, vel, obs, work, tab, ipar, fpar,
     and per lidar row the ego x, y and distance into ``work[0:3]``."""
     if ipar[I_WITH_COSTS]:
         _reward_and_costs(xpos, vel, geoms, tab, ipar, fpar, out)
-    src, dst = _table(tab, ipar, T_SRC), _table(tab, ipar, T_DST)
+    src, dst = tab[ipar[T_SRC]:ipar[T_SRC + 1]], tab[ipar[T_DST]:ipar[T_DST + 1]]
     for k in range(src.shape[0]):
         obs[dst[k]] = sensordata[src[k]]
-    hinge_adr, hinge_off = _table(tab, ipar, T_HINGE_ADR), _table(tab, ipar, T_HINGE_OFF)
+    hinge_adr, hinge_off = tab[ipar[T_HINGE_ADR]:ipar[T_HINGE_ADR + 1]], tab[ipar[T_HINGE_OFF]:ipar[T_HINGE_OFF + 1]]
     for k in range(hinge_adr.shape[0]):
         theta = sensordata[hinge_adr[k]]
         obs[hinge_off[k]], obs[hinge_off[k] + 1] = math.sin(theta), math.cos(theta)
     agent = ipar[I_AGENT]
     ax, ay, az = xpos[agent, 0], xpos[agent, 1], xpos[agent, 2]
     m = xmat[agent]
-    bodies = _table(tab, ipar, T_LIDAR_BODY)
+    bodies = tab[ipar[T_LIDAR_BODY]:ipar[T_LIDAR_BODY + 1]]
     for r in range(bodies.shape[0]):
         body = bodies[r]
         px, py = (0.0, 0.0) if body < 0 else (xpos[body, 0], xpos[body, 1])
@@ -220,7 +215,7 @@ def lidar_bins(obs, low, high, work, angle, sensor, tab, ipar, fpar):
     Returns 0; 1 for an alias outside [0, 1] (the stock assertion), 2 for an observation
     outside its box (or NaN)."""
     nbins, bin_size, max_dist = ipar[I_NBINS], fpar[F_BIN_SIZE], fpar[F_MAX_DIST]
-    bases = _table(tab, ipar, T_LIDAR_BASE)
+    bases = tab[ipar[T_LIDAR_BASE]:ipar[T_LIDAR_BASE + 1]]
     for k in range(bases.shape[0]):  # the lidar groups end the observation: zero them first
         for b in range(nbins):
             obs[bases[k] + b] = 0.0

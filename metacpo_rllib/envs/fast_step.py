@@ -25,6 +25,7 @@ action noise, other constrained objects) are refused with :class:`UnsupportedTas
 """
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import mujoco
@@ -295,11 +296,11 @@ class _KeyedSlots:
 
     def __init__(self, keys: list[tuple[str, int]]) -> None:
         self.names = tuple(name for name, _ in keys)
-        self.slots = [slot for _, slot in keys]
+        self.slots = operator.itemgetter(*(slot for _, slot in keys), 0)  # always a tuple
 
     def read(self, out: np.ndarray) -> dict[str, float]:
         """The info dict of a step: Python floats (the stock indicator values)."""
-        return dict(zip(self.names, out[self.slots].tolist()))
+        return dict(zip(self.names, self.slots(out.tolist())))
 
 
 def _button_index(name: str) -> int:
