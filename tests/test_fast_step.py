@@ -111,10 +111,15 @@ def test_fast_step_is_the_default_and_the_stock_step_stays_selectable() -> None:
         make_family("PointCircle", fast_step="yes")
 
 
-def test_fast_step_refuses_tasks_it_does_not_reproduce() -> None:
+@pytest.mark.parametrize("conf, field, value, why", [
+    ("lidar_conf", "type", "natural", "natural lidar"),
+    ("cost_conf", "constrain_indicator", False, "shaped"),
+])
+def test_fast_step_refuses_tasks_it_does_not_reproduce(conf: str, field: str, value,
+                                                       why: str) -> None:
     env = make_family("PointCircle", fast_step=False).make_env()
-    env.sim_task.lidar_conf.type = "natural"
-    with pytest.raises(UnsupportedTask, match="natural lidar"):
+    setattr(getattr(env.sim_task, conf), field, value)
+    with pytest.raises(UnsupportedTask, match=why):
         FastStep(env._sg)  # pylint: disable=protected-access
 
 

@@ -7,21 +7,25 @@ a ``Box.contains`` per observation key and a ``flatten``. :class:`FastStep` comp
 step of a level-0 circle or button task (``Builder.step``, ``simulation_forward``,
 ``calculate_reward`` / ``calculate_cost`` / ``goal_achieved`` / ``obs`` of the task):
 
-* one ``mj_step(model, data, nstep=n)`` call (n still drawn from the layout RNG, as the stock
-  step does) and one ``mj_forward`` -- the accelerometer and contacts need it; every later
-  ``mj_forward`` of the stock step runs on the same state and so changes nothing;
-* body and sensor addresses, the flat observation's layout and the geom lookup tables of the
-  contact tests are built once per reset (every reset compiles a new model);
-* the pseudo-lidar of all objects in one vectorised pass, hazard distances and contact tests
-  vectorised, the flat observation written in place, one vectorised bounds check.
+* the action clipped into ``data.ctrl``, one ``mj_step(model, data, n)`` call (n still drawn
+  from the layout RNG, as the stock step does) and one ``mj_forward`` -- the accelerometer and
+  contacts need it; every later ``mj_forward`` of the stock step runs on the same state and so
+  changes nothing;
+* reward, costs, goal contact, the flat observation (sensor copy, hinge sin/cos, pseudo-lidar
+  with alias) and its bounds check in two compiled numba calls
+  (:mod:`metacpo_rllib.envs.fast_kernel`) reading ``data.xpos``, ``data.xmat``,
+  ``data.sensordata``, the agent's velocity and the contact geoms through views and index
+  tables built once per reset (every reset compiles a new model); between the two calls numpy
+  computes the lidar angles (``arctan2``) and MuJoCo the ball-joint matrices, as stock.
 
-Exactness: every floating-point operation is the stock one, elementwise in the same order
-(the ego vectors as batched ``(1, 3) @ (3, 3)`` products, which round as the stock per-object
-``matmul`` does; distances as ``abs`` of a complex number, as stock), so observations, rewards,
-costs, terminations and infos are bitwise equal to the stock step
-(``tests/test_fast_step.py``). Goal resampling, resets and rendering stay the stock code.
+Exactness: every floating-point operation is the stock one, in the same order, and the
+transcendentals whose compiled versions differ from numpy's (``arctan2``, ``exp``, ``x**2``
+as the C library's ``pow``) are numpy's or the C library's own, so observations, rewards,
+costs, terminations and infos are bitwise equal to the stock step (``tests/test_fast_step.py``).
+Goal resampling, resets and rendering stay the stock code.
 Tasks outside what this covers (natural lidar, compasses, mocaps, static geoms, vision,
-action noise, other constrained objects) are refused with :class:`UnsupportedTask`.
+action noise, shaped costs, other constrained objects) are refused with
+:class:`UnsupportedTask`.
 """
 from __future__ import annotations
 
