@@ -134,3 +134,16 @@ def test_contact_lists_iterate_without_an_index_error() -> None:
     contacts = list(data.contact[: data.ncon])
     assert len(contacts) == data.ncon
     assert [c.geom1 for c in contacts] == list(data.contact.geom[: data.ncon, 0])
+
+
+def test_builder_step_takes_float32_actions_as_the_stock_step_does() -> None:
+    """Builder-level steps with float32 actions (the stock clip casts them to float64)."""
+    envs = [make_family("PointCircle", fast_step=fast).make_env() for fast in (False, True)]
+    for env in envs:
+        env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        action = rng.uniform(-2.0, 2.0, 2).astype(np.float32)  # beyond the ctrl range too
+        stock, fast = (env._sg.step(action) for env in envs)  # pylint: disable=protected-access
+        assert stock[0].tobytes() == fast[0].tobytes()
+        assert stock[1:5] == fast[1:5] and stock[5] == fast[5]

@@ -29,6 +29,7 @@ action noise, shaped costs, other constrained objects) are refused with
 """
 from __future__ import annotations
 
+import importlib
 import operator
 from typing import Any
 
@@ -36,7 +37,6 @@ import mujoco
 import numpy as np
 
 from metacpo_rllib.envs import compat
-from metacpo_rllib.envs import fast_kernel as kernel
 
 compat.apply()
 # pylint: disable-next=wrong-import-position
@@ -45,6 +45,15 @@ from safety_gymnasium.utils.common_utils import ResamplingError  # noqa: E402
 __all__ = ["FastStep", "UnsupportedTask"]
 
 _mj_step, _mj_forward, _mj_jac_body = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_jacBody
+# metacpo_rllib.envs.fast_kernel, imported (compiled, or loaded from numba's cache) by the
+# first FastStep
+kernel: Any = None
+
+
+def _load_kernel() -> None:
+    global kernel  # pylint: disable=global-statement
+    if kernel is None:
+        kernel = importlib.import_module("metacpo_rllib.envs.fast_kernel")
 
 # Objects whose ``cal_cost`` FastStep reproduces; every other object must add no cost.
 _COSTLESS = ("circle", "goal")
@@ -66,6 +75,7 @@ class FastStep:
         task = builder.task
         self.task = task
         _check_supported(task)
+        _load_kernel()
         self.lidar = task.lidar_conf
         self.space = task.obs_info.obs_space_dict
         flat = task.observation_space
@@ -217,6 +227,8 @@ class FastStep:
             action = np.array(action, copy=False)
         if action.shape != self.action_shape:
             raise ValueError("Action dimension mismatch")
+        if action.dtype != np.float64:  # np.clip to float64 bounds gives float64
+            action = action.astype(np.float64)
         kernel.set_ctrl(action, self.ctrl_range, self.ctrl)  # np.clip to the ctrl range
         substeps = task.random_generator.random_generator.binomial(
             task.sim_conf.frameskip_binom_n, task.sim_conf.frameskip_binom_p)
