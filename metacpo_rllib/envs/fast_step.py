@@ -77,6 +77,7 @@ class FastStep:
         _check_supported(task)
         _load_kernel()
         self.lidar = task.lidar_conf
+        self.exp_lidar = self.lidar.max_dist is None
         self.space = task.obs_info.obs_space_dict
         flat = task.observation_space
         self.low = np.ascontiguousarray(flat.low, dtype=np.float64)
@@ -295,7 +296,7 @@ class FastStep:
         kernel.step_outputs(self.sensordata, self.xpos, self.xmat, geoms, self.vel, self.obs,
                             self.work, self.tab, self.ipar, self.fpar, self.out)
         np.arctan2(self.ey, self.ex, out=self.angle)  # numpy's (SIMD) atan2, as stock
-        if self.lidar.max_dist is None:
+        if self.exp_lidar:  # numpy's exp, as stock
             np.exp(-self.lidar.exp_gain * self.dist, out=self.sensor)
         for mat, quat in self.quats:
             mujoco.mju_quat2Mat(mat, quat)  # BaseAgent's quat2mat, in place
