@@ -136,10 +136,13 @@ def test_contact_lists_iterate_without_an_index_error() -> None:
     assert [c.geom1 for c in contacts] == list(data.contact.geom[: data.ncon, 0])
 
 
-def test_builder_step_takes_float32_actions_as_the_stock_step_does() -> None:
-    """Builder-level steps with float32 actions (the stock clip casts them to float64)."""
+@pytest.mark.parametrize("max_dist", [6.0, None])
+def test_builder_step_takes_float32_actions_as_the_stock_step_does(max_dist) -> None:
+    """Builder-level steps with float32 actions (the stock clip casts them to float64), with
+    the lidar reading linear in distance and (no ``max_dist``) exponential."""
     envs = [make_family("PointCircle", fast_step=fast).make_env() for fast in (False, True)]
     for env in envs:
+        env.sim_task.lidar_conf.max_dist = max_dist
         env.reset(seed=3)
     rng = np.random.default_rng(3)
     for _ in range(30):

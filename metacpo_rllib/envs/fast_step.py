@@ -77,7 +77,6 @@ class FastStep:
         _check_supported(task)
         _load_kernel()
         self.lidar = task.lidar_conf
-        self.exp_lidar = self.lidar.max_dist is None
         self.space = task.obs_info.obs_space_dict
         flat = task.observation_space
         self.low = np.ascontiguousarray(flat.low, dtype=np.float64)
@@ -112,7 +111,8 @@ class FastStep:
         ipar[kernel.I_NBINS] = self.lidar.num_bins
         ipar[kernel.I_ALIAS] = bool(self.lidar.alias)
         ipar[kernel.I_CIRCLE] = self.is_circle
-        ipar[kernel.I_EXP_LIDAR] = self.lidar.max_dist is None
+        self.exp_lidar = self.lidar.max_dist is None
+        ipar[kernel.I_EXP_LIDAR] = self.exp_lidar
         fpar[kernel.F_BIN_SIZE] = (np.pi * 2) / self.lidar.num_bins
         fpar[kernel.F_MAX_DIST] = np.nan if self.lidar.max_dist is None else self.lidar.max_dist
         if self.is_circle:
