@@ -206,7 +206,8 @@ def step_outputs(sensordata, xpos, xmat, geoms, vel, obs, work, tab, ipar, fpar,
     src, dst = tab[ipar[T_SRC]:ipar[T_SRC + 1]], tab[ipar[T_DST]:ipar[T_DST + 1]]
     for k in range(src.shape[0]):
         obs[dst[k]] = sensordata[src[k]]
-    hinge_adr, hinge_off = tab[ipar[T_HINGE_ADR]:ipar[T_HINGE_ADR + 1]], tab[ipar[T_HINGE_OFF]:ipar[T_HINGE_OFF + 1]]
+    hinge_adr = tab[ipar[T_HINGE_ADR]:ipar[T_HINGE_ADR + 1]]
+    hinge_off = tab[ipar[T_HINGE_OFF]:ipar[T_HINGE_OFF + 1]]
     for k in range(hinge_adr.shape[0]):
         theta = sensordata[hinge_adr[k]]
         obs[hinge_off[k]], obs[hinge_off[k] + 1] = math.sin(theta), math.cos(theta)
