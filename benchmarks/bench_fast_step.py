@@ -11,6 +11,9 @@ Three measurements, each side by side in one run:
   at the default config on PointCircle and PointButton, ``fast_step`` on and off, alternately.
 * ``dco``: the cvxpylayers dual layer (forward and backward) for ``--tasks`` CPO instances
   of cases 1-3: one call per instance vs one batched call, and one single-instance call.
+* ``first_step``: wall seconds from ``make_env`` to the end of the first step of a fresh
+  process (PointButton), fast step with the compiled kernel's cache empty (``cold``: numba
+  compiles) and filled (``warm``), in a temporary ``NUMBA_CACHE_DIR``; stock step beside.
 
     .venv/bin/python benchmarks/bench_fast_step.py [--rounds 5] [--steps 2000]
         [--train-iterations 1] [--skip-train] [--out PATH]
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +172,33 @@ def bench_dco(tasks: int, n: int, repeats: int) -> dict[str, Any]:
     return per
 
 
+_FIRST_STEP = """
+import sys, time, numpy as np
+from metacpo_rllib.envs import make_family
+start = time.perf_counter()
+env = make_family("PointButton", fast_step=sys.argv[1] == "fast").make_env()
+env.reset(seed=0)
+env.step(np.zeros(2, dtype=np.float32))
+print(time.perf_counter() - start)
+"""
+
+
+def bench_first_step() -> dict[str, float]:
+    """Wall seconds from ``make_env`` to the end of the first step in a fresh process
+    (PointButton): fast step with the kernel cache empty (numba compiles) and filled, and
+    the stock step."""
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        out = {}
+        for label, mode in (("cold", "fast"), ("warm", "fast"), ("stock", "stock")):
+            run = subprocess.run([sys.executable, "-c", _FIRST_STEP, mode], env=env,
+                                 check=True, capture_output=True, text=True)
+            out[label] = float(run.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -183,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [[r["family"], r["us_per_step"]["stock"], r["us_per_step"]["fast"],
                   r["us_per_step"]["physics"], r["ratio_stock"], r["ratio_fast"], r["speedup"]]
                  for r in env])
+    first = bench_first_step()
+    print(f"make_env to first step, fresh process: fast {first['cold']:.2f} s (cold kernel "
+          f"cache), {first['warm']:.2f} s (warm); stock {first['stock']:.2f} s")
     dco_row = bench_dco(args.tasks, 1500, repeats=7)
     print_table(["DCO", "single call s", "unbatched round s", "batched round s",
                  "batched ÷ single"],
@@ -194,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     [[r["family"], r["env_steps_per_s"]["stock"], r["env_steps_per_s"]["fast"],
                       r["speedup"]] for r in train])
     data = {"config": vars(args) | {"out": str(args.out)}, "env": env, "dco": dco_row,
+            "first_step_s": first,
             "train": train, "targets": {"ratio": TARGET_RATIO, "stretch": STRETCH_RATIO}}
     write_json(args.out, data)
     return data

@@ -111,10 +111,15 @@ def test_fast_step_is_the_default_and_the_stock_step_stays_selectable() -> None:
         make_family("PointCircle", fast_step="yes")
 
 
-def test_fast_step_refuses_tasks_it_does_not_reproduce() -> None:
+@pytest.mark.parametrize("conf, field, value, why", [
+    ("lidar_conf", "type", "natural", "natural lidar"),
+    ("cost_conf", "constrain_indicator", False, "shaped"),
+])
+def test_fast_step_refuses_tasks_it_does_not_reproduce(conf: str, field: str, value,
+                                                       why: str) -> None:
     env = make_family("PointCircle", fast_step=False).make_env()
-    env.sim_task.lidar_conf.type = "natural"
-    with pytest.raises(UnsupportedTask, match="natural lidar"):
+    setattr(getattr(env.sim_task, conf), field, value)
+    with pytest.raises(UnsupportedTask, match=why):
         FastStep(env._sg)  # pylint: disable=protected-access
 
 
@@ -129,3 +134,19 @@ def test_contact_lists_iterate_without_an_index_error() -> None:
     contacts = list(data.contact[: data.ncon])
     assert len(contacts) == data.ncon
     assert [c.geom1 for c in contacts] == list(data.contact.geom[: data.ncon, 0])
+
+
+@pytest.mark.parametrize("max_dist", [6.0, None])
+def test_builder_step_takes_float32_actions_as_the_stock_step_does(max_dist) -> None:
+    """Builder-level steps with float32 actions (the stock clip casts them to float64), with
+    the lidar reading linear in distance and (no ``max_dist``) exponential."""
+    envs = [make_family("PointCircle", fast_step=fast).make_env() for fast in (False, True)]
+    for env in envs:
+        env.sim_task.lidar_conf.max_dist = max_dist
+        env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        action = rng.uniform(-2.0, 2.0, 2).astype(np.float32)  # beyond the ctrl range too
+        stock, fast = (env._sg.step(action) for env in envs)  # pylint: disable=protected-access
+        assert stock[0].tobytes() == fast[0].tobytes()
+        assert stock[1:5] == fast[1:5] and stock[5] == fast[5]

@@ -7,24 +7,30 @@ a ``Box.contains`` per observation key and a ``flatten``. :class:`FastStep` comp
 step of a level-0 circle or button task (``Builder.step``, ``simulation_forward``,
 ``calculate_reward`` / ``calculate_cost`` / ``goal_achieved`` / ``obs`` of the task):
 
-* one ``mj_step(model, data, nstep=n)`` call (n still drawn from the layout RNG, as the stock
-  step does) and one ``mj_forward`` -- the accelerometer and contacts need it; every later
-  ``mj_forward`` of the stock step runs on the same state and so changes nothing;
-* body and sensor addresses, the flat observation's layout and the geom lookup tables of the
-  contact tests are built once per reset (every reset compiles a new model);
-* the pseudo-lidar of all objects in one vectorised pass, hazard distances and contact tests
-  vectorised, the flat observation written in place, one vectorised bounds check.
+* the action clipped into ``data.ctrl``, one ``mj_step(model, data, n)`` call (n still drawn
+  from the layout RNG, as the stock step does) and one ``mj_forward`` -- the accelerometer and
+  contacts need it; every later ``mj_forward`` of the stock step runs on the same state and so
+  changes nothing;
+* reward, costs, goal contact, the flat observation (sensor copy, hinge sin/cos, pseudo-lidar
+  with alias) and its bounds check in two compiled numba calls
+  (:mod:`metacpo_rllib.envs.fast_kernel`) reading ``data.xpos``, ``data.xmat``,
+  ``data.sensordata``, the agent's velocity and the contact geoms through views and index
+  tables built once per reset (every reset compiles a new model); between the two calls numpy
+  computes the lidar angles (``arctan2``) and MuJoCo the ball-joint matrices, as stock.
 
-Exactness: every floating-point operation is the stock one, elementwise in the same order
-(the ego vectors as batched ``(1, 3) @ (3, 3)`` products, which round as the stock per-object
-``matmul`` does; distances as ``abs`` of a complex number, as stock), so observations, rewards,
-costs, terminations and infos are bitwise equal to the stock step
-(``tests/test_fast_step.py``). Goal resampling, resets and rendering stay the stock code.
+Exactness: every floating-point operation is the stock one, in the same order, and the
+transcendentals whose compiled versions differ from numpy's (``arctan2``, ``exp``, ``x**2``
+as the C library's ``pow``) are numpy's or the C library's own, so observations, rewards,
+costs, terminations and infos are bitwise equal to the stock step (``tests/test_fast_step.py``).
+Goal resampling, resets and rendering stay the stock code.
 Tasks outside what this covers (natural lidar, compasses, mocaps, static geoms, vision,
-action noise, other constrained objects) are refused with :class:`UnsupportedTask`.
+action noise, shaped costs, other constrained objects) are refused with
+:class:`UnsupportedTask`.
 """
 from __future__ import annotations
 
+import importlib
+import operator
 from typing import Any
 
 import mujoco
@@ -37,6 +43,17 @@ compat.apply()
 from safety_gymnasium.utils.common_utils import ResamplingError  # noqa: E402
 
 __all__ = ["FastStep", "UnsupportedTask"]
+
+_mj_step, _mj_forward, _mj_jac_body = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_jacBody
+# metacpo_rllib.envs.fast_kernel, imported (compiled, or loaded from numba's cache) by the
+# first FastStep
+kernel: Any = None
+
+
+def _load_kernel() -> None:
+    global kernel  # pylint: disable=global-statement
+    if kernel is None:
+        kernel = importlib.import_module("metacpo_rllib.envs.fast_kernel")
 
 # Objects whose ``cal_cost`` FastStep reproduces; every other object must add no cost.
 _COSTLESS = ("circle", "goal")
@@ -58,37 +75,55 @@ class FastStep:
         task = builder.task
         self.task = task
         _check_supported(task)
+        _load_kernel()
         self.lidar = task.lidar_conf
-        self.bin_size = (np.pi * 2) / self.lidar.num_bins
         self.space = task.obs_info.obs_space_dict
         flat = task.observation_space
-        self.low, self.high = flat.low, flat.high
+        self.low = np.ascontiguousarray(flat.low, dtype=np.float64)
+        self.high = np.ascontiguousarray(flat.high, dtype=np.float64)
         self.is_circle = hasattr(task, "circle")
+        self.buttons = getattr(task, "buttons", None)
         self.obstacles = {o.name: o for o in task._obstacles}  # pylint: disable=protected-access
+        self.action_shape = builder.action_space.shape
         self.model: Any = None
 
     # -- per reset -------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Rebuild the cached addresses and tables for the model the last reset compiled."""
+        """Rebuild the cached views, addresses and tables for the model the last reset
+        compiled (the views of ``data`` stay valid until the next reset)."""
         task = self.task
         model, data = task.model, task.data
         self.model, self.data = model, data
-        self.ctrl_low = model.actuator_ctrlrange[:, 0].copy()
-        self.ctrl_high = model.actuator_ctrlrange[:, 1].copy()
+        self.ctrl_range = np.ascontiguousarray(model.actuator_ctrlrange, dtype=np.float64)
+        self.ctrl, self.qvel = data.ctrl, data.qvel
+        self.sensordata, self.xpos, self.xmat = data.sensordata, data.xpos, data.xmat
         self.agent_id = model.body("agent").id
         self.jacp = np.zeros((3, model.nv))
+        self.vel = np.zeros(3)
         self.obs = np.zeros(self.low.shape[0])
-        self.inside = np.zeros(self.low.shape[0], dtype=bool)
-        self._plan_observation(model)
-        self.hazard_ids = (np.array([model.body(f"hazard{i}").id
-                                     for i in range(self.obstacles["hazards"].num)], dtype=int)
-                           if "hazards" in self.obstacles else None)
-        if "buttons" in self.obstacles:
-            self._plan_contacts(model)
-        if "goal" in self.obstacles:
-            self.goal_id = model.body("goal").id
+        self.no_contacts = np.zeros((0, 2), dtype=np.int32)
+        ipar, fpar = np.zeros(kernel.IPAR_SIZE, np.int64), kernel.new_fpar()
+        self.ipar, self.fpar, self.out = ipar, fpar, np.zeros(kernel.OUT_SIZE)
+        tables = self._plan_observation(model)
+        tables.update(self._plan_costs(model))
+        self.tab = kernel.pack_tables(tables, ipar)
+        ipar[kernel.I_AGENT] = self.agent_id
+        ipar[kernel.I_NBINS] = self.lidar.num_bins
+        ipar[kernel.I_ALIAS] = bool(self.lidar.alias)
+        ipar[kernel.I_CIRCLE] = self.is_circle
+        self.exp_lidar = self.lidar.max_dist is None
+        ipar[kernel.I_EXP_LIDAR] = self.exp_lidar
+        fpar[kernel.F_BIN_SIZE] = (np.pi * 2) / self.lidar.num_bins
+        fpar[kernel.F_MAX_DIST] = np.nan if self.lidar.max_dist is None else self.lidar.max_dist
+        if self.is_circle:
+            fpar[kernel.F_CIRCLE_RADIUS] = task.circle.radius
+            fpar[kernel.F_REWARD_FACTOR] = task.reward_factor
+        else:
+            ipar[kernel.I_GOAL_ID] = model.body("goal").id
+            fpar[kernel.F_REWARD_DISTANCE] = self.buttons.reward_distance
+            fpar[kernel.F_REWARD_GOAL] = self.buttons.reward_goal
 
-    def _plan_observation(self, model: Any) -> None:
+    def _plan_observation(self, model: Any) -> dict[str, np.ndarray]:
         """Where each observation key comes from and where it lands in the flat vector."""
         agent, task = self.task.agent, self.task
         info, conf = agent.sensor_info, agent.sensor_conf
@@ -112,89 +147,133 @@ class FastStep:
             rows = np.arange(adr, adr + dim)[part]
             src.extend(rows)
             dst.extend(range(offsets[name], offsets[name] + len(rows)))
-        self.src, self.dst = np.array(src, dtype=int), np.array(dst, dtype=int)
-        self.hinges = [(int(model.sensor_adr[model.sensor(s).id]), offsets[s])
-                       for s in (info.hinge_pos_names if angles else [])]
-        self.quats = [(int(model.sensor_adr[model.sensor(s).id]), offsets[s])
+        hinges = [(int(model.sensor_adr[model.sensor(s).id]), offsets[s])
+                  for s in (info.hinge_pos_names if angles else [])]
+        # ball joints: MuJoCo's quat2mat (as BaseAgent's) between the two kernel calls
+        self.quats = [(self.obs[offsets[s]:offsets[s] + 9],
+                       self.sensordata[int(model.sensor_adr[model.sensor(s).id]):][:4])
                       for s in (info.ballquat_names if angles else [])]
-        # lidar rows: one per observed object position (bodies, or the circle's origin)
-        bodies, bins, fixed = [], [], []
+        # lidar rows in the stock order: one per observed object position (-1: the origin)
+        bodies, bases, groups = [], [], []
         for obstacle in task._obstacles:  # pylint: disable=protected-access
             if not obstacle.is_lidar_observed:
                 continue
             base = offsets[obstacle.name + "_lidar"]
+            groups.append(base)
             if obstacle.name == "circle":
-                fixed.append(base)
-                continue
-            names = ([obstacle.name] if not hasattr(obstacle, "num")
-                     else [f"{obstacle.name[:-1]}{i}" for i in range(obstacle.num)])
+                names: list[str | None] = [None]
+            elif hasattr(obstacle, "num"):
+                names = [f"{obstacle.name[:-1]}{i}" for i in range(obstacle.num)]
+            else:
+                names = [obstacle.name]
             for name in names:
-                bodies.append(model.body(name).id)
-                bins.append(base)
-        self.lidar_bodies = np.array(bodies, dtype=int)
-        self.lidar_base = np.array(fixed + bins, dtype=int)
-        self.lidar_fixed = len(fixed)  # leading rows at the origin (circle)
-        self.lidar_slices = [slice(offsets[o.name + "_lidar"],
-                                   offsets[o.name + "_lidar"] + self.lidar.num_bins)
-                             for o in task._obstacles  # pylint: disable=protected-access
-                             if o.is_lidar_observed]
-        rows = len(self.lidar_base)
-        self.points = np.zeros((rows, 3))
-        self.world = np.zeros((rows, 3))
-        self.ego = np.zeros(rows, dtype=complex)
-        self.lidar_index = np.zeros((3, rows), dtype=int)
-        self.lidar_value = np.zeros((3, rows))
-        self.lidar_start = min(part.start for part in self.lidar_slices)
-        if self.lidar_start + len(self.lidar_slices) * self.lidar.num_bins != len(
-                self.obs):
+                bodies.append(-1 if name is None else model.body(name).id)
+                bases.append(base)
+        end = min(groups) + len(groups) * self.lidar.num_bins
+        if groups and (end != len(self.obs) or sorted(groups) != list(
+                range(min(groups), end, self.lidar.num_bins))):
             raise UnsupportedTask("fast_step: the lidar groups do not end the observation")
-        self.buttons_lidar = (slice(offsets["buttons_lidar"],
-                                    offsets["buttons_lidar"] + self.lidar.num_bins)
-                              if "buttons_lidar" in offsets else None)
+        rows = len(bodies)
+        self.ipar[kernel.I_ROWS] = rows
+        self.ipar[kernel.I_BUTTONS_LIDAR] = offsets.get("buttons_lidar", -1)
+        self.work = np.zeros((3, rows))
+        self.ex, self.ey, self.dist = self.work[0], self.work[1], self.work[2]
+        self.angle, self.sensor = np.zeros(rows), np.zeros(rows)
+        return {"src": src, "dst": dst, "hinge_adr": [a for a, _ in hinges],
+                "hinge_off": [o for _, o in hinges], "lidar_body": bodies,
+                "lidar_base": bases}
 
-    def _plan_contacts(self, model: Any) -> None:
-        """Per-geom tables: agent geom, button geom and which button (-1: none)."""
-        agent_geoms = set(self.task.agent.body_info.geom_names)
-        names = [model.geom(g).name for g in range(model.ngeom)]
-        self.geom_is_agent = np.array([n in agent_geoms for n in names])
-        self.geom_is_button = np.array([n.startswith("button") for n in names])
-        self.geom_button = np.array([_button_index(n) for n in names], dtype=int)
+    def _plan_costs(self, model: Any) -> dict[str, np.ndarray]:
+        """Cost kinds in the obstacles' order, hazard bodies and per-geom contact tables."""
+        kinds, keys, tables = [], [], {}
+        codes = {"sigwalls": kernel.COST_SIGWALLS, "hazards": kernel.COST_HAZARDS,
+                 "buttons": kernel.COST_BUTTONS}
+        slots = {"sigwalls": kernel.O_SIGWALLS, "hazards": kernel.O_HAZARDS,
+                 "buttons": kernel.O_BUTTONS}
+        names = {"sigwalls": "cost_out_of_boundary", "hazards": "cost_hazards",
+                 "buttons": "cost_buttons"}
+        for name, obstacle in self.obstacles.items():
+            if not obstacle.is_constrained or name in _COSTLESS:
+                continue
+            kinds.append(codes[name])
+            keys.append((names[name], slots[name]))
+            if name == "sigwalls":
+                self.ipar[kernel.I_SIGWALLS] = obstacle.num
+                self.fpar[kernel.F_LOCATE_FACTOR] = obstacle.locate_factor
+            elif name == "hazards":
+                tables["hazard_id"] = [model.body(f"hazard{i}").id for i in range(obstacle.num)]
+                self.fpar[kernel.F_HAZARD_SIZE] = obstacle.size
+                self.fpar[kernel.F_HAZARD_COST] = obstacle.cost
+            else:
+                self.fpar[kernel.F_BUTTON_COST] = obstacle.cost
+        keys.append(("cost_sum", kernel.O_COST_SUM))
+        # the info keys: all of them, and without cost_buttons (buttons timer running)
+        self.cost_keys = _KeyedSlots(keys)
+        self.cost_keys_idle = _KeyedSlots([k for k in keys if k[0] != "cost_buttons"])
+        if self.buttons is not None:
+            agent_geoms = set(self.task.agent.body_info.geom_names)
+            geom_names = [model.geom(g).name for g in range(model.ngeom)]
+            tables["geom_agent"] = [n in agent_geoms for n in geom_names]
+            tables["geom_is_button"] = [n.startswith("button") for n in geom_names]
+            tables["geom_button"] = [_button_index(n) for n in geom_names]
+        tables["cost_kinds"] = kinds
+        return tables
 
     # -- per step ---------------------------------------------------------------------------
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, float, bool, bool, dict]:
         """``Builder.step(action)``: the same 6-tuple, bitwise."""
-        env, task, data = self.builder, self.task, self.data
+        env, task, ipar = self.builder, self.task, self.ipar
         assert not env.done, "Environment must be reset before stepping."
-        action = np.array(action, copy=False)
-        if action.shape != env.action_space.shape:
+        if type(action) is not np.ndarray:  # pylint: disable=unidiomatic-typecheck
+            action = np.array(action, copy=False)
+        if action.shape != self.action_shape:
             raise ValueError("Action dimension mismatch")
-        np.minimum(np.maximum(action, self.ctrl_low), self.ctrl_high, out=data.ctrl)  # np.clip
+        if action.dtype != np.float64:  # np.clip to float64 bounds gives float64
+            action = action.astype(np.float64)
+        kernel.set_ctrl(action, self.ctrl_range, self.ctrl)  # np.clip to the ctrl range
         substeps = task.random_generator.random_generator.binomial(
             task.sim_conf.frameskip_binom_n, task.sim_conf.frameskip_binom_p)
         if substeps > 0:
-            mujoco.mj_step(self.model, data, nstep=int(substeps))
-        mujoco.mj_forward(self.model, data)
-        xpos = data.xpos
-        agent_pos = xpos[self.agent_id]
-        goal_met = False if self.is_circle else self._goal_achieved()
-        reward = self._reward(agent_pos, goal_met)
+            _mj_step(self.model, self.data, int(substeps))
+        _mj_forward(self.model, self.data)
+        buttons = self.buttons
+        if self.is_circle:
+            _mj_jac_body(self.model, self.data, self.jacp, None, self.agent_id)
+            np.dot(self.jacp, self.qvel, out=self.vel)  # the agent's velocity, as stock
+            geoms, keys = self.no_contacts, self.cost_keys
+            task.specific_step()
+        else:
+            geoms = self.data.contact.geom
+            active = buttons.timer == 0
+            keys = self.cost_keys if active else self.cost_keys_idle
+            ipar[kernel.I_BUTTONS_COST] = active
+            ipar[kernel.I_GOAL_BUTTON] = buttons.goal_button
+            self.fpar[kernel.F_LAST_DIST_GOAL] = task.last_dist_goal
+            task.specific_step()  # ticks the buttons timer (read by the observation)
+            ipar[kernel.I_BUTTONS_ZERO] = buttons.timer != 0
+        obs = self._observe(geoms, True)
+        out = self.out
+        reward = out[kernel.O_REWARD]
+        if not self.is_circle:
+            task.last_dist_goal = out[kernel.O_DIST_GOAL]
         clip = task.reward_conf.reward_clip
         if clip and not -clip < reward < clip:
             reward = np.clip(reward, -clip, clip)
             print("Warning: reward was outside of range!")
-        info = self._cost(agent_pos)
+        info = keys.read(out)
         env.cost = dict(info)  # as stock: the cost dict apart from the info dict
-        cost = info["cost_sum"]
-        task.specific_step()
-        if goal_met:  # the stock goal handling (rare): layout update and a new goal
+        if out[kernel.O_GOAL_MET]:  # the stock goal handling (rare): a new goal, or the end
             info["goal_met"] = True
             self._next_goal()
+            ipar[kernel.I_BUTTONS_ZERO] = buttons.timer != 0
+            ipar[kernel.I_GOAL_BUTTON] = buttons.goal_button
+            obs = self._observe(self.data.contact.geom, False)
         if not task.agent.is_alive():
             env.terminated = True
         env.steps += 1
         if env.steps >= task.num_steps:
             env.truncated = True
-        return self._observe(), reward, cost, env.terminated, env.truncated, info
+        return obs, reward, info["cost_sum"], env.terminated, env.truncated, info
 
     def _next_goal(self) -> None:
         """The stock step's goal handling: update the layout, sample a new goal (or end)."""
@@ -211,123 +290,34 @@ class FastStep:
         except ResamplingError:
             env.terminated = True
 
-    def _reward(self, agent_pos: np.ndarray, goal_met: bool) -> float:
-        task = self.task
-        if self.is_circle:  # CircleLevel0.calculate_reward
-            mujoco.mj_jacBody(self.model, self.data, self.jacp, None, self.agent_id)
-            x, y, _ = agent_pos
-            u, v, _ = np.dot(self.jacp, self.data.qvel)
-            radius = np.sqrt(x**2 + y**2)
-            return 0.0 + (((-u * y + v * x) / radius)
-                          / (1 + np.abs(radius - task.circle.radius))) * task.reward_factor
-        # ButtonLevel0.calculate_reward
-        buttons = task.buttons
-        dist_goal = np.sqrt(np.sum(np.square(self.data.xpos[self.goal_id][:2] - agent_pos[:2])))
-        reward = 0.0 + (task.last_dist_goal - dist_goal) * buttons.reward_distance
-        task.last_dist_goal = dist_goal
-        if goal_met:
-            reward += buttons.reward_goal
-        return reward
+    def _observe(self, geoms: np.ndarray, costs: bool) -> np.ndarray:
+        """``task.obs()`` flattened (and, with ``costs``, reward and costs into ``self.out``)."""
+        self.ipar[kernel.I_WITH_COSTS] = costs
+        kernel.step_outputs(self.sensordata, self.xpos, self.xmat, geoms, self.vel, self.obs,
+                            self.work, self.tab, self.ipar, self.fpar, self.out)
+        np.arctan2(self.ey, self.ex, out=self.angle)  # numpy's (SIMD) atan2, as stock
+        if self.exp_lidar:  # numpy's exp, as stock
+            np.exp(-self.lidar.exp_gain * self.dist, out=self.sensor)
+        for mat, quat in self.quats:
+            mujoco.mju_quat2Mat(mat, quat)  # BaseAgent's quat2mat, in place
+        code = kernel.lidar_bins(self.obs, self.low, self.high, self.work, self.angle,
+                                 self.sensor, self.tab, self.ipar, self.fpar)
+        if code:
+            what = "bad alias in the lidar" if code == 1 else "Bad obs"
+            raise AssertionError(f"{what}: {self.obs} {self.space}")
+        return self.obs.copy()
 
-    def _cost(self, agent_pos: np.ndarray) -> dict:
-        """``Builder._cost``: the obstacles' ``cal_cost`` in order, summed, then indicators."""
-        cost: dict[str, Any] = {}
-        for name, obstacle in self.obstacles.items():
-            if not obstacle.is_constrained or name in _COSTLESS:
-                continue
-            if name == "sigwalls":
-                out = np.abs(agent_pos[0]) > obstacle.locate_factor
-                if obstacle.num == 4:
-                    out = out or np.abs(agent_pos[1]) > obstacle.locate_factor
-                cost["cost_out_of_boundary"] = out
-            elif name == "hazards":
-                dist = np.sqrt(np.sum(np.square(self.data.xpos[self.hazard_ids][:, :2]
-                                                - agent_pos[:2]), axis=1))
-                total = 0
-                for d in dist[dist <= obstacle.size]:
-                    total += obstacle.cost * (obstacle.size - d)
-                cost["cost_hazards"] = total
-            elif name == "buttons" and obstacle.timer == 0:
-                total = 0
-                for _ in range(self._wrong_button_contacts()):
-                    total += obstacle.cost
-                cost["cost_buttons"] = total
-        cost["cost_sum"] = sum(v for k, v in cost.items() if k.startswith("cost_"))
-        if self.task.cost_conf.constrain_indicator:
-            for key in cost:
-                cost[key] = float(cost[key] > 0.0)
-        return cost
 
-    def _contact_geoms(self) -> np.ndarray:
-        return self.data.contact.geom[: self.data.ncon]
+class _KeyedSlots:
+    """The cost keys of the info dict and the slots of the kernel's output they read."""
 
-    def _goal_achieved(self) -> bool:
-        """A contact between an agent geom and the goal button's geom."""
-        geoms = self._contact_geoms()
-        if not len(geoms):
-            return False
-        goal = self.geom_button[geoms] == self.task.buttons.goal_button
-        agent = self.geom_is_agent[geoms]
-        return bool((goal.any(axis=1) & agent.any(axis=1)).any())
+    def __init__(self, keys: list[tuple[str, int]]) -> None:
+        self.names = tuple(name for name, _ in keys)
+        self.slots = operator.itemgetter(*(slot for _, slot in keys), 0)  # always a tuple
 
-    def _wrong_button_contacts(self) -> int:
-        """Contacts between an agent geom and a button geom other than the goal's."""
-        geoms = self._contact_geoms()
-        if not len(geoms):
-            return 0
-        goal = self.geom_button[geoms] == self.task.buttons.goal_button
-        hit = (self.geom_is_button[geoms].any(axis=1) & self.geom_is_agent[geoms].any(axis=1)
-               & ~goal.any(axis=1))
-        return int(hit.sum())
-
-    def _observe(self) -> np.ndarray:
-        """``task.obs()`` flattened: sensors, then each observed object's pseudo-lidar."""
-        data, obs = self.data, self.obs
-        sensors = data.sensordata
-        obs[self.dst] = sensors[self.src]
-        for adr, off in self.hinges:
-            theta = float(sensors[adr])
-            obs[off], obs[off + 1] = np.sin(theta), np.cos(theta)
-        for adr, off in self.quats:
-            quat = np.array(sensors[adr:adr + 4], dtype="float64")
-            mujoco.mju_quat2Mat(obs[off:off + 9], quat)  # BaseAgent's quat2mat, in place
-        self._lidar(obs)
-        if self.buttons_lidar is not None and self.task.buttons.timer != 0:
-            obs[self.buttons_lidar] = 0.0
-        inside = np.greater_equal(obs, self.low, out=self.inside)
-        inside &= obs <= self.high
-        if np.count_nonzero(inside) != len(obs):  # Box.contains of every key (NaN: outside)
-            raise AssertionError(f"Bad obs {obs} {self.space}")
-        return obs.copy()
-
-    def _lidar(self, obs: np.ndarray) -> None:
-        """``BaseTask._obs_lidar_pseudo`` of every observed object at once."""
-        conf, data, n = self.lidar, self.data, self.lidar.num_bins
-        obs[self.lidar_start:] = 0.0  # the lidar groups fill the end of the observation
-        points = self.points  # object positions with z = 0 (the stock ego vector drops z)
-        points[self.lidar_fixed:, :2] = data.xpos[self.lidar_bodies, :2]
-        np.subtract(points, data.xpos[self.agent_id], out=self.world)
-        ego = np.matmul(self.world[:, None, :], data.xmat[self.agent_id].reshape(3, 3))
-        z = self.ego
-        z.real, z.imag = ego[:, 0, 0], ego[:, 0, 1]
-        dist = np.abs(z)
-        angle = np.remainder(np.arctan2(z.imag, z.real), np.pi * 2)
-        bins = (angle / self.bin_size).astype(int)
-        if conf.max_dist is None:
-            sensor = np.exp(-conf.exp_gain * dist)
-        else:
-            sensor = np.maximum(0, conf.max_dist - dist) / conf.max_dist
-        if not conf.alias:
-            np.maximum.at(obs, self.lidar_base + bins, sensor)
-            return
-        alias = (angle - self.bin_size * bins) / self.bin_size
-        if np.count_nonzero((alias < 0) | (alias > 1)):
-            raise AssertionError(f"bad alias {alias}")
-        index, value = self.lidar_index, self.lidar_value
-        index[0], index[1], index[2] = bins, bins + 1, bins - 1
-        value[0], value[1], value[2] = sensor, alias * sensor, (1 - alias) * sensor
-        np.remainder(index, n, out=index)
-        np.maximum.at(obs, (index + self.lidar_base).ravel(), value.ravel())
+    def read(self, out: np.ndarray) -> dict[str, float]:
+        """The info dict of a step: Python floats (the stock indicator values)."""
+        return dict(zip(self.names, self.slots(out.tolist())))
 
 
 def _button_index(name: str) -> int:
@@ -350,6 +340,8 @@ def _check_supported(task: Any) -> None:
         refuse("has action noise")
     if task.reward_conf.reward_orientation:
         refuse("has an orientation reward")
+    if not task.cost_conf.constrain_indicator:
+        refuse("has shaped (not indicator) costs")
     kinds = {"circle", "sigwalls", "hazards", "buttons", "goal"}
     for obstacle in task._obstacles:  # pylint: disable=protected-access
         if obstacle.name not in kinds:

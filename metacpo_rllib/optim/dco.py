@@ -40,8 +40,11 @@ _MIN_SCALED_LAMBDA = 1e-6  # below this the dual is (near) degenerate: g ∥ b
 _CHECK_TOL = 1e-4  # relative constraint violation that flags a failed solve
 
 
+STACKED_CACHE_SIZE = 8  # stacked dual layers kept (one per batch size)
+
+
 @lru_cache(maxsize=1)
-def dual_layer() -> CvxpyLayer:
+def dual_layer() -> "DualLayer":
     """The CPO dual in dimensionless form, built once.
 
     With λ = λ̃·√q/√(2δ), ν = ν̃·√(q/s), κ = r/√(qs), σ = √(A/q) (A = q − r²/s, so
@@ -50,15 +53,50 @@ def dual_layer() -> CvxpyLayer:
         minimise  ½ ((ν̃ − κ)² + σ²)/λ̃ + ½ λ̃ − c̃ ν̃   over λ̃ ≥ 0, ν̃ ≥ 0
 
     (one second-order cone; DPP: the parameters enter affinely). Parameters (κ, σ ≥ 0, c̃),
-    variables (λ̃, ν̃).
+    variables (λ̃, ν̃); see :class:`DualLayer` for batches.
     """
-    lam, nu = cp.Variable(nonneg=True), cp.Variable(nonneg=True)
-    kappa, sigma, c_t = cp.Parameter(), cp.Parameter(nonneg=True), cp.Parameter()
-    objective = (0.5 * cp.quad_over_lin(cp.hstack([nu - kappa, sigma]), lam)
-                 + 0.5 * lam - c_t * nu)
+    return DualLayer()
+
+
+def _dual_problem(k: int | None) -> CvxpyLayer:
+    """The dimensionless dual (``k`` None), or the sum of ``k`` independent copies of it."""
+    shape = () if k is None else (k,)
+    lam, nu = cp.Variable(shape, nonneg=True), cp.Variable(shape, nonneg=True)
+    kappa, sigma = cp.Parameter(shape), cp.Parameter(shape, nonneg=True)
+    c_t = cp.Parameter(shape)
+    if k is None:
+        objective = (0.5 * cp.quad_over_lin(cp.hstack([nu - kappa, sigma]), lam)
+                     + 0.5 * lam - c_t * nu)
+    else:
+        objective = (0.5 * sum(cp.quad_over_lin(cp.hstack([nu[i] - kappa[i], sigma[i]]),
+                                                lam[i]) for i in range(k))
+                     + 0.5 * cp.sum(lam) - c_t @ nu)
     problem = cp.Problem(cp.Minimize(objective))
     assert problem.is_dpp()
     return CvxpyLayer(problem, parameters=[kappa, sigma, c_t], variables=[lam, nu])
+
+
+class DualLayer:
+    """The dual layer: ``layer(κ, σ, c̃, solver_args=...) -> (λ̃, ν̃)``, one call per batch.
+
+    Scalar parameters (or a batch of one) solve the one-instance problem. A batch of k > 1
+    solves one stacked problem: k independent copies of the dual whose objective is the
+    sum of theirs, so its solution is theirs, instance by instance. That is one cone program
+    for SCS and one derivative for diffcp, instead of cvxpylayers' batch dimension, which
+    solves and differentiates k programs one after another (its per-program overhead made a
+    round of 5 instances cost ≈ 2.4-3× one call; stacked ≈ 1-1.5×). The stacked solution
+    agrees with the per-instance ones to the solver's tolerance (``eps`` 1e-11).
+    """
+
+    def __init__(self) -> None:
+        self.single = _dual_problem(None)
+        self._stacked = lru_cache(maxsize=STACKED_CACHE_SIZE)(_dual_problem)
+
+    def __call__(self, kappa: Tensor, sigma: Tensor, c_t: Tensor,
+                 solver_args: dict | None = None) -> tuple[Tensor, Tensor]:
+        if kappa.dim() == 0 or kappa.shape[0] == 1:
+            return self.single(kappa, sigma, c_t, solver_args=solver_args)
+        return self._stacked(int(kappa.shape[0]))(kappa, sigma, c_t, solver_args=solver_args)
 
 
 DualInstance = tuple  # (g, b, v, w, q, r, s, c, δ, envelope), as dual_step's arguments
