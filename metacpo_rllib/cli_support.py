@@ -209,10 +209,12 @@ def check_counts(args: argparse.Namespace, **minimums: int) -> None:
 
 
 def family_defaults(family: str) -> dict[str, int]:
-    """Small per-iteration sampling defaults: safety-gymnasium episodes are 500-1000 steps
-    at ~1000 steps/s, the toy CMDPs' are tens of steps."""
+    """Per-iteration sampling defaults of the CLI. Safety-gymnasium families: 4 tasks x 4
+    episodes, the smallest batch that kept Meta-CPO within its limits on PointCircle in the
+    batch-size sweep (docs/RESULTS.md, "Batch size": 2 episodes per task did not keep the
+    training limit, 8 cost twice the env steps); the toy CMDPs' episodes are tens of steps."""
     if family in SAFETY_FAMILIES:
-        return {"tasks_per_iteration": 2, "episodes_per_task": 1}
+        return {"tasks_per_iteration": 4, "episodes_per_task": 4}
     return {"tasks_per_iteration": 4, "episodes_per_task": 8}
 
 
@@ -336,10 +338,9 @@ def write_json(report: dict[str, Any], path: Optional[str]) -> None:
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """``--tasks-per-iteration`` and ``--episodes-per-task`` (train and compare)."""
     parser.add_argument("--tasks-per-iteration", type=count(1), default=None,
-                        help="training tasks per iteration (default: 2 on safety-gymnasium "
-                             "families, 4 otherwise)")
+                        help="training tasks per iteration (default 4)")
     parser.add_argument("--episodes-per-task", type=count(1), default=None,
-                        help="episodes per task and sampling round (default: 1 on "
+                        help="episodes per task and sampling round (default: 4 on "
                              "safety-gymnasium families, 8 otherwise)")
 
 
