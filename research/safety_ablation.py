@@ -10,6 +10,12 @@ interrupted sweep resumes where it stopped.
     python research/safety_ablation.py --family PointCircle --iterations 15 \
         --variants baseline all --algos meta-cpo cpo --seeds 0 1 2 \
         --out research/results/safety_ablation_pointcircle.json
+
+CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
+
+    python research/safety_ablation.py --family PointCircle --iterations 15 \
+        --variants baseline all --algos cpo --seeds 0 1 2 --train-eval-interval 1 --splits \
+        --out research/results/training_ledger_pointcircle.json
 """
 from __future__ import annotations
 
