@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--train-iterations", type=int, default=1)
-    parser.add_argument("--train-rounds", type=int, default=2)
+    parser.add_argument("--train-rounds", type=int, default=4)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--tasks", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS / "fast_step.json")
