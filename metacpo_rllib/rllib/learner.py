@@ -102,6 +102,8 @@ class MetaCPOTorchLearner(TorchLearner):
         self._phi: list[Optional[Params]] = [None] * num_tasks
         self._support: list[list[Batch]] = [[] for _ in range(num_tasks)]
         self._query: list[Optional[Batch]] = [None] * num_tasks
+        # per task, the metric solution of each inner step taken (handed to meta_update)
+        self._solves: list[list[torch.Tensor]] = [[] for _ in range(num_tasks)]
         self._dropped: dict[int, str] = {}
 
     def _batch(self, index: int, sample: Optional[SampleResult]) -> Optional[Batch]:
@@ -172,11 +174,18 @@ class MetaCPOTorchLearner(TorchLearner):
                 support[i] = batch
 
         summaries, weights = self._over_tasks(samples, take)
-        stepped = self._steps_or_drop(support, lambda indices: inner_steps(
-            self.policy, [self._phi[i] or params_of(self.policy) for i in indices],
-            [support[i] for i in indices], cfg, create_graph=False)[0])
-        for i, task_weights in stepped.items():
+        solves: dict[int, torch.Tensor] = {}
+
+        def step(indices: list[int]) -> list[Params]:
+            phis, steps = inner_steps(
+                self.policy, [self._phi[i] or params_of(self.policy) for i in indices],
+                [support[i] for i in indices], cfg, create_graph=False)
+            solves.update((i, s.metric_solution) for i, s in zip(indices, steps))
+            return phis
+
+        for i, task_weights in self._steps_or_drop(support, step).items():
             weights[i] = task_weights
+            self._solves[i].append(solves[i])
         return RoundOutput(summaries, weights, dict(self._dropped))
 
     def meta_step(self) -> dict[str, float]:
@@ -195,7 +204,8 @@ class MetaCPOTorchLearner(TorchLearner):
         try:
             new_theta, info = meta_update(policy, params_of(policy),
                                           [self._support[i] for i in keep],
-                                          [self._query[i] for i in keep], cfg)
+                                          [self._query[i] for i in keep], cfg,
+                                          solves=[self._solves[i] for i in keep])
             if not all(bool(torch.isfinite(v).all()) for v in new_theta.values()):
                 raise NonFiniteError("the new θ has NaN or inf")
         except NonFiniteError as err:
