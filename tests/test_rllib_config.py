@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("inner_steps", {"inner_steps": 0}),            # meta=True needs K >= 1
     ("tasks_per_iteration", {"tasks_per_iteration": 0}),
     ("episodes_per_task", {"episodes_per_task": 1.5}),
-    ("cost_limit", {"cost_limit": -1.0}),
+    ("train_cost_limit", {"train_cost_limit": -1.0}),
     ("trust_region_delta", {"trust_region_delta": 0.0}),
     ("inner_delta", {"inner_delta": float("nan")}),
     ("metric", {"metric": "kl"}),
@@ -107,6 +107,20 @@ def test_invalid_training_values_name_the_field(field, kwargs):
     cfg = MetaCPOConfig().environment("PointNav").training(**kwargs)
     with pytest.raises(ValueError, match=rf"^{field}:"):
         cfg.validate()
+
+
+def test_cost_limit_is_the_deprecated_name_of_train_cost_limit():
+    """``training(cost_limit=...)`` still sets the training tasks' limit, with one warning;
+    both names in one call is one error naming both."""
+    with pytest.warns(FutureWarning, match="^cost_limit is deprecated: use train_cost_limit"
+                      ) as caught:
+        cfg = MetaCPOConfig().environment("PointNav").training(cost_limit=7.0)
+    assert len(caught) == 1
+    assert cfg.train_cost_limit == 7.0 and cfg.cost_limit == 7.0
+    assert MetaCPOConfig().training(train_cost_limit=6.0).train_cost_limit == 6.0
+    assert "cost_limit" not in cfg.to_dict() and cfg.to_dict()["train_cost_limit"] == 7.0
+    with pytest.raises(ValueError, match=r"^cost_limit, train_cost_limit: both set"):
+        MetaCPOConfig().training(cost_limit=1.0, train_cost_limit=2.0)
 
 
 def test_cpo_rejects_inner_steps():

@@ -78,7 +78,7 @@ class MetaCPO(Algorithm):
         """The next T training tasks (drawn from the algorithm's task RNG)."""
         seed = int(self._task_rng.integers(0, 2**63 - 1))
         return self.family.sample_tasks(self.config.tasks_per_iteration, "train", seed=seed,
-                                        cost_limit=self.config.cost_limit)
+                                        cost_limit=self.config.train_cost_limit)
 
     def training_step(self) -> None:
         tasks = self.sample_train_tasks()
@@ -237,7 +237,7 @@ class MetaCPO(Algorithm):
         ``evaluation_seed``; the training cost limit)."""
         return self.family.sample_tasks(self.config.evaluation_num_tasks, "train",
                                         seed=self.config.evaluation_seed,
-                                        cost_limit=self.config.cost_limit)
+                                        cost_limit=self.config.train_cost_limit)
 
     def _training_ledger(self, costs: list[list[float]]) -> dict[str, Any]:
         """``{"ledger": {...}}`` when this evaluation and the previous one bracket exactly one
