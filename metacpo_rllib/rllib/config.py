@@ -11,7 +11,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
-from metacpo_rllib.rllib.registry import family_overrides, register_envs
+from metacpo_rllib.rllib.registry import algorithm_class, family_overrides, register_envs
 from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
 
 _UNSET = NotProvided
@@ -71,10 +71,7 @@ class MetaCPOConfig(AlgorithmConfig):
     _algorithm: str = "MetaCPO"
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib import algorithm  # (it imports this module)
-            algo_class = getattr(algorithm, self._algorithm)
-        super().__init__(algo_class=algo_class)
+        super().__init__(algo_class=algo_class or algorithm_class(self._algorithm))
         info = algorithm_info(self._algorithm)
         meta = self.meta = info.meta
         self.constrained = info.constrained
