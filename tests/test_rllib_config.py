@@ -60,13 +60,13 @@ def test_every_algorithm_name_comes_from_the_one_table():
 
 def test_training_sets_fields_and_meta_switch_sets_inner_steps():
     cfg = MetaCPOConfig().training(
-        inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, cost_limit=7.5,
+        inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, train_cost_limit=7.5,
         trust_region_delta=0.02, inner_delta=0.03, metric="euclidean", cg_iters=5,
         line_search_steps=4, line_search_decay=0.5, gamma=0.95, lambda_=0.9,
         cost_gamma=0.99, cost_lambda=0.8, first_order=True, seed=3, cost_upper_bound=False,
         cost_signal_share=False, recover_when_violating=False)
     assert (cfg.inner_steps, cfg.tasks_per_iteration, cfg.episodes_per_task) == (2, 3, 5)
-    assert (cfg.cost_limit, cfg.seed, cfg.gamma, cfg.first_order) == (7.5, 3, 0.95, True)
+    assert (cfg.train_cost_limit, cfg.seed, cfg.gamma, cfg.first_order) == (7.5, 3, 0.95, True)
     upd = cfg.update_config()
     assert (upd.delta, upd.inner_delta, upd.metric, upd.cg_iters) == (0.02, 0.03, "euclidean", 5)
     assert cfg.batch_kwargs() == {"gamma": 0.95, "lam": 0.9, "cost_gamma": 0.99,
