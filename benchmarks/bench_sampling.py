@@ -103,7 +103,7 @@ def paired_rates(family_name: str, runners: int, jobs_per_runner: int, episodes:
                 start = time.perf_counter()
                 out = algo.sample_episodes(tasks, [theta] * len(tasks), episodes)
                 wall = time.perf_counter() - start
-                steps = sum(o["num_env_steps"] for o in out if o is not None)
+                steps = sum(o.num_env_steps for o in out if o is not None)
                 sampled.append(steps / wall)
                 ratios.append(sampled[-1] / (max(runners, 1) * raws[-1]))
         finally:

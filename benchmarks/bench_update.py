@@ -7,7 +7,6 @@ The CPO-step backends are benchmarked by ``bench_cpo_step.py``; ``--with-cpo-ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -21,7 +20,7 @@ _sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import provenance  # noqa: E402  (shared provenance helper)
 
 from metacpo_rllib.optim import Batch, GaussianMLP, UpdateConfig, params_of
-from metacpo_rllib.optim.meta import adapt, meta_gradients
+from metacpo_rllib.optim.meta import adapt, adapt_tasks, meta_gradients
 from metacpo_rllib.optim.policy import detached, flatten, forward, log_prob
 from metacpo_rllib.optim.surrogate import surrogates
 
@@ -89,17 +88,16 @@ def run(metric: str, tasks: int, inner_steps: int, steps: int, repeats: int,
     module, theta, support, query = make_problem(cfg, tasks, steps)
     n = flatten(theta).numel()
 
-    def fresh() -> list[list[Batch]]:
-        """The support batches without the inner step's kept solve (``Batch.step_memo``)."""
-        return [[dataclasses.replace(b, step_memo=None) for b in s] for s in support]
-
-    # Both gradients from batches without a kept solve: each pays its inner steps in full.
+    # Both gradients without solves handed over: each pays its inner steps in full.
     t_exact, (_, _, g_exact, _, _) = timed(
-        lambda: meta_gradients(module, theta, fresh(), query, cfg), repeats)
+        lambda: meta_gradients(module, theta, support, query, cfg), repeats)
     fo_cfg = UpdateConfig(**{**cfg.__dict__, "first_order": True})
-    t_first, _ = timed(lambda: meta_gradients(module, theta, fresh(), query, fo_cfg), repeats)
-    # As in the Learner: the support round's inner step at θ has kept its solve.
-    t_kept, _ = timed(lambda: meta_gradients(module, theta, support, query, cfg), repeats)
+    t_first, _ = timed(lambda: meta_gradients(module, theta, support, query, fo_cfg), repeats)
+    # As in the Learner: the inner steps taken from θ hand their solves to the replay.
+    _, task_steps = adapt_tasks(module, theta, support, cfg)
+    solves = [[step.metric_solution for step in steps] for steps in task_steps]
+    t_kept, _ = timed(lambda: meta_gradients(module, theta, support, query, cfg, solves),
+                      repeats)
     row = {"metric": metric, "tasks": tasks, "inner_steps": inner_steps, "steps_per_batch": steps,
            "n_params": n, "exact_s": t_exact, "first_order_s": t_first,
            "exact_over_first_order": t_exact / t_first, "exact_kept_solve_s": t_kept}

@@ -160,7 +160,7 @@ def build_config(args: argparse.Namespace) -> Any:
     training: dict[str, Any] = {
         "tasks_per_iteration": pick("tasks_per_iteration"),
         "episodes_per_task": pick("episodes_per_task"),
-        "cost_limit": args.train_cost_limit,
+        "train_cost_limit": args.train_cost_limit,
         "seed": args.seed,
     }
     for name in ("inner_steps", "trust_region_delta", "inner_delta"):

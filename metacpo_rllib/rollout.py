@@ -22,8 +22,8 @@ with one batched policy forward per step. Conventions (the same as RLlib's sampl
   [0, 2³¹), evaluation reset seeds in [2³¹, 2³²) (safety-gymnasium takes 32-bit seeds), and
   evaluation noise comes from a seed sequence with its own spawn key
   (:data:`EVAL_SPAWN_KEY`, see :func:`evaluation_seed`); an evaluation job samples only
-  summaries (``rllib.episodes.sample_jobs``, ``"evaluation": True``) and is not counted in the
-  runner's sampling metrics.
+  summaries (``rllib.episodes.sample_jobs``, a ``SampleJob`` of mode ``"eval"``) and is not
+  counted in the runner's sampling metrics.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def test_train_cost_limit_is_the_deprecated_name_of_test_cost_limit(capsys) -> N
                              "--train-cost-limit", "9"])
     assert (new.test_cost_limit, new.train_cost_limit) == (4.0, 9.0)
     assert capsys.readouterr().err == ""
-    assert cli.build_config(new).cost_limit == 9.0  # the config's field is the training limit
+    assert cli.build_config(new).train_cost_limit == 9.0  # the training tasks' limit
 
 
 def test_cost_limit_error_comes_in_seconds_without_ray() -> None:

@@ -28,8 +28,8 @@ def _recording(algo):
     calls = []
     original = algo._run_jobs
 
-    def run_jobs(jobs, tasks):
-        results = original(jobs, tasks)
+    def run_jobs(jobs):
+        results = original(jobs)
         calls.append((list(jobs), results))
         return results
 
@@ -68,15 +68,16 @@ def test_eval_episodes_never_share_seeds_with_batches(adapted):
     learn_seeds, eval_seeds = set(), {}
     for jobs, results in calls:
         for job in jobs:
-            result = results[job["job"]]
-            if isinstance(job["seed"], dict):
-                key = (job["task"]["task_id"], job["deterministic"])
-                assert len(result["reset_seeds"]) == EVAL_EPISODES
-                eval_seeds.setdefault(key, []).append(tuple(result["reset_seeds"]))
-                assert "episodes" not in result       # only summaries come back
+            result = results[job.job]
+            assert result.task == job.task and result.mode == job.mode
+            if job.evaluation:
+                key = (job.task.task_id, job.deterministic)
+                assert len(result.evaluation["reset_seeds"]) == EVAL_EPISODES
+                eval_seeds.setdefault(key, []).append(tuple(result.evaluation["reset_seeds"]))
+                assert not result.episodes            # only summaries come back
             else:
-                learn_seeds |= {s for s, _ in episode_streams(job["num_episodes"], job["seed"])}
-                assert len(result["episodes"]) == BATCH_EPISODES
+                learn_seeds |= {s for s, _ in episode_streams(job.num_episodes, job.seed)}
+                assert len(result.episodes) == BATCH_EPISODES
     assert len(learn_seeds) == (STEPS + 1) * len(tasks) * BATCH_EPISODES
     all_eval = {s for runs in eval_seeds.values() for run in runs for s in run}
     assert not learn_seeds & all_eval

@@ -43,7 +43,7 @@ def test_shipped_configs_cover_the_families() -> None:
     for family in ("PointCircle", "CarCircleHazard", "PointButton"):
         sweep = specs[f"{family.lower()}_sweep.yaml"]
         assert sweep.family == family
-        assert {"cost_limit", "trust_region_delta", "seed"} <= set(sweep.grid)
+        assert {"train_cost_limit", "trust_region_delta", "seed"} <= set(sweep.grid)
         assert len(sweep.grid["seed"]) >= 2
         compare = specs[f"{family.lower()}_compare.yaml"]
         assert compare.algorithms == ["MetaCPO", "MetaTRPO", "CPO", "TRPO"]
@@ -144,14 +144,32 @@ def test_overrides_are_validated(tmp_path) -> None:
         load_spec(path, {"tune.max_concurrent": 0})
 
 
+def test_cost_limit_is_the_deprecated_name_of_train_cost_limit() -> None:
+    """``training.cost_limit`` / ``grid.cost_limit`` still work, renamed with one warning;
+    both names set is one error naming both."""
+    base = _yaml(GOOD)
+    with pytest.warns(FutureWarning, match=r"^training\.cost_limit: deprecated, use "
+                                           r"training\.train_cost_limit") as caught:
+        spec = parse_spec({**base, "training": {**base["training"], "cost_limit": 7.0}})
+    assert len(caught) == 1 and spec.training["train_cost_limit"] == 7.0
+    assert "cost_limit" not in spec.training
+    with pytest.warns(FutureWarning, match=r"^grid\.cost_limit"):
+        spec = parse_spec({**base, "grid": {"seed": [0], "cost_limit": [3.0, 6.0]}})
+    assert list(spec.grid["train_cost_limit"]) == [3.0, 6.0]
+    with pytest.raises(SpecError, match=r"^training\.cost_limit, grid\.train_cost_limit: "
+                                        r"both set"):
+        parse_spec({**base, "training": {**base["training"], "cost_limit": 7.0},
+                    "grid": {"seed": [0], "train_cost_limit": [3.0]}})
+
+
 def test_param_space_is_compact_with_grid_search() -> None:
     from metacpo_rllib.experiments.sweep import param_space
 
-    spec = parse_spec({**_yaml(GOOD), "grid": {"seed": [0, 1], "cost_limit": [3.0, 6.0]}})
+    spec = parse_spec({**_yaml(GOOD), "grid": {"seed": [0, 1], "train_cost_limit": [3.0, 6.0]}})
     space = param_space(spec, "CPO")
     assert space["env"] == "PointNav" and space["tasks_per_iteration"] == 2
     assert space["seed"] == {"grid_search": [0, 1]}
-    assert space["cost_limit"] == {"grid_search": [3.0, 6.0]}
+    assert space["train_cost_limit"] == {"grid_search": [3.0, 6.0]}
     assert len(space) < 10  # only what differs from CPOConfig's defaults
 
 

@@ -91,11 +91,10 @@ def test_inner_steps_of_several_tasks_equal_each_task_alone(metric):
     theta = detached(params_of(module))
     support, _ = meta_batches(module, theta, cfg, tasks=3, seed=4)
     starts = [theta] + [adapt(module, theta, s[:1], cfg)[0] for s in support[1:]]
-    batches = [dataclasses.replace(s[1], step_memo=None) for s in support]
+    batches = [s[1] for s in support]
     together, steps = inner_steps(module, starts, batches, cfg, create_graph=False)
     for phi, start, batch, step in zip(together, starts, batches, steps):
-        alone, alone_step = adapt(module, start, [dataclasses.replace(batch, step_memo=None)],
-                                  cfg)
+        alone, alone_step = adapt(module, start, [batch], cfg)
         assert step.case == alone_step[0].case
         torch.testing.assert_close(flatten(phi), flatten(alone), rtol=1e-10, atol=1e-12)
 
@@ -197,38 +196,31 @@ def count_solves(monkeypatch, solves: list) -> None:
                             lambda *a, **k: solves.append(1) or real(*a, **k))
 
 
-def _copies(batches):
-    """The same batches without any kept inner-step solve."""
-    return [dataclasses.replace(b, step_memo=None) for b in batches]
-
-
 @pytest.mark.parametrize("constrained", [True, False])
 def test_replayed_inner_step_reuses_its_solve_and_changes_nothing(monkeypatch, constrained):
-    """The learner's inner step at θ keeps its Fisher solve on the batch; meta_update's
-    replay of that step skips the conjugate gradient and gives the same θ' bit for bit."""
+    """The learner's inner steps at θ hand their Fisher solves to meta_update; its replay of
+    those steps skips the conjugate gradient and gives the same θ' bit for bit."""
     module = small_policy(3)
     theta = detached(params_of(module))
     cfg = UpdateConfig(inner_steps=1, constrained=constrained, metric="fisher").validate()
     support, query = meta_batches(module, theta, cfg, tasks=3, seed=5)
-    fresh_support = [_copies(s) for s in support]
-    fresh_query = _copies(query)
-    for task in support:  # what the learner does in the support round
-        meta.inner_step(module, theta, task[0], cfg, create_graph=False)
+    # what the learner does in the support round: all tasks' inner steps together
+    _, steps = inner_steps(module, [theta] * 3, [s[0] for s in support], cfg,
+                           create_graph=False)
     solves = []
     count_solves(monkeypatch, solves)
-    new, info = meta_update(module, theta, support, query, cfg)
-    with_memo = len(solves)
+    new, info = meta_update(module, theta, support, query, cfg,
+                            solves=[[step.metric_solution] for step in steps])
+    with_solves = len(solves)
     solves.clear()
-    ref, ref_info = meta_update(module, theta, fresh_support, fresh_query, cfg)
+    ref, ref_info = meta_update(module, theta, support, query, cfg)
     assert torch.equal(flatten(new), flatten(ref))
     assert info == ref_info
     # the tasks' replayed steps share one CG (all tasks' solves together); it is saved
-    assert with_memo == len(solves) - 1
-    # a step at other parameters does not take the kept solve
-    other = {k: v + 0.01 for k, v in theta.items()}
-    _, step = meta.inner_step(module, other, support[0][0], cfg, create_graph=False)
-    _, fresh_step = meta.inner_step(module, other, fresh_support[0][0], cfg, create_graph=False)
-    assert torch.equal(step.x, fresh_step.x)
+    assert with_solves == len(solves) - 1
+    with pytest.raises(ValueError, match="solves: need one per task"):
+        inner_steps(module, [theta] * 3, [s[0] for s in support], cfg, create_graph=False,
+                    solves=[steps[0].metric_solution])
 
 
 @pytest.mark.parametrize("inner_steps", [1, 2])
@@ -244,14 +236,13 @@ def test_both_reverse_passes_take_the_last_inner_solve_from_one_cg(monkeypatch, 
 
     def gradients():
         solves.clear()
-        fresh = [_copies(s) for s in support]
-        _, _, g, b, _ = meta_gradients(module, theta, fresh, query, cfg)
+        _, _, g, b, _ = meta_gradients(module, theta, support, query, cfg)
         return g, b, len(solves)
 
     g, b, ahead = gradients()
     # K forward solves, one for both passes at step K, two per earlier step
     assert ahead == inner_steps + 1 + 2 * (inner_steps - 1)
-    monkeypatch.setattr(implicit.ReverseSolve, "solve_ahead", lambda self, *blocks: None)
+    monkeypatch.setattr(implicit.ReverseSolve, "solve_pair", lambda self, *blocks: (None, None))
     g_each, b_each, each = gradients()
     assert each == ahead + 1
     torch.testing.assert_close(g, g_each, rtol=1e-12, atol=1e-14)

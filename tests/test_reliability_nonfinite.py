@@ -20,6 +20,7 @@ from metacpo_rllib.optim.batch import make_batch
 from metacpo_rllib.optim.meta import inner_step, meta_update
 from metacpo_rllib.optim.policy import GaussianMLP, params_of
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig
+from metacpo_rllib.rllib.protocol import SampleResult
 
 HORIZON = 15
 
@@ -39,8 +40,8 @@ def setup():
 
 
 def samples_for(family, tasks, seed):
-    return [{"episodes": random_episodes(family, t, 3, seed + i), "task_id": t.task_id,
-             "cost_limit": t.cost_limit} for i, t in enumerate(tasks)]
+    return [SampleResult(i, t, episodes=random_episodes(family, t, 3, seed + i))
+            for i, t in enumerate(tasks)]
 
 
 # -- optim level -------------------------------------------------------------------------------
@@ -88,12 +89,12 @@ def test_learner_drops_the_task_and_updates_with_the_rest(setup, field, caplog):
     learner = config.build_learner(spaces=spaces)
     tasks = family.sample_tasks(3, seed=0)
     samples = samples_for(family, tasks, 0)
-    corrupt(samples[1]["episodes"], field, math.nan if field != "logp" else -math.inf)
+    corrupt(samples[1].episodes, field, math.nan if field != "logp" else -math.inf)
     learner.begin(num_tasks=3)
     with caplog.at_level(logging.WARNING):
         out = learner.add_round(0, samples)
-    assert out["weights"][1] is None and list(out["dropped"]) == [1]
-    assert f"task {tasks[1].task_id}" in out["dropped"][1]
+    assert out.weights[1] is None and list(out.dropped) == [1]
+    assert f"task {tasks[1].task_id}" in out.dropped[1]
     assert f"task {tasks[1].task_id}" in caplog.text
     learner.add_round(1, [s if i != 1 else None
                           for i, s in enumerate(samples_for(family, tasks, 10))])
@@ -108,7 +109,7 @@ def test_learner_skips_an_update_with_a_nonfinite_meta_gradient(setup):
     theta = learner.begin(num_tasks=2)
     learner.add_round(0, samples_for(family, tasks, 0))
     query = samples_for(family, tasks, 20)
-    corrupt(query[0]["episodes"], "logp", -math.inf)  # finite batch, non-finite gradient
+    corrupt(query[0].episodes, "logp", -math.inf)  # finite batch, non-finite gradient
     learner.add_round(1, query)
     info = learner.meta_step()
     assert info == {"num_tasks_updated": 0.0, "updates_skipped": 1.0}
@@ -128,11 +129,11 @@ def test_adaptation_drops_a_task_with_a_nonfinite_gradient(setup):
     learner = config.build_learner(spaces=spaces)
     tasks = family.sample_tasks(2, seed=2)
     samples = samples_for(family, tasks, 0)
-    corrupt(samples[0]["episodes"], "logp", -math.inf)
+    corrupt(samples[0].episodes, "logp", -math.inf)
     learner.begin(num_tasks=2)
     out = learner.adapt_round(samples, update=True)
-    assert out["weights"][0] is None and out["weights"][1] is not None
-    assert list(out["dropped"]) == [0]
+    assert out.weights[0] is None and out.weights[1] is not None
+    assert list(out.dropped) == [0]
 
 
 # -- the algorithm (local EnvRunner only) ------------------------------------------------------
@@ -149,9 +150,9 @@ def test_algorithm_counts_dropped_tasks_and_skipped_updates(ray_local, monkeypat
     def faulty(runner, jobs):
         out = sample_jobs(runner, jobs)
         for result in out["results"]:
-            fault = plan.get((calls["n"], result["job"]))
+            fault = plan.get((calls["n"], result.job))
             if fault:
-                corrupt(result["episodes"], *fault)
+                corrupt(result.episodes, *fault)
         calls["n"] += 1
         return out
 

@@ -12,7 +12,6 @@ import torch
 from metacpo_rllib.optim import GaussianMLP
 from metacpo_rllib.optim.policy import forward, log_prob
 from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
-from metacpo_rllib.rllib.algorithm import _learner_inputs
 from metacpo_rllib.rllib.module import weights_to_params
 
 pytestmark = pytest.mark.ray
@@ -88,10 +87,10 @@ def test_task_assignment_reaches_each_runner(ray_local):
         tasks = algo.sample_train_tasks()
         theta = algo._on_learner(lambda learner: learner.begin(len(tasks)))
         samples = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
-        assert [s["worker_index"] for s in samples] == [1, 2, 1, 2]  # round-robin
+        assert [s.worker_index for s in samples] == [1, 2, 1, 2]  # round-robin
         for task, sample in zip(tasks, samples):
-            assert sample["task_id"] == task.task_id
-            assert sample["episode_task_ids"] == [[task.task_id]] * len(sample["episodes"])
+            assert sample.task == task
+            assert sample.episode_task_ids == [[task.task_id]] * len(sample.episodes)
         # Each runner's env now holds the last task it was given.
         current = algo.env_runner_group.foreach_env_runner(
             lambda r: (r.worker_index, r.env.unwrapped.call("get_task")[0].task_id),
@@ -108,9 +107,8 @@ def test_adapted_weights_reach_the_runner(ray_local):
         tasks = algo.sample_train_tasks()
         theta = algo._on_learner(lambda learner: learner.begin(len(tasks)))
         round0 = algo.sample_episodes(tasks, [theta] * len(tasks), 2)
-        inputs = _learner_inputs(tasks, round0)
-        out = algo._on_learner(lambda learner: learner.add_round(0, inputs))
-        round1 = algo.sample_episodes(tasks, out["weights"], 2)
+        out = algo._on_learner(lambda learner: learner.add_round(0, round0))
+        round1 = algo.sample_episodes(tasks, out.weights, 2)
         policy = GaussianMLP(6, 2)
         theta_params = weights_to_params(theta)
 
@@ -119,11 +117,11 @@ def test_adapted_weights_reach_the_runner(ray_local):
                 mean, log_std = forward(policy, params, torch.as_tensor(ep.obs))
                 return log_prob(mean, log_std, torch.as_tensor(ep.actions)).numpy()
 
-        for ep in round0[0]["episodes"]:
+        for ep in round0[0].episodes:
             np.testing.assert_allclose(ep.logp, logp(theta_params, ep), atol=1e-4)
         for i, sample in enumerate(round1):
             phi = algo._on_learner(lambda learner: learner.adapted_params(i))
-            for ep in sample["episodes"]:
+            for ep in sample.episodes:
                 np.testing.assert_allclose(ep.logp, logp(phi, ep), atol=1e-4)
                 assert np.max(np.abs(ep.logp - logp(theta_params, ep))) > 1e-3
     finally:

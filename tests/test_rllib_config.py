@@ -60,13 +60,13 @@ def test_every_algorithm_name_comes_from_the_one_table():
 
 def test_training_sets_fields_and_meta_switch_sets_inner_steps():
     cfg = MetaCPOConfig().training(
-        inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, cost_limit=7.5,
+        inner_steps=2, tasks_per_iteration=3, episodes_per_task=5, train_cost_limit=7.5,
         trust_region_delta=0.02, inner_delta=0.03, metric="euclidean", cg_iters=5,
         line_search_steps=4, line_search_decay=0.5, gamma=0.95, lambda_=0.9,
         cost_gamma=0.99, cost_lambda=0.8, first_order=True, seed=3, cost_upper_bound=False,
         cost_signal_share=False, recover_when_violating=False)
     assert (cfg.inner_steps, cfg.tasks_per_iteration, cfg.episodes_per_task) == (2, 3, 5)
-    assert (cfg.cost_limit, cfg.seed, cfg.gamma, cfg.first_order) == (7.5, 3, 0.95, True)
+    assert (cfg.train_cost_limit, cfg.seed, cfg.gamma, cfg.first_order) == (7.5, 3, 0.95, True)
     upd = cfg.update_config()
     assert (upd.delta, upd.inner_delta, upd.metric, upd.cg_iters) == (0.02, 0.03, "euclidean", 5)
     assert cfg.batch_kwargs() == {"gamma": 0.95, "lam": 0.9, "cost_gamma": 0.99,
@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("inner_steps", {"inner_steps": 0}),            # meta=True needs K >= 1
     ("tasks_per_iteration", {"tasks_per_iteration": 0}),
     ("episodes_per_task", {"episodes_per_task": 1.5}),
-    ("cost_limit", {"cost_limit": -1.0}),
+    ("train_cost_limit", {"train_cost_limit": -1.0}),
     ("trust_region_delta", {"trust_region_delta": 0.0}),
     ("inner_delta", {"inner_delta": float("nan")}),
     ("metric", {"metric": "kl"}),
@@ -107,6 +107,20 @@ def test_invalid_training_values_name_the_field(field, kwargs):
     cfg = MetaCPOConfig().environment("PointNav").training(**kwargs)
     with pytest.raises(ValueError, match=rf"^{field}:"):
         cfg.validate()
+
+
+def test_cost_limit_is_the_deprecated_name_of_train_cost_limit():
+    """``training(cost_limit=...)`` still sets the training tasks' limit, with one warning;
+    both names in one call is one error naming both."""
+    with pytest.warns(FutureWarning, match="^cost_limit is deprecated: use train_cost_limit"
+                      ) as caught:
+        cfg = MetaCPOConfig().environment("PointNav").training(cost_limit=7.0)
+    assert len(caught) == 1
+    assert cfg.train_cost_limit == 7.0 and cfg.cost_limit == 7.0
+    assert MetaCPOConfig().training(train_cost_limit=6.0).train_cost_limit == 6.0
+    assert "cost_limit" not in cfg.to_dict() and cfg.to_dict()["train_cost_limit"] == 7.0
+    with pytest.raises(ValueError, match=r"^cost_limit, train_cost_limit: both set"):
+        MetaCPOConfig().training(cost_limit=1.0, train_cost_limit=2.0)
 
 
 def test_cpo_rejects_inner_steps():

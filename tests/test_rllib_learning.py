@@ -35,8 +35,8 @@ def test_meta_cpo_learns_pointnav_within_the_limit(ray_local):
               .environment("PointNav", env_config={"horizon": 40})
               .env_runners(num_env_runners=0)
               .training(tasks_per_iteration=8, episodes_per_task=6, inner_steps=1,
-                        trust_region_delta=0.05, inner_delta=0.05, cost_limit=TRAIN_LIMIT,
-                        seed=0, **TEXTBOOK_STEP))
+                        trust_region_delta=0.05, inner_delta=0.05,
+                        train_cost_limit=TRAIN_LIMIT, seed=0, **TEXTBOOK_STEP))
     algo = config.build_algo()
     try:
         tasks = algo.family.sample_tasks(12, "train", seed=1000)

@@ -12,6 +12,7 @@ from helpers import random_episodes
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import params_of
 from metacpo_rllib.optim.policy import forward, log_prob
+from metacpo_rllib.rllib.protocol import SampleResult
 from metacpo_rllib.rllib.metrics import iteration_metrics, update_metrics
 from metacpo_rllib.rllib.module import GaussianMLPModule, params_to_weights, weights_to_params
 
@@ -80,18 +81,19 @@ def test_learner_rounds_and_dropped_tasks():
     learner = config.build_learner(spaces={"default_policy": (env.observation_space,
                                                               env.action_space)})
     tasks = family.sample_tasks(3, seed=0)
-    samples = [{"episodes": random_episodes(family, t, 3, i), "task_id": t.task_id,
-                "cost_limit": t.cost_limit} for i, t in enumerate(tasks)]
-    samples[2]["episodes"][0].rewards[3] = np.nan
+    samples = [SampleResult(i, t, episodes=random_episodes(family, t, 3, i))
+               for i, t in enumerate(tasks)]
+    samples[2].episodes[0].rewards[3] = np.nan
     theta = learner.begin(num_tasks=3)
     out = learner.add_round(0, samples)
-    assert out["summaries"][2] is None and out["weights"][2] is None
-    assert list(out["dropped"]) == [2] and "rewards" in out["dropped"][2]
-    for w in out["weights"][:2]:
+    assert out.summaries[2] is None and out.weights[2] is None
+    assert out.summaries[0]["cost_limit"] == tasks[0].cost_limit
+    assert list(out.dropped) == [2] and "rewards" in out.dropped[2]
+    for w in out.weights[:2]:
         assert set(w) == set(theta)
         assert any(not np.array_equal(w[k], theta[k]) for k in w)
-    query = [{"episodes": random_episodes(family, t, 3, 10 + i), "task_id": t.task_id,
-              "cost_limit": t.cost_limit} for i, t in enumerate(tasks[:2])] + [None]
+    query = [SampleResult(i, t, episodes=random_episodes(family, t, 3, 10 + i))
+             for i, t in enumerate(tasks[:2])] + [None]
     learner.add_round(1, query)
     info = learner.meta_step()
     assert info["num_tasks_updated"] == 2.0 and "outer_kl" in info

@@ -8,12 +8,14 @@ import torch
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from metacpo_rllib.envs import make_family
+from metacpo_rllib.envs.base import Task
 from metacpo_rllib.optim import params_of
 from metacpo_rllib.optim.policy import forward, log_prob
 from metacpo_rllib.rllib.config import MetaCPOConfig
 from metacpo_rllib.rllib.episodes import episode_streams, numpy_policy, sample_jobs, \
     torch_policy
 from metacpo_rllib.rllib.module import params_to_weights
+from metacpo_rllib.rllib.protocol import SampleJob
 
 HORIZON = 9
 FAMILY = "PointNav"
@@ -37,8 +39,8 @@ def runners() -> dict[int, SingleAgentEnvRunner]:
 
 
 @pytest.fixture(scope="module")
-def task() -> dict:
-    return make_family(FAMILY, horizon=HORIZON).sample_tasks(1, seed=11)[0].to_dict()
+def task() -> Task:
+    return make_family(FAMILY, horizon=HORIZON).sample_tasks(1, seed=11)[0]
 
 
 def _weights(seed: int, log_std: float = -0.5) -> dict:
@@ -52,8 +54,8 @@ def _weights(seed: int, log_std: float = -0.5) -> dict:
     return params_to_weights(params_of(pi))
 
 
-def _job(task: dict, n: int, seed, weights=None, job: int = 0) -> dict:
-    return {"job": job, "task": task, "weights": weights, "num_episodes": n, "seed": seed}
+def _job(task: Task, n: int, seed, weights=None, job: int = 0) -> SampleJob:
+    return SampleJob.learning(job, task, weights, n, seed)
 
 
 def _sample(runner, task, n, seed, weights=None):
@@ -69,9 +71,9 @@ def _assert_same(a, b) -> None:
 
 def test_same_seed_same_episodes_other_seed_other_episodes(runners, task):
     runner, weights = runners[2], _weights(0)
-    a = _sample(runner, task, 3, seed=123, weights=weights)["episodes"]
-    b = _sample(runner, task, 3, seed=123, weights=weights)["episodes"]
-    c = _sample(runner, task, 3, seed=124, weights=weights)["episodes"]
+    a = _sample(runner, task, 3, seed=123, weights=weights).episodes
+    b = _sample(runner, task, 3, seed=123, weights=weights).episodes
+    c = _sample(runner, task, 3, seed=124, weights=weights).episodes
     _assert_same(a, b)
     assert not np.array_equal(a[0].actions, c[0].actions)
     assert not np.array_equal(a[0].obs[0], c[0].obs[0])  # reset seeds differ too
@@ -94,12 +96,12 @@ def test_episode_count_and_spread_over_sub_envs(runners, task, num_envs):
     """5 episodes (not a multiple of 2 or 3) on 1, 2 and 3 sub-envs: all complete, and
     the same episodes whatever the number of sub-envs."""
     out = _sample(runners[num_envs], task, 5, seed=99, weights=_weights(2))
-    assert len(out["episodes"]) == 5 and out["num_env_steps"] == 5 * HORIZON
-    assert all(len(ep) == HORIZON for ep in out["episodes"])
-    assert out["episode_task_ids"] == [[task["task_id"]]] * 5
-    assert out["task_id"] == task["task_id"] and out["worker_index"] == 0
-    reference = _sample(runners[1], task, 5, seed=99, weights=_weights(2))["episodes"]
-    for x, y in zip(out["episodes"], reference):
+    assert len(out.episodes) == 5 and out.num_env_steps == 5 * HORIZON
+    assert all(len(ep) == HORIZON for ep in out.episodes)
+    assert out.episode_task_ids == [[task.task_id]] * 5
+    assert out.task == task and out.worker_index == 0
+    reference = _sample(runners[1], task, 5, seed=99, weights=_weights(2)).episodes
+    for x, y in zip(out.episodes, reference):
         for key in ("obs", "actions", "logp", "rewards", "costs"):
             np.testing.assert_allclose(getattr(x, key), getattr(y, key), rtol=1e-5, atol=1e-6)
 
@@ -110,10 +112,10 @@ def test_replaying_the_clipped_actions_reproduces_obs_rewards_and_costs(runners,
     stored obs, rewards and per-step ``info["cost"]``."""
     seed, n = 31, 3
     out = _sample(runners[2], task, n, seed=seed, weights=_weights(3, log_std=0.5))
-    actions = np.concatenate([ep.actions for ep in out["episodes"]])
+    actions = np.concatenate([ep.actions for ep in out.episodes])
     assert np.abs(actions).max() > 1.0  # some actions lie outside the box: kept unclipped
     env = make_family(FAMILY, horizon=HORIZON).make_env(task)
-    for (reset_seed, _), ep in zip(episode_streams(n, seed), out["episodes"]):
+    for (reset_seed, _), ep in zip(episode_streams(n, seed), out.episodes):
         obs, _ = env.reset(seed=reset_seed)
         costs, rewards, done = [], [], False
         for t, action in enumerate(ep.actions):
@@ -126,14 +128,14 @@ def test_replaying_the_clipped_actions_reproduces_obs_rewards_and_costs(runners,
         assert done  # the episode is complete
         np.testing.assert_array_equal(ep.rewards, rewards)
         np.testing.assert_array_equal(ep.costs, costs)
-    assert sum(ep.costs.sum() for ep in out["episodes"]) >= 0.0
+    assert sum(ep.costs.sum() for ep in out.episodes) >= 0.0
 
 
 def test_logp_is_optim_log_prob_of_the_stored_actions(runners, task):
     runner = runners[3]
     out = _sample(runner, task, 4, seed=8, weights=_weights(4, log_std=-0.2))
     pi = runner.module.pi
-    for ep in out["episodes"]:
+    for ep in out.episodes:
         with torch.no_grad():
             mean, log_std = forward(pi, params_of(pi), torch.as_tensor(ep.obs))
             expected = log_prob(mean, log_std, torch.as_tensor(ep.actions)).numpy()
@@ -158,7 +160,7 @@ def test_ray_free_sampler_gives_the_runners_episodes(runners, task):
     from metacpo_rllib.rollout import sample_episodes, sampling_policy
 
     weights = _weights(6, log_std=0.3)
-    expected = _sample(runners[1], task, 3, seed=17, weights=weights)["episodes"]
+    expected = _sample(runners[1], task, 3, seed=17, weights=weights).episodes
     env = make_family(FAMILY, horizon=HORIZON).make_env(task)
     params = {k: v.float() for k, v in weights_to_params(weights).items()}
     episodes = sample_episodes(env, sampling_policy(GaussianMLP(6, 2), params), 3, seed=17)
@@ -171,11 +173,11 @@ def test_steps_and_episodes_reach_the_runner_metrics(task):
         out = sample_jobs(runner, [_job(task, 3, 1, _weights(5), job=0),
                                    _job(task, 2, 2, None, job=1)])
         metrics = out["metrics"]
-        assert [r["job"] for r in out["results"]] == [0, 1]
+        assert [r.job for r in out["results"]] == [0, 1]
         assert metrics["num_env_steps_sampled_lifetime"] == 5 * HORIZON
         assert metrics["num_episodes_lifetime"] == 5
         assert metrics["episode_len_mean"] == HORIZON
-        returns = [float(ep.rewards.sum()) for r in out["results"] for ep in r["episodes"]]
+        returns = [float(ep.rewards.sum()) for r in out["results"] for ep in r.episodes]
         assert float(metrics["episode_return_mean"]) == pytest.approx(np.mean(returns))
     finally:
         runner.stop()
@@ -185,10 +187,10 @@ def test_float64_obs_of_a_safety_env_are_stored_as_float32():
     runner = _runner(2, "PointCircle", {"max_episode_steps": 6})
     try:
         family = make_family("PointCircle", max_episode_steps=6)
-        out = _sample(runner, family.default_task().to_dict(), 3, seed=4)
-        assert [len(ep) for ep in out["episodes"]] == [6, 6, 6]
+        out = _sample(runner, family.default_task(), 3, seed=4)
+        assert [len(ep) for ep in out.episodes] == [6, 6, 6]
         assert all(ep.obs.dtype == np.float32 and ep.actions.dtype == np.float32
                    and ep.logp.dtype == np.float32 and ep.costs.dtype == np.float64
-                   for ep in out["episodes"])
+                   for ep in out.episodes)
     finally:
         runner.stop()

@@ -203,7 +203,7 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
 
     training = {"tasks_per_iteration": args.tasks_per_iteration,
                 "episodes_per_task": args.episodes_per_task,
-                "cost_limit": args.train_cost_limit}
+                "train_cost_limit": args.train_cost_limit}
     if args.config:
         overrides = {"family": args.family, "iterations": args.iterations,
                      "grid.seed": args.seeds, "env_config": args.env_config,

@@ -227,13 +227,13 @@ def _training_evaluation_lines(runs: Mapping[str, Sequence[Mapping[str, Any]]],
 
 # -- the whole command ----------------------------------------------------------------------------
 def train_cost_limit(spec: SweepSpec) -> Optional[float]:
-    """The training tasks' limit of a comparison (``training.cost_limit``, else the
+    """The training tasks' limit of a comparison (``training.train_cost_limit``, else the
     family's); None where it varies over the grid."""
     from metacpo_rllib.envs import make_family
 
-    if "cost_limit" in spec.grid:
+    if "train_cost_limit" in spec.grid:
         return None
-    limit = spec.training.get("cost_limit")
+    limit = spec.training.get("train_cost_limit")
     if limit is None:
         limit = make_family(spec.family, **spec.env_config).cost_limit_of("train")
     return float(limit)

@@ -6,6 +6,7 @@ import difflib
 import inspect
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -281,7 +282,9 @@ def load_spec(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: invalid YAML ({err})") from None
     try:
-        return parse_spec(apply_overrides(data, overrides or {}), default_name=path.stem)
+        # the file's deprecated keys are renamed first, so that flags override them
+        data = apply_overrides(renamed_cost_limit(data), overrides or {})
+        return parse_spec(data, default_name=path.stem)
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
 
@@ -306,9 +309,33 @@ def apply_overrides(data: Any, overrides: Mapping[str, Any]) -> Any:
     return data
 
 
+def renamed_cost_limit(data: Any) -> Any:
+    """``data`` with ``training.cost_limit`` / ``grid.cost_limit``, the deprecated name of
+    ``train_cost_limit``, renamed (one warning each); both names set: SpecError naming
+    both."""
+    if not isinstance(data, Mapping):
+        return data
+    sections = {name: data[name] for name in ("training", "grid")
+                if isinstance(data.get(name), Mapping)}
+    new = [f"{name}.train_cost_limit" for name, sec in sections.items()
+           if "train_cost_limit" in sec]
+    out = dict(data)
+    for name, section in sections.items():
+        if "cost_limit" not in section:
+            continue
+        if new:
+            raise SpecError(f"{name}.cost_limit, {new[0]}: both set; cost_limit is the "
+                            "deprecated name of train_cost_limit, set only train_cost_limit")
+        warnings.warn(f"{name}.cost_limit: deprecated, use {name}.train_cost_limit (the "
+                      "training tasks' cost limit; same value)", FutureWarning, stacklevel=3)
+        out[name] = {("train_cost_limit" if k == "cost_limit" else k): v
+                     for k, v in section.items()}
+    return out
+
+
 def parse_spec(data: Any, default_name: str = "sweep") -> SweepSpec:
     """Build a SweepSpec from a parsed mapping and validate it (see ``validate_spec``)."""
-    data = _mapping("spec", data)
+    data = _mapping("spec", renamed_cost_limit(data))
     _unknown("", data, TOP_LEVEL_KEYS)
     for key in ("algorithm", "family", "iterations"):
         if key not in data:

@@ -166,21 +166,22 @@ def training_params(config: Any) -> dict[str, str]:
                               "gamma": config.gamma}
     for field in sorted(setter_fields(MetaCPOConfig.training)):
         params[field] = getattr(config, field, None)
-    del params["cost_limit"]  # None means the family's: logged as the limit used instead
+    del params["cost_limit"]  # the deprecated name of train_cost_limit
+    # train_cost_limit None means the family's: logged as the limit used instead
     params.update(cost_limits(config))
     return {k: _param(v) for k, v in params.items()}
 
 
 def cost_limits(config: Any, test_limit: Optional[float] = None,
                 split: str = "test") -> dict[str, Optional[float]]:
-    """The limits a config's run uses: ``train_cost_limit`` (its ``cost_limit``, else the
+    """The limits a config's run uses: ``train_cost_limit`` (the config's, else the
     family's train limit) and ``test_cost_limit`` (``test_limit``, else the family's limit
     of the held-out ``split``); None where the family cannot be built."""
     try:
         family = config.make_family()
     except Exception:  # noqa: BLE001 (an invalid config: validate() names the problem)
         family = None
-    train = config.cost_limit if config.cost_limit is not None else (
+    train = config.train_cost_limit if config.train_cost_limit is not None else (
         family and family.cost_limit_of("train"))
     test = test_limit if test_limit is not None else (family and family.cost_limit_of(split))
     return {"train_cost_limit": None if train is None else float(train),

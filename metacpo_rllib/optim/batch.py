@@ -64,11 +64,6 @@ class Batch:
     cost_limit: float = 0.0
     cost_estimate: Optional[float] = None  # J_C in c; None: the mean episode cost
     cost_signal_share: float = 1.0
-    #: (solve settings, flat parameters, H⁻¹[g b]) of the last Fisher inner step taken on
-    #: this batch (``meta.inner_step``): the meta-gradient replays the learner's inner step
-    #: at the same parameters and reuses its conjugate-gradient solve.
-    step_memo: Optional[tuple[tuple, Tensor, Tensor]] = dataclasses.field(
-        default=None, repr=False, compare=False)
 
     @property
     def num_steps(self) -> int:

@@ -60,4 +60,4 @@ def shrink_cost_gradient(module: nn.Module, params: Params, batch: Batch) -> Bat
         share = cost_signal_share(module, {k: v.detach().requires_grad_(True)
                                            for k, v in params.items()}, batch)
     return dataclasses.replace(batch, adv_cost=batch.adv_cost * share,
-                               cost_signal_share=share, step_memo=None)
+                               cost_signal_share=share)

@@ -5,9 +5,10 @@ the steps' gradients w.r.t. g, b and A's own parameters are those of the exact s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,10 +88,9 @@ class ReverseSolve:
     through :func:`implicit_steps` (CG, each column as if alone).
 
     The meta-gradient takes two reverse passes (objective, constraint) through the last
-    inner steps; :meth:`solve_ahead` solves both passes' blocks in one CG, over the
-    forward solve's product ``pair_product`` (``width`` columns per instance), and each
-    pass then takes its stored solution (a block not solved ahead is solved when it
-    arrives).
+    inner steps; :meth:`solve_pair` solves both passes' blocks in one CG, over the forward
+    solve's product ``pair_product`` (``width`` columns per instance), and the caller hands
+    each pass its solution with :meth:`reusing`.
     """
 
     def __init__(self, module: nn.Module, params: Sequence[Params], states: Sequence[Tensor],
@@ -101,20 +101,33 @@ class ReverseSolve:
         self._cg = functools.partial(conjugate_gradient, iters=iters, damping=damping, tol=tol,
                                      batched_hvp=True)
         self._column_product: Callable[[Tensor], Tensor] | None = None
-        self._ahead: list[tuple[Tensor, Tensor]] = []
+        self._given: Tensor | None = None
 
-    def solve_ahead(self, first: Tensor, second: Tensor) -> None:
-        """Solve the (n, m) blocks ``first`` and ``second`` together, for later calls."""
+    def solve_pair(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+        """The solutions of the (n, m) blocks ``first`` and ``second``, in one CG."""
         if self._width != 2:
-            raise ValueError("solve_ahead needs the two-column product of a constrained step")
+            raise ValueError("solve_pair needs the two-column product of a constrained step")
         both = self._cg(self._pair_product.without_graph,
-                        torch.stack([first, second], dim=2).flatten(1))
-        self._ahead = [(first.detach(), both[:, 0::2]), (second.detach(), both[:, 1::2])]
+                        torch.stack([first.detach(), second.detach()], dim=2).flatten(1))
+        return both[:, 0::2], both[:, 1::2]
+
+    @contextlib.contextmanager
+    def reusing(self, solution: Tensor | None) -> Iterator[None]:
+        """Within the block, the reverse pass takes ``solution`` (the caller's solve of the
+        block that pass brings, e.g. from :meth:`solve_pair`) instead of solving; None:
+        solve as usual."""
+        self._given = solution
+        try:
+            yield
+        finally:
+            self._given = None
 
     def __call__(self, block: Tensor) -> Tensor:
-        for rhs, solution in self._ahead:
-            if torch.equal(rhs, block):
-                return solution
+        if self._given is not None:
+            if self._given.shape != block.shape:
+                raise ValueError(f"reusing: the given solution is {tuple(self._given.shape)}, "
+                                 f"the reverse pass brings {tuple(block.shape)}")
+            return self._given
         if self._width == 1:
             return self._cg(self._pair_product.without_graph, block)
         if self._column_product is None:  # one column per instance: a graph of its own

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from metacpo_rllib.optim.batch import Batch
-from metacpo_rllib.optim.cpo import (BACKENDS, CASES, RESTORING_CASES, CPOStep,
-                                     NonFiniteError, check_inputs, steps_from_solutions)
+from metacpo_rllib.optim.cpo import (BACKENDS, CASE_INFEASIBLE, CASES, RESTORING_CASES,
+                                     CPOStep, NonFiniteError, check_inputs,
+                                     steps_from_solutions)
 from metacpo_rllib.optim.implicit import ReverseSolve, implicit_steps
 from metacpo_rllib.optim.linalg import conjugate_gradient
 from metacpo_rllib.optim.line_search import LineSearchResult, line_search
@@ -164,18 +165,13 @@ def constrained_step(
                              create_graph)[0]
 
 
-def _solve_key(params: Params, cfg: UpdateConfig) -> tuple[tuple, Tensor]:
-    """What a kept inner-step solve depends on besides its batch: settings, parameter values."""
-    settings = (cfg.constrained, cfg.cg_iters, cfg.cg_damping, cfg.cg_tol, cfg.fisher_stride)
-    return settings, flatten(params).detach()
-
-
 def inner_steps(
     module: nn.Module,
     params: Sequence[Params],
     batches: Sequence[Batch],
     cfg: UpdateConfig,
     create_graph: bool,
+    solves: Optional[Sequence[Tensor]] = None,
 ) -> tuple[list[Params], list[CPOStep]]:
     """One adaptation step φ_i' = φ_i + x*(g_i(φ_i), b_i(φ_i), c_i) per task i, taking task
     i's step from ``params[i]`` on ``batches[i]`` (radius ``inner_delta``); the tasks' metric
@@ -183,9 +179,10 @@ def inner_steps(
 
     With ``create_graph`` the steps stay differentiable w.r.t. ``params`` (and what they
     were computed from); otherwise the returned parameters are new leaves.
-    The Fisher solve of each task is kept on its batch (``batch.step_memo``): the same
-    steps taken again at the same parameter values (the meta-gradient replaying the
-    learner's inner steps) skip their conjugate gradient.
+    ``solves``: per task the ``CPOStep.metric_solution`` of these very steps taken before
+    (same parameter values, batches and settings, all tasks in one call), e.g. the
+    learner's inner steps that the meta-gradient replays; with the Fisher metric their
+    conjugate gradient is skipped.
     """
     gs, bs = [], []
     for phi, batch in zip(params, batches):
@@ -195,19 +192,15 @@ def inner_steps(
                                               retain_graph=True)))
         bs.append(flatten(torch.autograd.grad(cost, tensors, create_graph=create_graph))
                   if cfg.constrained else None)
-    fisher = cfg.metric == "fisher"  # only the Fisher metric has a solve to keep
-    keys = [_solve_key(phi, cfg) for phi in params] if fisher else []
     known = None
-    memos = [batch.step_memo for batch in batches]
-    if fisher and all(m and m[0] == key[0] and torch.equal(m[1], key[1])
-                      for m, key in zip(memos, keys)):
+    if solves is not None and cfg.metric == "fisher":  # only the Fisher metric has a solve
+        if len(solves) != len(batches):
+            raise ValueError(f"solves: need one per task ({len(batches)}), got {len(solves)}")
         width = 2 if cfg.constrained else 1
-        known = torch.cat([m[2][:, :width] for m in memos], dim=1)
+        known = torch.cat([solve[:, :width] for solve in solves], dim=1)
     steps = constrained_steps(module, params, gs, bs,
                               [batch.constraint_value for batch in batches], cfg.inner_delta,
                               [batch.obs for batch in batches], cfg, create_graph, known)
-    for batch, key, step in zip(batches, keys, steps):
-        batch.step_memo = (*key, step.metric_solution)
     if create_graph:
         return [add_step(phi, step.x) for phi, step in zip(params, steps)], steps
     return [detached(add_step(phi, step.x.detach())) for phi, step in zip(params, steps)], steps
@@ -227,11 +220,13 @@ def adapt_tasks(
     support: Sequence[Sequence[Batch]],
     cfg: UpdateConfig,
     create_graph: bool = False,
+    solves: Optional[Sequence[Sequence[Tensor]]] = None,
 ) -> tuple[list[Params], list[list[CPOStep]]]:
     """Adapt ``params`` to every task: task i takes one inner step per batch of
     ``support[i]`` in order (batch k sampled by its k-th adapted policy); step k of all
     tasks is taken together (:func:`inner_steps`). Returns each task's adapted parameters
-    and its steps.
+    and its steps. ``solves[i][k]``: the metric solution of task i's step k taken before
+    from the same ``params`` (see :func:`inner_steps`).
 
     With ``first_order`` the steps are added as constants: gradients pass straight
     through to ``params`` (first-order MAML).
@@ -243,7 +238,8 @@ def adapt_tasks(
     steps: list[list[CPOStep]] = [[] for _ in support]
     for k in range(rounds.pop() if rounds else 0):
         new, taken = inner_steps(module, phis, [s[k] for s in support], cfg,
-                                 create_graph=create_graph and not cfg.first_order)
+                                 create_graph=create_graph and not cfg.first_order,
+                                 solves=None if solves is None else [t[k] for t in solves])
         if create_graph and cfg.first_order:
             new = [add_step(phi, step.x.detach()) for phi, step in zip(phis, taken)]
         phis = new
@@ -271,13 +267,25 @@ def query_objectives(
     query: Sequence[Batch],
     cfg: UpdateConfig,
     create_graph: bool,
+    solves: Optional[Sequence[Sequence[Tensor]]] = None,
 ) -> tuple[Tensor, Tensor, list[CPOStep]]:
     """Meta-objective and meta-constraint surrogate: the mean over tasks of the reward and
-    cost surrogates of the adapted parameters φ_i^K(params) on the query batches."""
-    phis, task_steps = adapt_tasks(module, params, support, cfg, create_graph=create_graph)
+    cost surrogates of the adapted parameters φ_i^K(params) on the query batches
+    (``solves``: see :func:`adapt_tasks`)."""
+    reward, cost, task_steps = _task_objectives(module, params, support, query, cfg,
+                                                create_graph, solves)
+    return reward, cost, [step for steps in task_steps for step in steps]
+
+
+def _task_objectives(module: nn.Module, params: Params, support: Sequence[Sequence[Batch]],
+                     query: Sequence[Batch], cfg: UpdateConfig, create_graph: bool,
+                     solves: Optional[Sequence[Sequence[Tensor]]]
+                     ) -> tuple[Tensor, Tensor, list[list[CPOStep]]]:
+    """:func:`query_objectives` with the inner steps kept per task."""
+    phis, task_steps = adapt_tasks(module, params, support, cfg, create_graph=create_graph,
+                                   solves=solves)
     rewards, costs = zip(*(surrogates(module, phi, batch) for phi, batch in zip(phis, query)))
-    steps = [step for task in task_steps for step in task]
-    return torch.stack(rewards).mean(), torch.stack(costs).mean(), steps
+    return torch.stack(rewards).mean(), torch.stack(costs).mean(), task_steps
 
 
 def meta_gradients(
@@ -286,22 +294,33 @@ def meta_gradients(
     support: Sequence[Sequence[Batch]],
     query: Sequence[Batch],
     cfg: UpdateConfig,
+    solves: Optional[Sequence[Sequence[Tensor]]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[CPOStep]]:
     """Meta-objective and meta-constraint surrogates at ``theta`` (leaves requiring grad)
     and their exact gradients g, b w.r.t. theta: one reverse pass each through all K inner
-    steps of every task (b is None when unconstrained).
+    steps of every task (b is None when unconstrained). ``solves``: the metric solutions
+    of the inner steps already taken from ``theta`` (:func:`adapt_tasks`).
 
     Both passes meet the last inner steps' solve with right-hand sides known in advance
-    (the query gradients w.r.t. the last steps): they are solved together, in one CG.
+    (the query gradients w.r.t. the last steps): they are solved together, in one CG, and
+    each pass is handed its solution.
     """
     tensors = list(theta.values())
-    reward, cost, inner = query_objectives(module, theta, support, query, cfg, create_graph=True)
-    last = inner[cfg.inner_steps - 1::cfg.inner_steps] if cfg.inner_steps else []
-    if cfg.constrained and last and isinstance(last[0].reverse_solve, ReverseSolve):
+    reward, cost, task_steps = _task_objectives(module, theta, support, query, cfg,
+                                                create_graph=True, solves=solves)
+    inner = [step for steps in task_steps for step in steps]
+    last = [steps[-1] for steps in task_steps if steps]
+    reverse = last[0].reverse_solve if last else None
+    if cfg.constrained and isinstance(reverse, ReverseSolve):
         xs = [step.x for step in last]
         ahead = [torch.stack(torch.autograd.grad(out, xs, retain_graph=True), dim=1)
                  for out in (reward, cost)]
-        last[0].reverse_solve.solve_ahead(*ahead)
+        first, second = reverse.solve_pair(*ahead)
+        with reverse.reusing(first):
+            g = flatten(torch.autograd.grad(reward, tensors, retain_graph=True))
+        with reverse.reusing(second):
+            b = flatten(torch.autograd.grad(cost, tensors))
+        return reward.detach(), cost.detach(), g, b, inner
     g = flatten(torch.autograd.grad(reward, tensors, retain_graph=cfg.constrained))
     b = flatten(torch.autograd.grad(cost, tensors)) if cfg.constrained else None
     return reward.detach(), cost.detach(), g, b, inner
@@ -313,20 +332,24 @@ def meta_update(
     support: Sequence[Sequence[Batch]],
     query: Sequence[Batch],
     cfg: UpdateConfig,
+    solves: Optional[Sequence[Sequence[Tensor]]] = None,
 ) -> tuple[Params, dict[str, float]]:
     """One outer constrained trust-region step on θ = ``params``.
 
     ``support[i]`` holds task i's K batches (batch k sampled by φ_i^k, φ_i^0 = θ) and
     ``query[i]`` its batch sampled by φ_i^K. The outer constraint value is
     c = mean_i(J_C,i(φ_i^K) − h_i) from the query batches. The line search re-runs the inner
-    adaptation at each candidate θ. Returns the new θ (detached leaves) and statistics.
+    adaptation at each candidate θ. ``solves[i][k]``: the ``CPOStep.metric_solution`` of
+    task i's inner step k, when the caller took the inner steps from θ already (the
+    learner's rounds): the meta-gradient's replay of them skips their conjugate gradient.
+    Returns the new θ (detached leaves) and statistics.
     """
     if len(support) != len(query) or not query:
         raise ValueError("support/query: need one support list per query batch (>= 1 task)")
     if any(len(s) != cfg.inner_steps for s in support):
         raise ValueError(f"support: each task needs inner_steps={cfg.inner_steps} batches")
     theta = detached(params)
-    reward, cost, g, b, inner = meta_gradients(module, theta, support, query, cfg)
+    reward, cost, g, b, inner = meta_gradients(module, theta, support, query, cfg, solves)
     c = float(sum(q.constraint_value for q in query) / len(query))
     # The outer trust region is measured on the states θ itself visited.
     metric_obs = torch.cat([s[0].obs if s else q.obs for s, q in zip(support, query)])
@@ -377,7 +400,7 @@ def inner_step_stats(steps: Sequence[CPOStep]) -> dict[str, float]:
     stats = {f"inner_case_{k}": float(sum(s.case == k for s in steps)) for k in CASES}
     stats["inner_lam_mean"] = float(torch.stack([s.lam.detach() for s in steps]).mean())
     stats["inner_nu_mean"] = float(torch.stack([s.nu.detach() for s in steps]).mean())
-    stats["inner_recoveries"] = stats["inner_case_0"]
+    stats["inner_recoveries"] = stats[f"inner_case_{CASE_INFEASIBLE}"]
     return stats
 
 

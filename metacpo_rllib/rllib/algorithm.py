@@ -23,9 +23,10 @@ from metacpo_rllib.envs.base import Task
 from metacpo_rllib.rllib.config import CPOConfig, MetaCPOConfig, MetaTRPOConfig, TRPOConfig
 from metacpo_rllib.evaluation_stats import CONFIDENCE, cost_stats, pooled_cost_stats
 from metacpo_rllib.evaluation_stats import episode_cost_bound as _cost_bound
-from metacpo_rllib.rllib.episodes import evaluation_seed, sample_jobs
+from metacpo_rllib.rllib.episodes import sample_jobs
 from metacpo_rllib.rllib.learner import MetaCPOTorchLearner
 from metacpo_rllib.rllib.metrics import METRICS_KEY, iteration_metrics
+from metacpo_rllib.rllib.protocol import RoundOutput, SampleJob, SampleResult
 from metacpo_rllib.rllib.registry import register_envs
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class MetaCPO(Algorithm):
         """The next T training tasks (drawn from the algorithm's task RNG)."""
         seed = int(self._task_rng.integers(0, 2**63 - 1))
         return self.family.sample_tasks(self.config.tasks_per_iteration, "train", seed=seed,
-                                        cost_limit=self.config.cost_limit)
+                                        cost_limit=self.config.train_cost_limit)
 
     def training_step(self) -> None:
         tasks = self.sample_train_tasks()
@@ -236,7 +237,7 @@ class MetaCPO(Algorithm):
         ``evaluation_seed``; the training cost limit)."""
         return self.family.sample_tasks(self.config.evaluation_num_tasks, "train",
                                         seed=self.config.evaluation_seed,
-                                        cost_limit=self.config.cost_limit)
+                                        cost_limit=self.config.train_cost_limit)
 
     def _training_ledger(self, costs: list[list[float]]) -> dict[str, Any]:
         """``{"ledger": {...}}`` when this evaluation and the previous one bracket exactly one
@@ -282,34 +283,34 @@ class MetaCPO(Algorithm):
         start = time.perf_counter()
         plan = EvalPlan(int(self.config.evaluation_duration), int(self.config.evaluation_seed),
                         (False,))
-        results = self._run_jobs(plan.jobs(tasks, [theta] * len(tasks), 0, False), tasks)
+        results = self._run_jobs(plan.jobs(tasks, [theta] * len(tasks), 0, False))
         per_task = [results[i] for i in range(len(tasks))]
-        bound = _cost_bound(per_task)
-        stats = [cost_stats(r["costs"], bound) for r in per_task]
-        limits = [float(t.cost_limit) for t in tasks]
-        pooled = pooled_cost_stats([r["costs"] for r in per_task], bound)
+        bound = _cost_bound([r.evaluation for r in per_task])
+        stats = [cost_stats(r.costs, bound) for r in per_task]
+        limits = [float(r.task.cost_limit) for r in per_task]
+        pooled = pooled_cost_stats([r.costs for r in per_task], bound)
         limit = float(np.mean(limits))
-        out = self._training_ledger([r["costs"] for r in per_task])
+        out = self._training_ledger([r.costs for r in per_task])
         return {**out,
             "mean_cost": pooled.mean,
-            "mean_return": float(np.mean([np.mean(r["returns"]) for r in per_task])),
+            "mean_return": float(np.mean([np.mean(r.returns) for r in per_task])),
             "cost_se": pooled.se, "cost_ucb": pooled.ucb, "cost_limit": limit,
             "meets_limit": float(pooled.within(limit)),
             "certified": float(pooled.certified(limit)),
             "within_limit_rate": float(np.mean([s.within(h) for s, h in zip(stats, limits)])),
             "certified_rate": float(np.mean([s.certified(h) for s, h in zip(stats, limits)])),
             "num_tasks": len(tasks), "episodes_per_task": plan.episodes,
-            "env_steps": int(sum(r["num_env_steps"] for r in per_task)),
+            "env_steps": int(sum(r.num_env_steps for r in per_task)),
             "time_s": time.perf_counter() - start,
-            "per_task": {"task_id": [t.task_id for t in tasks], "cost_limit": limits,
+            "per_task": {"task_id": [r.task.task_id for r in per_task], "cost_limit": limits,
                          "cost": [s.mean for s in stats], "cost_se": [s.se for s in stats],
                          "cost_ucb": [s.ucb for s in stats],
-                         "return": [float(np.mean(r["returns"])) for r in per_task]},
+                         "return": [float(np.mean(r.returns)) for r in per_task]},
         }
 
     # -- the sampling rounds -------------------------------------------------------------------
     def _run_rounds(self, tasks: Sequence[Task], num_rounds: int,
-                    take_round: Callable[[MetaCPOTorchLearner, int, list], dict[str, Any]],
+                    take_round: Callable[[MetaCPOTorchLearner, int, list], RoundOutput],
                     episodes_per_task: Optional[int] = None,
                     evaluation: Optional["EvalPlan"] = None,
                     ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]],
@@ -344,38 +345,38 @@ class MetaCPO(Algorithm):
                     jobs = _learning_jobs(tasks, weights, num_eps, seeds)
                     for m, mode in enumerate(evaluation.modes):
                         jobs += evaluation.jobs(tasks, weights, (m + 1) * len(tasks), mode)
-                    results = self._run_jobs(jobs, [*tasks] * (len(evaluation.modes) + 1))
+                    results = self._run_jobs(jobs)
                     samples = [results.get(i) for i in range(len(tasks))]
                     extra["eval"].append({
                         mode: [results.get((m + 1) * len(tasks) + i) for i in range(len(tasks))]
                         for m, mode in enumerate(evaluation.modes)})
                     times["eval_env_steps"] += sum(
-                        r["num_env_steps"] for j, r in results.items() if j >= len(tasks))
+                        r.num_env_steps for r in results.values() if r.evaluation is not None)
             times["sample_s"] += time.perf_counter() - start
             for i, sample in enumerate(samples):
                 if sample is not None:
-                    placements[i] = (sample["worker_index"], sample["node_id"])
-                    times["env_steps"] += sample["num_env_steps"]
+                    placements[i] = (sample.worker_index, sample.node_id)
+                    times["env_steps"] += sample.num_env_steps
             start = time.perf_counter()
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-                inputs = _learner_inputs(tasks, samples)
-                out = self._on_learner(lambda learner: take_round(learner, k, inputs))
+                out = self._on_learner(lambda learner: take_round(learner, k, samples))
             times["learner_s"] += time.perf_counter() - start
-            rounds.append(out["summaries"])
+            rounds.append(list(out.summaries))
             if self.on_round is not None:
                 self.on_round(k, num_rounds)
-            if "steps" in out:
-                extra["steps"].append(out["steps"])
+            if out.steps is not None:
+                extra["steps"].append(list(out.steps))
             # A task stays in the next round only if it got (adapted) weights.
-            weights = out["weights"] if k < num_rounds - 1 else weights
+            weights = list(out.weights) if k < num_rounds - 1 else weights
         extra["weights"] = weights  # those of the last round
         return rounds, placements, times, extra
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
                         num_episodes: int, seeds: Optional[Sequence[int]] = None
-                        ) -> list[Optional[dict]]:
+                        ) -> list[Optional[SampleResult]]:
         """Sample ``num_episodes`` episodes of each task with its weights (tasks whose
-        weights are None are skipped) on the EnvRunners; see ``episodes.sample_jobs``.
+        weights are None are skipped: their entry is None) on the EnvRunners; see
+        ``episodes.sample_jobs``.
 
         Tasks go round-robin to the healthy remote EnvRunners (each runner works through
         its share in one call); with no remote runners the local one does them in turn.
@@ -385,24 +386,23 @@ class MetaCPO(Algorithm):
         noise, so a re-sent job samples the same episodes and a restored checkpoint
         continues the same stream.
         """
-        results = self._run_jobs(_learning_jobs(tasks, weights, num_episodes, seeds), tasks)
+        results = self._run_jobs(_learning_jobs(tasks, weights, num_episodes, seeds))
         return [results.get(i) for i in range(len(tasks))]
 
-    def _run_jobs(self, jobs: Sequence[dict[str, Any]], tasks: Sequence[Task]
-                  ) -> dict[int, dict]:
+    def _run_jobs(self, jobs: Sequence[SampleJob]) -> dict[int, SampleResult]:
         """Run sampling jobs (``episodes.sample_jobs``) on the EnvRunners as
-        :meth:`sample_episodes` describes; job j samples ``tasks[j]``. Returns the results
-        by job index."""
-        results: dict[int, dict] = {}
+        :meth:`sample_episodes` describes. Returns the results by job number; every
+        episode of a result is checked to come from the result's task."""
+        results: dict[int, SampleResult] = {}
         group = self.env_runner_group
         if group.num_remote_env_runners() == 0:
             out = sample_jobs(self.env_runner, jobs)
             self.metrics.aggregate([out["metrics"]], key=ENV_RUNNER_RESULTS)
-            results = {r["job"]: r for r in out["results"]}
+            results = {r.job: r for r in out["results"]}
         else:
             attempts = max(1, int(self.config.num_consecutive_env_runner_failures_tolerance) + 1)
             for _ in range(attempts):
-                pending = [job for job in jobs if job["job"] not in results]
+                pending = [job for job in jobs if job.job not in results]
                 if not pending:
                     break
                 runner_ids = group.healthy_env_runner_ids()
@@ -416,18 +416,18 @@ class MetaCPO(Algorithm):
                     [sample_jobs] * len(rids), kwargs=[{"jobs": shares[r]} for r in rids],
                     local_env_runner=False, remote_worker_ids=rids)
                 self.metrics.aggregate([o["metrics"] for o in outs], key=ENV_RUNNER_RESULTS)
-                results.update({r["job"]: r for o in outs for r in o["results"]})
+                results.update({r.job: r for o in outs for r in o["results"]})
                 if len(results) < len(jobs):
                     self.restore_env_runners(group)
-        missing = [job["job"] for job in jobs if job["job"] not in results]
+        missing = [job.task.task_id for job in jobs if job.job not in results]
         if missing:
             raise RuntimeError(f"sampling failed for tasks {missing} after repeated "
                                "EnvRunner failures")
-        for i, result in results.items():
-            seen = {t for ids in result["episode_task_ids"] for t in ids}
-            if seen != {tasks[i].task_id}:
-                raise RuntimeError(f"task {tasks[i].task_id} was sent to EnvRunner "
-                                   f"{result['worker_index']} but its episodes carry task ids "
+        for result in results.values():
+            seen = {t for ids in result.episode_task_ids for t in ids}
+            if seen != {result.task.task_id}:
+                raise RuntimeError(f"task {result.task.task_id} was sent to EnvRunner "
+                                   f"{result.worker_index} but its episodes carry task ids "
                                    f"{sorted(seen)}")
         return results
 
@@ -499,11 +499,10 @@ class TRPO(MetaCPO):
 
 
 def _learning_jobs(tasks: Sequence[Task], weights: Sequence[Optional[dict]], num_episodes: int,
-                   seeds: Optional[Sequence[int]]) -> list[dict[str, Any]]:
+                   seeds: Optional[Sequence[int]]) -> list[SampleJob]:
     """Sampling jobs of learning batches: job i samples task i (tasks without weights are
     left out)."""
-    return [{"job": i, "task": task.to_dict(), "weights": w, "num_episodes": num_episodes,
-             "seed": None if seeds is None else int(seeds[i])}
+    return [SampleJob.learning(i, task, w, num_episodes, None if seeds is None else seeds[i])
             for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
 
 
@@ -517,26 +516,27 @@ class EvalPlan:
     modes: tuple[bool, ...]
 
     def jobs(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]], first: int,
-             deterministic: bool) -> list[dict[str, Any]]:
+             deterministic: bool) -> list[SampleJob]:
         """Evaluation jobs numbered from ``first`` (job ``first + i``: task i)."""
-        return [{"job": first + i, "task": task.to_dict(), "weights": w,
-                 "num_episodes": self.episodes, "deterministic": deterministic,
-                 "seed": evaluation_seed(self.seed, task.to_dict())}
+        return [SampleJob.evaluating(first + i, task, w, self.episodes, self.seed,
+                                     deterministic)
                 for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
 
 
-def task_evaluation(results: Sequence[Optional[dict]], limit: float) -> dict[str, Any]:
-    """One task's evaluation over the adaptation steps (one job result or None per step)."""
-    bound = _cost_bound(results)
-    stats = [cost_stats(r["costs"] if r else [], bound) for r in results]
-    ret = [float(np.mean(r["returns"])) if r else math.nan for r in results]
+def task_evaluation(results: Sequence[Optional[SampleResult]], limit: float
+                    ) -> dict[str, Any]:
+    """One task's evaluation over the adaptation steps (one evaluation result or None per
+    step)."""
+    bound = _cost_bound([r.evaluation for r in results if r is not None])
+    stats = [cost_stats(r.costs if r else [], bound) for r in results]
+    ret = [float(np.mean(r.returns)) if r else math.nan for r in results]
     return {"return": ret, "cost": [s.mean for s in stats], "cost_se": [s.se for s in stats],
             "cost_ucb": [s.ucb for s in stats],
             "within_limit": [s.within(limit) if s.n else None for s in stats],
             "certified": [s.certified(limit) if s.n else None for s in stats],
             "num_episodes": [s.n for s in stats], "cost_bound": bound,
-            "episode_cost": [list(r["costs"]) if r else [] for r in results],
-            "episode_return": [list(r["returns"]) if r else [] for r in results]}
+            "episode_cost": [r.costs if r else [] for r in results],
+            "episode_return": [r.returns if r else [] for r in results]}
 
 
 def ledger(evaluation: Mapping[str, Any], records: Sequence[Optional[dict]],
@@ -577,13 +577,6 @@ def evaluation_means(per_task: Sequence[Mapping[str, Any]], num_steps: int, epis
             "certified_rate": [mean("certified", s) for s in range(num_steps)],
             "episodes_per_task": episodes, "seed": seed, "deterministic": deterministic,
             "confidence": CONFIDENCE}
-
-
-def _learner_inputs(tasks: Sequence[Task], samples: Sequence[Optional[dict]]
-                    ) -> list[Optional[dict]]:
-    return [None if s is None else
-            {"episodes": s["episodes"], "task_id": t.task_id, "cost_limit": t.cost_limit}
-            for t, s in zip(tasks, samples)]
 
 
 def _get(summary: Optional[dict], key: str) -> float:

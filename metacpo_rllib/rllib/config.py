@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
@@ -10,14 +11,29 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
-from metacpo_rllib.rllib.registry import family_overrides, register_envs
+from metacpo_rllib.rllib.registry import algorithm_class, family_overrides, register_envs
 from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
 
 _UNSET = NotProvided
 
+#: The warning of ``training(cost_limit=...)`` (the deprecated name of ``train_cost_limit``).
+COST_LIMIT_DEPRECATED = ("cost_limit is deprecated: use train_cost_limit (the training "
+                         "tasks' cost limit; same value)")
+
 
 def _bad(field: str, why: str, value: Any) -> None:
     raise ValueError(f"{field}: {why}, got {value!r}")
+
+
+def _train_cost_limit(train_cost_limit: Any, cost_limit: Any) -> Any:
+    """``train_cost_limit``, or the value of its deprecated name ``cost_limit`` (warned)."""
+    if cost_limit is _UNSET:
+        return train_cost_limit
+    if train_cost_limit is not _UNSET:
+        raise ValueError("cost_limit, train_cost_limit: both set; cost_limit is the deprecated "
+                         "name of train_cost_limit, set only train_cost_limit")
+    warnings.warn(COST_LIMIT_DEPRECATED, FutureWarning, stacklevel=3)
+    return cost_limit
 
 
 #: RLlib callbacks of sampled episodes and batches, which the Meta-CPO sampler never calls.
@@ -55,17 +71,14 @@ class MetaCPOConfig(AlgorithmConfig):
     _algorithm: str = "MetaCPO"
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
-        if algo_class is None:
-            from metacpo_rllib.rllib import algorithm  # (it imports this module)
-            algo_class = getattr(algorithm, self._algorithm)
-        super().__init__(algo_class=algo_class)
+        super().__init__(algo_class=algo_class or algorithm_class(self._algorithm))
         info = algorithm_info(self._algorithm)
         meta = self.meta = info.meta
         self.constrained = info.constrained
         self.inner_steps = 1 if meta else 0
         self.tasks_per_iteration = 4
         self.episodes_per_task = 4
-        self.cost_limit = None
+        self.train_cost_limit = None
         self.trust_region_delta = 0.01
         self.inner_delta = 0.01
         self.metric = "fisher"
@@ -107,6 +120,7 @@ class MetaCPOConfig(AlgorithmConfig):
         inner_steps: int = _UNSET,
         tasks_per_iteration: int = _UNSET,
         episodes_per_task: int = _UNSET,
+        train_cost_limit: Optional[float] = _UNSET,
         cost_limit: Optional[float] = _UNSET,
         trust_region_delta: float = _UNSET,
         inner_delta: float = _UNSET,
@@ -133,8 +147,9 @@ class MetaCPOConfig(AlgorithmConfig):
         """Set the Meta-CPO fields (plus AlgorithmConfig's, e.g. ``gamma``).
 
         ``inner_steps``: K inner CPO steps (sampling rounds K + 1); ``meta=False`` sets it
-        to 0 unless given in the same call. ``cost_limit``: override of every task's limit
-        (None: the family's default). ``trust_region_delta`` / ``inner_delta``: outer and
+        to 0 unless given in the same call. ``train_cost_limit``: override of every training
+        task's limit (None: the family's train limit); ``cost_limit`` is its deprecated
+        name (a warning; both: ValueError). ``trust_region_delta`` / ``inner_delta``: outer and
         inner trust-region radii. ``seed``: seeds the task RNG (and RLlib's own seeding).
         ``torch_num_threads``: torch threads of the Learner's process (None, the default:
         torch's own, one per core); the Learner works while the EnvRunners wait, and its
@@ -147,10 +162,11 @@ class MetaCPOConfig(AlgorithmConfig):
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         """
+        train_cost_limit = _train_cost_limit(train_cost_limit, cost_limit)
         super().training(**kwargs)
         values = dict(
             tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
-            cost_limit=cost_limit, trust_region_delta=trust_region_delta,
+            train_cost_limit=train_cost_limit, trust_region_delta=trust_region_delta,
             inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
             cg_damping=cg_damping, fisher_stride=fisher_stride,
             line_search_steps=line_search_steps,
@@ -170,6 +186,15 @@ class MetaCPOConfig(AlgorithmConfig):
         if inner_steps is not _UNSET:
             self.inner_steps = inner_steps
         return self
+
+    @property
+    def cost_limit(self) -> Optional[float]:
+        """Deprecated name of ``train_cost_limit`` (kept for old code and checkpoints)."""
+        return self.train_cost_limit
+
+    @cost_limit.setter
+    def cost_limit(self, value: Optional[float]) -> None:
+        self.train_cost_limit = value
 
     def evaluation(self, *, evaluation_num_tasks: int = _UNSET, evaluation_seed: int = _UNSET,
                    **kwargs: Any) -> "MetaCPOConfig":
@@ -244,10 +269,11 @@ class MetaCPOConfig(AlgorithmConfig):
             value = getattr(self, field)
             if not _is_int(value) or value < 1:
                 _bad(field, "expected an integer >= 1", value)
-        if self.cost_limit is not None:
-            if not _is_num(self.cost_limit):  # a string would pass float() below
-                _bad("cost_limit", "expected a finite number >= 0 or None", self.cost_limit)
-            check_cost_limit(self.cost_limit, "cost_limit")
+        if self.train_cost_limit is not None:
+            if not _is_num(self.train_cost_limit):  # a string would pass float() below
+                _bad("train_cost_limit", "expected a finite number >= 0 or None",
+                     self.train_cost_limit)
+            check_cost_limit(self.train_cost_limit, "train_cost_limit")
         for field in ("trust_region_delta", "inner_delta"):
             value = getattr(self, field)
             if not _is_num(value) or value <= 0:

@@ -10,7 +10,8 @@ policy) and its metrics logger (:func:`_log_sampled`). RLlib settings this bypas
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import time
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from ray.rllib.core import COMPONENT_RL_MODULE
@@ -20,6 +21,7 @@ from metacpo_rllib.optim import EpisodeData
 from metacpo_rllib.rollout import (  # noqa: F401  (re-exported: the sampling core)
     EVAL_SPAWN_KEY, PolicyFn, action_bounds, episode_streams, evaluation_seed,
     evaluation_summary, gaussian_logp, numpy_policy, rollout, sampling_policy, torch_policy)
+from metacpo_rllib.rllib.protocol import SampleJob, SampleResult
 
 
 def policy_of(module: Any) -> PolicyFn:
@@ -57,20 +59,17 @@ def _log_sampled(runner: Any, episodes: Sequence[EpisodeData], seconds: Sequence
         runner._log_episode_metrics(len(data), float(data.rewards.sum()), sec)
 
 
-def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Run sampling jobs in turn on ``runner`` (a SingleAgentEnvRunner).
+def sample_jobs(runner: Any, jobs: Sequence[SampleJob]) -> dict[str, Any]:
+    """Run :class:`SampleJob` s in turn on ``runner`` (a SingleAgentEnvRunner).
 
-    Each job is ``{"job": index, "task": Task dict, "weights": RLModule state or None,
-    "num_episodes": n, "seed": int or None}``. Weights are set synchronously and without a
-    sequence number (so they are always applied); the task reaches every sub-env and takes
-    effect at the reset that starts each episode. The episodes are spread over the
-    runner's sub-envs (see :func:`rollout` and the module docstring for the conventions
-    and the seeding). Returns ``{"results": [...], "metrics": runner.get_metrics()}``.
+    Weights are set synchronously and without a sequence number (so they are always
+    applied); the task reaches every sub-env and takes effect at the reset that starts
+    each episode. The episodes are spread over the runner's sub-envs (see :func:`rollout`
+    and the module docstring for the conventions and the seeding). Returns ``{"results":
+    [SampleResult, ...], "metrics": runner.get_metrics()}``.
 
-    An evaluation job (seed from :func:`evaluation_seed`, optional ``"deterministic":
-    bool``) returns, instead of its episodes, per episode ``returns``, ``costs``,
-    ``lengths`` and ``max_step_costs`` (and its ``reset_seeds``); it is not counted in the
-    runner's sampling metrics.
+    An evaluation job returns, instead of its episodes, their per-episode figures
+    (``SampleResult.evaluation``); it is not counted in the runner's sampling metrics.
     """
     low, high = _action_bounds(runner)
     envs = list(runner.env.unwrapped.envs)
@@ -78,34 +77,27 @@ def sample_jobs(runner: Any, jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any
     return {"results": results, "metrics": runner.get_metrics()}
 
 
-def _run_job(runner: Any, envs: Sequence[Any], job: Mapping[str, Any],
-             low: Optional[np.ndarray], high: Optional[np.ndarray]) -> dict[str, Any]:
+def _run_job(runner: Any, envs: Sequence[Any], job: SampleJob,
+             low: Optional[np.ndarray], high: Optional[np.ndarray]) -> SampleResult:
     """One job of :func:`sample_jobs`: weights and task set on the runner, then the rollout."""
-    if job.get("weights") is not None:
-        runner.set_state({COMPONENT_RL_MODULE: job["weights"]})
-    runner.env.unwrapped.call("set_task", job["task"])
-    seed, num = job.get("seed"), int(job["num_episodes"])
-    evaluation = isinstance(seed, Mapping)
-    if evaluation:
+    if job.weights is not None:
+        runner.set_state({COMPONENT_RL_MODULE: job.weights})
+    runner.env.unwrapped.call("set_task", job.task)
+    start = time.perf_counter()
+    if job.evaluation:
         episodes, task_ids, seconds = rollout(
-            envs, policy_of(runner.module), num, seed, low, high,
-            deterministic=bool(job.get("deterministic", False)))
+            envs, policy_of(runner.module), job.num_episodes, job.seed, low, high,
+            deterministic=job.deterministic)
     else:
-        seed = None if seed is None else int(seed)
         with runner.metrics.log_time(SAMPLE_TIMER):
-            episodes, task_ids, seconds = rollout(envs, policy_of(runner.module), num, seed,
-                                                  low, high)
+            episodes, task_ids, seconds = rollout(envs, policy_of(runner.module),
+                                                  job.num_episodes, job.seed, low, high)
         _log_sampled(runner, episodes, seconds)
-    result = {
-        "job": job["job"],
-        "worker_index": int(runner.worker_index),
-        "node_id": _node_id(),
-        "task_id": int(job["task"]["task_id"]),
-        "episode_task_ids": task_ids,
-        "num_env_steps": int(sum(len(d) for d in episodes)),
-    }
-    if evaluation:
-        result.update(evaluation_summary(episodes, seed, num))
-    else:
-        result["episodes"] = episodes
-    return result
+    common = dict(job=job.job, task=job.task, mode=job.mode, episode_task_ids=task_ids,
+                  num_env_steps=int(sum(len(d) for d in episodes)),
+                  sample_s=time.perf_counter() - start,
+                  worker_index=int(runner.worker_index), node_id=_node_id())
+    if job.evaluation:
+        return SampleResult(evaluation=evaluation_summary(episodes, job.seed,
+                                                          job.num_episodes), **common)
+    return SampleResult(episodes=episodes, **common)

@@ -24,6 +24,7 @@ from metacpo_rllib.optim import (
 from metacpo_rllib.optim.cost_estimate import shrink_cost_gradient
 from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rllib.module import params_to_weights
+from metacpo_rllib.rllib.protocol import RoundOutput, SampleResult
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +102,18 @@ class MetaCPOTorchLearner(TorchLearner):
         self._phi: list[Optional[Params]] = [None] * num_tasks
         self._support: list[list[Batch]] = [[] for _ in range(num_tasks)]
         self._query: list[Optional[Batch]] = [None] * num_tasks
+        # per task, the metric solution of each inner step taken (handed to meta_update)
+        self._solves: list[list[torch.Tensor]] = [[] for _ in range(num_tasks)]
         self._dropped: dict[int, str] = {}
 
-    def _batch(self, index: int, sample: Optional[dict[str, Any]]) -> Optional[Batch]:
-        """Build task ``index``'s Batch; a task with non-finite env output is dropped."""
+    def _batch(self, index: int, sample: Optional[SampleResult]) -> Optional[Batch]:
+        """Build task ``index``'s Batch from its learning result (the task's id and cost
+        limit come with it); a task with non-finite env output is dropped."""
         if sample is None or index in self._dropped:
             return None
         try:
-            batch = make_batch(sample["episodes"], task_id=sample["task_id"],
-                               cost_limit=sample["cost_limit"], **self.config.batch_kwargs())
+            batch = make_batch(sample.episodes, task_id=sample.task.task_id,
+                               cost_limit=sample.task.cost_limit, **self.config.batch_kwargs())
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
@@ -150,10 +154,10 @@ class MetaCPOTorchLearner(TorchLearner):
         self._reset_rounds(num_tasks)
         return self.theta_weights()
 
-    def add_round(self, round_index: int, samples: Sequence[Optional[dict[str, Any]]]
-                  ) -> dict[str, Any]:
-        """Take in sampling round ``round_index`` (one entry per task: ``{"episodes",
-        "task_id", "cost_limit"}`` or None for a dropped task).
+    def add_round(self, round_index: int, samples: Sequence[Optional[SampleResult]]
+                  ) -> RoundOutput:
+        """Take in sampling round ``round_index`` (one learning result per task, None for
+        a dropped task).
 
         Rounds k < K are support batches: the tasks take one optim ``inner_steps`` together
         (their metric solves in one) and their new weights are returned. Round K is the
@@ -169,14 +173,20 @@ class MetaCPOTorchLearner(TorchLearner):
                 self._support[i].append(batch)
                 support[i] = batch
 
-        out = self._over_tasks(samples, take)
-        weights = self._steps_or_drop(support, lambda indices: inner_steps(
-            self.policy, [self._phi[i] or params_of(self.policy) for i in indices],
-            [support[i] for i in indices], cfg, create_graph=False)[0])
-        for i, task_weights in weights.items():
-            out["weights"][i] = task_weights
-        out["dropped"] = dict(self._dropped)
-        return out
+        summaries, weights = self._over_tasks(samples, take)
+        solves: dict[int, torch.Tensor] = {}
+
+        def step(indices: list[int]) -> list[Params]:
+            phis, steps = inner_steps(
+                self.policy, [self._phi[i] or params_of(self.policy) for i in indices],
+                [support[i] for i in indices], cfg, create_graph=False)
+            solves.update((i, s.metric_solution) for i, s in zip(indices, steps))
+            return phis
+
+        for i, task_weights in self._steps_or_drop(support, step).items():
+            weights[i] = task_weights
+            self._solves[i].append(solves[i])
+        return RoundOutput(summaries, weights, dict(self._dropped))
 
     def meta_step(self) -> dict[str, float]:
         """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
@@ -194,7 +204,8 @@ class MetaCPOTorchLearner(TorchLearner):
         try:
             new_theta, info = meta_update(policy, params_of(policy),
                                           [self._support[i] for i in keep],
-                                          [self._query[i] for i in keep], cfg)
+                                          [self._query[i] for i in keep], cfg,
+                                          solves=[self._solves[i] for i in keep])
             if not all(bool(torch.isfinite(v).all()) for v in new_theta.values()):
                 raise NonFiniteError("the new θ has NaN or inf")
         except NonFiniteError as err:
@@ -209,12 +220,12 @@ class MetaCPOTorchLearner(TorchLearner):
         self._reset_rounds(0)
         return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
 
-    def adapt_round(self, samples: Sequence[Optional[dict[str, Any]]], update: bool
-                    ) -> dict[str, Any]:
+    def adapt_round(self, samples: Sequence[Optional[SampleResult]], update: bool
+                    ) -> RoundOutput:
         """Test-time adaptation: summarise each task's batch and, if ``update``, take one
         optim ``adaptation_step`` from its current parameters; θ is left unchanged.
 
-        With ``update`` the result also carries ``steps``: per task (None if dropped) the
+        With ``update`` the output also carries ``steps``: per task (None if dropped) the
         step's calibration record, :func:`step_record`."""
         cfg = self.config.update_config()
         records: list[Optional[dict[str, float]]] = [None] * len(samples)
@@ -236,15 +247,15 @@ class MetaCPOTorchLearner(TorchLearner):
                                          constrained=cfg.constrained)
             return weights
 
-        out = self._over_tasks(samples, step)
-        if update:
-            out["steps"] = records
-        return out
+        summaries, weights = self._over_tasks(samples, step)
+        return RoundOutput(summaries, weights, dict(self._dropped),
+                           records if update else None)
 
-    def _over_tasks(self, samples: Sequence[Optional[dict[str, Any]]],
-                    handle: Callable[[int, Batch], Optional[dict[str, Any]]]) -> dict[str, Any]:
+    def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
+                    handle: Callable[[int, Batch], Optional[dict[str, Any]]]
+                    ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
         """Build each task's Batch (dropping bad ones), summarise it and let ``handle``
-        return the task's next weights (or None)."""
+        return the task's next weights (or None); returns (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
@@ -253,7 +264,7 @@ class MetaCPOTorchLearner(TorchLearner):
                 continue
             summaries[i] = batch_summary(batch)
             weights[i] = handle(i, batch)
-        return {"summaries": summaries, "weights": weights, "dropped": dict(self._dropped)}
+        return summaries, weights
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> Any:
         raise NotImplementedError(

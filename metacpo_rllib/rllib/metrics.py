@@ -7,13 +7,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from metacpo_rllib.envs.base import Task
+from metacpo_rllib.optim.cpo import CASE_INFEASIBLE, CASES
 
 #: Results key under which everything of this module appears in ``algo.train()``.
 METRICS_KEY = "metacpo"
 
 #: Statistics of the inner steps, absent from optim's info when K = 0 (reported as 0).
 INNER_STAT_DEFAULTS: dict[str, float] = {
-    **{f"inner_case_{k}": 0.0 for k in range(5)},
+    **{f"inner_case_{k}": 0.0 for k in CASES},
     "inner_lam_mean": 0.0, "inner_nu_mean": 0.0, "inner_recoveries": 0.0,
     "updates_skipped": 0.0,   # 1: the update was skipped (non-finite meta-gradient)
 }
@@ -49,9 +50,9 @@ def update_metrics(info: Mapping[str, float]) -> dict[str, float]:
     out = {**OUTER_STAT_DEFAULTS, **INNER_STAT_DEFAULTS,
            **{k: float(v) for k, v in info.items()}}
     case = out.get("outer_case", math.nan)
-    for k in range(5):
+    for k in CASES:
         out[f"outer_case_{k}"] = float(case == k)
-    out["outer_recoveries"] = out["outer_case_0"]
+    out["outer_recoveries"] = out[f"outer_case_{CASE_INFEASIBLE}"]
     return out
 
 

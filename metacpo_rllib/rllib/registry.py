@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any
 
 import ray
@@ -34,13 +35,18 @@ def register_envs() -> None:
         register_env(name, functools.partial(make_family_env, name))
 
 
+def algorithm_class(name: str) -> type:
+    """The Algorithm class of Tune name ``name``, imported on first use (as RLlib's own
+    algorithm registry does): a config finds its Algorithm class here, so the config
+    module does not import the Algorithm module that imports it."""
+    module, cls = ALGORITHMS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def register_algorithms() -> None:
     """Register the Algorithm classes with Tune (``tune.run("MetaCPO", ...)``)."""
-    import importlib
-
-    for name, target in ALGORITHMS.items():
-        module, cls = target.split(":")
-        register_trainable(name, getattr(importlib.import_module(module), cls))
+    for name in ALGORITHMS:
+        register_trainable(name, algorithm_class(name))
 
 
 def register_all() -> None:
