@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) --no-deps safety-gymnasium==1.0.0 $(QUIET)
 	$(PIP) -e ".[dev]" $(QUIET)
 	$(PY) -c "import metacpo_rllib.envs.compat as c; c.apply(); import torch, ray, cvxpylayers, mlflow, safety_gymnasium"
-	$(PY) -c "import metacpo_rllib.envs.fast_kernel"  # compile the fast step's kernel once, into its cache
+	$(PY) -m metacpo_rllib.envs.fast_kernel  # compiles the fast step kernel once, into its cache
 	$(MAKE) --no-print-directory gl
 	touch $(STAMP)
 
