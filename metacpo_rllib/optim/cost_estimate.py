@@ -38,13 +38,13 @@ def cost_signal_share(module: nn.Module, params: Params, batch: Batch) -> float:
         return 1.0
     tensors = list(params.values())
     index = torch.repeat_interleave(torch.arange(episodes), batch.ep_lengths)
+    mean, log_std = forward(module, params, batch.obs)
+    logp = log_prob(mean, log_std, batch.actions)
     halves = []
-    for parity in (0, 1):  # each half's own forward and backward pass: half the batch each
+    for parity in (0, 1):
         mask = index % 2 == parity
-        mean, log_std = forward(module, params, batch.obs[mask])
-        logp = log_prob(mean, log_std, batch.actions[mask])
-        objective = (logp * batch.adv_cost[mask]).sum() / int((episodes + 1 - parity) // 2)
-        halves.append(flatten(torch.autograd.grad(objective, tensors)))
+        objective = (logp[mask] * batch.adv_cost[mask]).sum() / int((episodes + 1 - parity) // 2)
+        halves.append(flatten(torch.autograd.grad(objective, tensors, retain_graph=True)))
     b1, b2 = (h.double() for h in halves)
     average = (b1 + b2) / 2
     norm2 = float(average @ average)
