@@ -41,13 +41,12 @@ TARGET_RETURN_RATIO = 0.9  # Meta-CPO's return >= this x Meta-TRPO's (same step)
 FAMILY_ORDER = ("PointCircle", "CarCircleHazard", "PointButton")
 SPLIT_ORDER = ("test", "test_tight")
 
-#: Per-step figures of a run: name -> (key of the evaluation record, key of the learning
-#: batches' record or None). ``within`` on the batches is 1 - their violation rate.
+#: Per-step figures of a run: name -> (key of the evaluation record, or "" for a figure of
+#: the learning batches; key of the learning batches' record or None).
 FIGURES: dict[str, tuple[str, Optional[str]]] = {
     "return": ("mean_return", "mean_return"), "cost": ("mean_cost", "mean_cost"),
     "cost_ucb": ("mean_cost_ucb", None), "within": ("within_limit_rate", None),
-    "certified": ("certified_rate", None), "batch_cost": ("", "mean_cost"),
-    "batch_within": ("", "violation_rate")}
+    "certified": ("certified_rate", None), "batch_cost": ("", "mean_cost")}
 
 
 def split_of(data: Mapping[str, Any]) -> str:
@@ -74,19 +73,14 @@ def per_seed(seeds: Sequence[Mapping[str, Any]], key: str, step: int) -> list[fl
     """One value per seed at adaptation ``step`` (see FIGURES): from the evaluation episodes
     (``return``, ``cost``, ``cost_ucb``: means over test tasks; ``within`` / ``certified``:
     fractions of test tasks whose evaluation mean / one-sided 95% upper bound is <= h), or
-    from the learning batches (``batch_cost``, ``batch_within``)."""
+    from the learning batches (``batch_cost``)."""
     eval_key, batch_key = FIGURES[key]
     out = []
     for s in seeds:
         adapt = s.get("adapt")
         if not adapt or step >= len(adapt["steps"]):
             continue
-        if eval_key:
-            out.append(float(adapt["eval"][eval_key][step]))
-        elif key == "batch_within":
-            out.append(1.0 - float(adapt[batch_key][step]))
-        else:
-            out.append(float(adapt[batch_key][step]))
+        out.append(float(adapt["eval"][eval_key][step] if eval_key else adapt[batch_key][step]))
     return [v for v in out if not math.isnan(v)]
 
 
@@ -437,13 +431,10 @@ def ablation_section(path: Path) -> list[str]:
 
 
 # -- the investigation --------------------------------------------------------------------------
-def load_investigation(results: Path) -> tuple[list[dict], list[dict]]:
-    """(surrogate checks, sweeps) from ``<results>/investigation/*.json``."""
-    checks, sweeps = [], []
-    for path in sorted((results / "investigation").glob("*.json")):
-        data = json.loads(path.read_text())
-        (sweeps if "rows" in data else checks).append(data)
-    return checks, sweeps
+def load_investigation(results: Path) -> list[dict]:
+    """The surrogate checks in ``<results>/investigation/*.json``."""
+    return [json.loads(path.read_text())
+            for path in sorted((results / "investigation").glob("*.json"))]
 
 
 def surrogate_section(checks: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -485,7 +476,7 @@ def _signed(value: Optional[float]) -> str:
 def investigation_section(results: Path) -> list[str]:
     """The hand-written notes (``investigation/NOTES.md``, words only) and the surrogate
     checks."""
-    checks, _ = load_investigation(results)
+    checks = load_investigation(results)
     notes = results / "investigation" / "NOTES.md"
     if not (checks or notes.exists()):
         return []

@@ -209,6 +209,11 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: Optional[str] = None,
     return SweepResults(grid, list(spec.algorithms))
 
 
+def _last(values: Optional[list]) -> float:
+    """The last per-step figure (NaN without any)."""
+    return (values or [math.nan])[-1]
+
+
 def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]]:
     """One summary row per trial: grid values, the env steps it sampled in training, its
     final training figures (learning batches; ``train_eval_cost``: θ's last evaluation on
@@ -222,7 +227,6 @@ def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]
             m = metrics.get("metacpo", {})
             report = adaptation_report(metrics) or {}
             evaluation = report.get("eval") or {}
-            last = lambda xs: (xs or [math.nan])[-1]  # noqa: E731
             df = result.metrics_dataframe
             steps = (int(df["metacpo/env_steps_sampled"].sum())
                      if df is not None and "metacpo/env_steps_sampled" in df else None)
@@ -233,11 +237,11 @@ def trial_rows(grids: Mapping[str, Any], spec: SweepSpec) -> list[dict[str, Any]
                    "train_cost": m.get("post_cost_mean", math.nan),
                    "train_eval_cost": (metrics.get("evaluation") or {}).get("mean_cost",
                                                                              math.nan),
-                   "test_eval_return": last(evaluation.get("mean_return")),
-                   "test_eval_cost": last(evaluation.get("mean_cost")),
-                   "test_within": last(evaluation.get("within_limit_rate")),
-                   "test_batch_return": last(report.get("mean_return")),
-                   "test_batch_cost": last(report.get("mean_cost")),
+                   "test_eval_return": _last(evaluation.get("mean_return")),
+                   "test_eval_cost": _last(evaluation.get("mean_cost")),
+                   "test_within": _last(evaluation.get("within_limit_rate")),
+                   "test_batch_return": _last(report.get("mean_return")),
+                   "test_batch_cost": _last(report.get("mean_cost")),
                    "error": None if result.error is None else type(result.error).__name__,
                    "adapt": {k: report[k] for k in ("steps", "mean_return", "mean_cost",
                                                     "violation_rate", "eval") if k in report}}
