@@ -102,8 +102,9 @@ class Policy:
 
     ``act(obs)`` samples ``mean + exp(log_std) * noise`` (``deterministic=True``: the
     mean) and clips it to the action space's bounds, as RLlib's EnvRunners do before
-    ``env.step``. Observations are used as given: training applies no observation
-    normalisation (the env's float32 observations go to the network unchanged).
+    ``env.step``. Observations are the env's raw float32 observations: a policy trained
+    with ``normalize_observations`` carries its filter's statistics in its weights
+    (``pi.obs_filter.*``) and normalises inside ``net``, as it did in training.
     """
 
     def __init__(self, net: Any, observation_space: Any = None, action_space: Any = None,
@@ -192,7 +193,8 @@ def policy_from_weights(weights: Mapping[str, Any], observation_space: Any = Non
                     if k.startswith("body.") and k.endswith(".weight"))
     hidden = [int(state[f"body.{i}.weight"].shape[0]) for i in layers]
     first = state[f"body.{layers[0]}.weight"] if layers else state["mean.weight"]
-    net = GaussianMLP(int(first.shape[1]), int(state["mean.weight"].shape[0]), hidden=hidden)
+    net = GaussianMLP(int(first.shape[1]), int(state["mean.weight"].shape[0]), hidden=hidden,
+                      obs_filter=any(k.startswith("obs_filter.") for k in state))
     net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     return Policy(net, observation_space, action_space, source=source, seed=seed,
                   header=header)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from metacpo_rllib.optim import EpisodeData
+from metacpo_rllib.optim.obs_filter import numpy_filter
 from metacpo_rllib.optim.policy import Params
 
 #: obs batch [B, obs_dim] float32 -> (mean [B, act_dim], log_std [B, act_dim]) float32.
@@ -48,8 +49,9 @@ _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 
 # -- the policy -----------------------------------------------------------------------------
 def numpy_policy(pi: torch.nn.Module) -> Optional[PolicyFn]:
-    """A numpy copy of a GaussianMLP (``body`` of Linear / Tanh layers, ``mean`` Linear,
-    state-independent ``log_std``), or None when ``pi`` has another structure.
+    """A numpy copy of a GaussianMLP (an optional ``obs_filter``, ``body`` of Linear / Tanh
+    layers, ``mean`` Linear, state-independent ``log_std``), or None when ``pi`` has another
+    structure.
 
     The weights are copied now: later changes to ``pi`` are not seen.
     """
@@ -67,9 +69,11 @@ def numpy_policy(pi: torch.nn.Module) -> Optional[PolicyFn]:
     w_out, b_out = _linear(head)
     log_std_np = log_std.detach().cpu().numpy().astype(np.float32)
     log_std_rows: dict[int, np.ndarray] = {}  # batch size -> log_std repeated (read-only)
+    obs_filter = getattr(pi, "obs_filter", None)
+    normalise = None if obs_filter is None else numpy_filter(obs_filter)
 
     def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = obs
+        x = obs if normalise is None else normalise(obs)
         for layer in layers:
             x = np.tanh(x) if layer is None else x @ layer[0] + layer[1]
         mean = x @ w_out + b_out

@@ -31,17 +31,19 @@ from typing import Any
 
 import numpy as np
 
-#: The safety corrections (MetaCPOConfig.training fields) switched on by each variant; the
-#: others are switched off (every flag is set, whatever the config's defaults).
+#: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
+#: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
+SWITCHES = (*CORRECTIONS, "normalize_observations")
 VARIANTS: dict[str, dict[str, bool]] = {
-    name: {flag: flag in on for flag in CORRECTIONS} for name, on in {
+    name: {flag: flag in on for flag in SWITCHES} for name, on in {
         "baseline": (),
         "share": ("cost_signal_share",),
         "ucb": ("cost_upper_bound",),
         "recover": ("recover_when_violating",),
         "ucb_recover": ("cost_upper_bound", "recover_when_violating"),
         "all": CORRECTIONS,
+        "all_obsnorm": (*CORRECTIONS, "normalize_observations"),
     }.items()}
 
 
@@ -131,7 +133,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dic
         algo_obj.stop()
     last_eval = [r for r in training if "eval_cost" in r][-1:]
     return {"variant": variant, "algo": algo, "seed": seed,
-            "flags": {f: getattr(config, f) for f in CORRECTIONS}, "training": training,
+            "flags": {f: getattr(config, f) for f in SWITCHES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
             "adaptation": adaptation, "train_s": train_s,
             "total_s": time.perf_counter() - start}

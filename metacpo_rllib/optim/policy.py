@@ -8,13 +8,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metacpo_rllib.optim.obs_filter import ObsFilter
+
 Params = dict[str, Tensor]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
 class GaussianMLP(nn.Module):
-    """obs -> (mean, log_std): a tanh MLP for the mean and a state-independent log-std."""
+    """obs -> (mean, log_std): a tanh MLP for the mean and a state-independent log-std.
+
+    ``obs_filter``: observations pass through a running mean / variance filter
+    (``self.obs_filter``, an :class:`ObsFilter` whose statistics are buffers, not
+    parameters: the update never differentiates through them) before the MLP; without it
+    ``self.obs_filter`` is None and the observations go to the MLP unchanged.
+    """
 
     def __init__(
         self,
@@ -22,8 +30,10 @@ class GaussianMLP(nn.Module):
         act_dim: int,
         hidden: Sequence[int] = (32, 16),
         init_log_std: float = -0.5,
+        obs_filter: bool = False,
     ) -> None:
         super().__init__()
+        self.obs_filter = ObsFilter(obs_dim) if obs_filter else None
         layers: list[nn.Module] = []
         width = obs_dim
         for size in hidden:
@@ -37,6 +47,8 @@ class GaussianMLP(nn.Module):
         nn.init.zeros_(self.mean.bias)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if self.obs_filter is not None:
+            obs = self.obs_filter(obs)
         mean = self.mean(self.body(obs))
         return mean, self.log_std.expand_as(mean)
 

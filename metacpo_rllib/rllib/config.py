@@ -100,6 +100,8 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
+        # A running mean / variance filter on the policy's observations (optim.obs_filter).
+        self.normalize_observations = False
         self.torch_num_threads = None
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
@@ -138,6 +140,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
+        normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
         constrained: bool = _UNSET,
@@ -161,6 +164,10 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
+        ``normalize_observations``: the policy normalises its observations with a running
+        mean / variance filter (``optim.obs_filter``): its statistics are part of the
+        RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
+        meta-iteration's observations after its update and frozen during adaptation.
         """
         train_cost_limit = _train_cost_limit(train_cost_limit, cost_limit)
         super().training(**kwargs)
@@ -174,7 +181,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
-            constrained=constrained, torch_num_threads=torch_num_threads,
+            normalize_observations=normalize_observations, constrained=constrained, torch_num_threads=torch_num_threads,
         )
         for name, value in values.items():
             if value is not _UNSET:
@@ -255,7 +262,7 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating"):
+                      "cost_upper_bound", "recover_when_violating", "normalize_observations"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -322,6 +329,10 @@ class MetaCPOConfig(AlgorithmConfig):
                 _bad(field, "the Meta-CPO sampler runs no connector pipelines (the policy "
                      "sees the env's observations, the env the clipped actions)",
                      getattr(self, "_" + field))
+        if self.observation_filter != "NoFilter":
+            _bad("observation_filter", "the Meta-CPO sampler runs no RLlib filters (set "
+                 "training(normalize_observations=True) for the policy's own running "
+                 "mean / variance filter)", self.observation_filter)
         if self.normalize_actions is not False:
             _bad("normalize_actions", "the Meta-CPO sampler does not squash actions "
                  "(set False; clip_actions clips the env's copy)", self.normalize_actions)
@@ -345,6 +356,13 @@ class MetaCPOConfig(AlgorithmConfig):
                      "Meta-CPO sampler runs no RLlib episodes)", cls)
 
     # -- RLlib defaults -------------------------------------------------------------------
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        """The RLModule settings that follow training fields (a user's ``model_config``
+        still overrides them)."""
+        return {**super()._model_config_auto_includes,
+                "obs_filter": self.normalize_observations}
+
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(
             module_class=GaussianMLPModule,

@@ -91,7 +91,7 @@ class MetaCPOTorchLearner(TorchLearner):
 
     def theta_weights(self) -> dict[str, Any]:
         """θ as an RLModule state dict (what EnvRunners load)."""
-        return params_to_weights(params_of(self.policy))
+        return params_to_weights(params_of(self.policy), self.policy)
 
     def adapted_params(self, index: int) -> Params:
         """Task ``index``'s current adapted parameters (θ before any inner step)."""
@@ -145,7 +145,7 @@ class MetaCPOTorchLearner(TorchLearner):
                 continue
             for i, phi in zip(indices, phis):
                 self._phi[i] = phi
-            return {i: params_to_weights(phi) for i, phi in zip(indices, phis)}
+            return {i: params_to_weights(phi, self.policy) for i, phi in zip(indices, phis)}
         return {}
 
     # -- the per-iteration protocol -------------------------------------------------------
@@ -200,6 +200,7 @@ class MetaCPOTorchLearner(TorchLearner):
         if not keep:
             self._reset_rounds(0)
             return {"num_tasks_updated": 0.0, "updates_skipped": 0.0}
+        self._update_obs_filter(keep)
         policy = self.policy
         try:
             new_theta, info = meta_update(policy, params_of(policy),
@@ -219,6 +220,17 @@ class MetaCPOTorchLearner(TorchLearner):
                 param.copy_(new_theta[name])
         self._reset_rounds(0)
         return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
+
+    def _update_obs_filter(self, keep: Sequence[int]) -> None:
+        """Merge the observations of this iteration's batches (every round of the tasks in
+        ``keep``) into the policy's observation filter, if it has one. Called once per
+        meta-iteration, after all its batches were built: the filter the batches were
+        sampled and learned with is the one their update used; the next iteration samples
+        with the new one. Test-time adaptation leaves the filter as training left it."""
+        obs_filter = self.policy.obs_filter
+        if obs_filter is not None:
+            obs_filter.update(torch.cat([b.obs for i in keep
+                                         for b in [*self._support[i], self._query[i]]]))
 
     def adapt_round(self, samples: Sequence[Optional[SampleResult]], update: bool
                     ) -> RoundOutput:
