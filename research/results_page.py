@@ -420,14 +420,15 @@ def batch_size_section(path: Path) -> list[str]:
 
 
 # -- the ablation -------------------------------------------------------------------------------
-def ablation_section(path: Path) -> list[str]:
-    """The safety corrections switched on and off (``research/safety_ablation.py``'s JSON)."""
-    from research.ablation_report import LEGEND, report
+def ablation_section(path: Path, title: str = "Safety corrections: ablation",
+                     what: str = "each combination of the safety corrections") -> list[str]:
+    """Switches turned on and off (``research/safety_ablation.py``'s JSON)."""
+    from research.ablation_report import legend, report
 
-    return ["## Safety corrections: ablation", "",
+    data = json.loads(path.read_text())
+    return [f"## {title}", "",
             f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: Meta-CPO and CPO "
-            "trained and adapted with each combination of the safety corrections. "
-            f"{LEGEND}", "", report(json.loads(path.read_text())), ""]
+            f"trained and adapted with {what}. {legend(data)}", "", report(data), ""]
 
 
 # -- the investigation --------------------------------------------------------------------------
