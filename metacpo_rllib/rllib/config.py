@@ -11,6 +11,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
+from metacpo_rllib.optim.critics import DEFAULT_CRITIC_HIDDEN, privileged_vector
 from metacpo_rllib.rllib.registry import algorithm_class, family_overrides, register_envs
 from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
 
@@ -101,6 +102,12 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_upper_bound = True
         self.recover_when_violating = True
         self.torch_num_threads = None
+        # Learned reward / cost critics for GAE (off: the per-batch linear baseline).
+        self.critics = False
+        self.critic_privileged = False
+        self.critic_hidden = DEFAULT_CRITIC_HIDDEN
+        self.critic_epochs = 10
+        self.critic_lr = 1e-3
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
         self.batch_mode = "complete_episodes"
@@ -142,6 +149,11 @@ class MetaCPOConfig(AlgorithmConfig):
         meta: bool = _UNSET,
         constrained: bool = _UNSET,
         torch_num_threads: Optional[int] = _UNSET,
+        critics: bool = _UNSET,
+        critic_privileged: bool = _UNSET,
+        critic_hidden: tuple = _UNSET,
+        critic_epochs: int = _UNSET,
+        critic_lr: float = _UNSET,
         **kwargs: Any,
     ) -> "MetaCPOConfig":
         """Set the Meta-CPO fields (plus AlgorithmConfig's, e.g. ``gamma``).
@@ -161,6 +173,11 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
+        ``critics``: GAE uses learned reward and cost critics (the RLModule's value heads,
+        ``critic_hidden`` tanh MLPs fitted for ``critic_epochs`` epochs with Adam at
+        ``critic_lr`` after every meta-update on all tasks' batches of the iteration)
+        instead of a linear baseline fitted per batch; ``critic_privileged``: the critics
+        also see each task's layout parameters and cost limit (never the policy).
         """
         train_cost_limit = _train_cost_limit(train_cost_limit, cost_limit)
         super().training(**kwargs)
@@ -175,6 +192,8 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
             constrained=constrained, torch_num_threads=torch_num_threads,
+            critics=critics, critic_privileged=critic_privileged,
+            critic_hidden=critic_hidden, critic_epochs=critic_epochs, critic_lr=critic_lr,
         )
         for name, value in values.items():
             if value is not _UNSET:
@@ -255,7 +274,8 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating"):
+                      "cost_upper_bound", "recover_when_violating", "critics",
+                      "critic_privileged"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -287,6 +307,7 @@ class MetaCPOConfig(AlgorithmConfig):
         if self.torch_num_threads is not None and (
                 not _is_int(self.torch_num_threads) or self.torch_num_threads < 1):
             _bad("torch_num_threads", "expected an integer >= 1 or None", self.torch_num_threads)
+        self.validate_critics()
         if self.seed is not None and not _is_int(self.seed):
             _bad("seed", "expected an integer or None", self.seed)
         self.update_config().validate()  # metric, backend, cg_*, line_search_*
@@ -312,6 +333,34 @@ class MetaCPOConfig(AlgorithmConfig):
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
         self.validate_sampling()
+
+    def validate_critics(self) -> None:
+        """Raise ValueError naming the first invalid critic field (``critics`` and
+        ``critic_privileged`` are checked as bools with the other switches)."""
+        if self.critic_privileged and not self.critics:
+            _bad("critic_privileged", "privileged critic inputs need critics=True",
+                 self.critic_privileged)
+        hidden = self.critic_hidden
+        if not isinstance(hidden, (list, tuple)) or not hidden or not all(
+                _is_int(h) and h >= 1 for h in hidden):
+            _bad("critic_hidden", "expected a non-empty list of integers >= 1", hidden)
+        if not _is_int(self.critic_epochs) or self.critic_epochs < 1:
+            _bad("critic_epochs", "expected an integer >= 1", self.critic_epochs)
+        if not _is_num(self.critic_lr) or self.critic_lr <= 0:
+            _bad("critic_lr", "expected a finite number > 0", self.critic_lr)
+
+    def critic_model_config(self) -> dict[str, Any]:
+        """The critics' RLModule ``model_config`` entries ({} with critics off). The
+        privileged input's size comes from one task of the family (all its tasks have
+        the same parameter keys)."""
+        if not self.critics:
+            return {}
+        dim = 0
+        if self.critic_privileged:
+            task = self.make_family().sample_tasks(1, "train", seed=0)[0]
+            dim = len(privileged_vector(task.params, task.cost_limit))
+        return {"critics": True, "critic_hidden": [int(h) for h in self.critic_hidden],
+                "critic_privileged_dim": dim}
 
     def validate_sampling(self) -> None:
         """Raise ValueError naming the first RLlib sampling setting that the Meta-CPO
@@ -349,7 +398,8 @@ class MetaCPOConfig(AlgorithmConfig):
         return RLModuleSpec(
             module_class=GaussianMLPModule,
             model_config={"policy_hidden": list(DEFAULT_HIDDEN),
-                          "init_log_std": DEFAULT_INIT_LOG_STD},
+                          "init_log_std": DEFAULT_INIT_LOG_STD,
+                          **self.critic_model_config()},
         )
 
     def get_default_learner_class(self) -> type:
