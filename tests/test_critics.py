@@ -27,6 +27,8 @@ from metacpo_rllib.optim.critics import (
 )
 from metacpo_rllib.rllib import MetaCPOConfig
 from metacpo_rllib.rllib.module import CRITIC_PRIVILEGED, CRITIC_TIME, GaussianMLPModule
+from metacpo_rllib.rllib.protocol import SampleResult
+from helpers import random_episodes
 
 
 def episode(t: int, seed: int) -> EpisodeData:
@@ -49,8 +51,10 @@ def test_fit_critic_learns_a_regression_and_is_reproducible():
         net = ValueMLP(3, (32, 32))
         return net, fit_critic(net, x, y, epochs=epochs, lr=3e-3, minibatch=64)
 
+    threads = torch.get_num_threads()
     net1, loss1 = fitted(1)
     net, loss = fitted(40)
+    assert torch.get_num_threads() == threads  # the fit's one thread is not left behind
     assert loss < 0.2 * loss1
     assert float(net.scale) == pytest.approx(float(y.pow(2).mean().sqrt()), rel=1e-4)
     with torch.no_grad():
@@ -169,6 +173,30 @@ def theta(algo) -> dict[str, np.ndarray]:
     return algo._on_learner(lambda learner: learner.theta_weights())
 
 
+def gae_inputs(algo, privileged: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reward advantages the Learner builds for one task's episodes, those of GAE on
+    the reward critic's values computed here, and those of the linear baseline."""
+    task = algo.family.sample_tasks(1, "train", seed=9)[0]
+    sample = SampleResult(job=0, task=task, episodes=random_episodes(algo.family, task, 2, 0))
+    vec = privileged_vector(task.params, task.cost_limit) if privileged else None
+
+    def build(learner):
+        module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+        with torch.no_grad():
+            values = [[net(critic_features(ep.obs, vec)).double().numpy()
+                       for ep in sample.episodes] for net in (module.vf_reward, module.vf_cost)]
+        kwargs = dict(task_id=task.task_id, cost_limit=task.cost_limit,
+                      **learner.config.batch_kwargs())
+        learner.begin(1)
+        batch = learner._batch(0, sample)
+        learner.begin(0)
+        return (batch.adv_reward,
+                make_batch(sample.episodes, values=tuple(values), **kwargs).adv_reward,
+                make_batch(sample.episodes, **kwargs).adv_reward)
+
+    return algo._on_learner(build)
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("privileged", [False, True])
 def test_training_fits_the_critics(ray_local, tmp_path, privileged):
@@ -196,6 +224,9 @@ def test_training_fits_the_critics(ray_local, tmp_path, privileged):
         theta2 = theta(algo)
         assert any(not np.allclose(theta2[k], theta0[k]) for k in theta0)
         second = critic_weights(algo)
+        used, expected, linear = gae_inputs(algo, privileged)
+        torch.testing.assert_close(used, expected)
+        assert not torch.allclose(used, linear, atol=1e-3)
         # test-time adaptation uses the critics frozen
         report = algo.adapt(algo.family.sample_tasks(1, "test", seed=3), steps=1,
                             eval_episodes=0)
@@ -236,11 +267,48 @@ def test_bad_critic_fields_name_the_field(fields, name):
         config.validate_metacpo()
 
 
-def test_critic_fields_are_sweep_fields_and_off_by_default():
-    from metacpo_rllib.experiments.spec import training_fields
+SPEC = """\
+name: t
+algorithm: [MetaCPO, CPO]
+family: PointNav
+iterations: 2
+training:
+  critics: true
+  critic_hidden: [32, 32]
+  critic_epochs: EPOCHS
+grid:
+  critic_privileged: [false, true]
+"""
 
-    assert {"critics", "critic_privileged", "critic_hidden", "critic_epochs",
-            "critic_lr"} <= training_fields()
+
+def test_critic_fields_are_sweep_fields_and_off_by_default():
+    import yaml
+
+    from metacpo_rllib.experiments.spec import SpecError, build_config, parse_spec
+
+    spec = parse_spec(yaml.safe_load(SPEC.replace("EPOCHS", "5")))
+    config = build_config(spec, "CPO", {"critic_privileged": True})
+    assert (config.critics, config.critic_privileged, config.critic_epochs) == (True, True, 5)
+    assert config.get_default_rl_module_spec().model_config["critic_hidden"] == [32, 32]
+    with pytest.raises(SpecError, match="^training.critic_epochs: "):
+        parse_spec(yaml.safe_load(SPEC.replace("EPOCHS", "0")))
     config = MetaCPOConfig()
     assert config.critics is False and config.critic_privileged is False
     assert "critics" not in config.get_default_rl_module_spec().model_config
+
+
+def test_train_critics_flag(capsys):
+    from metacpo_rllib import cli
+
+    parser = cli.build_parser()
+    base = ["train", "--family", "PointNav"]
+    config = cli.build_config(parser.parse_args(base))
+    assert (config.critics, config.critic_privileged) == (False, False)
+    config = cli.build_config(parser.parse_args(base + ["--critics", "on"]))
+    assert (config.critics, config.critic_privileged) == (True, False)
+    config = cli.build_config(parser.parse_args(base + ["--critics", "privileged"]))
+    assert (config.critics, config.critic_privileged) == (True, True)
+    config.validate_metacpo()
+    assert cli.main(base + ["--critics", "yes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metacpo train: error: argument --critics")

@@ -127,15 +127,22 @@ def fit_critic(net: ValueMLP, features: Tensor, targets: Tensor, epochs: int = 1
     generator = torch.Generator().manual_seed(int(seed))
     total = features.shape[0]
     loss_sum = 0.0
-    with torch.enable_grad():
-        for _ in range(int(epochs)):
-            loss_sum = 0.0
-            for idx in torch.randperm(total, generator=generator).split(int(minibatch)):
-                loss = (net.normalised(features[idx]) - goal[idx]).pow(2).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
+    threads = torch.get_num_threads()
+    # minibatches this small run fastest on one thread (several threads spin and wait,
+    # badly so on a busy machine); the caller's setting is restored
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            for _ in range(int(epochs)):
+                loss_sum = 0.0
+                for idx in torch.randperm(total, generator=generator).split(int(minibatch)):
+                    loss = (net.normalised(features[idx]) - goal[idx]).pow(2).mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += float(loss.detach()) * len(idx)
+    finally:
+        torch.set_num_threads(threads)
     return loss_sum / total
 
 
