@@ -102,12 +102,6 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_upper_bound = True
         self.recover_when_violating = True
         self.torch_num_threads = None
-        # Learned reward / cost critics for GAE (off: the per-batch linear baseline).
-        self.critics = False
-        self.critic_privileged = False
-        self.critic_hidden = DEFAULT_CRITIC_HIDDEN
-        self.critic_epochs = 10
-        self.critic_lr = 1e-3
         # Sampling: whole episodes; actions are not squashed, only the copy sent to the
         # env is clipped, so the stored actions and log-probs are what the update sees.
         self.batch_mode = "complete_episodes"
@@ -119,6 +113,12 @@ class MetaCPOConfig(AlgorithmConfig):
         self.evaluation_duration = 20
         self.evaluation_num_tasks = 4
         self.evaluation_seed = 0
+        # Learned reward / cost critics for GAE (off: the per-batch linear baseline).
+        self.critics = False
+        self.critic_privileged = False
+        self.critic_hidden = DEFAULT_CRITIC_HIDDEN
+        self.critic_epochs = 10
+        self.critic_lr = 1e-3
 
     # -- setters ------------------------------------------------------------------------
     def training(
@@ -169,19 +169,21 @@ class MetaCPOConfig(AlgorithmConfig):
         ``fisher_stride``: the Fisher metric (trust region) is estimated on every k-th
         sampled state (1: all states); neighbouring states of an episode carry nearly the
         same information, and the Fisher products are most of the Learner's time.
-        ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
-        share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
-        cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
-        (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         ``critics``: GAE uses learned reward and cost critics (the RLModule's value heads,
         ``critic_hidden`` tanh MLPs fitted for ``critic_epochs`` epochs with Adam at
         ``critic_lr`` after every meta-update on all tasks' batches of the iteration)
         instead of a linear baseline fitted per batch; ``critic_privileged``: the critics
         also see each task's layout parameters and cost limit (never the policy).
+        ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
+        share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
+        cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
+        (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         """
         train_cost_limit = _train_cost_limit(train_cost_limit, cost_limit)
         super().training(**kwargs)
         values = dict(
+            critics=critics, critic_privileged=critic_privileged,
+            critic_hidden=critic_hidden, critic_epochs=critic_epochs, critic_lr=critic_lr,
             tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
             train_cost_limit=train_cost_limit, trust_region_delta=trust_region_delta,
             inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
@@ -192,8 +194,6 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
             constrained=constrained, torch_num_threads=torch_num_threads,
-            critics=critics, critic_privileged=critic_privileged,
-            critic_hidden=critic_hidden, critic_epochs=critic_epochs, critic_lr=critic_lr,
         )
         for name, value in values.items():
             if value is not _UNSET:
@@ -274,8 +274,7 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating", "critics",
-                      "critic_privileged"):
+                      "cost_upper_bound", "recover_when_violating"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -335,8 +334,10 @@ class MetaCPOConfig(AlgorithmConfig):
         self.validate_sampling()
 
     def validate_critics(self) -> None:
-        """Raise ValueError naming the first invalid critic field (``critics`` and
-        ``critic_privileged`` are checked as bools with the other switches)."""
+        """Raise ValueError naming the first invalid critic field."""
+        for field in ("critics", "critic_privileged"):
+            if not isinstance(getattr(self, field), bool):
+                _bad(field, "expected a bool", getattr(self, field))
         if self.critic_privileged and not self.critics:
             _bad("critic_privileged", "privileged critic inputs need critics=True",
                  self.critic_privileged)

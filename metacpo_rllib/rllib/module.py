@@ -28,13 +28,15 @@ CRITIC_PRIVILEGED = "critic_privileged"
 class GaussianMLPModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     """obs -> ACTION_DIST_INPUTS = concat(mean, log_std) of ``self.pi`` (a GaussianMLP).
 
-    ``model_config`` keys: ``policy_hidden`` (default (32, 16)) and ``init_log_std``;
-    ``critics`` (default False): also a reward and a cost critic, ``self.vf_reward`` and
-    ``self.vf_cost`` (``optim.critics.ValueMLP`` on ``critic_features``: obs, time and
-    ``critic_privileged_dim`` privileged inputs; hidden sizes ``critic_hidden``), built
-    only when the module is not inference-only (the Learner's, not the EnvRunners').
+    ``model_config`` keys: ``policy_hidden`` (default (32, 16)) and ``init_log_std``.
     The same module serves sampling (EnvRunners) and the update (Learner): the Learner
     hands ``self.pi`` to the optim functions, the EnvRunners sample from its outputs.
+
+    Critics: with ``model_config["critics"]`` (default False) the module also holds a
+    reward and a cost critic, ``self.vf_reward`` and ``self.vf_cost``
+    (``optim.critics.ValueMLP`` on ``critic_features``: obs, time and
+    ``critic_privileged_dim`` privileged inputs; hidden sizes ``critic_hidden``), built
+    only when the module is not inference-only (the Learner's, not the EnvRunners').
     """
 
     def setup(self) -> None:
