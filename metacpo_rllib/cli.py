@@ -73,6 +73,10 @@ def _run_adaptation(algo: Any, tasks: list, args: argparse.Namespace, title: str
 
 
 # -- train -------------------------------------------------------------------------------
+#: ``train --critics``: the linear baseline, learned critics, or critics with privileged inputs.
+CRITIC_CHOICES = ("off", "on", "privileged")
+
+
 def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True,
                         help="task family: PointCircle, CarCircleHazard, PointButton, "
@@ -100,6 +104,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inner-delta", type=number(0, exclusive_low=True), default=None,
                         help="adaptation (inner) trust-region radius (KL; default: the "
                              "config's 0.01)")
+    parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
+                        help="GAE baselines: off (a linear baseline fitted per batch, the "
+                             "default), on (learned reward and cost critics) or privileged "
+                             "(critics that also see each task's layout and cost limit)")
     parser.add_argument("--eval-interval", type=count(0), default=0,
                         help="evaluate θ on fixed training tasks every N iterations, "
                              "--eval-episodes episodes each (0: never)")
@@ -166,6 +174,8 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("inner_steps", "trust_region_delta", "inner_delta"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
+    if args.critics != "off":
+        training.update(critics=True, critic_privileged=args.critics == "privileged")
     config = (ALGO_CONFIGS[args.algo]()
               .environment(args.family, env_config=dict(args.env_config))
               .env_runners(num_env_runners=args.num_env_runners)

@@ -39,6 +39,11 @@ INVALID: dict[str, list] = {
     "meta": [1, "true", None],
     "constrained": [0, "no", None],
     "torch_num_threads": [0, -1, 1.5, True],
+    "critics": [1, "yes", None],
+    "critic_privileged": [1, "no", None, True],  # True: needs critics=True
+    "critic_hidden": [[], [64, 0], [1.5], 64, None],
+    "critic_epochs": [0, -1, 1.5, True, None],
+    "critic_lr": [0.0, -1e-3, math.nan, math.inf, "0.001", None],
 }
 
 CASES = [(variant, field, value) for variant in CONFIGS for field, values in INVALID.items()

@@ -1,7 +1,7 @@
 """Advantages: GAE over episodes with a linear feature baseline fitted per batch (as in MAML-RL)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -61,13 +61,26 @@ def episode_advantages(
     signals: Sequence[np.ndarray],
     gamma: float,
     lam: float,
+    values: Optional[Sequence[np.ndarray]] = None,
 ) -> list[np.ndarray]:
     """GAE advantages of ``signals`` (rewards or costs) for a list of complete episodes.
 
     A linear feature baseline is fitted to the discounted signal-to-go of these episodes,
-    then used for GAE. Episode ends are treated as terminal: the constraint and the return
-    are defined per episode, so nothing is bootstrapped past an episode's last step.
+    then used for GAE; ``values`` (per episode, one value per step, in the signal's units,
+    e.g. a learned critic's) replaces the baseline when given. Episode ends are treated as
+    terminal: the constraint and the return are defined per episode, so nothing is
+    bootstrapped past an episode's last step.
     """
+    if values is not None:
+        if len(values) != len(signals):
+            raise ValueError(f"values: expected {len(signals)} episodes, got {len(values)}")
+        out = []
+        for i, (v, s) in enumerate(zip(values, signals)):
+            v = np.asarray(v, dtype=np.float64).reshape(-1)
+            if len(v) != len(s):
+                raise ValueError(f"values: episode {i} has {len(s)} steps, got {len(v)} values")
+            out.append(gae(v, s, gamma, lam))
+        return out
     feats = [baseline_features(o) for o in obs]
     baseline = LinearFeatureBaseline()
     baseline.fit(feats, [discounted_cumsum(s, gamma) for s in signals])

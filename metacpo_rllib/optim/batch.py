@@ -98,12 +98,17 @@ def make_batch(
     cost_gamma: float = 1.0,
     cost_lam: float = 0.95,
     cost_upper_bound: bool = False,
+    values: Optional[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = None,
 ) -> Batch:
     """Build a Batch from complete episodes of one task (GAE for reward and for cost).
 
     ``cost_upper_bound``: J_C in the constraint value is the one-sided 95% t upper bound of
     the mean episode cost (mean + t₀.₉₅(E−1)·sd/√E; the mean itself with one episode or no
-    spread), not the mean: a pessimistic c for small batches."""
+    spread), not the mean: a pessimistic c for small batches.
+
+    ``values``: (reward values, cost values), each per episode an array of the episode's
+    length (V of each step, in reward / episode-cost units: e.g. learned critics'); GAE
+    then uses them instead of fitting the linear feature baseline."""
     if not episodes:
         raise ValueError(f"episodes: no episodes for task {task_id}")
     for field in ("obs", "rewards", "costs"):
@@ -112,8 +117,9 @@ def make_batch(
     obs = [np.asarray(ep.obs, dtype=np.float64) for ep in episodes]
     rewards = [np.asarray(ep.rewards, dtype=np.float64) for ep in episodes]
     costs = [np.asarray(ep.costs, dtype=np.float64) for ep in episodes]
-    adv_r = np.concatenate(episode_advantages(obs, rewards, gamma, lam))
-    adv_c = np.concatenate(episode_advantages(obs, costs, cost_gamma, cost_lam))
+    v_r, v_c = (None, None) if values is None else values
+    adv_r = np.concatenate(episode_advantages(obs, rewards, gamma, lam, v_r))
+    adv_c = np.concatenate(episode_advantages(obs, costs, cost_gamma, cost_lam, v_c))
     adv_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
 
     def cat(field: str) -> Tensor:

@@ -11,6 +11,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from metacpo_rllib.algorithms import algorithm_info
 from metacpo_rllib.envs import FAMILIES, make_family
 from metacpo_rllib.envs.base import check_cost_limit
+from metacpo_rllib.optim.critics import DEFAULT_CRITIC_HIDDEN, privileged_vector
 from metacpo_rllib.rllib.registry import algorithm_class, family_overrides, register_envs
 from metacpo_rllib.rllib.module import DEFAULT_HIDDEN, DEFAULT_INIT_LOG_STD, GaussianMLPModule
 
@@ -114,6 +115,12 @@ class MetaCPOConfig(AlgorithmConfig):
         self.evaluation_duration = 20
         self.evaluation_num_tasks = 4
         self.evaluation_seed = 0
+        # Learned reward / cost critics for GAE (off: the per-batch linear baseline).
+        self.critics = False
+        self.critic_privileged = False
+        self.critic_hidden = DEFAULT_CRITIC_HIDDEN
+        self.critic_epochs = 10
+        self.critic_lr = 1e-3
 
     # -- setters ------------------------------------------------------------------------
     def training(
@@ -145,6 +152,11 @@ class MetaCPOConfig(AlgorithmConfig):
         meta: bool = _UNSET,
         constrained: bool = _UNSET,
         torch_num_threads: Optional[int] = _UNSET,
+        critics: bool = _UNSET,
+        critic_privileged: bool = _UNSET,
+        critic_hidden: tuple = _UNSET,
+        critic_epochs: int = _UNSET,
+        critic_lr: float = _UNSET,
         **kwargs: Any,
     ) -> "MetaCPOConfig":
         """Set the Meta-CPO fields (plus AlgorithmConfig's, e.g. ``gamma``).
@@ -160,6 +172,11 @@ class MetaCPOConfig(AlgorithmConfig):
         ``fisher_stride``: the Fisher metric (trust region) is estimated on every k-th
         sampled state (1: all states); neighbouring states of an episode carry nearly the
         same information, and the Fisher products are most of the Learner's time.
+        ``critics``: GAE uses learned reward and cost critics (the RLModule's value heads,
+        ``critic_hidden`` tanh MLPs fitted for ``critic_epochs`` epochs with Adam at
+        ``critic_lr`` after every meta-update on all tasks' batches of the iteration)
+        instead of a linear baseline fitted per batch; ``critic_privileged``: the critics
+        also see each task's layout parameters and cost limit (never the policy).
         ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
@@ -172,6 +189,8 @@ class MetaCPOConfig(AlgorithmConfig):
         train_cost_limit = _train_cost_limit(train_cost_limit, cost_limit)
         super().training(**kwargs)
         values = dict(
+            critics=critics, critic_privileged=critic_privileged,
+            critic_hidden=critic_hidden, critic_epochs=critic_epochs, critic_lr=critic_lr,
             tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
             train_cost_limit=train_cost_limit, trust_region_delta=trust_region_delta,
             inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
@@ -294,6 +313,7 @@ class MetaCPOConfig(AlgorithmConfig):
         if self.torch_num_threads is not None and (
                 not _is_int(self.torch_num_threads) or self.torch_num_threads < 1):
             _bad("torch_num_threads", "expected an integer >= 1 or None", self.torch_num_threads)
+        self.validate_critics()
         if self.seed is not None and not _is_int(self.seed):
             _bad("seed", "expected an integer or None", self.seed)
         self.update_config().validate()  # metric, backend, cg_*, line_search_*
@@ -319,6 +339,36 @@ class MetaCPOConfig(AlgorithmConfig):
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
         self.validate_sampling()
+
+    def validate_critics(self) -> None:
+        """Raise ValueError naming the first invalid critic field."""
+        for field in ("critics", "critic_privileged"):
+            if not isinstance(getattr(self, field), bool):
+                _bad(field, "expected a bool", getattr(self, field))
+        if self.critic_privileged and not self.critics:
+            _bad("critic_privileged", "privileged critic inputs need critics=True",
+                 self.critic_privileged)
+        hidden = self.critic_hidden
+        if not isinstance(hidden, (list, tuple)) or not hidden or not all(
+                _is_int(h) and h >= 1 for h in hidden):
+            _bad("critic_hidden", "expected a non-empty list of integers >= 1", hidden)
+        if not _is_int(self.critic_epochs) or self.critic_epochs < 1:
+            _bad("critic_epochs", "expected an integer >= 1", self.critic_epochs)
+        if not _is_num(self.critic_lr) or self.critic_lr <= 0:
+            _bad("critic_lr", "expected a finite number > 0", self.critic_lr)
+
+    def critic_model_config(self) -> dict[str, Any]:
+        """The critics' RLModule ``model_config`` entries ({} with critics off). The
+        privileged input's size comes from one task of the family (all its tasks have
+        the same parameter keys)."""
+        if not self.critics:
+            return {}
+        dim = 0
+        if self.critic_privileged:
+            task = self.make_family().sample_tasks(1, "train", seed=0)[0]
+            dim = len(privileged_vector(task.params, task.cost_limit))
+        return {"critics": True, "critic_hidden": [int(h) for h in self.critic_hidden],
+                "critic_privileged_dim": dim}
 
     def validate_sampling(self) -> None:
         """Raise ValueError naming the first RLlib sampling setting that the Meta-CPO
@@ -367,7 +417,8 @@ class MetaCPOConfig(AlgorithmConfig):
         return RLModuleSpec(
             module_class=GaussianMLPModule,
             model_config={"policy_hidden": list(DEFAULT_HIDDEN),
-                          "init_log_std": DEFAULT_INIT_LOG_STD},
+                          "init_log_std": DEFAULT_INIT_LOG_STD,
+                          **self.critic_model_config()},
         )
 
     def get_default_learner_class(self) -> type:

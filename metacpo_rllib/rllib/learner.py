@@ -5,6 +5,7 @@ import logging
 import math
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
@@ -21,7 +22,15 @@ from metacpo_rllib.optim import (
     meta_update,
     params_of,
 )
+from metacpo_rllib.optim.advantages import discounted_cumsum
 from metacpo_rllib.optim.cost_estimate import shrink_cost_gradient
+from metacpo_rllib.optim.critics import (
+    ValueMLP,
+    critic_features,
+    episode_values,
+    fit_critic,
+    privileged_vector,
+)
 from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rllib.module import params_to_weights
 from metacpo_rllib.rllib.protocol import RoundOutput, SampleResult
@@ -105,15 +114,66 @@ class MetaCPOTorchLearner(TorchLearner):
         # per task, the metric solution of each inner step taken (handed to meta_update)
         self._solves: list[list[torch.Tensor]] = [[] for _ in range(num_tasks)]
         self._dropped: dict[int, str] = {}
+        # per task, each batch's (critic features, reward-to-go, cost-to-go) (critics on)
+        self._critic_data: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(num_tasks)]
 
-    def _batch(self, index: int, sample: Optional[SampleResult]) -> Optional[Batch]:
+    @property
+    def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
+        """The module's (reward, cost) critics; None with ``config.critics`` off."""
+        if not self.config.critics:
+            return None
+        module = self.module[DEFAULT_MODULE_ID].unwrapped()
+        return module.vf_reward, module.vf_cost
+
+    def _critic_values(self, index: int, sample: SampleResult, keep: bool
+                       ) -> Optional[tuple[list, list]]:
+        """Per episode, the current critics' reward and cost values (None with critics
+        off); with ``keep`` the episodes' features and discounted reward- and cost-to-go
+        are kept for the critics' fit in ``meta_step``."""
+        critics = self.critics
+        if critics is None:
+            return None
+        task = sample.task
+        privileged = (privileged_vector(task.params, task.cost_limit)
+                      if self.config.critic_privileged else None)
+        feats = [critic_features(ep.obs, privileged) for ep in sample.episodes]
+        if keep:
+            rtg = [discounted_cumsum(ep.rewards, self.config.gamma) for ep in sample.episodes]
+            ctg = [discounted_cumsum(ep.costs, self.config.cost_gamma)
+                   for ep in sample.episodes]
+            self._critic_data[index].append(
+                (torch.cat(feats), torch.as_tensor(np.concatenate(rtg)),
+                 torch.as_tensor(np.concatenate(ctg))))
+        return episode_values(critics[0], feats), episode_values(critics[1], feats)
+
+    def _fit_critics(self, keep: Sequence[int]) -> dict[str, float]:
+        """Fit both critics on the kept tasks' batches of this iteration (all rounds);
+        their final losses (``optim.critics.fit_critic``), {} with critics off."""
+        critics = self.critics
+        data = [d for i in keep for d in self._critic_data[i]]
+        if critics is None or not data:
+            return {}
+        feats = torch.cat([d[0] for d in data])
+        stats = {}
+        for name, net, column in (("reward", critics[0], 1), ("cost", critics[1], 2)):
+            stats[f"critic_loss_{name}"] = fit_critic(
+                net, feats, torch.cat([d[column] for d in data]),
+                epochs=self.config.critic_epochs, lr=self.config.critic_lr)
+        return stats
+
+    def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False
+               ) -> Optional[Batch]:
         """Build task ``index``'s Batch from its learning result (the task's id and cost
-        limit come with it); a task with non-finite env output is dropped."""
+        limit come with it); a task with non-finite env output is dropped. With critics
+        on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
+        task's batches never are)."""
         if sample is None or index in self._dropped:
             return None
         try:
+            values = self._critic_values(index, sample, keep)
             batch = make_batch(sample.episodes, task_id=sample.task.task_id,
-                               cost_limit=sample.task.cost_limit, **self.config.batch_kwargs())
+                               cost_limit=sample.task.cost_limit, values=values,
+                               **self.config.batch_kwargs())
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
@@ -173,7 +233,7 @@ class MetaCPOTorchLearner(TorchLearner):
                 self._support[i].append(batch)
                 support[i] = batch
 
-        summaries, weights = self._over_tasks(samples, take)
+        summaries, weights = self._over_tasks(samples, take, keep=True)
         solves: dict[int, torch.Tensor] = {}
 
         def step(indices: list[int]) -> list[Params]:
@@ -192,7 +252,9 @@ class MetaCPOTorchLearner(TorchLearner):
         """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
 
         A non-finite meta-gradient (or a non-finite candidate θ) skips the update: θ is
-        left unchanged and ``updates_skipped`` is 1 in the returned statistics.
+        left unchanged and ``updates_skipped`` is 1 in the returned statistics. With
+        critics on, both are then fitted on the kept tasks' batches of all rounds (their
+        final losses ``critic_loss_reward`` / ``critic_loss_cost`` in the statistics).
         """
         cfg = self.config.update_config()
         keep = [i for i, q in enumerate(self._query)
@@ -213,13 +275,16 @@ class MetaCPOTorchLearner(TorchLearner):
             ids = [self._query[i].task_id for i in keep]
             logger.warning("update skipped: non-finite meta-gradient over tasks %s (%s)",
                            ids, err)
+            fitted = self._fit_critics(keep)
             self._reset_rounds(0)
-            return {"num_tasks_updated": 0.0, "updates_skipped": 1.0}
+            return {"num_tasks_updated": 0.0, "updates_skipped": 1.0, **fitted}
         with torch.no_grad():
             for name, param in policy.named_parameters():
                 param.copy_(new_theta[name])
+        fitted = self._fit_critics(keep)
         self._reset_rounds(0)
-        return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
+        return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0,
+                **fitted}
 
     def _update_obs_filter(self, keep: Sequence[int]) -> None:
         """Merge the observations of this iteration's batches (every round of the tasks in
@@ -264,14 +329,16 @@ class MetaCPOTorchLearner(TorchLearner):
                            records if update else None)
 
     def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
-                    handle: Callable[[int, Batch], Optional[dict[str, Any]]]
+                    handle: Callable[[int, Batch], Optional[dict[str, Any]]],
+                    keep: bool = False
                     ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
-        """Build each task's Batch (dropping bad ones), summarise it and let ``handle``
-        return the task's next weights (or None); returns (summaries, weights)."""
+        """Build each task's Batch (dropping bad ones; ``keep``: kept for the critics'
+        fit), summarise it and let ``handle`` return the task's next weights (or None);
+        returns (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
-            batch = self._batch(i, sample)
+            batch = self._batch(i, sample, keep)
             if batch is None:
                 continue
             summaries[i] = batch_summary(batch)

@@ -7,17 +7,25 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from metacpo_rllib.optim import GaussianMLP, Params
+from metacpo_rllib.optim.critics import DEFAULT_CRITIC_HIDDEN, ValueMLP
 
 #: Name of the GaussianMLP attribute inside the RLModule (prefix of its state-dict keys).
 POLICY_ATTR = "pi"
 DEFAULT_HIDDEN = (32, 16)
 DEFAULT_INIT_LOG_STD = -0.5
+#: The critics' attributes (Learner-only; their state-dict keys start with these).
+CRITIC_ATTRS = ("vf_reward", "vf_cost")
+#: Optional batch keys of ``compute_values``: each step's time feature t / max_len ([B])
+#: and the task's privileged vector ([B, P] or [P]); zeros where absent.
+CRITIC_TIME = "critic_time"
+CRITIC_PRIVILEGED = "critic_privileged"
 
 
-class GaussianMLPModule(TorchRLModule):
+class GaussianMLPModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     """obs -> ACTION_DIST_INPUTS = concat(mean, log_std) of ``self.pi`` (a GaussianMLP).
 
     ``model_config`` keys: ``policy_hidden`` (default (32, 16)), ``init_log_std`` and
@@ -26,6 +34,12 @@ class GaussianMLPModule(TorchRLModule):
     policies normalise alike).
     The same module serves sampling (EnvRunners) and the update (Learner): the Learner
     hands ``self.pi`` to the optim functions, the EnvRunners sample from its outputs.
+
+    Critics: with ``model_config["critics"]`` (default False) the module also holds a
+    reward and a cost critic, ``self.vf_reward`` and ``self.vf_cost``
+    (``optim.critics.ValueMLP`` on ``critic_features``: obs, time and
+    ``critic_privileged_dim`` privileged inputs; hidden sizes ``critic_hidden``), built
+    only when the module is not inference-only (the Learner's, not the EnvRunners').
     """
 
     def setup(self) -> None:
@@ -37,6 +51,36 @@ class GaussianMLPModule(TorchRLModule):
         self.pi = GaussianMLP(obs_dim, act_dim, hidden=hidden, init_log_std=init_log_std,
                               obs_filter=bool(cfg.get("obs_filter", False)))
         self.action_dist_cls = TorchDiagGaussian
+        self.privileged_dim = int(cfg.get("critic_privileged_dim", 0))
+        if cfg.get("critics", False) and not self.inference_only:
+            critic_hidden = tuple(cfg.get("critic_hidden", DEFAULT_CRITIC_HIDDEN))
+            in_dim = obs_dim + 1 + self.privileged_dim
+            self.vf_reward = ValueMLP(in_dim, critic_hidden)
+            self.vf_cost = ValueMLP(in_dim, critic_hidden)
+
+    def get_non_inference_attributes(self) -> list[str]:
+        """The critics: left out of the EnvRunners' modules and of the weights sent to them."""
+        return [a for a in CRITIC_ATTRS if hasattr(self, a)]
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        """The reward critic's V (reward units), shape (B,), at ``batch[Columns.OBS]``; the
+        time feature comes from ``batch[CRITIC_TIME]`` and the privileged inputs from
+        ``batch[CRITIC_PRIVILEGED]``, zeros where a key is absent."""
+        if not hasattr(self, "vf_reward"):
+            raise ValueError("critics: this module has no critics (model_config critics is "
+                             "off, or the module is inference-only)")
+        obs = batch[Columns.OBS].float().reshape(batch[Columns.OBS].shape[0], -1)
+        size = obs.shape[0]
+        time = batch.get(CRITIC_TIME)
+        time = torch.zeros(size) if time is None else torch.as_tensor(time).float()
+        parts = [obs, time.reshape(size, 1)]
+        if self.privileged_dim:
+            priv = batch.get(CRITIC_PRIVILEGED)
+            priv = (torch.zeros(size, self.privileged_dim) if priv is None
+                    else torch.as_tensor(priv).float().reshape(-1, self.privileged_dim)
+                    .expand(size, -1))
+            parts.append(priv)
+        return self.vf_reward(torch.cat(parts, dim=1))
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         obs = batch[Columns.OBS].float().reshape(batch[Columns.OBS].shape[0], -1)
