@@ -34,7 +34,7 @@ import numpy as np
 #: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
 #: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
-SWITCHES = (*CORRECTIONS, "normalize_observations")
+SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged")
 VARIANTS: dict[str, dict[str, bool]] = {
     name: {flag: flag in on for flag in SWITCHES} for name, on in {
         "baseline": (),
@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
         "ucb_recover": ("cost_upper_bound", "recover_when_violating"),
         "all": CORRECTIONS,
         "all_obsnorm": (*CORRECTIONS, "normalize_observations"),
+        "all_critics": (*CORRECTIONS, "critics"),
+        "all_critics_priv": (*CORRECTIONS, "critics", "critic_privileged"),
     }.items()}
 
 

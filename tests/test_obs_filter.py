@@ -8,11 +8,12 @@ import torch
 
 from metacpo_rllib.optim.obs_filter import OBS_CLIP, ObsFilter
 from metacpo_rllib.optim.policy import GaussianMLP
-from metacpo_rllib.optim import params_of
+from metacpo_rllib.optim import meta_update, params_of
 from metacpo_rllib.policy import load_policy, policy_from_weights
-from metacpo_rllib.rllib import MetaCPOConfig
+from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig
 from metacpo_rllib.rllib.module import params_to_weights
-from metacpo_rllib.rollout import numpy_policy
+from metacpo_rllib.rllib.protocol import SampleResult
+from metacpo_rllib.rollout import numpy_policy, sample_episodes, sampling_policy
 
 
 def test_statistics_match_all_observations_seen() -> None:
@@ -119,3 +120,37 @@ def test_filter_in_learner_runners_checkpoint_and_policy(ray_local, tmp_path) ->
         assert float(_learner_filter(again).count) == 2 * 2 * 2 * 20
     finally:
         again.stop()
+
+
+@pytest.mark.ray
+def test_the_update_uses_the_filter_its_batch_was_sampled_with(ray_local) -> None:
+    """θ's update is computed with the filter the batch was sampled with; the filter takes
+    in the iteration's observations only afterwards."""
+    config = (CPOConfig().environment("PointNav", env_config={"horizon": 20})
+              .training(tasks_per_iteration=1, episodes_per_task=3, seed=0,
+                        normalize_observations=True, critics=True))
+    algo = config.build_algo()
+    task = algo.family.sample_tasks(1, "train", seed=0)[0]
+
+    def step(learner):
+        pi = learner.policy
+        pi.obs_filter.update(np.random.default_rng(4).normal(1.0, 2.0, size=(40, 6)))
+        count = int(pi.obs_filter.count)
+        env = algo.family.make_env(task)
+        episodes = sample_episodes(env, sampling_policy(pi), 3, seed=1)
+        learner.begin(1)
+        learner.add_round(0, [SampleResult(job=0, task=task, episodes=episodes)])
+        expected, _ = meta_update(pi, params_of(pi), [[]], [learner._query[0]],
+                                  learner.config.update_config())
+        stats = learner.meta_step()
+        got = {k: v.detach().clone() for k, v in params_of(pi).items()}
+        return expected, got, count, int(pi.obs_filter.count), stats
+
+    try:
+        expected, got, before, after, stats = algo._on_learner(step)
+    finally:
+        algo.stop()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value.detach(), rtol=0, atol=0)
+    assert after == before + 3 * 20
+    assert stats["updates_skipped"] == 0.0 and "critic_loss_cost" in stats

@@ -35,6 +35,7 @@ INVALID: dict[str, list] = {
     "cost_signal_share": ["yes", 1, None],
     "cost_upper_bound": ["yes", 0],
     "recover_when_violating": [1.0, None],
+    "normalize_observations": ["yes", 0, None],
     "seed": ["x", 1.5, True],
     "meta": [1, "true", None],
     "constrained": [0, "no", None],

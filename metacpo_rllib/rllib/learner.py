@@ -114,8 +114,9 @@ class MetaCPOTorchLearner(TorchLearner):
         # per task, the metric solution of each inner step taken (handed to meta_update)
         self._solves: list[list[torch.Tensor]] = [[] for _ in range(num_tasks)]
         self._dropped: dict[int, str] = {}
-        # per task, each batch's (critic features, reward-to-go, cost-to-go) (critics on)
-        self._critic_data: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(num_tasks)]
+        # per task, each batch's (observations per episode, privileged vector or None,
+        # reward-to-go, cost-to-go), kept for the critics' fit (critics on)
+        self._critic_data: list[list[tuple[Any, ...]]] = [[] for _ in range(num_tasks)]
 
     @property
     def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
@@ -125,37 +126,49 @@ class MetaCPOTorchLearner(TorchLearner):
         module = self.module[DEFAULT_MODULE_ID].unwrapped()
         return module.vf_reward, module.vf_cost
 
+    def _critic_inputs(self, observations: Sequence[Any], privileged: Optional[Any]
+                       ) -> list[torch.Tensor]:
+        """Per episode, the critics' features at its observations as the policy sees them
+        now (through its observation filter, if it has one)."""
+        obs_filter = self.policy.obs_filter
+        with torch.no_grad():
+            return [critic_features(o if obs_filter is None else obs_filter(torch.as_tensor(o)),
+                                    privileged) for o in observations]
+
     def _critic_values(self, index: int, sample: SampleResult, keep: bool
                        ) -> Optional[tuple[list, list]]:
         """Per episode, the current critics' reward and cost values (None with critics
-        off); with ``keep`` the episodes' features and discounted reward- and cost-to-go
-        are kept for the critics' fit in ``meta_step``."""
+        off); with ``keep`` the episodes' observations and discounted reward- and
+        cost-to-go are kept for the critics' fit in ``meta_step``."""
         critics = self.critics
         if critics is None:
             return None
         task = sample.task
         privileged = (privileged_vector(task.params, task.cost_limit)
                       if self.config.critic_privileged else None)
-        feats = [critic_features(ep.obs, privileged) for ep in sample.episodes]
+        observations = [ep.obs for ep in sample.episodes]
         if keep:
             rtg = [discounted_cumsum(ep.rewards, self.config.gamma) for ep in sample.episodes]
             ctg = [discounted_cumsum(ep.costs, self.config.cost_gamma)
                    for ep in sample.episodes]
             self._critic_data[index].append(
-                (torch.cat(feats), torch.as_tensor(np.concatenate(rtg)),
+                (observations, privileged, torch.as_tensor(np.concatenate(rtg)),
                  torch.as_tensor(np.concatenate(ctg))))
+        feats = self._critic_inputs(observations, privileged)
         return episode_values(critics[0], feats), episode_values(critics[1], feats)
 
     def _fit_critics(self, keep: Sequence[int]) -> dict[str, float]:
-        """Fit both critics on the kept tasks' batches of this iteration (all rounds);
-        their final losses (``optim.critics.fit_critic``), {} with critics off."""
+        """Fit both critics on the kept tasks' batches of this iteration (all rounds), at
+        the observations as the next iteration's policy sees them; their final losses
+        (``optim.critics.fit_critic``), {} with critics off."""
         critics = self.critics
         data = [d for i in keep for d in self._critic_data[i]]
         if critics is None or not data:
             return {}
-        feats = torch.cat([d[0] for d in data])
+        feats = torch.cat([f for obs, priv, _, _ in data
+                           for f in self._critic_inputs(obs, priv)])
         stats = {}
-        for name, net, column in (("reward", critics[0], 1), ("cost", critics[1], 2)):
+        for name, net, column in (("reward", critics[0], 2), ("cost", critics[1], 3)):
             stats[f"critic_loss_{name}"] = fit_critic(
                 net, feats, torch.cat([d[column] for d in data]),
                 epochs=self.config.critic_epochs, lr=self.config.critic_lr)
@@ -252,9 +265,10 @@ class MetaCPOTorchLearner(TorchLearner):
         """optim ``meta_update`` on the tasks with all K + 1 batches; writes the new θ.
 
         A non-finite meta-gradient (or a non-finite candidate θ) skips the update: θ is
-        left unchanged and ``updates_skipped`` is 1 in the returned statistics. With
-        critics on, both are then fitted on the kept tasks' batches of all rounds (their
-        final losses ``critic_loss_reward`` / ``critic_loss_cost`` in the statistics).
+        left unchanged and ``updates_skipped`` is 1 in the returned statistics. Then
+        (:meth:`_end_iteration`) the observation filter takes in the iteration's
+        observations and the critics are fitted (their final losses ``critic_loss_reward``
+        / ``critic_loss_cost`` in the statistics).
         """
         cfg = self.config.update_config()
         keep = [i for i, q in enumerate(self._query)
@@ -262,7 +276,6 @@ class MetaCPOTorchLearner(TorchLearner):
         if not keep:
             self._reset_rounds(0)
             return {"num_tasks_updated": 0.0, "updates_skipped": 0.0}
-        self._update_obs_filter(keep)
         policy = self.policy
         try:
             new_theta, info = meta_update(policy, params_of(policy),
@@ -275,23 +288,29 @@ class MetaCPOTorchLearner(TorchLearner):
             ids = [self._query[i].task_id for i in keep]
             logger.warning("update skipped: non-finite meta-gradient over tasks %s (%s)",
                            ids, err)
-            fitted = self._fit_critics(keep)
-            self._reset_rounds(0)
-            return {"num_tasks_updated": 0.0, "updates_skipped": 1.0, **fitted}
-        with torch.no_grad():
-            for name, param in policy.named_parameters():
-                param.copy_(new_theta[name])
+            info = {"num_tasks_updated": 0.0, "updates_skipped": 1.0}
+        else:
+            with torch.no_grad():
+                for name, param in policy.named_parameters():
+                    param.copy_(new_theta[name])
+            info = {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
+        return {**info, **self._end_iteration(keep)}
+
+    def _end_iteration(self, keep: Sequence[int]) -> dict[str, float]:
+        """After θ's update (or its skip): merge the iteration's observations into the
+        observation filter, then fit the critics at the filtered observations; the
+        critics' statistics."""
+        self._update_obs_filter(keep)
         fitted = self._fit_critics(keep)
         self._reset_rounds(0)
-        return {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0,
-                **fitted}
+        return fitted
 
     def _update_obs_filter(self, keep: Sequence[int]) -> None:
         """Merge the observations of this iteration's batches (every round of the tasks in
         ``keep``) into the policy's observation filter, if it has one. Called once per
-        meta-iteration, after all its batches were built: the filter the batches were
-        sampled and learned with is the one their update used; the next iteration samples
-        with the new one. Test-time adaptation leaves the filter as training left it."""
+        meta-iteration, after θ's update: the filter the batches were sampled with is the
+        one their update used; the next iteration samples with the new one. Test-time
+        adaptation leaves the filter as training left it."""
         obs_filter = self.policy.obs_filter
         if obs_filter is not None:
             obs_filter.update(torch.cat([b.obs for i in keep
