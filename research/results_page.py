@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
+DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = TUNE_NAMES
@@ -509,11 +510,12 @@ INTRO = (
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
            ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
-           batch_sweep: Optional[Path] = None) -> str:
+           batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
-    calibration of CPO's training steps; with ``batch_sweep``, the batch-size table."""
+    calibration of CPO's training steps; with ``batch_sweep``, the batch-size table; with
+    ``input_ablation``, the observation filter's and the critics' ablation."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -547,6 +549,13 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     lines += calibration_section(families, figure, training_ledger)
     if ablation is not None:
         lines += ablation_section(ablation)
+    if input_ablation is not None:
+        lines += ablation_section(
+            input_ablation, "Observation filter and critics: ablation",
+            "the default safety corrections (`all`) and, on top of them, the running "
+            "observation filter or the learned critics (with and without the task's layout "
+            "as privileged critic input), each run over 5 adaptation steps on both "
+            "held-out splits")
     if batch_sweep is not None:
         lines += batch_size_section(batch_sweep)
     if results is not None:
@@ -572,11 +581,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                         help="safety_ablation.py --train-eval-interval 1 JSON ('': none)")
     parser.add_argument("--batch-sweep", type=Path, default=DEFAULT_BATCH_SWEEP,
                         help="metacpo sweep --json of episodes_per_task ('': none)")
+    parser.add_argument("--input-ablation", type=Path, default=DEFAULT_INPUT_ABLATION,
+                        help="safety_ablation.py's JSON of the observation filter and "
+                             "critics variants ('': none)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
                              ("training_ledger", args.training_ledger),
-                             ("batch_sweep", args.batch_sweep))}
+                             ("batch_sweep", args.batch_sweep),
+                             ("input_ablation", args.input_ablation))}
     page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)

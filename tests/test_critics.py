@@ -123,7 +123,7 @@ def test_make_batch_uses_given_values_and_keeps_the_baseline_otherwise():
 def build_module(inference_only: bool, privileged: bool = False) -> GaussianMLPModule:
     config = MetaCPOConfig().environment("PointNav").training(
         critics=True, critic_privileged=privileged, critic_hidden=[16, 8])
-    spec = config.get_default_rl_module_spec()
+    spec = config.get_rl_module_spec()
     obs_space = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
     act_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     return RLModuleSpec(module_class=spec.module_class, observation_space=obs_space,
@@ -289,12 +289,12 @@ def test_critic_fields_are_sweep_fields_and_off_by_default():
     spec = parse_spec(yaml.safe_load(SPEC.replace("EPOCHS", "5")))
     config = build_config(spec, "CPO", {"critic_privileged": True})
     assert (config.critics, config.critic_privileged, config.critic_epochs) == (True, True, 5)
-    assert config.get_default_rl_module_spec().model_config["critic_hidden"] == [32, 32]
+    assert config.get_rl_module_spec().model_config["critic_hidden"] == [32, 32]
     with pytest.raises(SpecError, match="^training.critic_epochs: "):
         parse_spec(yaml.safe_load(SPEC.replace("EPOCHS", "0")))
     config = MetaCPOConfig()
     assert config.critics is False and config.critic_privileged is False
-    assert "critics" not in config.get_default_rl_module_spec().model_config
+    assert "critics" not in config.environment("PointNav").get_rl_module_spec().model_config
 
 
 def test_train_critics_flag(capsys):

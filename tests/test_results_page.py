@@ -22,7 +22,8 @@ def test_results_page_matches_the_committed_json() -> None:
     page = results_page.render(comparisons, ROOT / "docs", draw=False, results=RESULTS,
                                ablation=results_page.DEFAULT_ABLATION,
                                training_ledger=results_page.DEFAULT_TRAINING_LEDGER,
-                               batch_sweep=results_page.DEFAULT_BATCH_SWEEP)
+                               batch_sweep=results_page.DEFAULT_BATCH_SWEEP,
+                               input_ablation=results_page.DEFAULT_INPUT_ABLATION)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():

@@ -200,7 +200,8 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
-            normalize_observations=normalize_observations, constrained=constrained, torch_num_threads=torch_num_threads,
+            normalize_observations=normalize_observations, constrained=constrained,
+            torch_num_threads=torch_num_threads,
         )
         for name, value in values.items():
             if value is not _UNSET:
@@ -411,14 +412,13 @@ class MetaCPOConfig(AlgorithmConfig):
         """The RLModule settings that follow training fields (a user's ``model_config``
         still overrides them)."""
         return {**super()._model_config_auto_includes,
-                "obs_filter": self.normalize_observations}
+                "obs_filter": self.normalize_observations, **self.critic_model_config()}
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(
             module_class=GaussianMLPModule,
             model_config={"policy_hidden": list(DEFAULT_HIDDEN),
-                          "init_log_std": DEFAULT_INIT_LOG_STD,
-                          **self.critic_model_config()},
+                          "init_log_std": DEFAULT_INIT_LOG_STD},
         )
 
     def get_default_learner_class(self) -> type:
