@@ -108,6 +108,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
                              "(critics that also see each task's layout and cost limit)")
+    parser.add_argument("--normalize-observations", action="store_true",
+                        help="the policy normalises its observations with a running mean / "
+                             "variance filter (kept in its weights and checkpoints)")
     parser.add_argument("--eval-interval", type=count(0), default=0,
                         help="evaluate θ on fixed training tasks every N iterations, "
                              "--eval-episodes episodes each (0: never)")
@@ -176,6 +179,8 @@ def build_config(args: argparse.Namespace) -> Any:
             training[name] = getattr(args, name)
     if args.critics != "off":
         training.update(critics=True, critic_privileged=args.critics == "privileged")
+    if args.normalize_observations:
+        training["normalize_observations"] = True
     config = (ALGO_CONFIGS[args.algo]()
               .environment(args.family, env_config=dict(args.env_config))
               .env_runners(num_env_runners=args.num_env_runners)

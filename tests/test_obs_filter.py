@@ -69,6 +69,17 @@ def test_rllib_observation_filter_is_refused() -> None:
         config.validate()
 
 
+def test_train_flag() -> None:
+    from metacpo_rllib import cli
+
+    parser = cli.build_parser()
+    base = ["train", "--family", "PointNav"]
+    assert cli.build_config(parser.parse_args(base)).normalize_observations is False
+    config = cli.build_config(parser.parse_args(base + ["--normalize-observations"]))
+    assert config.normalize_observations is True
+    assert config.get_rl_module_spec().model_config["obs_filter"] is True
+
+
 def _learner_filter(algo) -> ObsFilter:
     return algo.learner_group._learner.policy.obs_filter
 
