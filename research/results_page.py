@@ -27,6 +27,7 @@ DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
+DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = TUNE_NAMES
@@ -510,12 +511,14 @@ INTRO = (
 def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
            ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
-           batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None) -> str:
+           batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
+           long_training: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
     calibration of CPO's training steps; with ``batch_sweep``, the batch-size table; with
-    ``input_ablation``, the observation filter's and the critics' ablation."""
+    ``input_ablation``, the observation filter's and the critics' ablation; with
+    ``long_training``, Meta-CPO and CPO trained twice as long."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -556,6 +559,12 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "observation filter or the learned critics (with and without the task's layout "
             "as privileged critic input), each run over 5 adaptation steps on both "
             "held-out splits")
+    if long_training is not None:
+        lines += ablation_section(
+            long_training, "Training length: 30 iterations",
+            "the default safety corrections for 30 training iterations instead of 15 (θ "
+            "evaluated every 5 iterations; the table shows the last), each run over 5 "
+            "adaptation steps on both held-out splits")
     if batch_sweep is not None:
         lines += batch_size_section(batch_sweep)
     if results is not None:
@@ -584,12 +593,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--input-ablation", type=Path, default=DEFAULT_INPUT_ABLATION,
                         help="safety_ablation.py's JSON of the observation filter and "
                              "critics variants ('': none)")
+    parser.add_argument("--long-training", type=Path, default=DEFAULT_LONG_TRAINING,
+                        help="safety_ablation.py's JSON of 30-iteration runs ('': none)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
                              ("training_ledger", args.training_ledger),
                              ("batch_sweep", args.batch_sweep),
-                             ("input_ablation", args.input_ablation))}
+                             ("input_ablation", args.input_ablation),
+                             ("long_training", args.long_training))}
     page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)

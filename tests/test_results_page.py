@@ -23,7 +23,8 @@ def test_results_page_matches_the_committed_json() -> None:
                                ablation=results_page.DEFAULT_ABLATION,
                                training_ledger=results_page.DEFAULT_TRAINING_LEDGER,
                                batch_sweep=results_page.DEFAULT_BATCH_SWEEP,
-                               input_ablation=results_page.DEFAULT_INPUT_ABLATION)
+                               input_ablation=results_page.DEFAULT_INPUT_ABLATION,
+                               long_training=results_page.DEFAULT_LONG_TRAINING)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():
