@@ -165,3 +165,32 @@ def test_the_update_uses_the_filter_its_batch_was_sampled_with(ray_local) -> Non
         torch.testing.assert_close(got[name], value.detach(), rtol=0, atol=0)
     assert after == before + 3 * 20
     assert stats["updates_skipped"] == 0.0 and "critic_loss_cost" in stats
+
+
+def test_compute_values_sees_the_filtered_observations() -> None:
+    """RLlib's ValueFunctionAPI entry point feeds the critic what the Learner feeds it."""
+    import gymnasium as gym
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from metacpo_rllib.optim.critics import DEFAULT_MAX_LEN, critic_features
+    from metacpo_rllib.rllib.module import CRITIC_TIME
+
+    config = MetaCPOConfig().environment("PointNav").training(
+        critics=True, normalize_observations=True, critic_hidden=[8])
+    spec = config.get_rl_module_spec()
+    module = RLModuleSpec(module_class=spec.module_class,
+                          observation_space=gym.spaces.Box(-9.0, 9.0, (5,), np.float32),
+                          action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                          model_config=spec.model_config, inference_only=False).build()
+    module.pi.obs_filter.update(np.random.default_rng(5).normal(3.0, 4.0, size=(64, 5)))
+    obs = torch.as_tensor(np.random.default_rng(6).normal(3.0, 4.0, size=(9, 5)),
+                          dtype=torch.float32)
+    with torch.no_grad():
+        # critic_features numbers the rows as one episode's steps: t / 1000
+        values = module.compute_values({Columns.OBS: obs,
+                                        CRITIC_TIME: torch.arange(9) / DEFAULT_MAX_LEN})
+        expected = module.vf_reward(critic_features(module.pi.obs_filter(obs)))
+        raw = module.vf_reward(critic_features(obs))
+    torch.testing.assert_close(values, expected)
+    assert not torch.allclose(values, raw)

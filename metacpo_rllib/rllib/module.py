@@ -63,13 +63,16 @@ class GaussianMLPModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return [a for a in CRITIC_ATTRS if hasattr(self, a)]
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        """The reward critic's V (reward units), shape (B,), at ``batch[Columns.OBS]``; the
-        time feature comes from ``batch[CRITIC_TIME]`` and the privileged inputs from
-        ``batch[CRITIC_PRIVILEGED]``, zeros where a key is absent."""
+        """The reward critic's V (reward units), shape (B,), at ``batch[Columns.OBS]`` (raw
+        observations: passed through the policy's observation filter, if it has one, as
+        the Learner does); the time feature comes from ``batch[CRITIC_TIME]`` and the
+        privileged inputs from ``batch[CRITIC_PRIVILEGED]``, zeros where a key is absent."""
         if not hasattr(self, "vf_reward"):
             raise ValueError("critics: this module has no critics (model_config critics is "
                              "off, or the module is inference-only)")
         obs = batch[Columns.OBS].float().reshape(batch[Columns.OBS].shape[0], -1)
+        if self.pi.obs_filter is not None:
+            obs = self.pi.obs_filter(obs)
         size = obs.shape[0]
         time = batch.get(CRITIC_TIME)
         time = torch.zeros(size) if time is None else torch.as_tensor(time).float()
@@ -99,7 +102,8 @@ def params_to_weights(params: Params, policy: Optional[torch.nn.Module] = None
 
 
 def weights_to_params(weights: dict[str, Any]) -> Params:
-    """Inverse of :func:`params_to_weights` (tensors, no grad)."""
+    """Inverse of :func:`params_to_weights` (tensors, no grad): the policy's parameters and,
+    when the weights carry them, its buffers (``obs_filter.*``)."""
     prefix = POLICY_ATTR + "."
     return {k[len(prefix):]: torch.as_tensor(np.asarray(v)) for k, v in weights.items()
             if k.startswith(prefix)}
