@@ -2,6 +2,8 @@
 policy's state: EnvRunners, checkpoints, exported policies)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -18,10 +20,11 @@ class ObsFilter(nn.Module):
     The statistics are buffers: ``count`` (int64), ``mean`` and ``var`` (float32: the
     population variance of every observation seen so far; merged in float64, stored in
     float32 so that they pass RLlib's state transfers and checkpoints unchanged); the
-    forward reads ``mean`` and ``scale`` = 1/sqrt(var + eps), refreshed by :meth:`update`. The filter starts as the identity
-    (count 0, mean 0, scale 1; only the clip acts) and changes only when :meth:`update` is called: between
-    meta-iterations, never while a batch is being sampled or learned from, so the
-    log-probabilities of a batch and of its update agree.
+    forward reads ``mean`` and ``scale`` = 1/sqrt(var + eps), refreshed by :meth:`update`.
+    The filter starts as the identity (count 0, mean 0, scale 1; only the clip acts) and
+    changes only when :meth:`update` is called: between meta-iterations, never while a
+    batch is being sampled or learned from, so the log-probabilities of a batch and of its
+    update agree.
     """
 
     def __init__(self, obs_dim: int) -> None:
@@ -52,12 +55,12 @@ class ObsFilter(nn.Module):
         self.scale.copy_(torch.rsqrt(self.var.double() + VAR_EPS))
 
 
-def numpy_filter(obs_filter: ObsFilter):
+def numpy_filter(obs_filter: ObsFilter) -> Callable[[np.ndarray], np.ndarray]:
     """A numpy copy of ``obs_filter``'s forward (float32; the statistics are copied now)."""
-    shift = obs_filter.mean.detach().cpu().numpy().astype(np.float32)
+    mean = obs_filter.mean.detach().cpu().numpy().astype(np.float32)
     scale = obs_filter.scale.detach().cpu().numpy().astype(np.float32)
 
     def normalise(obs: np.ndarray) -> np.ndarray:
-        return np.clip((obs - shift) * scale, -OBS_CLIP, OBS_CLIP)
+        return np.clip((obs - mean) * scale, -OBS_CLIP, OBS_CLIP)
 
     return normalise
