@@ -85,5 +85,5 @@ def test_compare_flags_choose_the_split_and_the_training_evaluation() -> None:
     assert spec.adaptation.split == "test_tight" and spec.evaluation == {"evaluation_interval": 2}
     spec = compare_spec_from_args(parser.parse_args(
         ["--config", str(CONFIGS / "pointcircle_compare.yaml"), "--split", "test_tight"]))
-    assert spec.adaptation.split == "test_tight" and spec.evaluation["evaluation_interval"] == 15
+    assert spec.adaptation.split == "test_tight" and spec.evaluation["evaluation_interval"] == 30
     assert compare_spec_from_args(parser.parse_args(["--family", "PointNav"])).evaluation == {}
