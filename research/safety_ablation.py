@@ -1,4 +1,5 @@
-"""Ablation of the safety corrections (issue: CPO and Meta-CPO that hold their cost limits).
+"""Ablation of the safety corrections, the observation filter and the learned critics (issue:
+CPO and Meta-CPO that hold their cost limits).
 
 Trains each (variant, algorithm, seed) on the family's train split at the training limit,
 evaluates θ on fixed training tasks (evaluation episodes, not the learning batches), then
@@ -10,6 +11,17 @@ interrupted sweep resumes where it stopped.
     python research/safety_ablation.py --family PointCircle --iterations 15 \
         --variants baseline all --algos meta-cpo cpo --seeds 0 1 2 \
         --out research/results/safety_ablation_pointcircle.json
+
+The observation filter and the critics on top of the corrections (5 adaptation steps), and the
+corrections trained for 30 iterations:
+
+    python research/safety_ablation.py --family PointCircle --iterations 15 \
+        --algos meta-cpo cpo --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 \
+        --variants all all_obsnorm all_critics all_critics_priv \
+        --out research/results/input_ablation_pointcircle.json
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --algos cpo meta-cpo --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 \
+        --variants all --out research/results/long_training_pointcircle.json
 
 CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
 
