@@ -1,5 +1,6 @@
-"""Ablation of the safety corrections, the observation filter and the learned critics (issue:
-CPO and Meta-CPO that hold their cost limits).
+"""Ablation of the safety corrections, the observation filter and the learned critics.
+
+Asks whether CPO and Meta-CPO hold their cost limits with each switch on and off.
 
 Trains each (variant, algorithm, seed) on the family's train split at the training limit,
 evaluates θ on fixed training tasks (evaluation episodes, not the learning batches), then
