@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metacpo_rllib.optim.policy import tanh_body
+
 #: Hidden layer sizes of a critic (OmniSafe's CPO uses [64, 64]).
 DEFAULT_CRITIC_HIDDEN = (64, 64)
 #: The time feature is the step index divided by this (the linear baseline's scale).
@@ -38,12 +40,7 @@ class ValueMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: Sequence[int] = DEFAULT_CRITIC_HIDDEN) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = int(in_dim)
-        for size in hidden:
-            layers += [nn.Linear(width, int(size)), nn.Tanh()]
-            width = int(size)
-        self.body = nn.Sequential(*layers)
+        self.body, width = tanh_body(in_dim, hidden)
         self.out = nn.Linear(width, 1)
         self.register_buffer("scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("mean_square", torch.zeros((), dtype=torch.float32))
@@ -80,17 +77,20 @@ class ValueMLP(nn.Module):
 
 
 def critic_features(obs: Any, privileged: Optional[Any] = None,
-                    max_len: float = DEFAULT_MAX_LEN) -> Tensor:
-    """One episode's critic inputs, float32 [T, obs_dim + 1 (+ P)]: the observations, the
-    time feature t / ``max_len`` (t = 0..T-1, the step's index in the episode) and, when
-    given, the task's privileged vector (length P) repeated on every step."""
-    obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+                    max_len: float = DEFAULT_MAX_LEN, time: Optional[Any] = None) -> Tensor:
+    """Critic inputs of T steps, float32 [T, obs_dim + 1 (+ P)]: the observations, the time
+    feature (``time``, one value per step, or by default one episode's t / ``max_len`` for
+    t = 0..T-1, the step's index in the episode) and, when given, the task's privileged
+    vector ([P], repeated on every step, or one row per step [T, P])."""
+    obs_t = torch.as_tensor(obs, dtype=torch.float32)
     obs_t = obs_t.reshape(obs_t.shape[0], -1)
     steps = obs_t.shape[0]
-    parts = [obs_t, (torch.arange(steps, dtype=torch.float32) / float(max_len))[:, None]]
+    t = (torch.arange(steps, dtype=torch.float32) / float(max_len) if time is None
+         else torch.as_tensor(time, dtype=torch.float32).reshape(steps))
+    parts = [obs_t, t[:, None]]
     if privileged is not None:
-        vec = torch.as_tensor(np.asarray(privileged), dtype=torch.float32).reshape(1, -1)
-        parts.append(vec.expand(steps, -1))
+        vec = torch.as_tensor(privileged, dtype=torch.float32)
+        parts.append(vec.reshape(-1, vec.shape[-1]).expand(steps, -1))
     return torch.cat(parts, dim=1)
 
 

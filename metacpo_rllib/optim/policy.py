@@ -15,6 +15,16 @@ Params = dict[str, Tensor]
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def tanh_body(in_dim: int, hidden: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """Linear + tanh layers of the given widths, and the width of their output."""
+    layers: list[nn.Module] = []
+    width = int(in_dim)
+    for size in hidden:
+        layers += [nn.Linear(width, int(size)), nn.Tanh()]
+        width = int(size)
+    return nn.Sequential(*layers), width
+
+
 class GaussianMLP(nn.Module):
     """obs -> (mean, log_std): a tanh MLP for the mean and a state-independent log-std.
 
@@ -34,12 +44,7 @@ class GaussianMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.obs_filter = ObsFilter(obs_dim) if obs_filter else None
-        layers: list[nn.Module] = []
-        width = obs_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.Tanh()]
-            width = size
-        self.body = nn.Sequential(*layers)
+        self.body, width = tanh_body(obs_dim, hidden)
         self.mean = nn.Linear(width, act_dim)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
         # Small final layer: the initial policy is close to N(0, exp(init_log_std)).

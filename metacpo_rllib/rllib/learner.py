@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,17 @@ def step_record(module: torch.nn.Module, old: Params, new: Params, batch: Batch,
             "kl": kl}
 
 
+class CriticData(NamedTuple):
+    """One batch's data for the critics' fit: its episodes' observations (raw), the task's
+    privileged vector (None without privileged inputs) and the discounted reward- and
+    cost-to-go of every step (reward / episode-cost units)."""
+
+    observations: list[np.ndarray]
+    privileged: Optional[np.ndarray]
+    reward_to_go: torch.Tensor
+    cost_to_go: torch.Tensor
+
+
 class MetaCPOTorchLearner(TorchLearner):
     """A TorchLearner whose update is optim's constrained trust-region step, not SGD.
 
@@ -114,9 +125,8 @@ class MetaCPOTorchLearner(TorchLearner):
         # per task, the metric solution of each inner step taken (handed to meta_update)
         self._solves: list[list[torch.Tensor]] = [[] for _ in range(num_tasks)]
         self._dropped: dict[int, str] = {}
-        # per task, each batch's (observations per episode, privileged vector or None,
-        # reward-to-go, cost-to-go), kept for the critics' fit (critics on)
-        self._critic_data: list[list[tuple[Any, ...]]] = [[] for _ in range(num_tasks)]
+        # per task, each batch's data for the critics' fit (critics on)
+        self._critic_data: list[list[CriticData]] = [[] for _ in range(num_tasks)]
 
     @property
     def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
@@ -151,9 +161,9 @@ class MetaCPOTorchLearner(TorchLearner):
             rtg = [discounted_cumsum(ep.rewards, self.config.gamma) for ep in sample.episodes]
             ctg = [discounted_cumsum(ep.costs, self.config.cost_gamma)
                    for ep in sample.episodes]
-            self._critic_data[index].append(
-                (observations, privileged, torch.as_tensor(np.concatenate(rtg)),
-                 torch.as_tensor(np.concatenate(ctg))))
+            self._critic_data[index].append(CriticData(
+                observations, privileged, torch.as_tensor(np.concatenate(rtg)),
+                torch.as_tensor(np.concatenate(ctg))))
         feats = self._critic_inputs(observations, privileged)
         return episode_values(critics[0], feats), episode_values(critics[1], feats)
 
@@ -165,14 +175,14 @@ class MetaCPOTorchLearner(TorchLearner):
         data = [d for i in keep for d in self._critic_data[i]]
         if critics is None or not data:
             return {}
-        feats = torch.cat([f for obs, priv, _, _ in data
-                           for f in self._critic_inputs(obs, priv)])
-        stats = {}
-        for name, net, column in (("reward", critics[0], 2), ("cost", critics[1], 3)):
-            stats[f"critic_loss_{name}"] = fit_critic(
-                net, feats, torch.cat([d[column] for d in data]),
-                epochs=self.config.critic_epochs, lr=self.config.critic_lr)
-        return stats
+        feats = torch.cat([f for d in data
+                           for f in self._critic_inputs(d.observations, d.privileged)])
+        targets = {"reward": torch.cat([d.reward_to_go for d in data]),
+                   "cost": torch.cat([d.cost_to_go for d in data])}
+        return {f"critic_loss_{name}": fit_critic(net, feats, targets[name],
+                                                  epochs=self.config.critic_epochs,
+                                                  lr=self.config.critic_lr)
+                for name, net in zip(("reward", "cost"), critics)}
 
     def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False
                ) -> Optional[Batch]:

@@ -11,7 +11,7 @@ from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from metacpo_rllib.optim import GaussianMLP, Params
-from metacpo_rllib.optim.critics import DEFAULT_CRITIC_HIDDEN, ValueMLP
+from metacpo_rllib.optim.critics import DEFAULT_CRITIC_HIDDEN, ValueMLP, critic_features
 
 #: Name of the GaussianMLP attribute inside the RLModule (prefix of its state-dict keys).
 POLICY_ATTR = "pi"
@@ -73,17 +73,12 @@ class GaussianMLPModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         obs = batch[Columns.OBS].float().reshape(batch[Columns.OBS].shape[0], -1)
         if self.pi.obs_filter is not None:
             obs = self.pi.obs_filter(obs)
-        size = obs.shape[0]
         time = batch.get(CRITIC_TIME)
-        time = torch.zeros(size) if time is None else torch.as_tensor(time).float()
-        parts = [obs, time.reshape(size, 1)]
+        privileged = None
         if self.privileged_dim:
-            priv = batch.get(CRITIC_PRIVILEGED)
-            priv = (torch.zeros(size, self.privileged_dim) if priv is None
-                    else torch.as_tensor(priv).float().reshape(-1, self.privileged_dim)
-                    .expand(size, -1))
-            parts.append(priv)
-        return self.vf_reward(torch.cat(parts, dim=1))
+            privileged = batch.get(CRITIC_PRIVILEGED, torch.zeros(self.privileged_dim))
+        return self.vf_reward(critic_features(
+            obs, privileged, time=torch.zeros(obs.shape[0]) if time is None else time))
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         obs = batch[Columns.OBS].float().reshape(batch[Columns.OBS].shape[0], -1)
