@@ -104,6 +104,18 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inner-delta", type=number(0, exclusive_low=True), default=None,
                         help="adaptation (inner) trust-region radius (KL; default: the "
                              "config's 0.01)")
+    parser.add_argument("--adaptation-delta", type=number(0, exclusive_low=True),
+                        default=None,
+                        help="trust-region radius of every test-time adaptation step (KL; "
+                             "default: --inner-delta for meta algorithms, "
+                             "--trust-region-delta for CPO / TRPO)")
+    parser.add_argument("--adaptation-cost-window", type=count(0), default=None,
+                        help="J_C of an adaptation step also pools up to N of the task's "
+                             "episodes from its earlier steps (default: the config's)")
+    parser.add_argument("--adaptation-cost-free-scale", type=number(0, 1, exclusive_low=True),
+                        default=None,
+                        help="factor in (0, 1] on the radius of an adaptation step whose "
+                             "batch saw no cost (default: the config's)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -174,7 +186,8 @@ def build_config(args: argparse.Namespace) -> Any:
         "train_cost_limit": args.train_cost_limit,
         "seed": args.seed,
     }
-    for name in ("inner_steps", "trust_region_delta", "inner_delta"):
+    for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
+                 "adaptation_cost_window", "adaptation_cost_free_scale"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

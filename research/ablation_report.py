@@ -37,19 +37,38 @@ SCORING = ("Costs and returns are means over evaluation episodes, never the lear
            "± is the std over seeds (none with one seed).")
 
 
+#: What the parts of an adaptation setting (``--adapt-settings``) set.
+SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the task's episodes "
+                   "from its earlier steps (`adaptation_cost_window`); `adX`: every "
+                   "adaptation step has trust-region radius X (`adaptation_delta`; default: "
+                   "the inner radius for Meta-CPO, the outer one with a line search for "
+                   "CPO); `freeF`: the radius of a step whose batch saw no cost is F times "
+                   "that (`adaptation_cost_free_scale`)")
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """The row label of a run: its variant, plus its adaptation setting if not the default."""
+    setting = run.get("adapt_setting", "default")
+    return run["variant"] if setting == "default" else f"{run['variant']} + {setting}"
+
+
 def legend(data: dict[str, Any]) -> str:
     """What the variants in ``data`` switch on, and how the tables are scored."""
     order = list(VARIANT_MEANING)
-    variants = sorted({run["variant"] for run in data["runs"].values()},
+    runs = data["runs"].values()
+    variants = sorted({run["variant"] for run in runs},
                       key=lambda v: order.index(v) if v in order else len(order))
     named = ", ".join(f"`{v}` ({VARIANT_MEANING.get(v, v)})" for v in variants)
-    return f"Variants: {named}. {SCORING}"
+    settings = ("" if all(run.get("adapt_setting", "default") == "default" for run in runs)
+                else f" Adaptation settings (one trained θ per algorithm and seed, adapted "
+                     f"with each): {SETTING_MEANING}.")
+    return f"Variants: {named}.{settings} {SCORING}"
 
 
 def report(data: dict[str, Any]) -> str:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in data["runs"].values():
-        groups[(run["variant"], run["algo"])].append(run)
+        groups[(run_label(run), run["algo"])].append(run)
     settings = data.get("settings", {})
     lines = [f"Family {settings.get('family')}, {settings.get('iterations')} training iterations "
              f"(h = training limit), {settings.get('test_tasks')} held-out tasks per split, "

@@ -28,6 +28,8 @@ DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
 DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
+DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
+                               / "adaptation_settings_pointcircle.json")
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = TUNE_NAMES
@@ -512,13 +514,15 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
            ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
            batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
-           long_training: Optional[Path] = None) -> str:
+           long_training: Optional[Path] = None,
+           adaptation_settings: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
     calibration of CPO's training steps; with ``batch_sweep``, the batch-size table; with
     ``input_ablation``, the observation filter's and the critics' ablation; with
-    ``long_training``, Meta-CPO and CPO trained twice as long."""
+    ``long_training``, Meta-CPO and CPO trained twice as long; with
+    ``adaptation_settings``, the test-time adaptation settings from one trained θ."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -565,6 +569,13 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "the default safety corrections for 30 training iterations instead of 15 (θ "
             "evaluated every 5 iterations; the table shows the last), each run over 5 "
             "adaptation steps on both held-out splits")
+    if adaptation_settings is not None:
+        lines += ablation_section(
+            adaptation_settings, "Adaptation settings: J_C window and radius",
+            "the default safety corrections for 30 training iterations; each trained θ "
+            "is then adapted with every test-time setting (the window over a task's earlier "
+            "episodes in J_C, and the adaptation radius) over 5 steps on both held-out "
+            "splits")
     if batch_sweep is not None:
         lines += batch_size_section(batch_sweep)
     if results is not None:
@@ -595,13 +606,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              "critics variants ('': none)")
     parser.add_argument("--long-training", type=Path, default=DEFAULT_LONG_TRAINING,
                         help="safety_ablation.py's JSON of 30-iteration runs ('': none)")
+    parser.add_argument("--adaptation-settings", type=Path,
+                        default=DEFAULT_ADAPTATION_SETTINGS,
+                        help="safety_ablation.py --adapt-settings JSON ('': none)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
                              ("training_ledger", args.training_ledger),
                              ("batch_sweep", args.batch_sweep),
                              ("input_ablation", args.input_ablation),
-                             ("long_training", args.long_training))}
+                             ("long_training", args.long_training),
+                             ("adaptation_settings", args.adaptation_settings))}
     page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)

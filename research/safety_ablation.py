@@ -33,6 +33,7 @@ CPO's training steps, each with its calibration entry (θ evaluated after every 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -82,12 +83,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate θ on the training tasks every N iterations (1: CPO's training "
                         "steps also get their calibration entries, the 'ledger')")
     p.add_argument("--task-seed", type=int, default=12345)
+    p.add_argument("--adapt-settings", nargs="+", default=["default"], type=adapt_setting,
+                   help="test-time adaptation settings, each run from the same trained θ: "
+                        "'default', or '+'-joined 'win<N>' (adaptation_cost_window=N), "
+                        "'ad<X>' (adaptation_delta=X) and 'free<F>' "
+                        "(adaptation_cost_free_scale=F), e.g. win8+free0.5")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="keep each trained θ here (one folder per variant, algorithm, seed "
+                        "and iteration count) and adapt from it when it is already there")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 
 
-def _key(variant: str, algo: str, seed: int) -> str:
-    return f"{variant}/{algo}/seed{seed}"
+def adapt_setting(name: str) -> str:
+    """Check an ``--adapt-settings`` name (see :func:`adaptation_fields`); returns it."""
+    try:
+        adaptation_fields(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
+
+
+def adaptation_fields(name: str) -> dict[str, Any]:
+    """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
+    ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
+    ``adaptation_cost_free_scale=F``; joined with '+'."""
+    if name == "default":
+        return {}
+    fields: dict[str, Any] = {}
+    for part in name.split("+"):
+        try:
+            if part.startswith("win"):
+                fields["adaptation_cost_window"] = int(part[3:])
+            elif part.startswith("ad"):
+                fields["adaptation_delta"] = float(part[2:])
+            elif part.startswith("free"):
+                fields["adaptation_cost_free_scale"] = float(part[4:])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
+                             "'win<N>' / 'ad<X>' / 'free<F>' parts") from None
+    return fields
+
+
+def _key(variant: str, algo: str, seed: int, setting: str = "default") -> str:
+    return f"{variant}/{algo}/seed{seed}" + ("" if setting == "default" else f"/{setting}")
 
 
 def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]]:
@@ -108,33 +149,52 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
                 t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)]}
 
 
-def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dict[str, Any]:
+def _train(args: argparse.Namespace, algo_obj: Any) -> list[dict[str, Any]]:
+    """Train ``args.iterations`` iterations; one row per iteration (batch figures, and θ's
+    evaluation and calibration entry where the iteration ran one)."""
+    training = []
+    for _ in range(args.iterations):
+        result = algo_obj.train()
+        m = result.get("metacpo", {})
+        row = {"iteration": int(result["training_iteration"]),
+               "batch_cost": float(m.get("post_cost_mean", math.nan)),
+               "batch_return": float(m.get("post_return_mean", math.nan))}
+        ev = result.get("evaluation") or {}
+        if "mean_cost" in ev:
+            row.update(eval_cost=ev["mean_cost"], eval_cost_ucb=ev["cost_ucb"],
+                       eval_return=ev["mean_return"], cost_limit=ev["cost_limit"])
+        if "ledger" in ev:  # this iteration's update, predicted vs realised (CPO)
+            row["ledger"] = dict(ev["ledger"])
+        training.append(row)
+    return training
+
+
+def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
+            setting: str = "default") -> dict[str, Any]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
     config = (ALGO_CONFIGS[algo]().environment(args.family)
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
-                        inner_delta=args.inner_delta, **VARIANTS[variant])
+                        inner_delta=args.inner_delta, **VARIANTS[variant],
+                        **adaptation_fields(setting))
               .evaluation(evaluation_interval=args.train_eval_interval,
                           evaluation_duration=args.train_eval_episodes,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
     algo_obj = config.build_algo()
     start = time.perf_counter()
-    training = []
+    saved = (None if args.checkpoints is None
+             else args.checkpoints / f"{variant}-{algo}-seed{seed}-it{args.iterations}")
     try:
-        for _ in range(args.iterations):
-            result = algo_obj.train()
-            m = result.get("metacpo", {})
-            row = {"iteration": int(result["training_iteration"]),
-                   "batch_cost": float(m.get("post_cost_mean", math.nan)),
-                   "batch_return": float(m.get("post_return_mean", math.nan))}
-            ev = result.get("evaluation") or {}
-            if "mean_cost" in ev:
-                row.update(eval_cost=ev["mean_cost"], eval_cost_ucb=ev["cost_ucb"],
-                           eval_return=ev["mean_return"], cost_limit=ev["cost_limit"])
-            if "ledger" in ev:  # this iteration's update, predicted vs realised (CPO)
-                row["ledger"] = dict(ev["ledger"])
-            training.append(row)
+        if saved is not None and (saved / "training.json").exists():
+            # the same θ (and sampler state) as right after that training run
+            algo_obj.restore_from_path(str(saved / "algorithm"))
+            training = json.loads((saved / "training.json").read_text())
+        else:
+            training = _train(args, algo_obj)
+            if saved is not None:
+                algo_obj.save_to_path(str(saved / "algorithm"))
+                (saved / "training.json").write_text(json.dumps(training, default=float))
         train_s = time.perf_counter() - start
         family = config.make_family()
         adaptation = {}
@@ -147,7 +207,9 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int) -> dic
     finally:
         algo_obj.stop()
     last_eval = [r for r in training if "eval_cost" in r][-1:]
-    return {"variant": variant, "algo": algo, "seed": seed,
+    return {"variant": variant, "algo": algo, "seed": seed, "adapt_setting": setting,
+            "adaptation_fields": adaptation_fields(setting),
+            "trained_from": None if saved is None else str(saved),
             "flags": {f: getattr(config, f) for f in SWITCHES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
             "adaptation": adaptation, "train_s": train_s,
@@ -169,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in args.seeds:
             for algo in args.algos:
-                for variant in args.variants:
-                    key = _key(variant, algo, seed)
+                for variant, setting in itertools.product(args.variants,
+                                                          args.adapt_settings):
+                    key = _key(variant, algo, seed, setting)
                     if key in runs:
                         continue
                     print(f"[{time.strftime('%H:%M:%S')}] {key}", flush=True)
-                    runs[key] = run_one(args, variant, algo, seed)
+                    runs[key] = run_one(args, variant, algo, seed, setting)
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     tmp = args.out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(results, indent=1, default=float))

@@ -43,3 +43,33 @@ def test_ablation_writes_every_run_and_its_report(tmp_path) -> None:
     text = page.read_text()
     assert "| baseline | cpo | 1 |" in text and "| all | cpo | 1 |" in text
     assert "Adaptation on `test_tight`" in text
+
+
+def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
+    """Each --adapt-settings entry adapts the θ kept under --checkpoints: restored, it adapts
+    exactly as right after training; another radius changes the adaptation."""
+    checkpoints = tmp_path / "ckpt"
+
+    def run(out: Path, *settings: str) -> dict:
+        subprocess.run(
+            [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--family",
+             "PointNav", "--iterations", "1", "--variants", "all", "--algos", "meta-cpo",
+             "--seeds", "0", "--test-tasks", "2", "--adapt-steps", "2", "--eval-episodes",
+             "3", "--splits", "test_tight", "--train-eval-interval", "0",
+             "--episodes-per-task", "2", "--tasks-per-iteration", "2", "--checkpoints",
+             str(checkpoints), "--adapt-settings", *settings, "--out", str(out)],
+            check=True, cwd=tmp_path, capture_output=True, timeout=600)
+        return json.loads(out.read_text())["runs"]
+
+    trained = run(tmp_path / "a.json", "default")
+    assert (checkpoints / "all-meta-cpo-seed0-it1" / "training.json").exists()
+    restored = run(tmp_path / "b.json", "default", "ad0.05", "win8")
+    assert set(restored) == {"all/meta-cpo/seed0", "all/meta-cpo/seed0/ad0.05",
+                             "all/meta-cpo/seed0/win8"}
+    first, again = trained["all/meta-cpo/seed0"], restored["all/meta-cpo/seed0"]
+    assert again["adaptation"] == first["adaptation"]
+    assert again["training"] == first["training"]
+    wider = restored["all/meta-cpo/seed0/ad0.05"]
+    assert wider["adaptation_fields"] == {"adaptation_delta": 0.05}
+    assert wider["adaptation"]["test_tight"]["batch_cost"][1:] != \
+        first["adaptation"]["test_tight"]["batch_cost"][1:]

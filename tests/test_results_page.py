@@ -24,7 +24,8 @@ def test_results_page_matches_the_committed_json() -> None:
                                training_ledger=results_page.DEFAULT_TRAINING_LEDGER,
                                batch_sweep=results_page.DEFAULT_BATCH_SWEEP,
                                input_ablation=results_page.DEFAULT_INPUT_ABLATION,
-                               long_training=results_page.DEFAULT_LONG_TRAINING)
+                               long_training=results_page.DEFAULT_LONG_TRAINING,
+                               adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():

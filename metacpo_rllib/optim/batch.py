@@ -47,7 +47,8 @@ class Batch:
     normalised (only its direction matters); ``adv_cost`` is in episode-cost units, so the
     cost surrogate ``sum(ratio * adv_cost) / num_episodes`` predicts changes of the mean
     episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is c = J_C - h with
-    J_C = ``cost_estimate`` (the mean episode cost, or its upper bound: ``make_batch``).
+    J_C = ``cost_estimate`` (the mean episode cost, or its upper bound, of this batch or
+    of this batch pooled with the task's earlier episodes: ``make_batch``).
     ``cost_signal_share``: the factor the cost advantages were scaled by (1: unscaled;
     ``cost_estimate.shrink_cost_gradient``).
     """
@@ -99,6 +100,7 @@ def make_batch(
     cost_lam: float = 0.95,
     cost_upper_bound: bool = False,
     values: Optional[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = None,
+    cost_history: Sequence[float] = (),
 ) -> Batch:
     """Build a Batch from complete episodes of one task (GAE for reward and for cost).
 
@@ -108,7 +110,11 @@ def make_batch(
 
     ``values``: (reward values, cost values), each per episode an array of the episode's
     length (V of each step, in reward / episode-cost units: e.g. learned critics'); GAE
-    then uses them instead of fitting the linear feature baseline."""
+    then uses them instead of fitting the linear feature baseline.
+
+    ``cost_history``: episode costs of the same task from earlier batches (e.g. its earlier
+    adaptation steps); J_C in c is then the mean (or upper bound) of those episodes pooled
+    with this batch's, instead of this batch's alone. The gradients stay this batch's."""
     if not episodes:
         raise ValueError(f"episodes: no episodes for task {task_id}")
     for field in ("obs", "rewards", "costs"):
@@ -127,10 +133,11 @@ def make_batch(
                                dtype=torch.float32)
 
     ep_costs = np.array([c.sum() for c in costs])
-    estimate = None
-    if cost_upper_bound and len(episodes) > 1:
-        estimate = float(ep_costs.mean() + t95(len(episodes) - 1) * ep_costs.std(ddof=1)
-                         / np.sqrt(len(episodes)))
+    pooled = np.concatenate([np.asarray(cost_history, dtype=np.float64), ep_costs])
+    estimate = float(pooled.mean()) if len(cost_history) else None
+    if cost_upper_bound and len(pooled) > 1:
+        estimate = float(pooled.mean() + t95(len(pooled) - 1) * pooled.std(ddof=1)
+                         / np.sqrt(len(pooled)))
     return Batch(
         obs=cat("obs"),
         actions=cat("actions"),

@@ -1,6 +1,7 @@
 """MetaCPOConfig and its three variants (MetaTRPO, CPO, TRPO): one config class, two switches."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Optional
@@ -101,6 +102,13 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
+        # Test-time adaptation only: the steps' trust-region radius (None: inner_delta for
+        # the meta algorithms, trust_region_delta for CPO / TRPO) and how many of a task's
+        # episodes from its earlier adaptation steps are pooled into J_C (0: none).
+        self.adaptation_delta = None
+        self.adaptation_cost_window = 0
+        # ... and the factor on the radius of an adaptation step whose batch saw no cost.
+        self.adaptation_cost_free_scale = 1.0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -147,6 +155,9 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
+        adaptation_delta: Optional[float] = _UNSET,
+        adaptation_cost_window: int = _UNSET,
+        adaptation_cost_free_scale: float = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -181,6 +192,16 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
+        Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_delta`` is the radius
+        of every adaptation step, for all four algorithms alike (None: ``inner_delta`` for
+        the meta algorithms, ``trust_region_delta`` for CPO / TRPO);
+        ``adaptation_cost_window``: J_C of an adaptation step pools the batch's episodes
+        with up to this many of the task's most recent episodes from its earlier steps (0:
+        the batch alone). A batch that saw no cost then still has c > 0 after a violating
+        one, and with no cost gradient the step is x = 0 instead of a plain reward step;
+        ``adaptation_cost_free_scale`` in (0, 1]: the radius of an adaptation step whose
+        batch saw no cost at all is multiplied by it (such a batch says nothing about how
+        near the policy is to its cost, so its plain reward step is shortened).
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -200,6 +221,8 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
+            adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
+            adaptation_cost_free_scale=adaptation_cost_free_scale,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -260,6 +283,21 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=self.cost_signal_share,
         )
 
+    def adaptation_update_config(self, cost_free: bool = False):
+        """The ``UpdateConfig`` of a test-time adaptation step: :meth:`update_config` with
+        ``adaptation_delta``, if set, as the radius of both the inner and the plain step;
+        ``cost_free`` (the step's batch saw no cost): both radii times
+        ``adaptation_cost_free_scale``."""
+        cfg = self.update_config()
+        if self.adaptation_delta is not None:
+            cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
+                                      inner_delta=self.adaptation_delta)
+        if cost_free and self.adaptation_cost_free_scale != 1.0:
+            scale = self.adaptation_cost_free_scale
+            cfg = dataclasses.replace(cfg, delta=cfg.delta * scale,
+                                      inner_delta=cfg.inner_delta * scale)
+        return cfg
+
     def batch_kwargs(self) -> dict[str, float]:
         """Discounting / GAE keyword arguments of optim's ``make_batch``."""
         return {"gamma": self.gamma, "lam": self.lambda_,
@@ -305,6 +343,17 @@ class MetaCPOConfig(AlgorithmConfig):
             value = getattr(self, field)
             if not _is_num(value) or value <= 0:
                 _bad(field, "expected a finite number > 0", value)
+        if self.adaptation_delta is not None and (
+                not _is_num(self.adaptation_delta) or self.adaptation_delta <= 0):
+            _bad("adaptation_delta", "expected a finite number > 0 or None",
+                 self.adaptation_delta)
+        if not _is_int(self.adaptation_cost_window) or self.adaptation_cost_window < 0:
+            _bad("adaptation_cost_window", "expected an integer >= 0",
+                 self.adaptation_cost_window)
+        if not _is_num(self.adaptation_cost_free_scale) or not (
+                0 < self.adaptation_cost_free_scale <= 1):
+            _bad("adaptation_cost_free_scale", "expected a number in (0, 1]",
+                 self.adaptation_cost_free_scale)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)

@@ -127,6 +127,8 @@ class MetaCPOTorchLearner(TorchLearner):
         self._dropped: dict[int, str] = {}
         # per task, each batch's data for the critics' fit (critics on)
         self._critic_data: list[list[CriticData]] = [[] for _ in range(num_tasks)]
+        # per task, the episode costs of its learning batches so far (adaptation's J_C window)
+        self._episode_costs: list[list[float]] = [[] for _ in range(num_tasks)]
 
     @property
     def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
@@ -184,22 +186,26 @@ class MetaCPOTorchLearner(TorchLearner):
                                                   lr=self.config.critic_lr)
                 for name, net in zip(("reward", "cost"), critics)}
 
-    def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False
-               ) -> Optional[Batch]:
+    def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False,
+               cost_window: int = 0) -> Optional[Batch]:
         """Build task ``index``'s Batch from its learning result (the task's id and cost
         limit come with it); a task with non-finite env output is dropped. With critics
         on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
-        task's batches never are)."""
+        task's batches never are). ``cost_window``: J_C also pools up to this many of the
+        task's most recent episodes from its earlier batches since ``begin``."""
         if sample is None or index in self._dropped:
             return None
+        history = self._episode_costs[index]
         try:
             values = self._critic_values(index, sample, keep)
             batch = make_batch(sample.episodes, task_id=sample.task.task_id,
                                cost_limit=sample.task.cost_limit, values=values,
+                               cost_history=history[-cost_window:] if cost_window else (),
                                **self.config.batch_kwargs())
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
+        history.extend(float(c) for c in batch.ep_costs)
         if self.config.cost_signal_share and self.config.constrained:
             # sampled with the task's current parameters (θ before its first inner step)
             batch = shrink_cost_gradient(self.policy, self.adapted_params(index), batch)
@@ -333,12 +339,12 @@ class MetaCPOTorchLearner(TorchLearner):
 
         With ``update`` the output also carries ``steps``: per task (None if dropped) the
         step's calibration record, :func:`step_record`."""
-        cfg = self.config.update_config()
         records: list[Optional[dict[str, float]]] = [None] * len(samples)
 
         def step(i: int, batch: Batch) -> Optional[dict[str, Any]]:
             if not update:
                 return None
+            cfg = self.config.adaptation_update_config(cost_free=batch.mean_cost == 0.0)
             params = self.adapted_params(i)
             infos: list[dict[str, float]] = []
 
@@ -353,21 +359,22 @@ class MetaCPOTorchLearner(TorchLearner):
                                          constrained=cfg.constrained)
             return weights
 
-        summaries, weights = self._over_tasks(samples, step)
+        summaries, weights = self._over_tasks(samples, step,
+                                              cost_window=self.config.adaptation_cost_window)
         return RoundOutput(summaries, weights, dict(self._dropped),
                            records if update else None)
 
     def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
                     handle: Callable[[int, Batch], Optional[dict[str, Any]]],
-                    keep: bool = False
+                    keep: bool = False, cost_window: int = 0
                     ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
         """Build each task's Batch (dropping bad ones; ``keep``: kept for the critics'
-        fit), summarise it and let ``handle`` return the task's next weights (or None);
-        returns (summaries, weights)."""
+        fit; ``cost_window``: see :meth:`_batch`), summarise it and let ``handle`` return
+        the task's next weights (or None); returns (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
-            batch = self._batch(i, sample, keep)
+            batch = self._batch(i, sample, keep, cost_window)
             if batch is None:
                 continue
             summaries[i] = batch_summary(batch)

@@ -1,0 +1,136 @@
+"""Test-time adaptation settings: J_C pooled over a task's earlier episodes (a batch that saw
+no cost after violating ones takes no step) and one adaptation radius for all four
+algorithms; pure torch first, then on a real algorithm (PointNav, local Ray)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metacpo_rllib.evaluation_stats import cost_stats
+from metacpo_rllib.optim import EpisodeData, GaussianMLP, UpdateConfig, make_batch, params_of
+from metacpo_rllib.optim.cpo import CASE_INFEASIBLE, CASE_TRPO
+from metacpo_rllib.optim.meta import inner_step
+from metacpo_rllib.optim.policy import forward, log_prob
+
+OBS, ACT, STEPS = 3, 2, 25
+
+
+def _episodes(costs: list[float], seed: int = 0, module: GaussianMLP | None = None
+              ) -> list[EpisodeData]:
+    """Episodes of STEPS steps, each episode's cost on its last step; log-probs under
+    ``module`` (the sampling policy) when given."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cost in costs:
+        obs = rng.normal(size=(STEPS, OBS)).astype(np.float32)
+        actions = rng.normal(size=(STEPS, ACT)).astype(np.float32)
+        logp = np.zeros(STEPS)
+        if module is not None:
+            with torch.no_grad():
+                mean, log_std = forward(module, params_of(module), torch.as_tensor(obs))
+                logp = log_prob(mean, log_std, torch.as_tensor(actions)).numpy()
+        out.append(EpisodeData(obs=obs, actions=actions, logp=logp,
+                               rewards=rng.normal(size=STEPS),
+                               costs=np.r_[np.zeros(STEPS - 1), cost]))
+    return out
+
+
+def test_cost_history_pools_j_c_and_leaves_the_gradients_alone():
+    episodes = _episodes([0.0, 2.0, 0.0, 6.0])
+    history = [20.0, 30.0, 0.0, 10.0]
+    alone = make_batch(episodes, cost_limit=5.0)
+    pooled = make_batch(episodes, cost_limit=5.0, cost_history=history)
+    upper = make_batch(episodes, cost_limit=5.0, cost_history=history, cost_upper_bound=True)
+    assert alone.constraint_value == pytest.approx(2.0 - 5.0)
+    assert pooled.constraint_value == pytest.approx(np.mean(history + [0, 2, 0, 6]) - 5.0)
+    assert upper.constraint_value == pytest.approx(
+        cost_stats(history + [0.0, 2.0, 0.0, 6.0]).ucb - 5.0)
+    for field in ("adv_cost", "adv_reward", "ep_costs", "logp"):
+        assert torch.equal(getattr(pooled, field), getattr(alone, field)), field
+    assert pooled.mean_cost == alone.mean_cost == 2.0  # the batch's own figure is unchanged
+
+
+def test_a_cost_free_batch_after_violating_ones_takes_no_step():
+    """Without the window such a batch has c = −h and no cost gradient: a plain reward step
+    (case 4), which is what raised adaptation costs on tasks that had just violated."""
+    torch.manual_seed(0)
+    module = GaussianMLP(OBS, ACT, hidden=(8,))
+    episodes = _episodes([0.0] * 4, module=module)
+    cfg = UpdateConfig(inner_steps=1, inner_delta=0.01, recover_when_violating=True)
+    theta = params_of(module)
+    alone = make_batch(episodes, cost_limit=5.0, cost_upper_bound=True)
+    windowed = make_batch(episodes, cost_limit=5.0, cost_upper_bound=True,
+                          cost_history=[30.0, 0.0, 12.0, 25.0])
+    assert alone.constraint_value == -5.0 and windowed.constraint_value > 0
+    assert float(alone.adv_cost.abs().max()) == 0.0  # the batch saw no cost: b = 0
+    moved, step = inner_step(module, theta, alone, cfg, create_graph=False)
+    stayed, kept = inner_step(module, theta, windowed, cfg, create_graph=False)
+    assert step.case == CASE_TRPO and float(step.x.norm()) > 0
+    assert kept.case == CASE_INFEASIBLE and float(kept.x.norm()) == 0.0
+    for name, value in theta.items():
+        assert torch.equal(stayed[name], value)
+    assert any(not torch.equal(moved[n], v) for n, v in theta.items())
+
+
+def test_the_adaptation_radius_replaces_both_radii():
+    import metacpo_rllib.rllib as rl
+
+    config = rl.MetaCPOConfig().training(inner_delta=0.003, trust_region_delta=0.01)
+    assert config.adaptation_update_config() == config.update_config()
+    config.training(adaptation_delta=0.02)
+    adapt, train = config.adaptation_update_config(), config.update_config()
+    assert (adapt.inner_delta, adapt.delta) == (0.02, 0.02)
+    assert (train.inner_delta, train.delta) == (0.003, 0.01)  # training keeps its radii
+    assert config.adaptation_update_config(cost_free=True) == adapt  # scale 1: unchanged
+    config.training(adaptation_cost_free_scale=0.25)
+    free = config.adaptation_update_config(cost_free=True)
+    assert (free.inner_delta, free.delta) == pytest.approx((0.005, 0.005))
+    assert config.adaptation_update_config() == adapt
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
+    """On a real algorithm: with a window longer than the run (and the mean as J_C), the
+    J_C of step s is the running mean of the task's batch costs so far; a larger
+    adaptation radius gives larger steps (KL of the steps in the ledger)."""
+    import metacpo_rllib.rllib as rl
+
+    def build(**fields):
+        return (rl.MetaCPOConfig().environment("PointNav")
+                .training(tasks_per_iteration=2, episodes_per_task=3, seed=0,
+                          cost_upper_bound=False, **fields).build_algo())
+
+    algo = build(adaptation_cost_window=1000)
+    try:
+        tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
+        report = algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+    for task in report["tasks"]:
+        running = np.cumsum(task["cost"]) / np.arange(1, len(task["cost"]) + 1)
+        np.testing.assert_allclose(task["cost_estimate"], running, rtol=1e-5, atol=1e-5)
+    assert any(t["cost_estimate"][-1] != pytest.approx(t["cost"][-1]) for t in report["tasks"])
+    kls = {}
+    for radius in (0.001, 0.03):
+        algo = build(adaptation_delta=radius)
+        try:
+            result = algo.adapt(tasks, steps=2, eval_episodes=2)
+        finally:
+            algo.stop()
+        kls[radius] = [entry["kl"] for t in result["tasks"] for entry in t["ledger"]]
+    assert max(kls[0.001]) < 0.003
+    assert max(kls[0.03]) > 5 * max(kls[0.001])
+
+
+def test_train_flags_set_the_adaptation_fields():
+    from metacpo_rllib import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "--family", "PointNav", "--adaptation-delta", "0.02",
+         "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5"])
+    config = cli.build_config(args)
+    assert (config.adaptation_delta, config.adaptation_cost_window,
+            config.adaptation_cost_free_scale) == (0.02, 8, 0.5)
+    default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
+    assert (default.adaptation_delta, default.adaptation_cost_window) == (None, 0)
