@@ -116,6 +116,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         default=None,
                         help="factor in (0, 1] on the radius of an adaptation step whose "
                              "batch saw no cost (default: the config's)")
+    parser.add_argument("--adaptation-recovery-scale", type=number(1), default=None,
+                        help="factor >= 1 on the radius of an adaptation step with c > 0 "
+                             "(default: the config's)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -187,7 +190,8 @@ def build_config(args: argparse.Namespace) -> Any:
         "seed": args.seed,
     }
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
-                 "adaptation_cost_window", "adaptation_cost_free_scale"):
+                 "adaptation_cost_window", "adaptation_cost_free_scale",
+                 "adaptation_recovery_scale"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

@@ -43,7 +43,8 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "adaptation step has trust-region radius X (`adaptation_delta`; default: "
                    "the inner radius for Meta-CPO, the outer one with a line search for "
                    "CPO); `freeF`: the radius of a step whose batch saw no cost is F times "
-                   "that (`adaptation_cost_free_scale`)")
+                   "that (`adaptation_cost_free_scale`); `recR`: the radius of a step with "
+                   "c > 0 is R times that (`adaptation_recovery_scale`)")
 
 
 def run_label(run: dict[str, Any]) -> str:

@@ -87,6 +87,11 @@ def test_the_adaptation_radius_replaces_both_radii():
     free = config.adaptation_update_config(cost_free=True)
     assert (free.inner_delta, free.delta) == pytest.approx((0.005, 0.005))
     assert config.adaptation_update_config() == adapt
+    config.training(adaptation_recovery_scale=3.0)
+    recovery = config.adaptation_update_config(violating=True)
+    assert (recovery.inner_delta, recovery.delta) == pytest.approx((0.06, 0.06))
+    assert config.adaptation_update_config(cost_free=True, violating=True).delta == \
+        pytest.approx(0.015)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -128,9 +133,11 @@ def test_train_flags_set_the_adaptation_fields():
 
     args = cli.build_parser().parse_args(
         ["train", "--family", "PointNav", "--adaptation-delta", "0.02",
-         "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5"])
+         "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5",
+         "--adaptation-recovery-scale", "2"])
     config = cli.build_config(args)
     assert (config.adaptation_delta, config.adaptation_cost_window,
-            config.adaptation_cost_free_scale) == (0.02, 8, 0.5)
+            config.adaptation_cost_free_scale, config.adaptation_recovery_scale) == \
+        (0.02, 8, 0.5, 2.0)
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
     assert (default.adaptation_delta, default.adaptation_cost_window) == (None, 0)

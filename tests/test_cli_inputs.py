@@ -35,6 +35,8 @@ def _one_line_error(capsys) -> str:
      "--adaptation-cost-window"),
     (["train", "--family", "PointNav", "--adaptation-cost-free-scale", "1.5"],
      "--adaptation-cost-free-scale"),
+    (["train", "--family", "PointNav", "--adaptation-recovery-scale", "0.5"],
+     "--adaptation-recovery-scale"),
     (["train", "--family", "PointNav", "--eval-interval", "-1"], "--eval-interval"),
     (["train", "--family", "PointNav", "--iterations", "2.5"], "--iterations"),
     (["train", "--family", "PointNav", "--num-env-runners", "-1"], "--num-env-runners"),

@@ -107,8 +107,10 @@ class MetaCPOConfig(AlgorithmConfig):
         # episodes from its earlier adaptation steps are pooled into J_C (0: none).
         self.adaptation_delta = None
         self.adaptation_cost_window = 0
-        # ... and the factor on the radius of an adaptation step whose batch saw no cost.
+        # ... and the factors on the radius of an adaptation step whose batch saw no cost,
+        # and of one whose c > 0 (a violating task's recovery).
         self.adaptation_cost_free_scale = 1.0
+        self.adaptation_recovery_scale = 1.0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -158,6 +160,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
         adaptation_cost_free_scale: float = _UNSET,
+        adaptation_recovery_scale: float = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -201,7 +204,9 @@ class MetaCPOConfig(AlgorithmConfig):
         one, and with no cost gradient the step is x = 0 instead of a plain reward step;
         ``adaptation_cost_free_scale`` in (0, 1]: the radius of an adaptation step whose
         batch saw no cost at all is multiplied by it (such a batch says nothing about how
-        near the policy is to its cost, so its plain reward step is shortened).
+        near the policy is to its cost, so its plain reward step is shortened);
+        ``adaptation_recovery_scale`` ≥ 1: the radius of an adaptation step with c > 0 is
+        multiplied by it (a longer recovery for a task that starts above its limit).
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -223,6 +228,7 @@ class MetaCPOConfig(AlgorithmConfig):
             recover_when_violating=recover_when_violating,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
+            adaptation_recovery_scale=adaptation_recovery_scale,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -283,17 +289,18 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=self.cost_signal_share,
         )
 
-    def adaptation_update_config(self, cost_free: bool = False):
+    def adaptation_update_config(self, cost_free: bool = False, violating: bool = False):
         """The ``UpdateConfig`` of a test-time adaptation step: :meth:`update_config` with
         ``adaptation_delta``, if set, as the radius of both the inner and the plain step;
-        ``cost_free`` (the step's batch saw no cost): both radii times
-        ``adaptation_cost_free_scale``."""
+        both radii times ``adaptation_cost_free_scale`` if ``cost_free`` (the step's batch
+        saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0)."""
         cfg = self.update_config()
         if self.adaptation_delta is not None:
             cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
                                       inner_delta=self.adaptation_delta)
-        if cost_free and self.adaptation_cost_free_scale != 1.0:
-            scale = self.adaptation_cost_free_scale
+        scale = ((self.adaptation_cost_free_scale if cost_free else 1.0)
+                 * (self.adaptation_recovery_scale if violating else 1.0))
+        if scale != 1.0:
             cfg = dataclasses.replace(cfg, delta=cfg.delta * scale,
                                       inner_delta=cfg.inner_delta * scale)
         return cfg
@@ -354,6 +361,9 @@ class MetaCPOConfig(AlgorithmConfig):
                 0 < self.adaptation_cost_free_scale <= 1):
             _bad("adaptation_cost_free_scale", "expected a number in (0, 1]",
                  self.adaptation_cost_free_scale)
+        if not _is_num(self.adaptation_recovery_scale) or self.adaptation_recovery_scale < 1:
+            _bad("adaptation_recovery_scale", "expected a finite number >= 1",
+                 self.adaptation_recovery_scale)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)

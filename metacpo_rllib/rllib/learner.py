@@ -344,7 +344,9 @@ class MetaCPOTorchLearner(TorchLearner):
         def step(i: int, batch: Batch) -> Optional[dict[str, Any]]:
             if not update:
                 return None
-            cfg = self.config.adaptation_update_config(cost_free=batch.mean_cost == 0.0)
+            cfg = self.config.adaptation_update_config(
+                cost_free=batch.mean_cost == 0.0,
+                violating=self.config.constrained and batch.constraint_value > 0.0)
             params = self.adapted_params(i)
             infos: list[dict[str, float]] = []
 
