@@ -76,8 +76,12 @@ def test_a_cost_free_batch_after_violating_ones_takes_no_step():
 def test_the_adaptation_radius_replaces_both_radii():
     import metacpo_rllib.rllib as rl
 
-    config = rl.MetaCPOConfig().training(inner_delta=0.003, trust_region_delta=0.01)
+    config = rl.MetaCPOConfig().training(inner_delta=0.003, trust_region_delta=0.01,
+                                         adaptation_cost_free_scale=1.0,
+                                         adaptation_recovery_scale=1.0)
     assert config.adaptation_update_config() == config.update_config()
+    assert config.adaptation_update_config(cost_free=True, violating=True) == \
+        config.update_config()  # both factors 1: every step at the adaptation radius
     config.training(adaptation_delta=0.02)
     adapt, train = config.adaptation_update_config(), config.update_config()
     assert (adapt.inner_delta, adapt.delta) == (0.02, 0.02)
@@ -104,7 +108,8 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
     def build(**fields):
         return (rl.MetaCPOConfig().environment("PointNav")
                 .training(tasks_per_iteration=2, episodes_per_task=3, seed=0,
-                          cost_upper_bound=False, **fields).build_algo())
+                          cost_upper_bound=False, adaptation_cost_free_scale=1.0,
+                          adaptation_recovery_scale=1.0, **fields).build_algo())
 
     algo = build(adaptation_cost_window=1000)
     try:
@@ -140,4 +145,6 @@ def test_train_flags_set_the_adaptation_fields():
             config.adaptation_cost_free_scale, config.adaptation_recovery_scale) == \
         (0.02, 8, 0.5, 2.0)
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
-    assert (default.adaptation_delta, default.adaptation_cost_window) == (None, 0)
+    assert (default.adaptation_delta, default.adaptation_cost_window,
+            default.adaptation_cost_free_scale, default.adaptation_recovery_scale) == \
+        (None, 16, 0.5, 3.0)

@@ -103,14 +103,15 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_upper_bound = True
         self.recover_when_violating = True
         # Test-time adaptation only: the steps' trust-region radius (None: inner_delta for
-        # the meta algorithms, trust_region_delta for CPO / TRPO) and how many of a task's
-        # episodes from its earlier adaptation steps are pooled into J_C (0: none).
+        # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
+        # episodes from its earlier adaptation steps are pooled into J_C, and the factors
+        # on the radius of a step whose batch saw no cost and of one with c > 0. The
+        # defaults held the limits best on PointCircle (research/results/
+        # adaptation_settings_pointcircle.json); 0, 1.0, 1.0 turn them off.
         self.adaptation_delta = None
-        self.adaptation_cost_window = 0
-        # ... and the factors on the radius of an adaptation step whose batch saw no cost,
-        # and of one whose c > 0 (a violating task's recovery).
-        self.adaptation_cost_free_scale = 1.0
-        self.adaptation_recovery_scale = 1.0
+        self.adaptation_cost_window = 16
+        self.adaptation_cost_free_scale = 0.5
+        self.adaptation_recovery_scale = 3.0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
