@@ -36,12 +36,13 @@ ALGORITHMS = TUNE_NAMES
 #: The algorithms with a cost model (their steps enter the calibration ledger).
 CONSTRAINED = tuple(name for name in TUNE_NAMES if algorithm_info(name).constrained)
 #: Adaptation steps shown in the tables (those a run has).
-REPORT_STEPS = (0, 1, 2, 3, 5)
+REPORT_STEPS = (0, 1, 2, 3, 4, 5)
 #: The targets of the comparison (checked on the family named here).
 TARGET_FAMILY = "PointCircle"
 TARGET_WITHIN = 0.8        # Meta-CPO: fraction of test tasks within h ...
 TARGET_MAX_STEP = 3        # ... after at most this many adaptation steps
 TARGET_RETURN_RATIO = 0.9  # Meta-CPO's return >= this x Meta-TRPO's (same step)
+TARGET_EVERY_STEP = 0.9    # Meta-CPO: fraction within h at every adaptation step 1..S
 FAMILY_ORDER = ("PointCircle", "CarCircleHazard", "PointButton")
 SPLIT_ORDER = ("test", "test_tight")
 
@@ -148,7 +149,30 @@ def check_targets(data: Mapping[str, Any]) -> dict[str, Any]:
         "violating": violating, "violating_met": all(v > 0.5 for v in violating.values()),
         "train_meets": {a: (sum(v), len(v)) for a, v in meets.items()},
         "train_met": all(v and all(x == 1.0 for x in v) for v in meets.values()),
+        **every_step_targets(data),
     }
+
+
+def every_step_targets(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Meta-CPO at every adaptation step 1..S (means over seeds): its lowest fraction of
+    tasks within h (target >= 0.9), its return at step S against step 0, and the steps
+    where its return is not above CPO's (compared at equal adaptation radius only when the
+    comparison set one ``adaptation_delta`` for all algorithms)."""
+    runs = data["runs"]
+    last = int(data["adaptation"]["adapt_steps"])
+    step_means = {a: {key: [mean_std(per_seed(runs.get(a, []), key, s))[0]
+                            for s in range(last + 1)] for key in ("within", "return")}
+                  for a in ("MetaCPO", "CPO")}
+    within = step_means["MetaCPO"]["within"][1:]
+    lowest = min(range(len(within)), key=lambda i: (within[i], i)) + 1 if within else 0
+    returns, cpo = step_means["MetaCPO"]["return"], step_means["CPO"]["return"]
+    below = [s for s in range(1, last + 1) if not returns[s] > cpo[s]]
+    return {"last_step": last, "every_within": within, "lowest_step": lowest,
+            "every_met": bool(within) and min(within) >= TARGET_EVERY_STEP,
+            "return_first_last": (returns[0], returns[last]),
+            "return_rises": bool(last) and returns[last] > returns[0],
+            "return_vs_cpo": (returns, cpo), "cpo_above_steps": below,
+            "equal_radius": data.get("training", {}).get("adaptation_delta")}
 
 
 def _met(flag: bool) -> str:
@@ -178,6 +202,7 @@ def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"| Meta-TRPO and TRPO violate h on most {where} tasks (step {t['step']}) | "
             f"Meta-TRPO {t['violating']['MetaTRPO']:.0%}, TRPO {t['violating']['TRPO']:.0%} "
             f"of tasks | {_met(t['violating_met'])} |",
+            *_every_step_rows(t, where),
             f"| Training meets h = {_limit(data, 'train_limit'):g} (θ's evaluation cost on "
             f"the training tasks; {name} runs) | Meta-CPO "
             f"{_fraction(t['train_meets']['MetaCPO'])}, CPO "
@@ -187,6 +212,29 @@ def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
         return []
     return [f"## Targets: {TARGET_FAMILY}", "", "Measured on the evaluation episodes; "
             "means over seeds.", "", "| target | measured | |", "|---|---|---|", *rows, ""]
+
+
+def _every_step_rows(t: Mapping[str, Any], where: str) -> list[str]:
+    """The target rows of :func:`every_step_targets`."""
+    last = t["last_step"]
+    if not last:
+        return []
+    within = ", ".join(f"{v:.0%}" for v in t["every_within"])
+    first, final = t["return_first_last"]
+    returns, cpo = t["return_vs_cpo"]
+    radius = (f"both adapt at radius {t['equal_radius']:g}" if t["equal_radius"] is not None
+              else "each adapts at its own radius")
+    below = t["cpo_above_steps"]
+    return [
+        f"| Meta-CPO within h on ≥ {TARGET_EVERY_STEP:.0%} of {where} tasks at every step "
+        f"1–{last} | {within} | {_met(t['every_met'])} |",
+        f"| Meta-CPO return at step {last} above step 0 ({where}) | {first:.2f} → "
+        f"{final:.2f} | {_met(t['return_rises'])} |",
+        f"| Meta-CPO return above CPO's at every step 1–{last} ({where}; {radius}) | "
+        f"Meta-CPO {returns[last]:.2f} vs CPO {cpo[last]:.2f} at step {last}; not above at "
+        f"{len(below)} of {last} steps | "
+        f"{_met(not below and t['equal_radius'] is not None)} |",
+    ]
 
 
 def _limit(data: Mapping[str, Any], key: str) -> float:

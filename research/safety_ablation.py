@@ -1,4 +1,4 @@
-"""Ablation of the safety corrections, the observation filter and the learned critics.
+"""Ablation of the safety corrections, observation filter, critics and adaptation settings.
 
 Asks whether CPO and Meta-CPO hold their cost limits with each switch on and off.
 
@@ -23,6 +23,17 @@ corrections trained for 30 iterations:
     python research/safety_ablation.py --family PointCircle --iterations 30 \
         --algos cpo meta-cpo --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 \
         --variants all --out research/results/long_training_pointcircle.json
+
+Test-time adaptation settings (``--adapt-settings``), each adapting the same trained θ kept
+under ``--checkpoints`` (one folder per variant, algorithm, seed and iteration count; θ and
+the sampler state are restored, so a setting that changes nothing reproduces the run that
+trained it exactly). Settings name every field, so the commands do not depend on the
+defaults (research/results/adaptation_settings_pointcircle.json holds them all):
+
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 --variants all \
+        --checkpoints CKPT --algos meta-cpo --adapt-settings win0+free1+rec1 \
+        win16+free0.5+rec3 win16+free0.25+rec3 ... --out OUT
 
 CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
 

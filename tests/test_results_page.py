@@ -49,6 +49,14 @@ def test_target_check_follows_its_definition() -> None:
         meets = [s["train_eval"]["mean_cost"] <= s["train_eval"]["cost_limit"]
                  for a in results_page.CONSTRAINED for s in data["runs"][a]]
         assert t["train_met"] == all(meets)
+        # every adaptation step: the per-seed fractions within h, and the returns vs CPO's
+        steps = range(1, int(data["adaptation"]["adapt_steps"]) + 1)
+        every = [sum(s["adapt"]["eval"]["within_limit_rate"][k] for s in runs) / len(runs)
+                 for k in steps]
+        assert t["every_within"] == pytest.approx(every)
+        assert t["every_met"] == all(v >= results_page.TARGET_EVERY_STEP for v in every)
+        returns, cpo = t["return_vs_cpo"]
+        assert t["cpo_above_steps"] == [k for k in steps if returns[k] <= cpo[k]]
 
 
 def test_batch_scored_runs_are_refused(tmp_path) -> None:
