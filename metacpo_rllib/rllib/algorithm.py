@@ -117,11 +117,11 @@ class MetaCPO(Algorithm):
         ``mean_cost`` / ``violation_rate`` over tasks), and the J_C its step used (c =
         J_C − h: the batch's mean or upper bound, pooled with up to
         ``adaptation_cost_window`` earlier episodes) as ``cost_estimate``; they are noisy
-        and the step is fit to them. The *evaluation* (``eval_episodes`` fresh episodes, 0: off) is the honest
-        figure: sampled on the EnvRunners beside the batch, with sampled actions (the
-        deployed policy; ``deterministic=True`` also evaluates the mean action, under
-        ``eval_mean_action``), and with common random numbers: episode i of a task gets the
-        same env seed and action noise at every step, for every algorithm and training
+        and the step is fit to them. The *evaluation* (``eval_episodes`` fresh episodes, 0:
+        off) is the honest figure: sampled on the EnvRunners beside the batch, with sampled
+        actions (the deployed policy; ``deterministic=True`` also evaluates the mean action,
+        under ``eval_mean_action``), and with common random numbers: episode i of a task
+        gets the same env seed and action noise at every step, for every algorithm and training
         seed, given ``eval_seed`` (``episodes.evaluation_seed``), never a seed of a learning
         batch. Per task ``eval`` holds per step ``return``, ``cost``, ``cost_se``,
         ``cost_ucb`` (one-sided 95%, ``evaluation_stats``), ``within_limit`` (mean ≤ h),
