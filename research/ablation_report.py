@@ -32,6 +32,7 @@ VARIANT_MEANING = {
     "all_critics": "`all` plus learned reward and cost critics (`critics`)",
     "all_critics_priv": "`all_critics` whose critics also see the task's layout and limit "
                         "(`critic_privileged`)",
+    "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "
            "± is the std over seeds (none with one seed).")

@@ -30,6 +30,7 @@ DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointci
 DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
 DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
                                / "adaptation_settings_pointcircle.json")
+DEFAULT_CARCIRCLEHAZARD = REPO / "research" / "results" / "carcirclehazard_metacpo.json"
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = TUNE_NAMES
@@ -473,13 +474,14 @@ def batch_size_section(path: Path) -> list[str]:
 
 # -- the ablation -------------------------------------------------------------------------------
 def ablation_section(path: Path, title: str = "Safety corrections: ablation",
-                     what: str = "each combination of the safety corrections") -> list[str]:
+                     what: str = "each combination of the safety corrections",
+                     algorithms: str = "Meta-CPO and CPO") -> list[str]:
     """Switches turned on and off (``research/safety_ablation.py``'s JSON)."""
     from research.ablation_report import legend, report
 
     data = json.loads(path.read_text())
     return [f"## {title}", "",
-            f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: Meta-CPO and CPO "
+            f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {algorithms} "
             f"trained and adapted with {what}. {legend(data)}", "", report(data), ""]
 
 
@@ -563,14 +565,16 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
            batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
            long_training: Optional[Path] = None,
-           adaptation_settings: Optional[Path] = None) -> str:
+           adaptation_settings: Optional[Path] = None,
+           carcirclehazard: Optional[Path] = None) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
     calibration of CPO's training steps; with ``batch_sweep``, the batch-size table; with
     ``input_ablation``, the observation filter's and the critics' ablation; with
     ``long_training``, Meta-CPO and CPO trained twice as long; with
-    ``adaptation_settings``, the test-time adaptation settings from one trained θ."""
+    ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
+    ``carcirclehazard``, Meta-CPO on CarCircleHazard against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -624,6 +628,14 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "is then adapted with every test-time setting (the window over a task's earlier "
             "episodes in J_C, and the adaptation radius) over 5 steps on both held-out "
             "splits")
+    if carcirclehazard is not None:
+        lines += ablation_section(
+            carcirclehazard, "CarCircleHazard: Meta-CPO against an untrained policy",
+            "the default corrections and adaptation settings on CarCircleHazard "
+            "(`tune_configs/carcirclehazard_compare.yaml`'s training settings: 4 tasks × 2 "
+            "episodes, inner radius 0.01, 50 iterations), beside the untrained θ adapted "
+            "with the same budget; the four-algorithm comparison on this family has not "
+            "been run", algorithms="Meta-CPO")
     if batch_sweep is not None:
         lines += batch_size_section(batch_sweep)
     if results is not None:
@@ -657,6 +669,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--adaptation-settings", type=Path,
                         default=DEFAULT_ADAPTATION_SETTINGS,
                         help="safety_ablation.py --adapt-settings JSON ('': none)")
+    parser.add_argument("--carcirclehazard", type=Path, default=DEFAULT_CARCIRCLEHAZARD,
+                        help="safety_ablation.py's JSON of Meta-CPO on CarCircleHazard and "
+                             "the untrained policy ('': none)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
@@ -664,7 +679,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("batch_sweep", args.batch_sweep),
                              ("input_ablation", args.input_ablation),
                              ("long_training", args.long_training),
-                             ("adaptation_settings", args.adaptation_settings))}
+                             ("adaptation_settings", args.adaptation_settings),
+                             ("carcirclehazard", args.carcirclehazard))}
     page = render(load(args.results), args.out.parent, results=args.results, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)

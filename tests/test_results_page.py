@@ -25,7 +25,8 @@ def test_results_page_matches_the_committed_json() -> None:
                                batch_sweep=results_page.DEFAULT_BATCH_SWEEP,
                                input_ablation=results_page.DEFAULT_INPUT_ABLATION,
                                long_training=results_page.DEFAULT_LONG_TRAINING,
-                               adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS)
+                               adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS,
+                               carcirclehazard=results_page.DEFAULT_CARCIRCLEHAZARD)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
     for name, data in comparisons.items():
