@@ -30,7 +30,9 @@ DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointci
 DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
 DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
                                / "adaptation_settings_pointcircle.json")
-DEFAULT_CARCIRCLEHAZARD = REPO / "research" / "results" / "carcirclehazard_metacpo.json"
+#: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
+DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
+                               for name in ("carcirclehazard", "pointbutton"))
 DEFAULT_BATCH_SWEEP = REPO / "docs" / "results" / "batch_size" / "sweep.json"
 DEFAULT_TRAINING_LEDGER = REPO / "research" / "results" / "training_ledger_pointcircle.json"
 ALGORITHMS = TUNE_NAMES
@@ -485,6 +487,21 @@ def ablation_section(path: Path, title: str = "Safety corrections: ablation",
             f"trained and adapted with {what}. {legend(data)}", "", report(data), ""]
 
 
+def other_family_section(path: Path) -> list[str]:
+    """Meta-CPO on one family beside its untrained θ adapted alike (safety_ablation.py's
+    JSON of both, the untrained runs labelled ``untrained``)."""
+    settings = json.loads(path.read_text())["settings"]
+    family = settings["family"]
+    return ablation_section(
+        path, f"{family}: Meta-CPO against an untrained policy",
+        f"the default corrections and adaptation settings on {family} "
+        f"({settings['tasks_per_iteration']} tasks × {settings['episodes_per_task']} episodes "
+        f"per iteration, inner radius {settings['inner_delta']:g}, "
+        f"{settings['iterations']} iterations), beside the untrained θ adapted with the same "
+        "budget; the four-algorithm comparison on this family has not been run",
+        algorithms="Meta-CPO")
+
+
 # -- the investigation --------------------------------------------------------------------------
 def load_investigation(results: Path) -> list[dict]:
     """The surrogate checks in ``<results>/investigation/*.json``."""
@@ -566,7 +583,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
            long_training: Optional[Path] = None,
            adaptation_settings: Optional[Path] = None,
-           carcirclehazard: Optional[Path] = None) -> str:
+           other_families: Sequence[Path] = ()) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
@@ -574,7 +591,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     ``input_ablation``, the observation filter's and the critics' ablation; with
     ``long_training``, Meta-CPO and CPO trained twice as long; with
     ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
-    ``carcirclehazard``, Meta-CPO on CarCircleHazard against an untrained policy."""
+    ``other_families``, Meta-CPO on each family against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -628,14 +645,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "is then adapted with every test-time setting (the window over a task's earlier "
             "episodes in J_C, and the adaptation radius) over 5 steps on both held-out "
             "splits")
-    if carcirclehazard is not None:
-        lines += ablation_section(
-            carcirclehazard, "CarCircleHazard: Meta-CPO against an untrained policy",
-            "the default corrections and adaptation settings on CarCircleHazard "
-            "(`tune_configs/carcirclehazard_compare.yaml`'s training settings: 4 tasks × 2 "
-            "episodes, inner radius 0.01, 50 iterations), beside the untrained θ adapted "
-            "with the same budget; the four-algorithm comparison on this family has not "
-            "been run", algorithms="Meta-CPO")
+    for path in other_families:
+        lines += other_family_section(path)
     if batch_sweep is not None:
         lines += batch_size_section(batch_sweep)
     if results is not None:
@@ -669,9 +680,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--adaptation-settings", type=Path,
                         default=DEFAULT_ADAPTATION_SETTINGS,
                         help="safety_ablation.py --adapt-settings JSON ('': none)")
-    parser.add_argument("--carcirclehazard", type=Path, default=DEFAULT_CARCIRCLEHAZARD,
-                        help="safety_ablation.py's JSON of Meta-CPO on CarCircleHazard and "
-                             "the untrained policy ('': none)")
+    parser.add_argument("--other-families", type=Path, nargs="*",
+                        default=[p for p in DEFAULT_OTHER_FAMILIES if p.exists()],
+                        help="safety_ablation.py's JSON of Meta-CPO on a family and its "
+                             "untrained policy, one section each (none: no sections)")
     args = parser.parse_args(argv)
     optional = {k: (p if str(p) not in ("", ".") else None)
                 for k, p in (("ablation", args.ablation),
@@ -679,9 +691,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("batch_sweep", args.batch_sweep),
                              ("input_ablation", args.input_ablation),
                              ("long_training", args.long_training),
-                             ("adaptation_settings", args.adaptation_settings),
-                             ("carcirclehazard", args.carcirclehazard))}
-    page = render(load(args.results), args.out.parent, results=args.results, **optional)
+                             ("adaptation_settings", args.adaptation_settings))}
+    page = render(load(args.results), args.out.parent, results=args.results,
+                  other_families=args.other_families, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")
