@@ -127,7 +127,8 @@ class MetaCPOTorchLearner(TorchLearner):
         self._dropped: dict[int, str] = {}
         # per task, each batch's data for the critics' fit (critics on)
         self._critic_data: list[list[CriticData]] = [[] for _ in range(num_tasks)]
-        # per task, the episode costs of its learning batches so far (adaptation's J_C window)
+        # per task, the episode costs of its learning batches so far (kept where a J_C
+        # window pools them: test-time adaptation)
         self._episode_costs: list[list[float]] = [[] for _ in range(num_tasks)]
 
     @property
@@ -205,7 +206,8 @@ class MetaCPOTorchLearner(TorchLearner):
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
-        history.extend(float(c) for c in batch.ep_costs)
+        if cost_window:
+            history.extend(float(c) for c in batch.ep_costs)
         if self.config.cost_signal_share and self.config.constrained:
             # sampled with the task's current parameters (θ before its first inner step)
             batch = shrink_cost_gradient(self.policy, self.adapted_params(index), batch)
