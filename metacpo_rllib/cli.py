@@ -119,6 +119,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptation-recovery-scale", type=number(1), default=None,
                         help="factor >= 1 on the radius of an adaptation step with c > 0 "
                              "(default: the config's)")
+    parser.add_argument("--adaptation-cost-margin-rate", type=number(0), default=None,
+                        help="rate >= 0 of each task's margin on c, learned from its "
+                             "adaptation steps' realised minus predicted cost changes "
+                             "(0: off; default: the config's)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -191,7 +195,7 @@ def build_config(args: argparse.Namespace) -> Any:
     }
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
                  "adaptation_cost_window", "adaptation_cost_free_scale",
-                 "adaptation_recovery_scale"):
+                 "adaptation_recovery_scale", "adaptation_cost_margin_rate"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

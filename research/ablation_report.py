@@ -45,7 +45,9 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "the inner radius for Meta-CPO, the outer one with a line search for "
                    "CPO); `freeF`: the radius of a step whose batch saw no cost is F times "
                    "that (`adaptation_cost_free_scale`); `recR`: the radius of a step with "
-                   "c > 0 is R times that (`adaptation_recovery_scale`)")
+                   "c > 0 is R times that (`adaptation_recovery_scale`); `marM`: c includes "
+                   "a margin that moves by M times each step's realised minus predicted "
+                   "cost change (`adaptation_cost_margin_rate`)")
 
 
 def run_label(run: dict[str, Any]) -> str:

@@ -98,8 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test-time adaptation settings, each run from the same trained θ: "
                         "'default', or '+'-joined 'win<N>' (adaptation_cost_window=N), "
                         "'ad<X>' (adaptation_delta=X), 'free<F>' "
-                        "(adaptation_cost_free_scale=F) and 'rec<R>' "
-                        "(adaptation_recovery_scale=R), e.g. win8+free0.5")
+                        "(adaptation_cost_free_scale=F), 'rec<R>' "
+                        "(adaptation_recovery_scale=R) and 'mar<M>' "
+                        "(adaptation_cost_margin_rate=M), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed "
                         "and iteration count) and adapt from it when it is already there")
@@ -119,8 +120,8 @@ def adapt_setting(name: str) -> str:
 def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
-    ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; joined
-    with '+'."""
+    ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
+    ``adaptation_cost_margin_rate=M``; joined with '+'."""
     if name == "default":
         return {}
     fields: dict[str, Any] = {}
@@ -134,11 +135,13 @@ def adaptation_fields(name: str) -> dict[str, Any]:
                 fields["adaptation_cost_free_scale"] = float(part[4:])
             elif part.startswith("rec"):
                 fields["adaptation_recovery_scale"] = float(part[3:])
+            elif part.startswith("mar"):
+                fields["adaptation_cost_margin_rate"] = float(part[3:])
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
-                             "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' parts") from None
+                             "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' parts") from None
     return fields
 
 

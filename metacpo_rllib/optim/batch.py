@@ -46,9 +46,11 @@ class Batch:
     Advantages are fixed data (computed once from the sampled episodes). ``adv_reward`` is
     normalised (only its direction matters); ``adv_cost`` is in episode-cost units, so the
     cost surrogate ``sum(ratio * adv_cost) / num_episodes`` predicts changes of the mean
-    episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is c = J_C - h with
-    J_C = ``cost_estimate`` (the mean episode cost, or its upper bound, of this batch or
-    of this batch pooled with the task's earlier episodes: ``make_batch``).
+    episode cost. ``cost_limit`` is the task's h; ``constraint_value`` is
+    c = J_C + ``cost_margin`` − h with J_C = ``cost_estimate`` (the mean episode cost, or
+    its upper bound, of this batch or of this batch pooled with the task's earlier
+    episodes: ``make_batch``) and a margin ≥ 0 in episode-cost units (0: none;
+    ``cost_estimate.learned_margin``).
     ``cost_signal_share``: the factor the cost advantages were scaled by (1: unscaled;
     ``cost_estimate.shrink_cost_gradient``).
     """
@@ -65,6 +67,7 @@ class Batch:
     cost_limit: float = 0.0
     cost_estimate: Optional[float] = None  # J_C in c; None: the mean episode cost
     cost_signal_share: float = 1.0
+    cost_margin: float = 0.0
 
     @property
     def num_steps(self) -> int:
@@ -83,10 +86,14 @@ class Batch:
         return float(self.ep_costs.mean())
 
     @property
+    def estimated_cost(self) -> float:
+        """J_C: ``cost_estimate``, or the batch's mean episode cost where it is None."""
+        return self.mean_cost if self.cost_estimate is None else self.cost_estimate
+
+    @property
     def constraint_value(self) -> float:
-        """c = J_C - h in episode-cost units (positive = violating)."""
-        cost = self.mean_cost if self.cost_estimate is None else self.cost_estimate
-        return cost - self.cost_limit
+        """c = J_C + margin − h in episode-cost units (positive = violating)."""
+        return self.estimated_cost + self.cost_margin - self.cost_limit
 
 
 def make_batch(

@@ -1,7 +1,8 @@
-"""How a batch's episode costs enter the CPO step: a shrunk cost gradient and a pessimistic c.
+"""How a batch's episode costs enter the CPO step: a shrunk cost gradient, a pessimistic c
+and a margin learned from the cost changes the steps predicted and realised.
 
-Two corrections for small, bursty batches (a few episodes per task, costs in rare large
-excursions), both applied to the Batch as data before any step is taken, so every step
+Corrections for small, bursty batches (a few episodes per task, costs in rare large
+excursions), each applied to the Batch as data before any step is taken, so every step
 and the meta-gradient through it stay exact functions of that data:
 
 * **Signal share.** A noisy cost gradient b̂ = s + n inflates bᵀH⁻¹b, so the predicted cost
@@ -11,6 +12,9 @@ and the meta-gradient through it stay exact functions of that data:
   ρ̂ (clipped to [``MIN_SIGNAL_SHARE``, 1]), which scales b and every predicted cost change.
 * **Upper bound of J_C.** c = J_C − h with J_C the one-sided 95% t upper bound of the
   batch's mean episode cost instead of its mean (``make_batch(cost_upper_bound=True)``).
+* **Learned margin** (test-time adaptation). c = J_C + m − h, where a task's margin m grows
+  by how much its last step's realised cost change exceeded the predicted one
+  (:func:`learned_margin`): a task whose steps overpromise is held further below h.
 """
 from __future__ import annotations
 
@@ -51,6 +55,23 @@ def cost_signal_share(module: nn.Module, params: Params, batch: Batch) -> float:
     if norm2 <= 1e-30:
         return 1.0
     return min(1.0, max(MIN_SIGNAL_SHARE, float(b1 @ b2) / norm2))
+
+
+def learned_margin(margin: float, realised: float, predicted: float, rate: float) -> float:
+    """The margin after one step: max(0, ``margin`` + ``rate`` · (``realised`` −
+    ``predicted``)), all in episode-cost units.
+
+    ``predicted`` is the step's predicted change of the mean episode cost (bᵀx times the
+    accepted line-search fraction); ``realised`` the change of the mean episode cost from the
+    batch the step learned from to the next one (sampled after the step). A step that raised
+    the cost more (or lowered it less) than predicted raises the margin; one that did better
+    lowers it, never below 0. A NaN prediction (no cost model) leaves the margin as it is."""
+    if rate < 0:
+        raise ValueError(f"rate: expected a number >= 0, got {rate!r}")
+    error = realised - predicted
+    if error != error:  # NaN
+        return margin
+    return max(0.0, margin + rate * error)
 
 
 def shrink_cost_gradient(module: nn.Module, params: Params, batch: Batch) -> Batch:

@@ -116,7 +116,8 @@ class MetaCPO(Algorithm):
         cost are reported as ``return`` / ``cost`` / ``violation`` (and ``mean_return`` /
         ``mean_cost`` / ``violation_rate`` over tasks), and the J_C its step used (c =
         J_C − h: the batch's mean or upper bound, pooled with up to
-        ``adaptation_cost_window`` earlier episodes) as ``cost_estimate``; they are noisy
+        ``adaptation_cost_window`` earlier episodes) as ``cost_estimate`` and the task's
+        learned margin in c as ``cost_margin`` (``adaptation_cost_margin_rate``); they are noisy
         and the step is fit to them. The *evaluation* (``eval_episodes`` fresh episodes, 0:
         off) is the honest figure: sampled on the EnvRunners beside the batch, with sampled
         actions (the deployed policy; ``deterministic=True`` also evaluates the mean action,
@@ -170,6 +171,7 @@ class MetaCPO(Algorithm):
             entry = {"task": task.to_dict(), "task_id": task.task_id,
                      "cost_limit": task.cost_limit, "return": ret, "cost": cost,
                      "cost_estimate": [_get(r[i], "constraint_cost") for r in rounds],
+                     "cost_margin": [_get(r[i], "cost_margin") for r in rounds],
                      "violation": [bool(c > task.cost_limit) for c in cost],
                      "batch_episodes": [None if r[i] is None else int(r[i]["num_episodes"])
                                         for r in rounds]}

@@ -105,13 +105,15 @@ class MetaCPOConfig(AlgorithmConfig):
         # Test-time adaptation only: the steps' trust-region radius (None: inner_delta for
         # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
         # episodes from its earlier adaptation steps are pooled into J_C, and the factors
-        # on the radius of a step whose batch saw no cost and of one with c > 0. The
-        # defaults held the limits best on PointCircle (research/results/
-        # adaptation_settings_pointcircle.json); 0, 1.0, 1.0 turn them off.
+        # on the radius of a step whose batch saw no cost and of one with c > 0, and the
+        # rate of the margin learned from each step's predicted and realised cost change.
+        # The defaults held the limits best on PointCircle (research/results/
+        # adaptation_settings_pointcircle.json); 0, 1.0, 1.0, 0 turn them off.
         self.adaptation_delta = None
         self.adaptation_cost_window = 16
         self.adaptation_cost_free_scale = 0.5
         self.adaptation_recovery_scale = 3.0
+        self.adaptation_cost_margin_rate = 0.0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -162,6 +164,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_cost_window: int = _UNSET,
         adaptation_cost_free_scale: float = _UNSET,
         adaptation_recovery_scale: float = _UNSET,
+        adaptation_cost_margin_rate: float = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -207,7 +210,12 @@ class MetaCPOConfig(AlgorithmConfig):
         batch saw no cost at all is multiplied by it (such a batch says nothing about how
         near the policy is to its cost, so its plain reward step is shortened);
         ``adaptation_recovery_scale`` ≥ 1: the radius of an adaptation step with c > 0 is
-        multiplied by it (a longer recovery for a task that starts above its limit).
+        multiplied by it (a longer recovery for a task that starts above its limit);
+        ``adaptation_cost_margin_rate`` ≥ 0 (0: off): c = J_C + m − h, where each task's
+        margin m (episode-cost units, from 0) moves after each of its adaptation steps by
+        this rate times (realised − predicted cost change), never below 0
+        (``optim.cost_estimate.learned_margin``; realised: the next batch's mean episode
+        cost minus the one the step learned from).
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -230,6 +238,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
             adaptation_recovery_scale=adaptation_recovery_scale,
+            adaptation_cost_margin_rate=adaptation_cost_margin_rate,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -365,6 +374,9 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_num(self.adaptation_recovery_scale) or self.adaptation_recovery_scale < 1:
             _bad("adaptation_recovery_scale", "expected a finite number >= 1",
                  self.adaptation_recovery_scale)
+        if not _is_num(self.adaptation_cost_margin_rate) or self.adaptation_cost_margin_rate < 0:
+            _bad("adaptation_cost_margin_rate", "expected a finite number >= 0",
+                 self.adaptation_cost_margin_rate)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)

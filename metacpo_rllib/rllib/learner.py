@@ -1,6 +1,7 @@
 """The Learner: holds θ, builds optim Batches, computes adapted weights and runs optim's meta_update."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -23,7 +24,7 @@ from metacpo_rllib.optim import (
     params_of,
 )
 from metacpo_rllib.optim.advantages import discounted_cumsum
-from metacpo_rllib.optim.cost_estimate import shrink_cost_gradient
+from metacpo_rllib.optim.cost_estimate import learned_margin, shrink_cost_gradient
 from metacpo_rllib.optim.critics import (
     ValueMLP,
     critic_features,
@@ -43,7 +44,7 @@ def batch_summary(batch: Batch) -> dict[str, float]:
     return {"task_id": batch.task_id, "mean_return": batch.mean_return,
             "mean_cost": batch.mean_cost, "cost_limit": batch.cost_limit,
             "num_steps": batch.num_steps, "num_episodes": batch.num_episodes,
-            "constraint_cost": batch.constraint_value + batch.cost_limit,
+            "constraint_cost": batch.estimated_cost, "cost_margin": batch.cost_margin,
             "cost_signal_share": batch.cost_signal_share}
 
 
@@ -130,6 +131,10 @@ class MetaCPOTorchLearner(TorchLearner):
         # per task, the episode costs of its learning batches so far (kept where a J_C
         # window pools them: test-time adaptation)
         self._episode_costs: list[list[float]] = [[] for _ in range(num_tasks)]
+        # per task, its learned margin and, after an adaptation step with a margin rate, the
+        # mean cost of the batch the step learned from and the step's predicted change
+        self._margins: list[float] = [0.0] * num_tasks
+        self._last_step: list[Optional[tuple[float, float]]] = [None] * num_tasks
 
     @property
     def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
@@ -193,7 +198,9 @@ class MetaCPOTorchLearner(TorchLearner):
         limit come with it); a task with non-finite env output is dropped. With critics
         on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
         task's batches never are). ``cost_window``: J_C also pools up to this many of the
-        task's most recent episodes from its earlier batches since ``begin``."""
+        task's most recent episodes from its earlier batches since ``begin``. After an
+        adaptation step with a margin rate, the task's margin first learns from that step
+        (``learned_margin``: its predicted cost change against this batch's) and enters c."""
         if sample is None or index in self._dropped:
             return None
         history = self._episode_costs[index]
@@ -208,6 +215,13 @@ class MetaCPOTorchLearner(TorchLearner):
             return None
         if cost_window:
             history.extend(float(c) for c in batch.ep_costs)
+        last = self._last_step[index]
+        if last is not None:
+            before, predicted = last
+            self._margins[index] = learned_margin(
+                self._margins[index], batch.mean_cost - before, predicted,
+                self.config.adaptation_cost_margin_rate)
+            batch = dataclasses.replace(batch, cost_margin=self._margins[index])
         if self.config.cost_signal_share and self.config.constrained:
             # sampled with the task's current parameters (θ before its first inner step)
             batch = shrink_cost_gradient(self.policy, self.adapted_params(index), batch)
@@ -361,6 +375,9 @@ class MetaCPOTorchLearner(TorchLearner):
             if weights is not None:
                 records[i] = step_record(self.policy, params, self._phi[i], batch, infos[-1],
                                          constrained=cfg.constrained)
+                if self.config.adaptation_cost_margin_rate and cfg.constrained:
+                    self._last_step[i] = (batch.mean_cost,
+                                          records[i]["predicted_cost_change"])
             return weights
 
         summaries, weights = self._over_tasks(samples, step,
