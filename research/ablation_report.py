@@ -47,7 +47,8 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "that (`adaptation_cost_free_scale`); `recR`: the radius of a step with "
                    "c > 0 is R times that (`adaptation_recovery_scale`); `marM`: c includes "
                    "a margin that moves by M times each step's realised minus predicted "
-                   "cost change (`adaptation_cost_margin_rate`)")
+                   "cost change (`adaptation_cost_margin_rate`); `epsE`: every adaptation "
+                   "batch has E episodes per task (default: the training batch's)")
 
 
 def run_label(run: dict[str, Any]) -> str:

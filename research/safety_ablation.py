@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -99,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'default', or '+'-joined 'win<N>' (adaptation_cost_window=N), "
                         "'ad<X>' (adaptation_delta=X), 'free<F>' "
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
-                        "(adaptation_recovery_scale=R) and 'mar<M>' "
-                        "(adaptation_cost_margin_rate=M), e.g. win8+free0.5")
+                        "(adaptation_recovery_scale=R), 'mar<M>' "
+                        "(adaptation_cost_margin_rate=M) and 'eps<E>' (E episodes per "
+                        "task in each adaptation batch), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed "
                         "and iteration count) and adapt from it when it is already there")
@@ -121,28 +122,52 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; joined with '+'."""
-    if name == "default":
-        return {}
+    ``adaptation_cost_margin_rate=M``; joined with '+'. An 'eps<E>' part sets no field: it is
+    the episodes per task of each adaptation batch (:func:`adaptation_episodes`)."""
     fields: dict[str, Any] = {}
-    for part in name.split("+"):
+    for part in _setting_parts(name):
+        if part.startswith("win"):
+            fields["adaptation_cost_window"] = int(part[3:])
+        elif part.startswith("ad"):
+            fields["adaptation_delta"] = float(part[2:])
+        elif part.startswith("free"):
+            fields["adaptation_cost_free_scale"] = float(part[4:])
+        elif part.startswith("rec"):
+            fields["adaptation_recovery_scale"] = float(part[3:])
+        elif part.startswith("mar"):
+            fields["adaptation_cost_margin_rate"] = float(part[3:])
+    return fields
+
+
+def adaptation_episodes(name: str) -> Optional[int]:
+    """The episodes per task of each adaptation batch an ``--adapt-settings`` name asks for
+    ('eps<E>'); None: the config's ``episodes_per_task``, as in training."""
+    episodes = [int(part[3:]) for part in _setting_parts(name) if part.startswith("eps")]
+    return episodes[-1] if episodes else None
+
+
+SETTING_PREFIXES = ("win", "ad", "free", "rec", "mar", "eps")
+
+
+def _setting_parts(name: str) -> list[str]:
+    """The '+'-joined parts of an ``--adapt-settings`` name (none for 'default'); ValueError
+    for a part that is not a known prefix followed by a number."""
+    if name == "default":
+        return []
+    parts = name.split("+")
+    for part in parts:
+        prefix = next((p for p in SETTING_PREFIXES if part.startswith(p)), None)
         try:
-            if part.startswith("win"):
-                fields["adaptation_cost_window"] = int(part[3:])
-            elif part.startswith("ad"):
-                fields["adaptation_delta"] = float(part[2:])
-            elif part.startswith("free"):
-                fields["adaptation_cost_free_scale"] = float(part[4:])
-            elif part.startswith("rec"):
-                fields["adaptation_recovery_scale"] = float(part[3:])
-            elif part.startswith("mar"):
-                fields["adaptation_cost_margin_rate"] = float(part[3:])
-            else:
+            if prefix is None:
+                raise ValueError
+            value = float(part[len(prefix):])
+            if prefix in ("win", "eps") and (value != int(value) or value < (prefix == "eps")):
                 raise ValueError
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
-                             "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' parts") from None
-    return fields
+                             "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
+                             "'eps<E>' parts") from None
+    return parts
 
 
 def _key(variant: str, algo: str, seed: int, setting: str = "default") -> str:
@@ -151,7 +176,8 @@ def _key(variant: str, algo: str, seed: int, setting: str = "default") -> str:
 
 def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]]:
     """Per adaptation step, over tasks: evaluation cost / return means, share of tasks
-    within the limit (mean ≤ h) and certified (95% upper bound ≤ h)."""
+    within the limit (mean ≤ h) and certified (95% upper bound ≤ h); the learning batches'
+    mean cost and their episodes (summed over tasks), and each task's CPO case."""
     tasks = report["tasks"]
     steps = len(tasks[0]["eval"]["cost"])
 
@@ -163,6 +189,8 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
             "within_limit": over_tasks(lambda e, s: float(e["cost"][s] <= limit)),
             "certified": over_tasks(lambda e, s: float(e["cost_ucb"][s] <= limit)),
             "batch_cost": [float(v) for v in report["mean_cost"]],
+            "batch_episodes": [sum(t["batch_episodes"][s] or 0 for t in tasks)
+                               for s in range(steps)],
             "cases": [[(t.get("ledger") or [{}] * steps)[s].get("case") if s < len(
                 t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)]}
 
@@ -219,7 +247,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
         for split in args.splits:
             tasks = family.sample_tasks(args.test_tasks, split, seed=args.task_seed)
             report = algo_obj.adapt(tasks, args.adapt_steps, eval_episodes=args.eval_episodes,
-                                    eval_seed=0)
+                                    eval_seed=0,
+                                    episodes_per_task=adaptation_episodes(setting))
             adaptation[split] = _step_summary(report, float(tasks[0].cost_limit))
             adaptation[split]["cost_limit"] = float(tasks[0].cost_limit)
     finally:
@@ -227,6 +256,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
     last_eval = [r for r in training if "eval_cost" in r][-1:]
     return {"variant": variant, "algo": algo, "seed": seed, "adapt_setting": setting,
             "adaptation_fields": adaptation_fields(setting),
+            "adaptation_episodes": adaptation_episodes(setting),
             "trained_from": None if saved is None else str(saved),
             "flags": {f: getattr(config, f) for f in SWITCHES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,

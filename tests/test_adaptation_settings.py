@@ -1,14 +1,19 @@
 """Test-time adaptation settings: J_C pooled over a task's earlier episodes (a batch that saw
-no cost after violating ones takes no step) and one adaptation radius for all four
-algorithms; pure torch first, then on a real algorithm (PointNav, local Ray)."""
+no cost after violating ones takes no step), a margin on c learned from the steps' predicted
+and realised cost changes, and one adaptation radius for all four algorithms; pure torch
+first, then on a real algorithm (PointNav, local Ray)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+import dataclasses
+import math
+
 from metacpo_rllib.evaluation_stats import cost_stats
 from metacpo_rllib.optim import EpisodeData, GaussianMLP, UpdateConfig, make_batch, params_of
+from metacpo_rllib.optim.cost_estimate import learned_margin
 from metacpo_rllib.optim.cpo import CASE_INFEASIBLE, CASE_TRPO
 from metacpo_rllib.optim.meta import inner_step
 from metacpo_rllib.optim.policy import forward, log_prob
@@ -73,6 +78,32 @@ def test_a_cost_free_batch_after_violating_ones_takes_no_step():
     assert any(not torch.equal(moved[n], v) for n, v in theta.items())
 
 
+def test_the_margin_grows_when_a_step_overpromises_and_never_falls_below_zero():
+    # predicted a drop of 4, realised a rise of 2: the step overpromised by 6
+    assert learned_margin(0.0, realised=2.0, predicted=-4.0, rate=0.5) == pytest.approx(3.0)
+    # did 3 better than predicted: the margin falls by rate x 3
+    assert learned_margin(3.0, realised=-5.0, predicted=-2.0, rate=0.5) == pytest.approx(1.5)
+    assert learned_margin(1.0, realised=-9.0, predicted=0.0, rate=1.0) == 0.0
+    assert learned_margin(2.0, realised=7.0, predicted=-1.0, rate=0.0) == 2.0  # off
+    assert learned_margin(2.0, realised=7.0, predicted=math.nan, rate=1.0) == 2.0  # no model
+    with pytest.raises(ValueError, match="rate"):
+        learned_margin(0.0, 1.0, 0.0, rate=-1.0)
+
+
+def test_the_margin_enters_c_and_can_turn_a_feasible_step_into_recovery():
+    torch.manual_seed(0)
+    module = GaussianMLP(OBS, ACT, hidden=(8,))
+    batch = make_batch(_episodes([0.0, 4.0, 0.0, 4.0], module=module), cost_limit=5.0)
+    margined = dataclasses.replace(batch, cost_margin=4.0)
+    assert batch.constraint_value == pytest.approx(2.0 - 5.0)
+    assert margined.constraint_value == pytest.approx(2.0 + 4.0 - 5.0)
+    assert margined.estimated_cost == batch.estimated_cost == pytest.approx(2.0)
+    cfg = UpdateConfig(inner_steps=1, inner_delta=0.01, recover_when_violating=True)
+    _, free = inner_step(module, params_of(module), batch, cfg, create_graph=False)
+    _, held = inner_step(module, params_of(module), margined, cfg, create_graph=False)
+    assert free.case != CASE_INFEASIBLE and held.case == CASE_INFEASIBLE
+
+
 def test_the_adaptation_radius_replaces_both_radii():
     import metacpo_rllib.rllib as rl
 
@@ -101,8 +132,9 @@ def test_the_adaptation_radius_replaces_both_radii():
 @pytest.mark.usefixtures("ray_local")
 def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
     """On a real algorithm: with a window longer than the run (and the mean as J_C), the
-    J_C of step s is the running mean of the task's batch costs so far; a larger
-    adaptation radius gives larger steps (KL of the steps in the ledger)."""
+    J_C of step s is the running mean of the task's batch costs so far; each task's margin
+    follows its steps' predicted and realised batch-cost changes; a larger adaptation
+    radius gives larger steps (KL of the steps in the ledger)."""
     import metacpo_rllib.rllib as rl
 
     def build(**fields):
@@ -111,7 +143,8 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
                           cost_upper_bound=False, adaptation_cost_free_scale=1.0,
                           adaptation_recovery_scale=1.0, **fields).build_algo())
 
-    algo = build(adaptation_cost_window=1000)
+    rate = 0.5
+    algo = build(adaptation_cost_window=1000, adaptation_cost_margin_rate=rate)
     try:
         tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
         report = algo.adapt(tasks, steps=3, eval_episodes=2)
@@ -120,7 +153,13 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
     for task in report["tasks"]:
         running = np.cumsum(task["cost"]) / np.arange(1, len(task["cost"]) + 1)
         np.testing.assert_allclose(task["cost_estimate"], running, rtol=1e-5, atol=1e-5)
+        margin = [0.0]
+        for s, entry in enumerate(task["ledger"]):
+            margin.append(learned_margin(margin[-1], task["cost"][s + 1] - task["cost"][s],
+                                         entry["predicted_cost_change"], rate))
+        np.testing.assert_allclose(task["cost_margin"], margin, rtol=1e-5, atol=1e-5)
     assert any(t["cost_estimate"][-1] != pytest.approx(t["cost"][-1]) for t in report["tasks"])
+    assert any(max(t["cost_margin"]) > 0 for t in report["tasks"])
     kls = {}
     for radius in (0.001, 0.03):
         algo = build(adaptation_delta=radius)
@@ -139,12 +178,12 @@ def test_train_flags_set_the_adaptation_fields():
     args = cli.build_parser().parse_args(
         ["train", "--family", "PointNav", "--adaptation-delta", "0.02",
          "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5",
-         "--adaptation-recovery-scale", "2"])
+         "--adaptation-recovery-scale", "2", "--adaptation-cost-margin-rate", "0.25"])
     config = cli.build_config(args)
     assert (config.adaptation_delta, config.adaptation_cost_window,
-            config.adaptation_cost_free_scale, config.adaptation_recovery_scale) == \
-        (0.02, 8, 0.5, 2.0)
+            config.adaptation_cost_free_scale, config.adaptation_recovery_scale,
+            config.adaptation_cost_margin_rate) == (0.02, 8, 0.5, 2.0, 0.25)
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
     assert (default.adaptation_delta, default.adaptation_cost_window,
-            default.adaptation_cost_free_scale, default.adaptation_recovery_scale) == \
-        (None, 16, 0.5, 3.0)
+            default.adaptation_cost_free_scale, default.adaptation_recovery_scale,
+            default.adaptation_cost_margin_rate) == (None, 16, 0.5, 3.0, 0.0)

@@ -63,9 +63,9 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
 
     trained = run(tmp_path / "a.json", "default")
     assert (checkpoints / "all-meta-cpo-seed0-it1" / "training.json").exists()
-    restored = run(tmp_path / "b.json", "default", "ad0.05", "win8")
+    restored = run(tmp_path / "b.json", "default", "ad0.05", "win8", "eps3")
     assert set(restored) == {"all/meta-cpo/seed0", "all/meta-cpo/seed0/ad0.05",
-                             "all/meta-cpo/seed0/win8"}
+                             "all/meta-cpo/seed0/win8", "all/meta-cpo/seed0/eps3"}
     first, again = trained["all/meta-cpo/seed0"], restored["all/meta-cpo/seed0"]
     assert again["adaptation"] == first["adaptation"]
     assert again["training"] == first["training"]
@@ -73,3 +73,8 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
     assert wider["adaptation_fields"] == {"adaptation_delta": 0.05}
     assert wider["adaptation"]["test_tight"]["batch_cost"][1:] != \
         first["adaptation"]["test_tight"]["batch_cost"][1:]
+    # eps3: three episodes per task in every adaptation batch instead of training's two
+    assert first["adaptation"]["test_tight"]["batch_episodes"] == [2 * 2] * 3
+    larger = restored["all/meta-cpo/seed0/eps3"]
+    assert (larger["adaptation_fields"], larger["adaptation_episodes"]) == ({}, 3)
+    assert larger["adaptation"]["test_tight"]["batch_episodes"] == [2 * 3] * 3
