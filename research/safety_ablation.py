@@ -67,6 +67,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
         "ucb": ("cost_upper_bound",),
         "recover": ("recover_when_violating",),
         "ucb_recover": ("cost_upper_bound", "recover_when_violating"),
+        "share_ucb": ("cost_signal_share", "cost_upper_bound"),
         "all": CORRECTIONS,
         "all_obsnorm": (*CORRECTIONS, "normalize_observations"),
         "all_critics": (*CORRECTIONS, "critics"),
