@@ -636,11 +636,12 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "the default safety corrections for 30 training iterations instead of 15 (θ "
              "evaluated every 5 iterations; the table shows the last), each run over 5 "
              "adaptation steps on both held-out splits"),
-            (adaptation_settings, "Adaptation settings: J_C window and radius",
+            (adaptation_settings,
+             "Adaptation settings: J_C window, radius, learned margin and batch size",
              "the default safety corrections for 30 training iterations; each trained θ "
              "is then adapted with every test-time setting (the window over a task's "
-             "earlier episodes in J_C, and the adaptation radius) over 5 steps on both "
-             "held-out splits")):
+             "earlier episodes in J_C, the adaptation radius, the learned margin and the "
+             "episodes per adaptation batch) over 5 steps on both held-out splits")):
         if path is not None:
             lines += ablation_section(path, title, what)
     for path in other_families:
