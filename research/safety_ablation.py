@@ -119,45 +119,40 @@ def adapt_setting(name: str) -> str:
     return name
 
 
+#: What each part of an ``--adapt-settings`` name sets: its prefix → (training field, type).
+#: An 'eps<E>' part sets no field: it is the episodes per task of each adaptation batch.
+SETTING_FIELDS: dict[str, tuple[str, type]] = {
+    "win": ("adaptation_cost_window", int), "ad": ("adaptation_delta", float),
+    "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
+    "mar": ("adaptation_cost_margin_rate", float)}
+
+
 def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; joined with '+'. An 'eps<E>' part sets no field: it is
-    the episodes per task of each adaptation batch (:func:`adaptation_episodes`)."""
-    fields: dict[str, Any] = {}
-    for part in _setting_parts(name):
-        if part.startswith("win"):
-            fields["adaptation_cost_window"] = int(part[3:])
-        elif part.startswith("ad"):
-            fields["adaptation_delta"] = float(part[2:])
-        elif part.startswith("free"):
-            fields["adaptation_cost_free_scale"] = float(part[4:])
-        elif part.startswith("rec"):
-            fields["adaptation_recovery_scale"] = float(part[3:])
-        elif part.startswith("mar"):
-            fields["adaptation_cost_margin_rate"] = float(part[3:])
-    return fields
+    ``adaptation_cost_margin_rate=M``; joined with '+' (``SETTING_FIELDS``). An 'eps<E>'
+    part sets no field (:func:`adaptation_episodes`)."""
+    return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
+            for prefix, value in _setting_parts(name) if prefix in SETTING_FIELDS}
 
 
 def adaptation_episodes(name: str) -> Optional[int]:
     """The episodes per task of each adaptation batch an ``--adapt-settings`` name asks for
     ('eps<E>'); None: the config's ``episodes_per_task``, as in training."""
-    episodes = [int(part[3:]) for part in _setting_parts(name) if part.startswith("eps")]
+    episodes = [int(value) for prefix, value in _setting_parts(name) if prefix == "eps"]
     return episodes[-1] if episodes else None
 
 
-SETTING_PREFIXES = ("win", "ad", "free", "rec", "mar", "eps")
-
-
-def _setting_parts(name: str) -> list[str]:
-    """The '+'-joined parts of an ``--adapt-settings`` name (none for 'default'); ValueError
-    for a part that is not a known prefix followed by a number."""
+def _setting_parts(name: str) -> list[tuple[str, float]]:
+    """The (prefix, number) of each '+'-joined part of an ``--adapt-settings`` name (none
+    for 'default'); ValueError for a part that is not a known prefix followed by a number
+    (a whole number for 'win', one >= 1 for 'eps')."""
     if name == "default":
         return []
-    parts = name.split("+")
-    for part in parts:
-        prefix = next((p for p in SETTING_PREFIXES if part.startswith(p)), None)
+    parts = []
+    for part in name.split("+"):
+        prefix = next((p for p in (*SETTING_FIELDS, "eps") if part.startswith(p)), None)
         try:
             if prefix is None:
                 raise ValueError
@@ -168,6 +163,7 @@ def _setting_parts(name: str) -> list[str]:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
                              "'eps<E>' parts") from None
+        parts.append((prefix, value))
     return parts
 
 
