@@ -236,7 +236,16 @@ def test_params_tags_and_metric_names() -> None:
     assert "cost_limit" not in params
     assert (params["train_cost_limit"], params["test_cost_limit"]) == ("10.0", "5.0")
     assert params["constrained"] == "False" and params["inner_steps"] == "1"
-    assert len(params) < 40 and all(len(v) <= 6000 for v in params.values())
+    # compact: the family, its overrides, gamma and the training() fields, not the whole
+    # AlgorithmConfig dict (hundreds of keys)
+    from metacpo_rllib.experiments.spec import setter_fields
+    from metacpo_rllib.rllib import MetaCPOConfig
+
+    training_fields = setter_fields(MetaCPOConfig.training) - {"cost_limit"}
+    assert set(params) == {"family", "env_config", "num_env_runners", "gamma",
+                           "test_cost_limit", *training_fields}
+    assert len(params) < len(config.to_dict()) / 4
+    assert all(len(v) <= 6000 for v in params.values())
     tags = tracking.run_tags(config, "sweep")
     assert tags["algorithm"] == "MetaTRPO" and tags["family"] == "PointNav"
     assert tags["seed"] == "1" and tags["git_commit"]
