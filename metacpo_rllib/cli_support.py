@@ -360,7 +360,9 @@ def add_adapt_args(parser: argparse.ArgumentParser, tasks_flag: str, steps_flag:
     parser.add_argument(steps_flag, dest="steps", type=count(0), default=1,
                         help="adaptation steps per task (step 0 is the policy itself)")
     parser.add_argument("--adapt-episodes", type=count(1), default=None,
-                        help="episodes per task and step (default: episodes per task)")
+                        help="episodes per task in each adaptation step's learning batch "
+                             "(default: the config's adaptation_episodes_per_task, else its "
+                             "episodes per task)")
     parser.add_argument("--eval-episodes", type=count(0), default=20,
                         help="fresh evaluation episodes per task and step, apart from the "
                              "learning batches (0: none)")

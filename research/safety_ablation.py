@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -101,8 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'ad<X>' (adaptation_delta=X), 'free<F>' "
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
                         "(adaptation_recovery_scale=R), 'mar<M>' "
-                        "(adaptation_cost_margin_rate=M) and 'eps<E>' (E episodes per "
-                        "task in each adaptation batch), e.g. win8+free0.5")
+                        "(adaptation_cost_margin_rate=M) and 'eps<E>' "
+                        "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed "
                         "and iteration count) and adapt from it when it is already there")
@@ -120,28 +120,21 @@ def adapt_setting(name: str) -> str:
 
 
 #: What each part of an ``--adapt-settings`` name sets: its prefix → (training field, type).
-#: An 'eps<E>' part sets no field: it is the episodes per task of each adaptation batch.
 SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "win": ("adaptation_cost_window", int), "ad": ("adaptation_delta", float),
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
-    "mar": ("adaptation_cost_margin_rate", float)}
+    "mar": ("adaptation_cost_margin_rate", float),
+    "eps": ("adaptation_episodes_per_task", int)}
 
 
 def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; joined with '+' (``SETTING_FIELDS``). An 'eps<E>'
-    part sets no field (:func:`adaptation_episodes`)."""
+    ``adaptation_cost_margin_rate=M``; 'eps<E>' ``adaptation_episodes_per_task=E``; joined
+    with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name) if prefix in SETTING_FIELDS}
-
-
-def adaptation_episodes(name: str) -> Optional[int]:
-    """The episodes per task of each adaptation batch an ``--adapt-settings`` name asks for
-    ('eps<E>'); None: the config's ``episodes_per_task``, as in training."""
-    episodes = [int(value) for prefix, value in _setting_parts(name) if prefix == "eps"]
-    return episodes[-1] if episodes else None
 
 
 def _setting_parts(name: str) -> list[tuple[str, float]]:
@@ -152,7 +145,7 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
         return []
     parts = []
     for part in name.split("+"):
-        prefix = next((p for p in (*SETTING_FIELDS, "eps") if part.startswith(p)), None)
+        prefix = next((p for p in SETTING_FIELDS if part.startswith(p)), None)
         try:
             if prefix is None:
                 raise ValueError
@@ -240,20 +233,20 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
                 (saved / "training.json").write_text(json.dumps(training, default=float))
         train_s = time.perf_counter() - start
         family = config.make_family()
-        adaptation = {}
+        adaptation, adaptation_episodes = {}, None
         for split in args.splits:
             tasks = family.sample_tasks(args.test_tasks, split, seed=args.task_seed)
             report = algo_obj.adapt(tasks, args.adapt_steps, eval_episodes=args.eval_episodes,
-                                    eval_seed=0,
-                                    episodes_per_task=adaptation_episodes(setting))
+                                    eval_seed=0)
             adaptation[split] = _step_summary(report, float(tasks[0].cost_limit))
             adaptation[split]["cost_limit"] = float(tasks[0].cost_limit)
+            adaptation_episodes = report["batch_episodes"]
     finally:
         algo_obj.stop()
     last_eval = [r for r in training if "eval_cost" in r][-1:]
     return {"variant": variant, "algo": algo, "seed": seed, "adapt_setting": setting,
             "adaptation_fields": adaptation_fields(setting),
-            "adaptation_episodes": adaptation_episodes(setting),
+            "adaptation_episodes": adaptation_episodes,
             "trained_from": None if saved is None else str(saved),
             "flags": {f: getattr(config, f) for f in SWITCHES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,

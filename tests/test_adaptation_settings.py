@@ -134,7 +134,8 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
     """On a real algorithm: with a window longer than the run (and the mean as J_C), the
     J_C of step s is the running mean of the task's batch costs so far; each task's margin
     follows its steps' predicted and realised batch-cost changes; a larger adaptation
-    radius gives larger steps (KL of the steps in the ledger)."""
+    radius gives larger steps (KL of the steps in the ledger); the learning batches have
+    ``adaptation_episodes_per_task`` episodes per task (None: the training batch's)."""
     import metacpo_rllib.rllib as rl
 
     def build(**fields):
@@ -144,7 +145,8 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
                           adaptation_recovery_scale=1.0, **fields).build_algo())
 
     rate = 0.5
-    algo = build(adaptation_cost_window=1000, adaptation_cost_margin_rate=rate)
+    algo = build(adaptation_cost_window=1000, adaptation_cost_margin_rate=rate,
+                 adaptation_episodes_per_task=5)
     try:
         tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
         report = algo.adapt(tasks, steps=3, eval_episodes=2)
@@ -160,14 +162,17 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
         np.testing.assert_allclose(task["cost_margin"], margin, rtol=1e-5, atol=1e-5)
     assert any(t["cost_estimate"][-1] != pytest.approx(t["cost"][-1]) for t in report["tasks"])
     assert any(max(t["cost_margin"]) > 0 for t in report["tasks"])
+    assert report["batch_episodes"] == 5
+    assert all(t["batch_episodes"] == [5] * 4 for t in report["tasks"])
     kls = {}
     for radius in (0.001, 0.03):
-        algo = build(adaptation_delta=radius)
+        algo = build(adaptation_delta=radius, adaptation_episodes_per_task=None)
         try:
             result = algo.adapt(tasks, steps=2, eval_episodes=2)
         finally:
             algo.stop()
         kls[radius] = [entry["kl"] for t in result["tasks"] for entry in t["ledger"]]
+        assert all(t["batch_episodes"] == [3] * 3 for t in result["tasks"])
     assert max(kls[0.001]) < 0.003
     assert max(kls[0.03]) > 5 * max(kls[0.001])
 

@@ -112,7 +112,8 @@ class MetaCPO(Algorithm):
         update otherwise). θ is unchanged afterwards.
 
         Two measurements per task and step. The *learning batch* (``episodes_per_task``
-        episodes, default the config's) is what the step learns from: its mean return and
+        episodes; None: the config's ``adaptation_episodes_per_task``, else its
+        ``episodes_per_task``) is what the step learns from: its mean return and
         cost are reported as ``return`` / ``cost`` / ``violation`` (and ``mean_return`` /
         ``mean_cost`` / ``violation_rate`` over tasks), and the J_C its step used (c =
         J_C − h: the batch's mean or upper bound, pooled with up to
@@ -156,6 +157,8 @@ class MetaCPO(Algorithm):
         tasks = [self.family.validate_task(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: need at least one task")
+        episodes_per_task = (episodes_per_task or self.config.adaptation_episodes_per_task
+                             or self.config.episodes_per_task)
         modes = [] if eval_episodes == 0 else [False, True] if deterministic else [False]
         evaluation = EvalPlan(eval_episodes, eval_seed, tuple(modes))
         rounds, _, times, extra = self._run_rounds(
@@ -192,7 +195,7 @@ class MetaCPO(Algorithm):
             "algorithm": type(self).__name__, "family": self.family.name,
             "steps": list(range(steps + 1)), "tasks": per_task,
             # learning-batch figures (what each step learned from)
-            "batch_episodes": int(episodes_per_task or self.config.episodes_per_task),
+            "batch_episodes": int(episodes_per_task),
             "mean_return": [mean("return", s) for s in range(steps + 1)],
             "mean_cost": [mean("cost", s) for s in range(steps + 1)],
             "violation_rate": [mean("violation", s) for s in range(steps + 1)],

@@ -102,13 +102,15 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
-        # Test-time adaptation only: the steps' trust-region radius (None: inner_delta for
+        # Test-time adaptation only: the episodes per task in each step's learning batch
+        # (None: episodes_per_task), the steps' trust-region radius (None: inner_delta for
         # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
         # episodes from its earlier adaptation steps are pooled into J_C, and the factors
         # on the radius of a step whose batch saw no cost and of one with c > 0, and the
         # rate of the margin learned from each step's predicted and realised cost change.
         # The defaults held the limits best on PointCircle (research/results/
         # adaptation_settings_pointcircle.json); 0, 1.0, 1.0, 0 turn them off.
+        self.adaptation_episodes_per_task = None
         self.adaptation_delta = None
         self.adaptation_cost_window = 16
         self.adaptation_cost_free_scale = 0.5
@@ -160,6 +162,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
+        adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
         adaptation_cost_free_scale: float = _UNSET,
@@ -199,7 +202,10 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
-        Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_delta`` is the radius
+        Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
+        the episodes per task in each adaptation step's learning batch (None:
+        ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
+        ``adaptation_delta`` is the radius
         of every adaptation step, for all four algorithms alike (None: ``inner_delta`` for
         the meta algorithms, ``trust_region_delta`` for CPO / TRPO);
         ``adaptation_cost_window``: J_C of an adaptation step pools the batch's episodes
@@ -235,6 +241,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
+            adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
             adaptation_recovery_scale=adaptation_recovery_scale,
@@ -360,6 +367,11 @@ class MetaCPOConfig(AlgorithmConfig):
             value = getattr(self, field)
             if not _is_num(value) or value <= 0:
                 _bad(field, "expected a finite number > 0", value)
+        if self.adaptation_episodes_per_task is not None and (
+                not _is_int(self.adaptation_episodes_per_task)
+                or self.adaptation_episodes_per_task < 1):
+            _bad("adaptation_episodes_per_task", "expected an integer >= 1 or None",
+                 self.adaptation_episodes_per_task)
         if self.adaptation_delta is not None and (
                 not _is_num(self.adaptation_delta) or self.adaptation_delta <= 0):
             _bad("adaptation_delta", "expected a finite number > 0 or None",
