@@ -189,6 +189,7 @@ def test_train_flags_set_the_adaptation_fields():
             config.adaptation_cost_free_scale, config.adaptation_recovery_scale,
             config.adaptation_cost_margin_rate) == (0.02, 8, 0.5, 2.0, 0.25)
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
-    assert (default.adaptation_delta, default.adaptation_cost_window,
-            default.adaptation_cost_free_scale, default.adaptation_recovery_scale,
-            default.adaptation_cost_margin_rate) == (None, 16, 0.5, 3.0, 0.0)
+    assert (default.adaptation_episodes_per_task, default.adaptation_delta,
+            default.adaptation_cost_window, default.adaptation_cost_free_scale,
+            default.adaptation_recovery_scale, default.adaptation_cost_margin_rate) == (
+        16, None, 64, 0.25, 6.0, 0.0)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from metacpo_rllib.rllib.config import MetaCPOConfig
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -73,8 +75,10 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
     assert wider["adaptation_fields"] == {"adaptation_delta": 0.05}
     assert wider["adaptation"]["test_tight"]["batch_cost"][1:] != \
         first["adaptation"]["test_tight"]["batch_cost"][1:]
-    # eps3: three episodes per task in every adaptation batch instead of training's two
-    assert first["adaptation"]["test_tight"]["batch_episodes"] == [2 * 2] * 3
+    # eps3: three episodes per task (2 tasks) in every adaptation batch instead of the
+    # config's default
+    default = MetaCPOConfig().adaptation_episodes_per_task
+    assert first["adaptation"]["test_tight"]["batch_episodes"] == [2 * default] * 3
     larger = restored["all/meta-cpo/seed0/eps3"]
     assert (larger["adaptation_fields"], larger["adaptation_episodes"]) == (
         {"adaptation_episodes_per_task": 3}, 3)
