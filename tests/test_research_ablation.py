@@ -97,3 +97,17 @@ def test_adapt_setting_names_parse_into_fields_and_batch_size() -> None:
     for bad in ("eps0", "eps2.5", "win1.5", "win-1", "ad", "foo", "win8+bar3"):
         with pytest.raises(Exception, match="adapt setting"):
             adapt_setting(bad)
+
+
+def test_run_label_names_the_adaptation_batch_where_recorded() -> None:
+    from research.ablation_report import run_label
+
+    assert run_label({"variant": "all"}) == "all"
+    assert run_label({"variant": "all", "adapt_setting": "win8",
+                      "adaptation_episodes": None}) == "all + win8"
+    assert run_label({"variant": "all", "adapt_setting": "win8",
+                      "adaptation_episodes": 16}) == "all + win8+eps16"
+    assert run_label({"variant": "all", "adapt_setting": "default",
+                      "adaptation_episodes": 16}) == "all + eps16"
+    assert run_label({"variant": "all", "adapt_setting": "eps3",
+                      "adaptation_episodes": 3}) == "all + eps3"
