@@ -95,7 +95,7 @@ bench: $(STAMP)
 # Results (docs/RESULTS.md): `make results` runs the four-algorithm comparisons listed in
 # RESULTS_RUNS (config:folder; PointCircle on its `test` and `test_tight` splits by default: train
 # at h = 10, evaluate training, adapt on held-out tasks at h = 5 with evaluation episodes; about
-# an hour each on 2 cores), writing docs/results/<folder>/comparison.json, then regenerates the
+# half an hour each on 2 cores), writing docs/results/<folder>/comparison.json, then regenerates the
 # page (the page lists the exact commands of the committed runs); `make results-page` only
 # regenerates the page and its figures from the JSON.
 # RESULTS_FLAGS: extra `metacpo compare` flags, e.g. "--seeds 0 --max-concurrent 8".
