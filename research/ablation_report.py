@@ -50,20 +50,22 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "c > 0 is R times that (`adaptation_recovery_scale`); `marM`: c includes "
                    "a margin that moves by M times each step's realised minus predicted "
                    "cost change (`adaptation_cost_margin_rate`); `epsE`: every adaptation "
-                   "batch has E episodes per task (`adaptation_episodes_per_task`; a row "
-                   "without it adapted with the training batch's episodes, the default "
-                   "when it ran)")
+                   "batch has E episodes per task (`adaptation_episodes_per_task`; a "
+                   "setting without it ran when the adaptation batch was the training "
+                   "batch, the default then)")
 
 
 def run_label(run: dict[str, Any]) -> str:
-    """The row label of a run: its variant, plus its adaptation setting if not the default,
-    plus the adaptation batch's episodes per task ('eps<E>') where the run recorded them
-    and its setting does not name them."""
+    """The row label of a run: its variant, plus its adaptation setting if not the default;
+    a setting that does not name its adaptation batch gets the episodes per task the run
+    recorded ('+eps<E>'), so rows of runs made under different defaults stay apart."""
     setting = run.get("adapt_setting", "default")
     episodes = run.get("adaptation_episodes")
+    if setting == "default":
+        return run["variant"]
     if episodes is not None and "eps" not in setting:
-        setting = f"eps{episodes}" if setting == "default" else f"{setting}+eps{episodes}"
-    return run["variant"] if setting == "default" else f"{run['variant']} + {setting}"
+        setting = f"{setting}+eps{episodes}"
+    return f"{run['variant']} + {setting}"
 
 
 def legend(data: dict[str, Any]) -> str:

@@ -108,6 +108,6 @@ def test_run_label_names_the_adaptation_batch_where_recorded() -> None:
     assert run_label({"variant": "all", "adapt_setting": "win8",
                       "adaptation_episodes": 16}) == "all + win8+eps16"
     assert run_label({"variant": "all", "adapt_setting": "default",
-                      "adaptation_episodes": 16}) == "all + eps16"
+                      "adaptation_episodes": 16}) == "all"
     assert run_label({"variant": "all", "adapt_setting": "eps3",
                       "adaptation_episodes": 3}) == "all + eps3"
