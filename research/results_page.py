@@ -30,6 +30,8 @@ DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointci
 DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
 DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
                                / "adaptation_settings_pointcircle.json")
+DEFAULT_WIDER_ADAPTATION = (REPO / "research" / "results"
+                            / "adaptation_defaults_12tasks_pointcircle.json")
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
                                for name in ("carcirclehazard", "pointbutton"))
@@ -582,6 +584,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
            long_training: Optional[Path] = None,
            adaptation_settings: Optional[Path] = None,
+           wider_adaptation: Optional[Path] = None,
            other_families: Sequence[Path] = ()) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
@@ -590,6 +593,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     ``input_ablation``, the observation filter's and the critics' ablation; with
     ``long_training``, Meta-CPO and CPO trained twice as long; with
     ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
+    ``wider_adaptation``, the adaptation defaults on twice the held-out tasks; with
     ``other_families``, Meta-CPO on each family against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
@@ -641,7 +645,12 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "the default safety corrections for 30 training iterations; each trained θ "
              "is then adapted with every test-time setting (the window over a task's "
              "earlier episodes in J_C, the adaptation radius, the learned margin and the "
-             "episodes per adaptation batch) over 5 steps on both held-out splits")):
+             "episodes per adaptation batch) over 5 steps on both held-out splits"),
+            (wider_adaptation, "Adaptation defaults on 12 held-out tasks per split",
+             "the default safety corrections for 30 training iterations (the θ of the "
+             "adaptation-settings section); each θ is then adapted with the adaptation "
+             "defaults (CPO at Meta-CPO's radius, 0.003), and Meta-CPO with longer recovery "
+             "steps, on 12 held-out tasks per split, twice as many as above")):
         if path is not None:
             lines += ablation_section(path, title, what)
     for path in other_families:
@@ -679,6 +688,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--adaptation-settings", type=Path,
                         default=DEFAULT_ADAPTATION_SETTINGS,
                         help="safety_ablation.py --adapt-settings JSON ('': none)")
+    parser.add_argument("--wider-adaptation", type=Path, default=DEFAULT_WIDER_ADAPTATION,
+                        help="safety_ablation.py JSON of the adaptation defaults on more "
+                             "held-out tasks ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
                         help="safety_ablation.py's JSON of Meta-CPO on a family and its "
@@ -690,7 +702,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("batch_sweep", args.batch_sweep),
                              ("input_ablation", args.input_ablation),
                              ("long_training", args.long_training),
-                             ("adaptation_settings", args.adaptation_settings))}
+                             ("adaptation_settings", args.adaptation_settings),
+                             ("wider_adaptation", args.wider_adaptation))}
     page = render(load(args.results), args.out.parent, results=args.results,
                   other_families=args.other_families, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
