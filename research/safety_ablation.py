@@ -134,13 +134,13 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     ``adaptation_cost_margin_rate=M``; 'eps<E>' ``adaptation_episodes_per_task=E``; joined
     with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
-            for prefix, value in _setting_parts(name) if prefix in SETTING_FIELDS}
+            for prefix, value in _setting_parts(name)}
 
 
 def _setting_parts(name: str) -> list[tuple[str, float]]:
     """The (prefix, number) of each '+'-joined part of an ``--adapt-settings`` name (none
     for 'default'); ValueError for a part that is not a known prefix followed by a number
-    (a whole number for 'win', one >= 1 for 'eps')."""
+    (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps')."""
     if name == "default":
         return []
     parts = []
@@ -150,7 +150,8 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
             if prefix is None:
                 raise ValueError
             value = float(part[len(prefix):])
-            if prefix in ("win", "eps") and (value != int(value) or value < (prefix == "eps")):
+            whole = SETTING_FIELDS[prefix][1] is int
+            if whole and (value != int(value) or value < (prefix == "eps")):
                 raise ValueError
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
