@@ -34,6 +34,8 @@ VARIANT_MEANING = {
     "all_critics": "`all` plus learned reward and cost critics (`critics`)",
     "all_critics_priv": "`all_critics` whose critics also see the task's layout and limit "
                         "(`critic_privileged`)",
+    "all_inner_adapt": "`all` whose training inner steps scale their radius as adaptation "
+                       "steps do (`inner_radius_like_adaptation`)",
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

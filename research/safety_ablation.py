@@ -59,7 +59,8 @@ import numpy as np
 #: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
 #: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
-SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged")
+SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged",
+            "inner_radius_like_adaptation")
 VARIANTS: dict[str, dict[str, bool]] = {
     name: {flag: flag in on for flag in SWITCHES} for name, on in {
         "baseline": (),
@@ -72,6 +73,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
         "all_obsnorm": (*CORRECTIONS, "normalize_observations"),
         "all_critics": (*CORRECTIONS, "critics"),
         "all_critics_priv": (*CORRECTIONS, "critics", "critic_privileged"),
+        "all_inner_adapt": (*CORRECTIONS, "inner_radius_like_adaptation"),
     }.items()}
 
 

@@ -35,6 +35,7 @@ INVALID: dict[str, list] = {
     "cost_signal_share": ["yes", 1, None],
     "cost_upper_bound": ["yes", 0],
     "recover_when_violating": [1.0, None],
+    "inner_radius_like_adaptation": [1, "yes"],
     "adaptation_episodes_per_task": [0, -1, 2.5, True, "16"],
     "adaptation_delta": [0.0, -0.01, math.nan, math.inf, "0.01", True],
     "adaptation_cost_window": [-1, 2.5, True, None, "8"],

@@ -49,6 +49,12 @@ class UpdateConfig:
     #: scale each batch's cost gradient by its cross-fitted signal share before any step
     #: (``cost_estimate.shrink_cost_gradient``; applied where the batches are built)
     cost_signal_share: bool = False
+    #: the radius of an inner step is ``inner_delta`` times ``inner_cost_free_scale`` when
+    #: its batch saw no cost, times ``inner_recovery_scale`` when its c > 0 (constrained
+    #: only): the rule of test-time adaptation steps, so that θ can be meta-trained for the
+    #: step it will take (:func:`inner_radius`); 1.0 and 1.0: every inner step ``inner_delta``
+    inner_cost_free_scale: float = 1.0
+    inner_recovery_scale: float = 1.0
 
     def validate(self) -> "UpdateConfig":
         """Raise ValueError naming the first invalid field."""
@@ -66,6 +72,12 @@ class UpdateConfig:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 bad(field, "expected a finite number > 0")
+        if not isinstance(self.inner_cost_free_scale, (int, float)) \
+                or not 0 < self.inner_cost_free_scale <= 1:
+            bad("inner_cost_free_scale", "expected a number in (0, 1]")
+        if not isinstance(self.inner_recovery_scale, (int, float)) \
+                or not 1 <= self.inner_recovery_scale < math.inf:
+            bad("inner_recovery_scale", "expected a finite number >= 1")
         if self.metric not in METRICS:
             bad("metric", f"expected one of {METRICS}")
         if self.backend not in BACKENDS:
@@ -87,20 +99,32 @@ class UpdateConfig:
         return self
 
 
+def inner_radius(batch: Batch, cfg: UpdateConfig) -> float:
+    """The trust-region radius of an inner step on ``batch``: ``inner_delta``, times
+    ``inner_cost_free_scale`` if the batch saw no cost, times ``inner_recovery_scale`` if
+    the step is constrained and the batch's c > 0. Batch data only, so the choice is a
+    constant of θ and the meta-gradient stays exact."""
+    scale = cfg.inner_cost_free_scale if batch.mean_cost == 0.0 else 1.0
+    if cfg.constrained and batch.constraint_value > 0.0:
+        scale *= cfg.inner_recovery_scale
+    return cfg.inner_delta * scale
+
+
 def constrained_steps(
     module: nn.Module,
     params: Sequence[Params],
     gs: Sequence[Tensor],
     bs: Sequence[Tensor | None],
     cs: Sequence[float | Tensor],
-    delta: float,
+    delta: float | Sequence[float],
     metric_obs: Sequence[Tensor],
     cfg: UpdateConfig,
     create_graph: bool,
     known: Tensor | None = None,
 ) -> list[CPOStep]:
     """cpo_step for several instances at once (instance i: gradients ``gs[i]``, ``bs[i]``,
-    constraint value ``cs[i]``, parameters ``params[i]``), in the configured metric.
+    constraint value ``cs[i]``, parameters ``params[i]``, radius ``delta`` or ``delta[i]``),
+    in the configured metric.
 
     The Fisher metric of instance i is taken at ``params[i]`` on every
     ``cfg.fisher_stride``-th state of ``metric_obs[i]`` (consecutive states of an episode
@@ -113,10 +137,11 @@ def constrained_steps(
     With ``create_graph`` the steps are differentiated implicitly (``implicit.implicit_steps``:
     one solve per instance in each reverse pass, all instances in one CG).
     """
+    deltas = list(delta) if isinstance(delta, (list, tuple)) else [delta] * len(gs)
     checked = []
-    for i, (g, b, c) in enumerate(zip(gs, bs, cs)):
+    for i, (g, b, c, radius) in enumerate(zip(gs, bs, cs, deltas)):
         try:
-            checked.append(check_inputs(g, b, c, delta))
+            checked.append(check_inputs(g, b, c, radius))
         except NonFiniteError as err:
             err.index = i
             raise
@@ -174,8 +199,8 @@ def inner_steps(
     solves: Optional[Sequence[Tensor]] = None,
 ) -> tuple[list[Params], list[CPOStep]]:
     """One adaptation step φ_i' = φ_i + x*(g_i(φ_i), b_i(φ_i), c_i) per task i, taking task
-    i's step from ``params[i]`` on ``batches[i]`` (radius ``inner_delta``); the tasks' metric
-    solves run together (:func:`constrained_steps`).
+    i's step from ``params[i]`` on ``batches[i]`` (radius :func:`inner_radius`); the tasks'
+    metric solves run together (:func:`constrained_steps`).
 
     With ``create_graph`` the steps stay differentiable w.r.t. ``params`` (and what they
     were computed from); otherwise the returned parameters are new leaves.
@@ -199,7 +224,8 @@ def inner_steps(
         width = 2 if cfg.constrained else 1
         known = torch.cat([solve[:, :width] for solve in solves], dim=1)
     steps = constrained_steps(module, params, gs, bs,
-                              [batch.constraint_value for batch in batches], cfg.inner_delta,
+                              [batch.constraint_value for batch in batches],
+                              [inner_radius(batch, cfg) for batch in batches],
                               [batch.obs for batch in batches], cfg, create_graph, known)
     if create_graph:
         return [add_step(phi, step.x) for phi, step in zip(params, steps)], steps

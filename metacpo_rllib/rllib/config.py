@@ -102,6 +102,10 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
+        # Training's inner steps scale their radius by the adaptation steps' rule
+        # (adaptation_cost_free_scale, adaptation_recovery_scale): θ is meta-trained for the
+        # step it will take at test time (optim.meta.inner_radius).
+        self.inner_radius_like_adaptation = False
         # Test-time adaptation only: the episodes per task in each step's learning batch
         # (None: episodes_per_task), the steps' trust-region radius (None: inner_delta for
         # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
@@ -164,6 +168,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
+        inner_radius_like_adaptation: bool = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
@@ -204,6 +209,10 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
+        ``inner_radius_like_adaptation``: training's inner steps (meta algorithms) scale
+        ``inner_delta`` as test-time adaptation steps do, by ``adaptation_cost_free_scale``
+        on a batch that saw no cost and by ``adaptation_recovery_scale`` when c > 0, so
+        that θ is meta-trained for the step it will take (``optim.meta.inner_radius``).
         Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
         the episodes per task in each adaptation step's learning batch (None:
         ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
@@ -243,6 +252,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
+            inner_radius_like_adaptation=inner_radius_like_adaptation,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
@@ -306,14 +316,20 @@ class MetaCPOConfig(AlgorithmConfig):
             first_order=self.first_order,
             recover_when_violating=self.recover_when_violating,
             cost_signal_share=self.cost_signal_share,
+            inner_cost_free_scale=(self.adaptation_cost_free_scale
+                                   if self.inner_radius_like_adaptation else 1.0),
+            inner_recovery_scale=(self.adaptation_recovery_scale
+                                  if self.inner_radius_like_adaptation else 1.0),
         )
 
     def adaptation_update_config(self, cost_free: bool = False, violating: bool = False):
         """The ``UpdateConfig`` of a test-time adaptation step: :meth:`update_config` with
         ``adaptation_delta``, if set, as the radius of both the inner and the plain step;
         both radii times ``adaptation_cost_free_scale`` if ``cost_free`` (the step's batch
-        saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0)."""
-        cfg = self.update_config()
+        saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0); the
+        inner step's own scales are 1 (its radius is scaled here already)."""
+        cfg = dataclasses.replace(self.update_config(), inner_cost_free_scale=1.0,
+                                  inner_recovery_scale=1.0)
         if self.adaptation_delta is not None:
             cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
                                       inner_delta=self.adaptation_delta)
@@ -346,7 +362,8 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating", "normalize_observations"):
+                      "cost_upper_bound", "recover_when_violating",
+                      "inner_radius_like_adaptation", "normalize_observations"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
