@@ -34,8 +34,11 @@ VARIANT_MEANING = {
     "all_critics": "`all` plus learned reward and cost critics (`critics`)",
     "all_critics_priv": "`all_critics` whose critics also see the task's layout and limit "
                         "(`critic_privileged`)",
-    "all_inner_adapt": "`all` whose training inner steps scale their radius as adaptation "
-                       "steps do (`inner_radius_like_adaptation`)",
+    "all_inner_adapt": "`all` whose training inner steps take the adaptation defaults' "
+                       "radius factors: 1/4 on batches without cost, 6 when c > 0 "
+                       "(`inner_cost_free_scale`, `inner_recovery_scale`)",
+    "all_inner_free": "`all` whose training inner steps on batches without cost take 1/4 of "
+                      "the radius (`inner_cost_free_scale`)",
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

@@ -59,21 +59,27 @@ import numpy as np
 #: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
 #: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
-SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged",
-            "inner_radius_like_adaptation")
-VARIANTS: dict[str, dict[str, bool]] = {
-    name: {flag: flag in on for flag in SWITCHES} for name, on in {
-        "baseline": (),
-        "share": ("cost_signal_share",),
-        "ucb": ("cost_upper_bound",),
-        "recover": ("recover_when_violating",),
-        "ucb_recover": ("cost_upper_bound", "recover_when_violating"),
-        "share_ucb": ("cost_signal_share", "cost_upper_bound"),
-        "all": CORRECTIONS,
-        "all_obsnorm": (*CORRECTIONS, "normalize_observations"),
-        "all_critics": (*CORRECTIONS, "critics"),
-        "all_critics_priv": (*CORRECTIONS, "critics", "critic_privileged"),
-        "all_inner_adapt": (*CORRECTIONS, "inner_radius_like_adaptation"),
+SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged")
+#: Training fields with a value (not on / off), at these values unless a variant sets them.
+SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0}
+VARIANTS: dict[str, dict[str, Any]] = {
+    name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
+    for name, (on, scales) in {
+        "baseline": ((), {}),
+        "share": (("cost_signal_share",), {}),
+        "ucb": (("cost_upper_bound",), {}),
+        "recover": (("recover_when_violating",), {}),
+        "ucb_recover": (("cost_upper_bound", "recover_when_violating"), {}),
+        "share_ucb": (("cost_signal_share", "cost_upper_bound"), {}),
+        "all": (CORRECTIONS, {}),
+        "all_obsnorm": ((*CORRECTIONS, "normalize_observations"), {}),
+        "all_critics": ((*CORRECTIONS, "critics"), {}),
+        "all_critics_priv": ((*CORRECTIONS, "critics", "critic_privileged"), {}),
+        # training's inner steps at the adaptation defaults' radius factors / the
+        # cost-free one only
+        "all_inner_adapt": (CORRECTIONS, {"inner_cost_free_scale": 0.25,
+                                          "inner_recovery_scale": 6.0}),
+        "all_inner_free": (CORRECTIONS, {"inner_cost_free_scale": 0.25}),
     }.items()}
 
 
@@ -251,7 +257,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "adaptation_fields": adaptation_fields(setting),
             "adaptation_episodes": adaptation_episodes,
             "trained_from": None if saved is None else str(saved),
-            "flags": {f: getattr(config, f) for f in SWITCHES}, "training": training,
+            "flags": {f: getattr(config, f) for f in SWITCHES},
+            "scales": {f: getattr(config, f) for f in SCALES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
             "adaptation": adaptation, "train_s": train_s,
             "total_s": time.perf_counter() - start}

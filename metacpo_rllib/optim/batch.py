@@ -95,6 +95,16 @@ class Batch:
         """c = J_C + margin − h in episode-cost units (positive = violating)."""
         return self.estimated_cost + self.cost_margin - self.cost_limit
 
+    @property
+    def cost_free(self) -> bool:
+        """No episode of the batch had any cost (its cost gradient says nothing)."""
+        return self.mean_cost == 0.0
+
+    @property
+    def violating(self) -> bool:
+        """c > 0: the constraint value says the policy is over its limit."""
+        return self.constraint_value > 0.0
+
 
 def make_batch(
     episodes: Sequence[EpisodeData],

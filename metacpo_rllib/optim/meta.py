@@ -104,8 +104,8 @@ def inner_radius(batch: Batch, cfg: UpdateConfig) -> float:
     ``inner_cost_free_scale`` if the batch saw no cost, times ``inner_recovery_scale`` if
     the step is constrained and the batch's c > 0. Batch data only, so the choice is a
     constant of θ and the meta-gradient stays exact."""
-    scale = cfg.inner_cost_free_scale if batch.mean_cost == 0.0 else 1.0
-    if cfg.constrained and batch.constraint_value > 0.0:
+    scale = cfg.inner_cost_free_scale if batch.cost_free else 1.0
+    if cfg.constrained and batch.violating:
         scale *= cfg.inner_recovery_scale
     return cfg.inner_delta * scale
 

@@ -102,10 +102,10 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
-        # Training's inner steps scale their radius by the adaptation steps' rule
-        # (adaptation_cost_free_scale, adaptation_recovery_scale): θ is meta-trained for the
-        # step it will take at test time (optim.meta.inner_radius).
-        self.inner_radius_like_adaptation = False
+        # Factors on the radius of training's inner steps whose batch saw no cost / has
+        # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
+        self.inner_cost_free_scale = 1.0
+        self.inner_recovery_scale = 1.0
         # Test-time adaptation only: the episodes per task in each step's learning batch
         # (None: episodes_per_task), the steps' trust-region radius (None: inner_delta for
         # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
@@ -168,7 +168,8 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
-        inner_radius_like_adaptation: bool = _UNSET,
+        inner_cost_free_scale: float = _UNSET,
+        inner_recovery_scale: float = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
@@ -209,10 +210,9 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
-        ``inner_radius_like_adaptation``: training's inner steps (meta algorithms) scale
-        ``inner_delta`` as test-time adaptation steps do, by ``adaptation_cost_free_scale``
-        on a batch that saw no cost and by ``adaptation_recovery_scale`` when c > 0, so
-        that θ is meta-trained for the step it will take (``optim.meta.inner_radius``).
+        ``inner_cost_free_scale`` in (0, 1] / ``inner_recovery_scale`` ≥ 1: factors on
+        the radius of a training inner step (meta algorithms) whose batch saw no cost / has
+        c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``).
         Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
         the episodes per task in each adaptation step's learning batch (None:
         ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
@@ -252,7 +252,8 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
-            inner_radius_like_adaptation=inner_radius_like_adaptation,
+            inner_cost_free_scale=inner_cost_free_scale,
+            inner_recovery_scale=inner_recovery_scale,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
@@ -316,10 +317,8 @@ class MetaCPOConfig(AlgorithmConfig):
             first_order=self.first_order,
             recover_when_violating=self.recover_when_violating,
             cost_signal_share=self.cost_signal_share,
-            inner_cost_free_scale=(self.adaptation_cost_free_scale
-                                   if self.inner_radius_like_adaptation else 1.0),
-            inner_recovery_scale=(self.adaptation_recovery_scale
-                                  if self.inner_radius_like_adaptation else 1.0),
+            inner_cost_free_scale=self.inner_cost_free_scale,
+            inner_recovery_scale=self.inner_recovery_scale,
         )
 
     def adaptation_update_config(self, cost_free: bool = False, violating: bool = False):
@@ -362,8 +361,7 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating",
-                      "inner_radius_like_adaptation", "normalize_observations"):
+                      "cost_upper_bound", "recover_when_violating", "normalize_observations"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -398,13 +396,12 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_int(self.adaptation_cost_window) or self.adaptation_cost_window < 0:
             _bad("adaptation_cost_window", "expected an integer >= 0",
                  self.adaptation_cost_window)
-        if not _is_num(self.adaptation_cost_free_scale) or not (
-                0 < self.adaptation_cost_free_scale <= 1):
-            _bad("adaptation_cost_free_scale", "expected a number in (0, 1]",
-                 self.adaptation_cost_free_scale)
-        if not _is_num(self.adaptation_recovery_scale) or self.adaptation_recovery_scale < 1:
-            _bad("adaptation_recovery_scale", "expected a finite number >= 1",
-                 self.adaptation_recovery_scale)
+        for prefix in ("inner", "adaptation"):
+            free, recovery = f"{prefix}_cost_free_scale", f"{prefix}_recovery_scale"
+            if not _is_num(getattr(self, free)) or not 0 < getattr(self, free) <= 1:
+                _bad(free, "expected a number in (0, 1]", getattr(self, free))
+            if not _is_num(getattr(self, recovery)) or getattr(self, recovery) < 1:
+                _bad(recovery, "expected a finite number >= 1", getattr(self, recovery))
         if not _is_num(self.adaptation_cost_margin_rate) or self.adaptation_cost_margin_rate < 0:
             _bad("adaptation_cost_margin_rate", "expected a finite number >= 0",
                  self.adaptation_cost_margin_rate)

@@ -361,8 +361,8 @@ class MetaCPOTorchLearner(TorchLearner):
             if not update:
                 return None
             cfg = self.config.adaptation_update_config(
-                cost_free=batch.mean_cost == 0.0,
-                violating=self.config.constrained and batch.constraint_value > 0.0)
+                cost_free=batch.cost_free,
+                violating=self.config.constrained and batch.violating)
             params = self.adapted_params(i)
             infos: list[dict[str, float]] = []
 
