@@ -39,6 +39,8 @@ VARIANT_MEANING = {
                        "(`inner_cost_free_scale`, `inner_recovery_scale`)",
     "all_inner_free": "`all` whose training inner steps on batches without cost take 1/4 of "
                       "the radius (`inner_cost_free_scale`)",
+    "all_inner_free05": "`all` whose training inner steps on batches without cost take half "
+                        "the radius (`inner_cost_free_scale`)",
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

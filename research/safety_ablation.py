@@ -80,6 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_inner_adapt": (CORRECTIONS, {"inner_cost_free_scale": 0.25,
                                           "inner_recovery_scale": 6.0}),
         "all_inner_free": (CORRECTIONS, {"inner_cost_free_scale": 0.25}),
+        "all_inner_free05": (CORRECTIONS, {"inner_cost_free_scale": 0.5}),
     }.items()}
 
 
