@@ -32,6 +32,7 @@ DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
                                / "adaptation_settings_pointcircle.json")
 DEFAULT_WIDER_ADAPTATION = (REPO / "research" / "results"
                             / "adaptation_defaults_12tasks_pointcircle.json")
+DEFAULT_INNER_RADIUS = REPO / "research" / "results" / "inner_radius_pointcircle.json"
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
                                for name in ("carcirclehazard", "pointbutton"))
@@ -585,6 +586,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            long_training: Optional[Path] = None,
            adaptation_settings: Optional[Path] = None,
            wider_adaptation: Optional[Path] = None,
+           inner_radius: Optional[Path] = None,
            other_families: Sequence[Path] = ()) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
@@ -594,6 +596,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     ``long_training``, Meta-CPO and CPO trained twice as long; with
     ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
     ``wider_adaptation``, the adaptation defaults on twice the held-out tasks; with
+    ``inner_radius``, Meta-CPO trained with shorter inner steps on batches without cost; with
     ``other_families``, Meta-CPO on each family against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
@@ -650,7 +653,13 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "the default safety corrections for 30 training iterations (the θ of the "
              "adaptation-settings section); each θ is then adapted with the adaptation "
              "defaults (CPO at Meta-CPO's radius, 0.003), and Meta-CPO with longer recovery "
-             "steps, on 12 held-out tasks per split, twice as many as above")):
+             "steps, on 12 held-out tasks per split, twice as many as above"),
+            (inner_radius, "Training inner steps: radius factors",
+             "the default safety corrections for 30 training iterations, the inner steps of "
+             "training shortened on batches that saw no cost (and, in one run, lengthened "
+             "when c > 0), as the adaptation steps are; adapted with the adaptation defaults "
+             "on the 12 held-out tasks per split of the section above, whose Meta-CPO and "
+             "CPO runs are the rows `all`")):
         if path is not None:
             lines += ablation_section(path, title, what)
     for path in other_families:
@@ -691,6 +700,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--wider-adaptation", type=Path, default=DEFAULT_WIDER_ADAPTATION,
                         help="safety_ablation.py JSON of the adaptation defaults on more "
                              "held-out tasks ('': none)")
+    parser.add_argument("--inner-radius", type=Path, default=DEFAULT_INNER_RADIUS,
+                        help="safety_ablation.py JSON of the training inner-step radius "
+                             "factors ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
                         help="safety_ablation.py's JSON of Meta-CPO on a family and its "
@@ -703,7 +715,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("input_ablation", args.input_ablation),
                              ("long_training", args.long_training),
                              ("adaptation_settings", args.adaptation_settings),
-                             ("wider_adaptation", args.wider_adaptation))}
+                             ("wider_adaptation", args.wider_adaptation),
+                             ("inner_radius", args.inner_radius))}
     page = render(load(args.results), args.out.parent, results=args.results,
                   other_families=args.other_families, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ def test_results_page_matches_the_committed_json() -> None:
                                long_training=results_page.DEFAULT_LONG_TRAINING,
                                adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS,
                                wider_adaptation=results_page.DEFAULT_WIDER_ADAPTATION,
+                               inner_radius=results_page.DEFAULT_INNER_RADIUS,
                                other_families=results_page.DEFAULT_OTHER_FAMILIES)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"

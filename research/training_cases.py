@@ -1,0 +1,102 @@
+"""Per training iteration: the CPO cases of the inner and outer steps and the batches' costs.
+
+Asks where a constrained meta-learner's training steps go: how often the outer step is a
+recovery, and what an inner step does to the cost of the batches it is taken on (each task's
+round-0 batch, sampled by θ, against its query batch, sampled by the adapted policy). Costs
+are the learning batches' mean episode costs: this records the training dynamics, it is not
+an evaluation of θ.
+
+    python research/training_cases.py --family PointCircle --seeds 0 1 2 --iterations 30 \
+        --set inner_cost_free_scale=0.25 --out OUT
+
+Every record is written to ``--out`` as it comes; runs already there are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", default="PointCircle")
+    p.add_argument("--algo", default="meta-cpo")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--episodes-per-task", type=int, default=4)
+    p.add_argument("--tasks-per-iteration", type=int, default=4)
+    p.add_argument("--inner-delta", type=float, default=0.003)
+    p.add_argument("--set", nargs="*", default=[], type=field_value, metavar="FIELD=VALUE",
+                   help="extra .training() fields, numbers only (e.g. inner_cost_free_scale=0.25)")
+    p.add_argument("--out", type=Path, required=True)
+    return p.parse_args(argv)
+
+
+def field_value(text: str) -> tuple[str, float]:
+    """'name=number' → (name, number)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIELD=NUMBER, got {text!r}") from None
+
+
+def iteration_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The cases and costs of one iteration (``algo.train()["metacpo"]``)."""
+    update, tasks = metrics["update"], metrics["per_task"]
+    return {"outer_case": update["outer_case"],
+            "outer_constraint_value": update["outer_constraint_value"],
+            "inner_cases": {k.removeprefix("inner_case_"): update[k] for k in update
+                            if k.startswith("inner_case_")},
+            "pre_cost": tasks["pre_cost"], "post_cost": tasks["post_cost"],
+            "pre_return": tasks["pre_return"], "post_return": tasks["post_return"]}
+
+
+def run_one(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    from metacpo_rllib.rllib import ALGO_CONFIGS
+
+    config = (ALGO_CONFIGS[args.algo]().environment(args.family)
+              .training(seed=seed, episodes_per_task=args.episodes_per_task,
+                        tasks_per_iteration=args.tasks_per_iteration,
+                        inner_delta=args.inner_delta, **dict(args.set)))
+    algo = config.build_algo()
+    try:
+        return [iteration_record(algo.train()["metacpo"]) for _ in range(args.iterations)]
+    finally:
+        algo.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    results: dict[str, Any] = (json.loads(args.out.read_text()) if args.out.exists()
+                               else {"settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                  for k, v in vars(args).items()}})
+    runs = results.setdefault("runs", {})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="metacpo-cases-", dir="/tmp"))
+    try:
+        for seed in args.seeds:
+            if f"seed{seed}" in runs:
+                continue
+            runs[f"seed{seed}"] = run_one(args, seed)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1, default=float))
+            os.replace(tmp, args.out)
+            print(f"seed {seed}: done", flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
