@@ -10,6 +10,7 @@ an evaluation of θ.
         --set inner_cost_free_scale=0.25 --out OUT
 
 Every record is written to ``--out`` as it comes; runs already there are skipped.
+``--summarise`` prints each seed's figures from ``--out`` instead (:func:`summary`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", default=[], type=field_value, metavar="FIELD=VALUE",
                    help="extra .training() fields, numbers only (e.g. inner_cost_free_scale=0.25)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--summarise", action="store_true",
+                   help="print each seed's summary of --out; run nothing")
     return p.parse_args(argv)
 
 
@@ -59,6 +62,24 @@ def iteration_record(metrics: dict[str, Any]) -> dict[str, Any]:
             "pre_return": tasks["pre_return"], "post_return": tasks["post_return"]}
 
 
+def summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """One seed's figures: outer recoveries (case 0), inner steps on batches that saw no
+    cost, the mean cost of the query batches after them and the share of those that saw
+    cost, and the mean cost change of the other inner steps (query minus round 0)."""
+    after_free, change_other = [], []
+    for record in records:
+        for pre, post in zip(record["pre_cost"], record["post_cost"]):
+            (after_free if pre == 0.0 else change_other).append(post - pre)
+    mean = (lambda xs: sum(xs) / len(xs) if xs else float("nan"))
+    return {"iterations": len(records),
+            "outer_recoveries": sum(r["outer_case"] == 0 for r in records),
+            "cost_free_inner_steps": len(after_free),
+            "query_cost_after_cost_free": mean(after_free),
+            "share_of_those_with_cost": mean([float(c > 0) for c in after_free]),
+            "other_inner_steps": len(change_other),
+            "cost_change_after_others": mean(change_other)}
+
+
 def run_one(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
@@ -75,6 +96,10 @@ def run_one(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarise:
+        for seed, records in json.loads(args.out.read_text())["runs"].items():
+            print(seed, json.dumps({k: round(v, 2) for k, v in summary(records).items()}))
+        return 0
     import ray
 
     results: dict[str, Any] = (json.loads(args.out.read_text()) if args.out.exists()

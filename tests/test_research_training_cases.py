@@ -1,0 +1,57 @@
+"""research/training_cases.py on a tiny PointNav run (real Ray, real rollouts): one record
+per iteration with every task's batch costs and the inner steps' cases; a finished seed is
+not rerun."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from research.training_cases import field_value, summary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_set_takes_field_equals_number_only():
+    assert field_value("inner_cost_free_scale=0.25") == ("inner_cost_free_scale", 0.25)
+    for bad in ("inner_cost_free_scale", "=0.5", "inner_cost_free_scale=half"):
+        with pytest.raises(argparse.ArgumentTypeError, match="FIELD=NUMBER"):
+            field_value(bad)
+
+
+def test_summary_splits_inner_steps_by_whether_their_batch_saw_cost():
+    records = [{"outer_case": 0.0, "pre_cost": [0.0, 4.0], "post_cost": [6.0, 1.0]},
+               {"outer_case": 4.0, "pre_cost": [0.0, 0.0], "post_cost": [0.0, 3.0]}]
+    assert summary(records) == {
+        "iterations": 2, "outer_recoveries": 1, "cost_free_inner_steps": 3,
+        "query_cost_after_cost_free": pytest.approx(3.0),
+        "share_of_those_with_cost": pytest.approx(2 / 3), "other_inner_steps": 1,
+        "cost_change_after_others": pytest.approx(-3.0)}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_training_cases_records_every_iteration(tmp_path) -> None:
+    out = tmp_path / "cases.json"
+    command = [sys.executable, str(REPO / "research" / "training_cases.py"),
+               "--family", "PointNav", "--seeds", "0", "--iterations", "2",
+               "--episodes-per-task", "2", "--tasks-per-iteration", "3",
+               "--set", "inner_cost_free_scale=0.5", "--out", str(out)]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    data = json.loads(out.read_text())
+    assert data["settings"]["set"] == [["inner_cost_free_scale", 0.5]]
+    records = data["runs"]["seed0"]
+    assert len(records) == 2
+    for record in records:
+        assert sum(record["inner_cases"].values()) == 3  # one inner step per task
+        for key in ("pre_cost", "post_cost", "pre_return", "post_return"):
+            assert len(record[key]) == 3
+        assert all(cost >= 0.0 for cost in record["pre_cost"] + record["post_cost"])
+    before = out.read_text()
+    done = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert "done" not in done.stdout and out.read_text() == before
