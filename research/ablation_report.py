@@ -41,6 +41,8 @@ VARIANT_MEANING = {
                       "the radius (`inner_cost_free_scale`)",
     "all_inner_free05": "`all` whose training inner steps on batches without cost take half "
                         "the radius (`inner_cost_free_scale`)",
+    "all_inner_free_theta": "`all_inner_free` whose outer step also keeps θ's own cost "
+                            "(`theta_cost_constraint`)",
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

@@ -67,7 +67,8 @@ import numpy as np
 #: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
 #: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
-SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged")
+SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged",
+            "theta_cost_constraint")
 #: Training fields with a value (not on / off), at these values unless a variant sets them.
 SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -89,6 +90,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                           "inner_recovery_scale": 6.0}),
         "all_inner_free": (CORRECTIONS, {"inner_cost_free_scale": 0.25}),
         "all_inner_free05": (CORRECTIONS, {"inner_cost_free_scale": 0.5}),
+        "all_inner_free_theta": ((*CORRECTIONS, "theta_cost_constraint"),
+                                 {"inner_cost_free_scale": 0.25}),
     }.items()}
 
 

@@ -37,6 +37,7 @@ INVALID: dict[str, list] = {
     "recover_when_violating": [1.0, None],
     "inner_cost_free_scale": [0.0, 1.5, math.nan, True, "0.5"],
     "inner_recovery_scale": [0.5, math.inf, math.nan, True, "2"],
+    "theta_cost_constraint": [1, "yes", None],
     "adaptation_episodes_per_task": [0, -1, 2.5, True, "16"],
     "adaptation_delta": [0.0, -0.01, math.nan, math.inf, "0.01", True],
     "adaptation_cost_window": [-1, 2.5, True, None, "8"],

@@ -55,6 +55,9 @@ class UpdateConfig:
     #: step it will take (:func:`inner_radius`); 1.0 and 1.0: every inner step ``inner_delta``
     inner_cost_free_scale: float = 1.0
     inner_recovery_scale: float = 1.0
+    #: meta algorithms (constrained): the outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h, the
+    #: cost of θ's own batches (round 0) beside its adapted policies' (:func:`meta_update`)
+    theta_cost_constraint: bool = False
 
     def validate(self) -> "UpdateConfig":
         """Raise ValueError naming the first invalid field."""
@@ -65,7 +68,7 @@ class UpdateConfig:
                 or self.inner_steps < 0:
             bad("inner_steps", "expected an integer >= 0")
         for field in ("constrained", "first_order", "recover_when_violating",
-                      "cost_signal_share"):
+                      "cost_signal_share", "theta_cost_constraint"):
             if not isinstance(getattr(self, field), bool):
                 bad(field, "expected a bool")
         for field in ("delta", "inner_delta"):
@@ -365,7 +368,10 @@ def meta_update(
     ``support[i]`` holds task i's K batches (batch k sampled by φ_i^k, φ_i^0 = θ) and
     ``query[i]`` its batch sampled by φ_i^K. The outer constraint value is
     c = mean_i(J_C,i(φ_i^K) − h_i) from the query batches. The line search re-runs the inner
-    adaptation at each candidate θ. ``solves[i][k]``: the ``CPOStep.metric_solution`` of
+    adaptation at each candidate θ. With ``theta_cost_constraint`` (K > 0, constrained) the
+    constraint is max(c, c_θ), c_θ = mean_i(J_C,i(θ) − h_i) from θ's own batches
+    ``support[i][0]``: where c_θ is the larger, b and the line search's cost change are
+    those of θ's cost surrogate on them (the active piece of the max). ``solves[i][k]``: the ``CPOStep.metric_solution`` of
     task i's inner step k, when the caller took the inner steps from θ already (the
     learner's rounds): the meta-gradient's replay of them skips their conjugate gradient.
     Returns the new θ (detached leaves) and statistics.
@@ -377,6 +383,15 @@ def meta_update(
     theta = detached(params)
     reward, cost, g, b, inner = meta_gradients(module, theta, support, query, cfg, solves)
     c = float(sum(q.constraint_value for q in query) / len(query))
+    watch_own = cfg.theta_cost_constraint and cfg.constrained and cfg.inner_steps > 0
+    own = [s[0] for s in support] if watch_own else []
+    c_own = float(sum(batch.constraint_value for batch in own) / len(own)) if own else -math.inf
+    own_active = c_own > c
+    if own_active:  # θ's own cost is the violated piece: its gradient and its value
+        c = c_own
+        cost = own_cost(module, theta, own)
+        b = flatten(torch.autograd.grad(cost, list(theta.values())))
+        cost = cost.detach()
     # The outer trust region is measured on the states θ itself visited.
     metric_obs = torch.cat([s[0].obs if s else q.obs for s, q in zip(support, query)])
     step = constrained_step(module, theta, g, b, c, cfg.delta, metric_obs, cfg,
@@ -385,6 +400,8 @@ def meta_update(
     def evaluate(candidate: Params) -> tuple[float, float, float]:
         new_reward, new_cost, _ = query_objectives(module, candidate, support, query, cfg,
                                                    create_graph=False)
+        if own_active:
+            new_cost = own_cost(module, candidate, own)
         if cfg.metric == "fisher":
             kl = float(mean_kl(module, theta, candidate, metric_obs).detach())
         else:
@@ -412,11 +429,17 @@ def meta_update(
         "outer_surrogate_cost_change": result.cost_change,
         "outer_kl": result.kl,
         "outer_constraint_value": c,
+        "outer_constraint_on_theta": float(own_active),
         "line_search_steps": float(result.steps_tried),
         "line_search_accepted": float(result.accepted),
     }
     info.update(inner_step_stats(inner))
     return new_theta, info
+
+
+def own_cost(module: nn.Module, params: Params, batches: Sequence[Batch]) -> Tensor:
+    """Mean over tasks of the cost surrogate of ``params`` on θ's own batches."""
+    return torch.stack([surrogates(module, params, batch)[1] for batch in batches]).mean()
 
 
 def inner_step_stats(steps: Sequence[CPOStep]) -> dict[str, float]:

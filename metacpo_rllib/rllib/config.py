@@ -106,6 +106,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
         self.inner_cost_free_scale = 1.0
         self.inner_recovery_scale = 1.0
+        # Meta-CPO's outer step also keeps θ's own cost (optim.meta.meta_update).
+        self.theta_cost_constraint = False
         # Test-time adaptation only: the episodes per task in each step's learning batch
         # (None: episodes_per_task), the steps' trust-region radius (None: inner_delta for
         # the meta algorithms, trust_region_delta for CPO / TRPO), how many of a task's
@@ -170,6 +172,7 @@ class MetaCPOConfig(AlgorithmConfig):
         recover_when_violating: bool = _UNSET,
         inner_cost_free_scale: float = _UNSET,
         inner_recovery_scale: float = _UNSET,
+        theta_cost_constraint: bool = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
@@ -213,6 +216,9 @@ class MetaCPOConfig(AlgorithmConfig):
         ``inner_cost_free_scale`` in (0, 1] / ``inner_recovery_scale`` ≥ 1: factors on
         the radius of a training inner step (meta algorithms) whose batch saw no cost / has
         c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``).
+        ``theta_cost_constraint``: Meta-CPO's outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h,
+        θ's own cost (its round-0 batches) beside its adapted policies' (off: only the
+        adapted policies'; ``optim.meta.meta_update``).
         Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
         the episodes per task in each adaptation step's learning batch (None:
         ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
@@ -254,6 +260,7 @@ class MetaCPOConfig(AlgorithmConfig):
             recover_when_violating=recover_when_violating,
             inner_cost_free_scale=inner_cost_free_scale,
             inner_recovery_scale=inner_recovery_scale,
+            theta_cost_constraint=theta_cost_constraint,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
@@ -319,6 +326,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=self.cost_signal_share,
             inner_cost_free_scale=self.inner_cost_free_scale,
             inner_recovery_scale=self.inner_recovery_scale,
+            theta_cost_constraint=self.theta_cost_constraint,
         )
 
     def adaptation_update_config(self, cost_free: bool = False, violating: bool = False):
@@ -361,7 +369,8 @@ class MetaCPOConfig(AlgorithmConfig):
     def validate_metacpo(self) -> None:
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
-                      "cost_upper_bound", "recover_when_violating", "normalize_observations"):
+                      "cost_upper_bound", "recover_when_violating", "theta_cost_constraint",
+                      "normalize_observations"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -396,8 +405,8 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_int(self.adaptation_cost_window) or self.adaptation_cost_window < 0:
             _bad("adaptation_cost_window", "expected an integer >= 0",
                  self.adaptation_cost_window)
-        for prefix in ("inner", "adaptation"):
-            free, recovery = f"{prefix}_cost_free_scale", f"{prefix}_recovery_scale"
+        for free, recovery in (("inner_cost_free_scale", "inner_recovery_scale"),
+                               ("adaptation_cost_free_scale", "adaptation_recovery_scale")):
             if not _is_num(getattr(self, free)) or not 0 < getattr(self, free) <= 1:
                 _bad(free, "expected a number in (0, 1]", getattr(self, free))
             if not _is_num(getattr(self, recovery)) or getattr(self, recovery) < 1:
