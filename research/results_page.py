@@ -654,12 +654,14 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "adaptation-settings section); each θ is then adapted with the adaptation "
              "defaults (CPO at Meta-CPO's radius, 0.003), and Meta-CPO with longer recovery "
              "steps, on 12 held-out tasks per split, twice as many as above"),
-            (inner_radius, "Training inner steps: radius factors",
+            (inner_radius, "Training inner steps: radius factors and θ's own cost",
              "the default safety corrections for 30 training iterations, the inner steps of "
              "training shortened on batches that saw no cost (and, in one run, lengthened "
-             "when c > 0), as the adaptation steps are; adapted with the adaptation defaults "
-             "on the 12 held-out tasks per split of the section above, whose Meta-CPO and "
-             "CPO runs are the rows `all`")):
+             "when c > 0), as the adaptation steps are, and with θ's own cost as a second "
+             "outer constraint; adapted with the adaptation defaults on the 12 held-out "
+             "tasks per split of the section above, whose Meta-CPO and CPO runs are the "
+             "rows `all`, and, with `free0.125`, with an eighth of the radius on adaptation "
+             "batches that saw no cost (CPO's θ alike)")):
         if path is not None:
             lines += ablation_section(path, title, what)
     for path in other_families:

@@ -35,12 +35,14 @@ defaults (research/results/adaptation_settings_pointcircle.json holds them all):
         --checkpoints CKPT --algos meta-cpo --adapt-settings win0+free1+rec1 \
         win16+free0.5+rec3 win16+free0.25+rec3 ... --out OUT
 
-Training's inner steps shortened on batches without cost (``inner_cost_free_scale``),
+Training's inner steps shortened on batches without cost (``inner_cost_free_scale``), also with
+θ's own cost as a second outer constraint (``theta_cost_constraint``),
 adapted on 12 held-out tasks per split (research/results/inner_radius_pointcircle.json):
 
     python research/safety_ablation.py --family PointCircle --iterations 30 \
         --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 --test-tasks 12 \
-        --train-eval-interval 5 --algos meta-cpo --variants all_inner_free all_inner_free05 \
+        --train-eval-interval 5 --algos meta-cpo \
+        --variants all_inner_free all_inner_free05 all_inner_free_theta \
         --out OUT
 
 CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
