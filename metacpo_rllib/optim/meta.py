@@ -371,9 +371,10 @@ def meta_update(
     adaptation at each candidate θ. With ``theta_cost_constraint`` (K > 0, constrained) the
     constraint is max(c, c_θ), c_θ = mean_i(J_C,i(θ) − h_i) from θ's own batches
     ``support[i][0]``: where c_θ is the larger, b and the line search's cost change are
-    those of θ's cost surrogate on them (the active piece of the max). ``solves[i][k]``: the ``CPOStep.metric_solution`` of
-    task i's inner step k, when the caller took the inner steps from θ already (the
-    learner's rounds): the meta-gradient's replay of them skips their conjugate gradient.
+    those of θ's cost surrogate on them (the active piece of the max).
+    ``solves[i][k]``: the ``CPOStep.metric_solution`` of task i's inner step k, when the
+    caller took the inner steps from θ already (the learner's rounds): the meta-gradient's
+    replay of them skips their conjugate gradient.
     Returns the new θ (detached leaves) and statistics.
     """
     if len(support) != len(query) or not query:
