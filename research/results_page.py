@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -191,11 +192,14 @@ def _fraction(hits: tuple[int, int]) -> str:
 def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One table of the targets over the target family's comparisons (every split)."""
     rows = []
-    for name, data in families.items():
-        if data["family"] != TARGET_FAMILY:
-            continue
+    targeted = {name: data for name, data in families.items()
+                if data["family"] == TARGET_FAMILY}
+    per_split = Counter(split_of(data) for data in targeted.values())
+    for name, data in targeted.items():
         t, split = check_targets(data), split_of(data)
-        ret, where = t["returns"], f"`{split}` split"
+        # a split compared under several settings names the folder of each
+        where = f"`{split}` split" + (f", {name}" if per_split[split] > 1 else "")
+        ret = t["returns"]
         ratio = "–" if math.isnan(t["return_ratio"]) else f"{t['return_ratio']:.2f}"
         rows += [
             f"| Meta-CPO within h on ≥ {TARGET_WITHIN:.0%} of {where} tasks after ≤ "
