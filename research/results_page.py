@@ -198,7 +198,7 @@ def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for name, data in targeted.items():
         t, split = check_targets(data), split_of(data)
         # a split compared under several settings names the folder of each
-        where = f"`{split}` split" + (f", {name}" if per_split[split] > 1 else "")
+        where = f"`{split}` split" + (f" ({name})" if per_split[split] > 1 else "")
         ret = t["returns"]
         ratio = "–" if math.isnan(t["return_ratio"]) else f"{t['return_ratio']:.2f}"
         rows += [
@@ -657,7 +657,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "the default safety corrections for 30 training iterations (the θ of the "
              "adaptation-settings section); each θ is then adapted with the adaptation "
              "defaults (CPO at Meta-CPO's radius, 0.003), and Meta-CPO with longer recovery "
-             "steps, on 12 held-out tasks per split, twice as many as above"),
+             "steps or twice the episodes per adaptation batch (`eps32`), on 12 held-out "
+             "tasks per split, twice as many as above"),
             (inner_radius, "Training inner steps: radius factors and θ's own cost",
              "the default safety corrections for 30 training iterations, the inner steps of "
              "training shortened on batches that saw no cost (and, in one run, lengthened "
