@@ -25,15 +25,24 @@ corrections trained for 30 iterations:
         --variants all --out research/results/long_training_pointcircle.json
 
 Test-time adaptation settings (``--adapt-settings``), each adapting the same trained θ kept
-under ``--checkpoints`` (one folder per variant, algorithm, seed and iteration count; θ and
-the sampler state are restored, so a setting that changes nothing reproduces the run that
-trained it exactly). Settings name every field, so the commands do not depend on the
-defaults (research/results/adaptation_settings_pointcircle.json holds them all):
+under ``--checkpoints`` (one folder per variant, algorithm, seed, iteration count and
+training limit if set; θ and the sampler state are restored, so a setting that changes
+nothing reproduces the run that trained it exactly). Settings name every field, so the
+commands do not depend on the defaults (research/results/adaptation_settings_pointcircle.json
+holds them all):
 
     python research/safety_ablation.py --family PointCircle --iterations 30 \
         --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 --variants all \
         --checkpoints CKPT --algos meta-cpo --adapt-settings win0+free1+rec1 \
         win16+free0.5+rec3 win16+free0.25+rec3 ... --out OUT
+
+θ trained at a lower limit (``--train-cost-limit``, the family's by default), adapted at the
+family's test limit (research/results/train_limit_pointcircle.json):
+
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 --test-tasks 12 \
+        --train-eval-interval 5 --algos meta-cpo --variants all --train-cost-limit 5 \
+        --out OUT
 
 Training's inner steps shortened on batches without cost (``inner_cost_free_scale``), also with
 θ's own cost as a second outer constraint (``theta_cost_constraint``),
@@ -107,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int, default=4)
     p.add_argument("--tasks-per-iteration", type=int, default=4)
     p.add_argument("--inner-delta", type=float, default=0.003)
+    p.add_argument("--train-cost-limit", type=float, default=None,
+                   help="every training task's cost limit (default: the family's, h = 10 "
+                        "on PointCircle); the test limit stays the family's")
     p.add_argument("--train-eval-episodes", type=int, default=10)
     p.add_argument("--train-eval-tasks", type=int, default=4)
     p.add_argument("--test-tasks", type=int, default=6)
@@ -126,8 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_cost_margin_rate=M) and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
-                   help="keep each trained θ here (one folder per variant, algorithm, seed "
-                        "and iteration count) and adapt from it when it is already there")
+                   help="keep each trained θ here (one folder per variant, algorithm, seed, "
+                        "iteration count and --train-cost-limit if set) and adapt from it when it is already there")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 
@@ -235,15 +247,17 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
     config = (ALGO_CONFIGS[algo]().environment(args.family)
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
-                        inner_delta=args.inner_delta, **VARIANTS[variant],
+                        inner_delta=args.inner_delta, train_cost_limit=args.train_cost_limit,
+                        **VARIANTS[variant],
                         **adaptation_fields(setting))
               .evaluation(evaluation_interval=args.train_eval_interval,
                           evaluation_duration=args.train_eval_episodes,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
     algo_obj = config.build_algo()
     start = time.perf_counter()
-    saved = (None if args.checkpoints is None
-             else args.checkpoints / f"{variant}-{algo}-seed{seed}-it{args.iterations}")
+    limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
+    saved = (None if args.checkpoints is None else args.checkpoints
+             / f"{variant}-{algo}-seed{seed}-it{args.iterations}{limit}")
     try:
         if saved is not None and (saved / "training.json").exists():
             # the same θ (and sampler state) as right after that training run
