@@ -111,3 +111,26 @@ def test_run_label_names_the_adaptation_batch_where_recorded() -> None:
                       "adaptation_episodes": 16}) == "all"
     assert run_label({"variant": "all", "adapt_setting": "eps3",
                       "adaptation_episodes": 3}) == "all + eps3"
+
+
+def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
+    """--train-cost-limit is every training task's limit (θ's training evaluation uses it)
+    and names the checkpoint folder; adaptation keeps the family's test limit."""
+    from metacpo_rllib.rllib import ALGO_CONFIGS
+
+    out, checkpoints = tmp_path / "h3.json", tmp_path / "ckpt"
+    subprocess.run(
+        [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--family", "PointNav",
+         "--iterations", "1", "--variants", "all", "--algos", "cpo", "--seeds", "0",
+         "--test-tasks", "1", "--adapt-steps", "1", "--eval-episodes", "2", "--splits",
+         "test_tight", "--train-eval-interval", "1", "--train-eval-episodes", "2",
+         "--train-eval-tasks", "1", "--episodes-per-task", "2", "--tasks-per-iteration", "2",
+         "--train-cost-limit", "3", "--checkpoints", str(checkpoints), "--out", str(out)],
+        check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    run = json.loads(out.read_text())["runs"]["all/cpo/seed0"]
+    assert run["final_train_eval"]["cost_limit"] == 3.0
+    assert (checkpoints / "all-cpo-seed0-it1-h3" / "training.json").exists()
+    family = ALGO_CONFIGS["cpo"]().environment("PointNav").make_family()
+    test_limit = family.sample_tasks(1, "test_tight", seed=12345)[0].cost_limit
+    assert test_limit != 3.0
+    assert run["adaptation"]["test_tight"]["cost_limit"] == test_limit
