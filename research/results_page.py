@@ -34,6 +34,7 @@ DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
 DEFAULT_WIDER_ADAPTATION = (REPO / "research" / "results"
                             / "adaptation_defaults_12tasks_pointcircle.json")
 DEFAULT_INNER_RADIUS = REPO / "research" / "results" / "inner_radius_pointcircle.json"
+DEFAULT_TRAIN_LIMIT = REPO / "research" / "results" / "train_limit_pointcircle.json"
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
                                for name in ("carcirclehazard", "pointbutton"))
@@ -591,6 +592,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            adaptation_settings: Optional[Path] = None,
            wider_adaptation: Optional[Path] = None,
            inner_radius: Optional[Path] = None,
+           train_limit: Optional[Path] = None,
            other_families: Sequence[Path] = ()) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
@@ -601,6 +603,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
     ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
     ``wider_adaptation``, the adaptation defaults on twice the held-out tasks; with
     ``inner_radius``, Meta-CPO trained with shorter inner steps on batches without cost; with
+    ``train_limit``, Meta-CPO trained at a lower limit than the family's; with
     ``other_families``, Meta-CPO on each family against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
@@ -666,7 +669,13 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
              "outer constraint; adapted with the adaptation defaults on the 12 held-out "
              "tasks per split of the section above, whose Meta-CPO and CPO runs are the "
              "rows `all`, and, with `free0.125`, with an eighth of the radius on adaptation "
-             "batches that saw no cost (CPO's θ alike)")):
+             "batches that saw no cost (CPO's θ alike)"),
+            (train_limit, "Training limit: θ trained at h = 5",
+             "the default safety corrections for 30 training iterations at h = 5, the test "
+             "limit, instead of the family's h = 10; adapted with the adaptation defaults on "
+             "the 12 held-out tasks per split of the section \"Adaptation defaults on 12 "
+             "held-out tasks per split\", whose rows `all` are the same settings trained "
+             "at h = 10")):
         if path is not None:
             lines += ablation_section(path, title, what)
     for path in other_families:
@@ -710,6 +719,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--inner-radius", type=Path, default=DEFAULT_INNER_RADIUS,
                         help="safety_ablation.py JSON of the training inner-step radius "
                              "factors ('': none)")
+    parser.add_argument("--train-limit", type=Path, default=DEFAULT_TRAIN_LIMIT,
+                        help="safety_ablation.py --train-cost-limit JSON ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
                         help="safety_ablation.py's JSON of Meta-CPO on a family and its "
@@ -723,7 +734,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("long_training", args.long_training),
                              ("adaptation_settings", args.adaptation_settings),
                              ("wider_adaptation", args.wider_adaptation),
-                             ("inner_radius", args.inner_radius))}
+                             ("inner_radius", args.inner_radius),
+                             ("train_limit", args.train_limit))}
     page = render(load(args.results), args.out.parent, results=args.results,
                   other_families=args.other_families, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ def test_results_page_matches_the_committed_json() -> None:
                                adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS,
                                wider_adaptation=results_page.DEFAULT_WIDER_ADAPTATION,
                                inner_radius=results_page.DEFAULT_INNER_RADIUS,
+                               train_limit=results_page.DEFAULT_TRAIN_LIMIT,
                                other_families=results_page.DEFAULT_OTHER_FAMILIES)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
