@@ -192,4 +192,4 @@ def test_train_flags_set_the_adaptation_fields():
     assert (default.adaptation_episodes_per_task, default.adaptation_delta,
             default.adaptation_cost_window, default.adaptation_cost_free_scale,
             default.adaptation_recovery_scale, default.adaptation_cost_margin_rate) == (
-        16, None, 64, 0.25, 6.0, 0.0)
+        32, None, 64, 0.25, 6.0, 0.0)

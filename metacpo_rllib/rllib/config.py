@@ -115,10 +115,10 @@ class MetaCPOConfig(AlgorithmConfig):
         # on the radius of a step whose batch saw no cost and of one with c > 0, and the
         # rate of the margin learned from each step's predicted and realised cost change.
         # The defaults held the limits best on PointCircle (research/results/
-        # adaptation_settings_pointcircle.json, docs/results/PointCircle*/comparison.json):
-        # 16 episodes per adaptation batch cost 4x the training batch's samples per step;
-        # None, 0, 1.0, 1.0, 0 turn them off.
-        self.adaptation_episodes_per_task = 16
+        # adaptation_settings_pointcircle.json, adaptation_defaults_12tasks_pointcircle.json,
+        # docs/results/PointCircle*/comparison.json): 32 episodes per adaptation batch cost
+        # 8x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
+        self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
         self.adaptation_cost_free_scale = 0.25
