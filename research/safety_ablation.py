@@ -63,6 +63,7 @@ CPO's training steps, each with its calibration entry (θ evaluated after every 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -119,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-cost-limit", type=float, default=None,
                    help="every training task's cost limit (default: the family's, h = 10 "
                         "on PointCircle); the test limit stays the family's")
+    p.add_argument("--env-config", type=json.loads, default={},
+                   help="family overrides as JSON, e.g. '{\"ranges\": {\"train\": {\"factor\": "
+                        "[0.28, 0.75]}}}' (training walls as close as test_tight's)")
     p.add_argument("--train-eval-episodes", type=int, default=10)
     p.add_argument("--train-eval-tasks", type=int, default=4)
     p.add_argument("--test-tasks", type=int, default=6)
@@ -139,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
-                        "iteration count and --train-cost-limit if set) and adapt from it "
+                        "iteration count, --train-cost-limit and --env-config if set) and adapt from it "
                         "when it is already there")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
@@ -245,7 +249,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             setting: str = "default") -> dict[str, Any]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
-    config = (ALGO_CONFIGS[algo]().environment(args.family)
+    config = (ALGO_CONFIGS[algo]().environment(args.family, env_config=args.env_config)
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
                         inner_delta=args.inner_delta, train_cost_limit=args.train_cost_limit,
@@ -257,6 +261,9 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
     algo_obj = config.build_algo()
     start = time.perf_counter()
     limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
+    if args.env_config:  # one folder per family override
+        limit += "-env" + hashlib.sha1(json.dumps(args.env_config, sort_keys=True)
+                                       .encode()).hexdigest()[:8]
     saved = (None if args.checkpoints is None else args.checkpoints
              / f"{variant}-{algo}-seed{seed}-it{args.iterations}{limit}")
     try:

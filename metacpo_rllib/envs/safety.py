@@ -299,17 +299,60 @@ def _check_count(params: Mapping[str, Any], key: str, low: int, high: int = MAX_
     return int(value)
 
 
+def override_ranges(defaults: Mapping[str, Mapping[str, Any]],
+                    ranges: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A copy of a family's ``RANGES`` (``defaults``) with the entries of ``ranges`` replaced,
+    e.g. ``{"train": {"factor": [0.28, 0.75]}}``. Each entry keeps its kind (a
+    ``[low, high]`` pair or one value); ValueError names the first bad entry."""
+    merged = copy.deepcopy(dict(defaults))
+    if not isinstance(ranges, Mapping):
+        raise ValueError(f"ranges: expected a mapping of split -> {{key: range}}, got {ranges!r}")
+    for split, entries in ranges.items():
+        if split not in merged or not isinstance(entries, Mapping):
+            raise ValueError(f"ranges.{split}: expected one of the splits {tuple(merged)} "
+                             f"mapped to {{key: range}}, got {entries!r}")
+        for key, value in entries.items():
+            field = f"ranges.{split}.{key}"
+            if key not in merged[split]:
+                raise ValueError(f"{field}: unknown key, expected one of {tuple(merged[split])}")
+            old = merged[split][key]
+            if isinstance(old, tuple):
+                pair = tuple(value) if isinstance(value, (list, tuple)) else ()
+                if (len(pair) != 2 or not all(type(v) is type(old[0]) or (
+                        isinstance(old[0], float) and type(v) is int) for v in pair)
+                        or not pair[0] <= pair[1]):
+                    raise ValueError(f"{field}: expected [low, high] with low <= high, like "
+                                     f"{list(old)}, got {value!r}")
+                merged[split][key] = tuple(type(old[0])(v) for v in pair)
+            elif type(value) is not type(old):
+                raise ValueError(f"{field}: expected one {type(old).__name__}, got {value!r}")
+            else:
+                merged[split][key] = value
+    return merged
+
+
 class _SafetyFamily(TaskFamily):
-    """Shared plumbing: agent name, task factory, ``max_episode_steps``, ``lean_world`` and
+    """Shared plumbing: agent name, task factory, ``max_episode_steps``, ``lean_world``,
     ``fast_step`` (the stock step's outputs, bitwise, in a fraction of its time; ``False``:
-    safety-gymnasium's own step)."""
+    safety-gymnasium's own step) and ``ranges`` (overrides of the class's ``RANGES``)."""
 
     agent: str = ""
     default_episode_steps: int = 500
+    RANGES: dict[str, dict[str, Any]] = {}
 
     def __init__(self, max_episode_steps: int | None = None, lean_world: bool = True,
-                 fast_step: bool = True, **limits: float) -> None:
+                 fast_step: bool = True, ranges: Mapping[str, Mapping[str, Any]] | None = None,
+                 **limits: float) -> None:
         super().__init__(**limits)
+        if ranges:
+            self.RANGES = override_ranges(type(self).RANGES, ranges)
+            rng = np.random.default_rng(0)
+            for split in ranges:  # a range whose tasks the family rejects, on 64 draws
+                for _ in range(64):
+                    try:
+                        self.validate_params(self._sample_params(rng, split))
+                    except ValueError as err:
+                        raise ValueError(f"ranges.{split}: gives invalid tasks ({err})") from None
         steps = self.default_episode_steps if max_episode_steps is None else max_episode_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"max_episode_steps: expected a positive integer, got {steps!r}")
