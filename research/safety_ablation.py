@@ -44,6 +44,15 @@ family's test limit (research/results/train_limit_pointcircle.json):
         --train-eval-interval 5 --algos meta-cpo --variants all --train-cost-limit 5 \
         --out OUT
 
+θ trained on walls as close as ``test_tight``'s (the family override ``ranges``: PointCircle
+training factor U(0.28, 0.75) instead of U(0.55, 0.75)), adapted with the defaults on 12
+held-out tasks per split (research/results/train_walls_pointcircle.json):
+
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --seeds 0 1 2 --adapt-steps 5 --eval-episodes 10 --test-tasks 12 \
+        --train-eval-interval 5 --algos meta-cpo --variants all \
+        --env-config '{"ranges": {"train": {"factor": [0.28, 0.75]}}}' --out OUT
+
 Training's inner steps shortened on batches without cost (``inner_cost_free_scale``), also with
 θ's own cost as a second outer constraint (``theta_cost_constraint``),
 adapted on 12 held-out tasks per split (research/results/inner_radius_pointcircle.json):
@@ -293,6 +302,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "adaptation_fields": adaptation_fields(setting),
             "adaptation_episodes": adaptation_episodes,
             "trained_from": None if saved is None else str(saved),
+            "env_config": dict(algo_obj.config.env_config),
             "flags": {f: getattr(config, f) for f in SWITCHES},
             "scales": {f: getattr(config, f) for f in SCALES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
