@@ -11,6 +11,7 @@ the learning batches, common random numbers); runs without them are refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -28,13 +29,73 @@ DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
-DEFAULT_LONG_TRAINING = REPO / "research" / "results" / "long_training_pointcircle.json"
-DEFAULT_ADAPTATION_SETTINGS = (REPO / "research" / "results"
-                               / "adaptation_settings_pointcircle.json")
-DEFAULT_WIDER_ADAPTATION = (REPO / "research" / "results"
-                            / "adaptation_defaults_12tasks_pointcircle.json")
-DEFAULT_INNER_RADIUS = REPO / "research" / "results" / "inner_radius_pointcircle.json"
-DEFAULT_TRAIN_LIMIT = REPO / "research" / "results" / "train_limit_pointcircle.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResearchSection:
+    """One ``safety_ablation.py`` JSON shown as an ablation table: its ``--<flag>`` on this
+    script (the key with dashes), its committed file, its title and what its runs are."""
+
+    key: str
+    default: Path
+    title: str
+    what: str
+
+
+RESEARCH = REPO / "research" / "results"
+#: The ablation-table sections after the input ablation, in page order.
+RESEARCH_SECTIONS = (
+    ResearchSection(
+        "long_training", RESEARCH / "long_training_pointcircle.json",
+        "Training length: 30 iterations",
+        "the default safety corrections for 30 training iterations instead of 15 (θ "
+        "evaluated every 5 iterations; the table shows the last), each run over 5 "
+        "adaptation steps on both held-out splits"),
+    ResearchSection(
+        "adaptation_settings", RESEARCH / "adaptation_settings_pointcircle.json",
+        "Adaptation settings: J_C window, radius, learned margin and batch size",
+        "the default safety corrections for 30 training iterations; each trained θ "
+        "is then adapted with every test-time setting (the window over a task's "
+        "earlier episodes in J_C, the adaptation radius, the learned margin and the "
+        "episodes per adaptation batch) over 5 steps on both held-out splits"),
+    ResearchSection(
+        "wider_adaptation", RESEARCH / "adaptation_defaults_12tasks_pointcircle.json",
+        "Adaptation defaults on 12 held-out tasks per split",
+        "the default safety corrections for 30 training iterations (the θ of the "
+        "adaptation-settings section); each θ is then adapted with the former adaptation "
+        "defaults (16 episodes per batch; CPO at Meta-CPO's radius, 0.003), and Meta-CPO "
+        "with longer recovery steps or with twice the episodes per adaptation batch "
+        "(`eps32`, now the default), on 12 held-out tasks per split, twice as many as "
+        "above"),
+    ResearchSection(
+        "inner_radius", RESEARCH / "inner_radius_pointcircle.json",
+        "Training inner steps: radius factors and θ's own cost",
+        "the default safety corrections for 30 training iterations, the inner steps of "
+        "training shortened on batches that saw no cost (and, in one run, lengthened "
+        "when c > 0), as the adaptation steps are, and with θ's own cost as a second "
+        "outer constraint; adapted with the former adaptation defaults (16 episodes per "
+        "batch) on the 12 held-out tasks per split of the section above, whose Meta-CPO "
+        "and CPO runs are the rows `all`, and, with `free0.125`, with an eighth of the "
+        "radius on adaptation batches that saw no cost (CPO's θ alike)"),
+    ResearchSection(
+        "train_limit", RESEARCH / "train_limit_pointcircle.json",
+        "Training limit: θ trained at h = 5",
+        "the default safety corrections for 30 training iterations at h = 5, the test "
+        "limit, instead of the family's h = 10; adapted with the former adaptation "
+        "defaults (16 episodes per batch) on the 12 held-out tasks per split of the "
+        "section \"Adaptation defaults on 12 held-out tasks per split\", whose rows `all` "
+        "are the same settings trained at h = 10"),
+    ResearchSection(
+        "train_walls", RESEARCH / "train_walls_pointcircle.json",
+        "Training walls: θ trained on walls as close as test_tight's",
+        "the default safety corrections for 30 training iterations on training tasks "
+        "whose wall factor is U(0.28, 0.75) instead of U(0.55, 0.75) (the family override "
+        "`ranges`), so that training sees walls as close as the `test_tight` split's; "
+        "adapted with the adaptation defaults (32 episodes per batch) on the 12 held-out "
+        "tasks per split of the section \"Adaptation defaults on 12 held-out tasks per "
+        "split\", whose rows `all+eps32` are the same settings trained on the family's "
+        "walls"),
+)
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
                                for name in ("carcirclehazard", "pointbutton"))
@@ -588,23 +649,15 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
            draw: bool = True, results: Optional[Path] = None,
            ablation: Optional[Path] = None, training_ledger: Optional[Path] = None,
            batch_sweep: Optional[Path] = None, input_ablation: Optional[Path] = None,
-           long_training: Optional[Path] = None,
-           adaptation_settings: Optional[Path] = None,
-           wider_adaptation: Optional[Path] = None,
-           inner_radius: Optional[Path] = None,
-           train_limit: Optional[Path] = None,
+           research: Optional[Mapping[str, Path]] = None,
            other_families: Sequence[Path] = ()) -> str:
     """The page (and, with ``draw``, its figures next to each comparison's JSON and the
     calibration figure in ``results``); with ``results``, also the investigation; with
     ``ablation``, the safety corrections' ablation table; with ``training_ledger``, the
     calibration of CPO's training steps; with ``batch_sweep``, the batch-size table; with
-    ``input_ablation``, the observation filter's and the critics' ablation; with
-    ``long_training``, Meta-CPO and CPO trained twice as long; with
-    ``adaptation_settings``, the test-time adaptation settings from one trained θ; with
-    ``wider_adaptation``, the adaptation defaults on twice the held-out tasks; with
-    ``inner_radius``, Meta-CPO trained with shorter inner steps on batches without cost; with
-    ``train_limit``, Meta-CPO trained at a lower limit than the family's; with
-    ``other_families``, Meta-CPO on each family against an untrained policy."""
+    ``input_ablation``, the observation filter's and the critics' ablation; ``research``
+    maps the keys of ``RESEARCH_SECTIONS`` to the JSON shown (a key left out: no section);
+    with ``other_families``, Meta-CPO on each family against an untrained policy."""
     from metacpo_rllib.experiments.plots import adaptation_figure, training_figure
 
     lines = [
@@ -645,39 +698,9 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "observation filter or the learned critics (with and without the task's layout "
             "as privileged critic input), each run over 5 adaptation steps on both "
             "held-out splits")
-    for path, title, what in (
-            (long_training, "Training length: 30 iterations",
-             "the default safety corrections for 30 training iterations instead of 15 (θ "
-             "evaluated every 5 iterations; the table shows the last), each run over 5 "
-             "adaptation steps on both held-out splits"),
-            (adaptation_settings,
-             "Adaptation settings: J_C window, radius, learned margin and batch size",
-             "the default safety corrections for 30 training iterations; each trained θ "
-             "is then adapted with every test-time setting (the window over a task's "
-             "earlier episodes in J_C, the adaptation radius, the learned margin and the "
-             "episodes per adaptation batch) over 5 steps on both held-out splits"),
-            (wider_adaptation, "Adaptation defaults on 12 held-out tasks per split",
-             "the default safety corrections for 30 training iterations (the θ of the "
-             "adaptation-settings section); each θ is then adapted with the adaptation "
-             "defaults (CPO at Meta-CPO's radius, 0.003), and Meta-CPO with longer recovery "
-             "steps or twice the episodes per adaptation batch (`eps32`), on 12 held-out "
-             "tasks per split, twice as many as above"),
-            (inner_radius, "Training inner steps: radius factors and θ's own cost",
-             "the default safety corrections for 30 training iterations, the inner steps of "
-             "training shortened on batches that saw no cost (and, in one run, lengthened "
-             "when c > 0), as the adaptation steps are, and with θ's own cost as a second "
-             "outer constraint; adapted with the adaptation defaults on the 12 held-out "
-             "tasks per split of the section above, whose Meta-CPO and CPO runs are the "
-             "rows `all`, and, with `free0.125`, with an eighth of the radius on adaptation "
-             "batches that saw no cost (CPO's θ alike)"),
-            (train_limit, "Training limit: θ trained at h = 5",
-             "the default safety corrections for 30 training iterations at h = 5, the test "
-             "limit, instead of the family's h = 10; adapted with the adaptation defaults on "
-             "the 12 held-out tasks per split of the section \"Adaptation defaults on 12 "
-             "held-out tasks per split\", whose rows `all` are the same settings trained "
-             "at h = 10")):
-        if path is not None:
-            lines += ablation_section(path, title, what)
+    for section in RESEARCH_SECTIONS:
+        if research and section.key in research:
+            lines += ablation_section(research[section.key], section.title, section.what)
     for path in other_families:
         lines += other_family_section(path)
     if batch_sweep is not None:
@@ -708,19 +731,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--input-ablation", type=Path, default=DEFAULT_INPUT_ABLATION,
                         help="safety_ablation.py's JSON of the observation filter and "
                              "critics variants ('': none)")
-    parser.add_argument("--long-training", type=Path, default=DEFAULT_LONG_TRAINING,
-                        help="safety_ablation.py's JSON of 30-iteration runs ('': none)")
-    parser.add_argument("--adaptation-settings", type=Path,
-                        default=DEFAULT_ADAPTATION_SETTINGS,
-                        help="safety_ablation.py --adapt-settings JSON ('': none)")
-    parser.add_argument("--wider-adaptation", type=Path, default=DEFAULT_WIDER_ADAPTATION,
-                        help="safety_ablation.py JSON of the adaptation defaults on more "
-                             "held-out tasks ('': none)")
-    parser.add_argument("--inner-radius", type=Path, default=DEFAULT_INNER_RADIUS,
-                        help="safety_ablation.py JSON of the training inner-step radius "
-                             "factors ('': none)")
-    parser.add_argument("--train-limit", type=Path, default=DEFAULT_TRAIN_LIMIT,
-                        help="safety_ablation.py --train-cost-limit JSON ('': none)")
+    for section in RESEARCH_SECTIONS:
+        parser.add_argument(f"--{section.key.replace('_', '-')}", type=Path,
+                            default=section.default,
+                            help=f"safety_ablation.py JSON of \"{section.title}\" ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
                         help="safety_ablation.py's JSON of Meta-CPO on a family and its "
@@ -730,14 +744,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                 for k, p in (("ablation", args.ablation),
                              ("training_ledger", args.training_ledger),
                              ("batch_sweep", args.batch_sweep),
-                             ("input_ablation", args.input_ablation),
-                             ("long_training", args.long_training),
-                             ("adaptation_settings", args.adaptation_settings),
-                             ("wider_adaptation", args.wider_adaptation),
-                             ("inner_radius", args.inner_radius),
-                             ("train_limit", args.train_limit))}
+                             ("input_ablation", args.input_ablation))}
+    research = {s.key: getattr(args, s.key) for s in RESEARCH_SECTIONS
+                if str(getattr(args, s.key)) not in ("", ".")}
     page = render(load(args.results), args.out.parent, results=args.results,
-                  other_families=args.other_families, **optional)
+                  other_families=args.other_families, research=research, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")

@@ -24,11 +24,8 @@ def test_results_page_matches_the_committed_json() -> None:
                                training_ledger=results_page.DEFAULT_TRAINING_LEDGER,
                                batch_sweep=results_page.DEFAULT_BATCH_SWEEP,
                                input_ablation=results_page.DEFAULT_INPUT_ABLATION,
-                               long_training=results_page.DEFAULT_LONG_TRAINING,
-                               adaptation_settings=results_page.DEFAULT_ADAPTATION_SETTINGS,
-                               wider_adaptation=results_page.DEFAULT_WIDER_ADAPTATION,
-                               inner_radius=results_page.DEFAULT_INNER_RADIUS,
-                               train_limit=results_page.DEFAULT_TRAIN_LIMIT,
+                               research={s.key: s.default
+                                         for s in results_page.RESEARCH_SECTIONS},
                                other_families=results_page.DEFAULT_OTHER_FAMILIES)
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page, \
         "docs/RESULTS.md is stale: run `make results-page`"
