@@ -94,7 +94,9 @@ RESEARCH_SECTIONS = (
         "adapted with the adaptation defaults (32 episodes per batch) on the 12 held-out "
         "tasks per split of the section \"Adaptation defaults on 12 held-out tasks per "
         "split\", whose rows `all+eps32` are the same settings trained on the family's "
-        "walls"),
+        "walls. It ran on another CPU (Intel Xeon) than that section (AMD EPYC); the same "
+        "seeds train to other θ on the two, so the baseline from this CPU is Meta-CPO in "
+        "the PointCircle comparisons above (the family's walls, 6 tasks per split)"),
 )
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
