@@ -16,7 +16,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,74 +30,6 @@ DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
 
-
-@dataclasses.dataclass(frozen=True)
-class ResearchSection:
-    """One ``safety_ablation.py`` JSON shown as an ablation table: its ``--<flag>`` on this
-    script (the key with dashes), its committed file, its title and what its runs are."""
-
-    key: str
-    default: Path
-    title: str
-    what: str
-
-
-RESEARCH = REPO / "research" / "results"
-#: The ablation-table sections after the input ablation, in page order.
-RESEARCH_SECTIONS = (
-    ResearchSection(
-        "long_training", RESEARCH / "long_training_pointcircle.json",
-        "Training length: 30 iterations",
-        "the default safety corrections for 30 training iterations instead of 15 (θ "
-        "evaluated every 5 iterations; the table shows the last), each run over 5 "
-        "adaptation steps on both held-out splits"),
-    ResearchSection(
-        "adaptation_settings", RESEARCH / "adaptation_settings_pointcircle.json",
-        "Adaptation settings: J_C window, radius, learned margin and batch size",
-        "the default safety corrections for 30 training iterations; each trained θ "
-        "is then adapted with every test-time setting (the window over a task's "
-        "earlier episodes in J_C, the adaptation radius, the learned margin and the "
-        "episodes per adaptation batch) over 5 steps on both held-out splits"),
-    ResearchSection(
-        "wider_adaptation", RESEARCH / "adaptation_defaults_12tasks_pointcircle.json",
-        "Adaptation defaults on 12 held-out tasks per split",
-        "the default safety corrections for 30 training iterations (the θ of the "
-        "adaptation-settings section); each θ is then adapted with the former adaptation "
-        "defaults (16 episodes per batch; CPO at Meta-CPO's radius, 0.003), and Meta-CPO "
-        "with longer recovery steps or with twice the episodes per adaptation batch "
-        "(`eps32`, now the default), on 12 held-out tasks per split, twice as many as "
-        "above"),
-    ResearchSection(
-        "inner_radius", RESEARCH / "inner_radius_pointcircle.json",
-        "Training inner steps: radius factors and θ's own cost",
-        "the default safety corrections for 30 training iterations, the inner steps of "
-        "training shortened on batches that saw no cost (and, in one run, lengthened "
-        "when c > 0), as the adaptation steps are, and with θ's own cost as a second "
-        "outer constraint; adapted with the former adaptation defaults (16 episodes per "
-        "batch) on the 12 held-out tasks per split of the section above, whose Meta-CPO "
-        "and CPO runs are the rows `all`, and, with `free0.125`, with an eighth of the "
-        "radius on adaptation batches that saw no cost (CPO's θ alike)"),
-    ResearchSection(
-        "train_limit", RESEARCH / "train_limit_pointcircle.json",
-        "Training limit: θ trained at h = 5",
-        "the default safety corrections for 30 training iterations at h = 5, the test "
-        "limit, instead of the family's h = 10; adapted with the former adaptation "
-        "defaults (16 episodes per batch) on the 12 held-out tasks per split of the "
-        "section \"Adaptation defaults on 12 held-out tasks per split\", whose rows `all` "
-        "are the same settings trained at h = 10"),
-    ResearchSection(
-        "train_walls", RESEARCH / "train_walls_pointcircle.json",
-        "Training walls: θ trained on walls as close as test_tight's",
-        "the default safety corrections for 30 training iterations on training tasks "
-        "whose wall factor is U(0.28, 0.75) instead of U(0.55, 0.75) (the family override "
-        "`ranges`), so that training sees walls as close as the `test_tight` split's; "
-        "adapted with the adaptation defaults (32 episodes per batch) on the 12 held-out "
-        "tasks per split of the section \"Adaptation defaults on 12 held-out tasks per "
-        "split\", whose rows `all+eps32` are the same settings trained on the family's "
-        "walls. It ran on another CPU (Intel Xeon) than that section (AMD EPYC); the same "
-        "seeds train to other θ on the two, so the baseline from this CPU is Meta-CPO in "
-        "the PointCircle comparisons above (the family's walls, 6 tasks per split)"),
-)
 #: Meta-CPO on the other families beside its untrained θ (safety_ablation.py's JSON).
 DEFAULT_OTHER_FAMILIES = tuple(REPO / "research" / "results" / f"{name}_metacpo.json"
                                for name in ("carcirclehazard", "pointbutton"))
@@ -572,6 +504,122 @@ def other_family_section(path: Path) -> list[str]:
         algorithms="Meta-CPO")
 
 
+def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
+    """θ's training evaluation cost per algorithm and seed at every evaluation iteration
+    (``safety_ablation.py --splits`` JSON: training only), and how many seeds end within h
+    and within 1.1 h."""
+    data = json.loads(path.read_text())
+    settings = data["settings"]
+    runs = sorted(data["runs"].values(),
+                  key=lambda run: (settings["algos"].index(run["algo"]), run["seed"]))
+    evals = [[row for row in run["training"] if "eval_cost" in row] for run in runs]
+    iterations = [row["iteration"] for row in evals[0]]
+    limit = float(evals[0][-1]["cost_limit"])
+    lines = [f"## {title}", "",
+             f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {what}. θ is "
+             f"evaluated every {settings['train_eval_interval']} iterations on "
+             f"{settings['train_eval_tasks']} fixed training tasks × "
+             f"{settings['train_eval_episodes']} evaluation episodes; the cells are its mean "
+             f"episode cost against h = {limit:g} (* above h).", "",
+             "| algorithm | seed | " + " | ".join(f"it {i}" for i in iterations) + " |",
+             "|---|---|" + "---:|" * len(iterations)]
+    for run, rows in zip(runs, evals):
+        cells = [f"{r['eval_cost']:.1f}{'*' if r['eval_cost'] > r['cost_limit'] else ''}"
+                 for r in rows]
+        lines.append(f"| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for algo in dict.fromkeys(run["algo"] for run in runs):
+        last = [rows[-1]["eval_cost"] for run, rows in zip(runs, evals) if run["algo"] == algo]
+        lines.append(f"- {algo}: the last evaluation is within h on "
+                     f"{sum(c <= limit for c in last)} of {len(last)} seeds, within 1.1 h on "
+                     f"{sum(c <= 1.1 * limit for c in last)}.")
+    return lines + [""]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResearchSection:
+    """One ``safety_ablation.py`` JSON on the page: its ``--<flag>`` on this script (the key
+    with dashes), its committed file, its title, what its runs are, and how it is shown
+    (``show(path, title, what)``: the ablation table unless given)."""
+
+    key: str
+    default: Path
+    title: str
+    what: str
+    show: Callable[[Path, str, str], list[str]] = ablation_section
+
+
+RESEARCH = REPO / "research" / "results"
+#: The ablation-table sections after the input ablation, in page order.
+RESEARCH_SECTIONS = (
+    ResearchSection(
+        "long_training", RESEARCH / "long_training_pointcircle.json",
+        "Training length: 30 iterations",
+        "the default safety corrections for 30 training iterations instead of 15 (θ "
+        "evaluated every 5 iterations; the table shows the last), each run over 5 "
+        "adaptation steps on both held-out splits"),
+    ResearchSection(
+        "adaptation_settings", RESEARCH / "adaptation_settings_pointcircle.json",
+        "Adaptation settings: J_C window, radius, learned margin and batch size",
+        "the default safety corrections for 30 training iterations; each trained θ "
+        "is then adapted with every test-time setting (the window over a task's "
+        "earlier episodes in J_C, the adaptation radius, the learned margin and the "
+        "episodes per adaptation batch) over 5 steps on both held-out splits"),
+    ResearchSection(
+        "wider_adaptation", RESEARCH / "adaptation_defaults_12tasks_pointcircle.json",
+        "Adaptation defaults on 12 held-out tasks per split",
+        "the default safety corrections for 30 training iterations (the θ of the "
+        "adaptation-settings section); each θ is then adapted with the former adaptation "
+        "defaults (16 episodes per batch; CPO at Meta-CPO's radius, 0.003), and Meta-CPO "
+        "with longer recovery steps or with twice the episodes per adaptation batch "
+        "(`eps32`, now the default), on 12 held-out tasks per split, twice as many as "
+        "above"),
+    ResearchSection(
+        "inner_radius", RESEARCH / "inner_radius_pointcircle.json",
+        "Training inner steps: radius factors and θ's own cost",
+        "the default safety corrections for 30 training iterations, the inner steps of "
+        "training shortened on batches that saw no cost (and, in one run, lengthened "
+        "when c > 0), as the adaptation steps are, and with θ's own cost as a second "
+        "outer constraint; adapted with the former adaptation defaults (16 episodes per "
+        "batch) on the 12 held-out tasks per split of the section above, whose Meta-CPO "
+        "and CPO runs are the rows `all`, and, with `free0.125`, with an eighth of the "
+        "radius on adaptation batches that saw no cost (CPO's θ alike)"),
+    ResearchSection(
+        "train_limit", RESEARCH / "train_limit_pointcircle.json",
+        "Training limit: θ trained at h = 5",
+        "the default safety corrections for 30 training iterations at h = 5, the test "
+        "limit, instead of the family's h = 10; adapted with the former adaptation "
+        "defaults (16 episodes per batch) on the 12 held-out tasks per split of the "
+        "section \"Adaptation defaults on 12 held-out tasks per split\", whose rows `all` "
+        "are the same settings trained at h = 10"),
+    ResearchSection(
+        "train_walls", RESEARCH / "train_walls_pointcircle.json",
+        "Training walls: θ trained on walls as close as test_tight's",
+        "the default safety corrections for 30 training iterations on training tasks "
+        "whose wall factor is U(0.28, 0.75) instead of U(0.55, 0.75) (the family override "
+        "`ranges`), so that training sees walls as close as the `test_tight` split's; "
+        "adapted with the adaptation defaults (32 episodes per batch) on the 12 held-out "
+        "tasks per split of the section \"Adaptation defaults on 12 held-out tasks per "
+        "split\", whose rows `all+eps32` are the same settings trained on the family's "
+        "walls. It ran on another CPU (Intel Xeon) than that section (AMD EPYC); the same "
+        "seeds train to other θ on the two, so the baseline from this CPU is Meta-CPO in "
+        "the PointCircle comparisons above (the family's walls, 6 tasks per split)"),
+    ResearchSection(
+        "training_seeds", RESEARCH / "training_seeds_pointcircle.json",
+        "Training seeds: θ's cost every 5 iterations, 30 iterations",
+        "Meta-CPO and CPO with the `make train` settings and the default safety "
+        "corrections on four more seeds than the comparisons' (3–6), on the CPU of the "
+        "current PointCircle comparisons (Intel Xeon); no adaptation",
+        training_seeds_section),
+    ResearchSection(
+        "training_seeds_long", RESEARCH / "training_seeds60_pointcircle.json",
+        "Training seeds: θ's cost every 5 iterations, 60 iterations",
+        "the runs of the section above trained for 60 iterations instead of 30 (the same "
+        "seeds, so the first 30 iterations are the same)",
+        training_seeds_section),
+)
+
+
 # -- the investigation --------------------------------------------------------------------------
 def load_investigation(results: Path) -> list[dict]:
     """The surrogate checks in ``<results>/investigation/*.json``."""
@@ -702,7 +750,7 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
             "held-out splits")
     for section in RESEARCH_SECTIONS:
         if research and section.key in research:
-            lines += ablation_section(research[section.key], section.title, section.what)
+            lines += section.show(research[section.key], section.title, section.what)
     for path in other_families:
         lines += other_family_section(path)
     if batch_sweep is not None:

@@ -152,8 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
-                        "iteration count, --train-cost-limit and --env-config if set) and adapt from it "
-                        "when it is already there")
+                        "iteration count, --train-cost-limit and --env-config if set) and "
+                        "adapt from it when it is already there")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 

@@ -67,3 +67,24 @@ def test_batch_scored_runs_are_refused(tmp_path) -> None:
     (tmp_path / "PointCircle" / "comparison.json").write_text(old.read_text())
     with pytest.raises(ValueError, match="PointCircle: no evaluation episodes"):
         results_page.load(tmp_path)
+
+
+def test_training_seeds_section_counts_the_last_evaluations() -> None:
+    """The per-seed training table marks every cost above h, and its summary counts the
+    seeds whose last evaluation is within h, from the JSON."""
+    import json
+
+    section = next(s for s in results_page.RESEARCH_SECTIONS if s.key == "training_seeds")
+    lines = section.show(section.default, section.title, section.what)
+    runs = json.loads(section.default.read_text())["runs"].values()
+    for algo in ("meta-cpo", "cpo"):
+        last = [[r for r in run["training"] if "eval_cost" in r][-1] for run in runs
+                if run["algo"] == algo]
+        within = sum(r["eval_cost"] <= r["cost_limit"] for r in last)
+        assert f"- {algo}: the last evaluation is within h on {within} of {len(last)} " \
+               "seeds" in "\n".join(lines)
+    rows = [line for line in lines if line.startswith(("| meta-cpo |", "| cpo |"))]
+    assert len(rows) == len(runs)
+    assert sum(cell.strip().endswith("*") for row in rows for cell in row.split("|")) == sum(
+        r["eval_cost"] > r["cost_limit"] for run in runs for r in run["training"]
+        if "eval_cost" in r)
