@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-cost-limit", type=float, default=None,
                    help="every training task's cost limit (default: the family's, h = 10 "
                         "on PointCircle); the test limit stays the family's")
+    p.add_argument("--trust-region-delta", type=float, default=None,
+                   help="the outer trust-region radius (default: the config's, 0.01)")
     p.add_argument("--env-config", type=json.loads, default={},
                    help="family overrides as JSON, e.g. '{\"ranges\": {\"train\": {\"factor\": "
                         "[0.28, 0.75]}}}' (training walls as close as test_tight's)")
@@ -262,6 +264,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
                         inner_delta=args.inner_delta, train_cost_limit=args.train_cost_limit,
+                        **({} if args.trust_region_delta is None
+                           else {"trust_region_delta": args.trust_region_delta}),
                         **VARIANTS[variant],
                         **adaptation_fields(setting))
               .evaluation(evaluation_interval=args.train_eval_interval,
@@ -270,6 +274,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
     algo_obj = config.build_algo()
     start = time.perf_counter()
     limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
+    if args.trust_region_delta is not None:
+        limit += f"-tr{args.trust_region_delta:g}"
     if args.env_config:  # one folder per family override
         limit += "-env" + hashlib.sha1(json.dumps(args.env_config, sort_keys=True)
                                        .encode()).hexdigest()[:8]
@@ -303,6 +309,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "adaptation_episodes": adaptation_episodes,
             "trained_from": None if saved is None else str(saved),
             "env_config": dict(algo_obj.config.env_config),
+            "trust_region_delta": algo_obj.config.trust_region_delta,
             "flags": {f: getattr(config, f) for f in SWITCHES},
             "scales": {f: getattr(config, f) for f in SCALES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
