@@ -617,6 +617,13 @@ RESEARCH_SECTIONS = (
         "the runs of the section above trained for 60 iterations instead of 30 (the same "
         "seeds, so the first 30 iterations are the same)",
         training_seeds_section),
+    ResearchSection(
+        "training_seeds_small_radius", RESEARCH / "training_seeds_tr0.003_pointcircle.json",
+        "Training seeds: outer trust region 0.003, 30 iterations",
+        "the runs of the 30-iteration section above with the outer trust-region radius "
+        "0.003 instead of 0.01 (`trust_region_delta`; smaller steps, to damp the swings "
+        "of θ's cost)",
+        training_seeds_section),
 )
 
 

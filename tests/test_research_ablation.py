@@ -115,8 +115,8 @@ def test_run_label_names_the_adaptation_batch_where_recorded() -> None:
 
 def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
     """--train-cost-limit is every training task's limit (θ's training evaluation uses it)
-    and names the checkpoint folder, as --env-config (family overrides) does; adaptation
-    keeps the family's test limit."""
+    and names the checkpoint folder, as --trust-region-delta and --env-config (family
+    overrides) do; adaptation keeps the family's test limit."""
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
     out, checkpoints = tmp_path / "h3.json", tmp_path / "ckpt"
@@ -127,15 +127,17 @@ def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
          "test_tight", "--train-eval-interval", "1", "--train-eval-episodes", "2",
          "--train-eval-tasks", "1", "--episodes-per-task", "2", "--tasks-per-iteration", "2",
          "--train-cost-limit", "3", "--env-config", '{"horizon": 30}',
+         "--trust-region-delta", "0.02",
          "--checkpoints", str(checkpoints), "--out", str(out)],
         check=True, cwd=tmp_path, capture_output=True, timeout=600)
     results = json.loads(out.read_text())
     run = results["runs"]["all/cpo/seed0"]
     assert run["final_train_eval"]["cost_limit"] == 3.0
     assert results["settings"]["env_config"] == {"horizon": 30}
-    saved = list(checkpoints.glob("all-cpo-seed0-it1-h3-env*/training.json"))
+    saved = list(checkpoints.glob("all-cpo-seed0-it1-h3-tr0.02-env*/training.json"))
     assert len(saved) == 1
-    assert run["env_config"] == {"horizon": 30}  # what the trained algorithm's config held
+    # what the trained algorithm's config held
+    assert (run["env_config"], run["trust_region_delta"]) == ({"horizon": 30}, 0.02)
     family = ALGO_CONFIGS["cpo"]().environment("PointNav").make_family()
     test_limit = family.sample_tasks(1, "test_tight", seed=12345)[0].cost_limit
     assert test_limit != 3.0
