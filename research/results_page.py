@@ -789,8 +789,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                         help="safety_ablation.py's JSON of the observation filter and "
                              "critics variants ('': none)")
     for section in RESEARCH_SECTIONS:
-        parser.add_argument(f"--{section.key.replace('_', '-')}", type=Path,
-                            default=section.default,
+        parser.add_argument(f"--{section.key.replace('_', '-')}", dest=section.key,
+                            type=Path, default=section.default,
                             help=f"safety_ablation.py JSON of \"{section.title}\" ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
@@ -802,8 +802,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                              ("training_ledger", args.training_ledger),
                              ("batch_sweep", args.batch_sweep),
                              ("input_ablation", args.input_ablation))}
-    research = {s.key: getattr(args, s.key) for s in RESEARCH_SECTIONS
-                if str(getattr(args, s.key)) not in ("", ".")}
+    chosen = vars(args)
+    research = {s.key: chosen[s.key] for s in RESEARCH_SECTIONS
+                if str(chosen[s.key]) not in ("", ".")}
     page = render(load(args.results), args.out.parent, results=args.results,
                   other_families=args.other_families, research=research, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

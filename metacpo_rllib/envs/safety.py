@@ -338,7 +338,6 @@ class _SafetyFamily(TaskFamily):
 
     agent: str = ""
     default_episode_steps: int = 500
-    RANGES: dict[str, dict[str, Any]] = {}
 
     def __init__(self, max_episode_steps: int | None = None, lean_world: bool = True,
                  fast_step: bool = True, ranges: Mapping[str, Mapping[str, Any]] | None = None,
