@@ -91,7 +91,7 @@ CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating"
 SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged",
             "theta_cost_constraint")
 #: Training fields with a value (not on / off), at these values unless a variant sets them.
-SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0}
+SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
     name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
     for name, (on, scales) in {
@@ -113,6 +113,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_inner_free05": (CORRECTIONS, {"inner_cost_free_scale": 0.5}),
         "all_inner_free_theta": ((*CORRECTIONS, "theta_cost_constraint"),
                                  {"inner_cost_free_scale": 0.25}),
+        # training's outer J_C over the latest N query episodes (over iterations and tasks)
+        "all_win32": (CORRECTIONS, {"train_cost_window": 32}),
+        "all_win64": (CORRECTIONS, {"train_cost_window": 64}),
+        "all_win128": (CORRECTIONS, {"train_cost_window": 128}),
     }.items()}
 
 

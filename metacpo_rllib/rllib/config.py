@@ -102,6 +102,9 @@ class MetaCPOConfig(AlgorithmConfig):
         self.cost_signal_share = True
         self.cost_upper_bound = True
         self.recover_when_violating = True
+        # J_C of training's query batches pools the latest N query episodes of earlier
+        # iterations (0: each batch alone); see training().
+        self.train_cost_window = 0
         # Factors on the radius of training's inner steps whose batch saw no cost / has
         # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
         self.inner_cost_free_scale = 1.0
@@ -170,6 +173,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_signal_share: bool = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
+        train_cost_window: int = _UNSET,
         inner_cost_free_scale: float = _UNSET,
         inner_recovery_scale: float = _UNSET,
         theta_cost_constraint: bool = _UNSET,
@@ -213,6 +217,12 @@ class MetaCPOConfig(AlgorithmConfig):
         share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
+        ``train_cost_window`` ≥ 0 (episodes; 0: off): J_C of training's outer constraint
+        (the query batches: θ's for CPO, the adapted policies' for Meta-CPO) pools each
+        batch's episodes with the latest this many query episodes of earlier iterations,
+        over tasks (each as its excess over its task's limit), in the Learner's
+        checkpointed state: a rolling estimate of the cost across the task distribution
+        instead of 4 episodes per task.
         ``inner_cost_free_scale`` in (0, 1] / ``inner_recovery_scale`` ≥ 1: factors on
         the radius of a training inner step (meta algorithms) whose batch saw no cost / has
         c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``).
@@ -258,6 +268,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
+            train_cost_window=train_cost_window,
             inner_cost_free_scale=inner_cost_free_scale,
             inner_recovery_scale=inner_recovery_scale,
             theta_cost_constraint=theta_cost_constraint,
@@ -402,9 +413,9 @@ class MetaCPOConfig(AlgorithmConfig):
                 not _is_num(self.adaptation_delta) or self.adaptation_delta <= 0):
             _bad("adaptation_delta", "expected a finite number > 0 or None",
                  self.adaptation_delta)
-        if not _is_int(self.adaptation_cost_window) or self.adaptation_cost_window < 0:
-            _bad("adaptation_cost_window", "expected an integer >= 0",
-                 self.adaptation_cost_window)
+        for field in ("adaptation_cost_window", "train_cost_window"):
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
+                _bad(field, "expected an integer >= 0", getattr(self, field))
         for free, recovery in (("inner_cost_free_scale", "inner_recovery_scale"),
                                ("adaptation_cost_free_scale", "adaptation_recovery_scale")):
             if not _is_num(getattr(self, free)) or not 0 < getattr(self, free) <= 1:

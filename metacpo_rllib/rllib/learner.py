@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import deque
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -37,6 +38,9 @@ from metacpo_rllib.rllib.module import params_to_weights
 from metacpo_rllib.rllib.protocol import RoundOutput, SampleResult
 
 logger = logging.getLogger(__name__)
+
+#: The Learner-state key of the training J_C window (``train_cost_window``).
+RECENT_EXCESS_KEY = "metacpo_recent_cost_excess"
 
 
 def batch_summary(batch: Batch) -> dict[str, float]:
@@ -102,6 +106,9 @@ class MetaCPOTorchLearner(TorchLearner):
         threads = getattr(self.config, "torch_num_threads", None)
         if threads:
             torch.set_num_threads(int(threads))
+        # J_C − h of each of the latest ``train_cost_window`` training query episodes, over
+        # iterations and tasks (oldest first), pooled into the next query batches' J_C
+        self._recent_excess: deque[float] = deque(maxlen=self.config.train_cost_window)
         self._reset_rounds(0)
 
     # -- helpers --------------------------------------------------------------------------
@@ -193,28 +200,24 @@ class MetaCPOTorchLearner(TorchLearner):
                 for name, net in zip(("reward", "cost"), critics)}
 
     def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False,
-               cost_window: int = 0) -> Optional[Batch]:
+               cost_history: Sequence[float] = ()) -> Optional[Batch]:
         """Build task ``index``'s Batch from its learning result (the task's id and cost
         limit come with it); a task with non-finite env output is dropped. With critics
         on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
-        task's batches never are). ``cost_window``: J_C also pools up to this many of the
-        task's most recent episodes from its earlier batches since ``begin``. After an
-        adaptation step with a margin rate, the task's margin first learns from that step
-        (``learned_margin``: its predicted cost change against this batch's) and enters c."""
+        task's batches never are). ``cost_history``: earlier episode costs pooled with the
+        batch's into J_C (``make_batch``). After an adaptation step with a margin rate, the
+        task's margin first learns from that step (``learned_margin``: its predicted cost
+        change against this batch's) and enters c."""
         if sample is None or index in self._dropped:
             return None
-        history = self._episode_costs[index]
         try:
             values = self._critic_values(index, sample, keep)
             batch = make_batch(sample.episodes, task_id=sample.task.task_id,
                                cost_limit=sample.task.cost_limit, values=values,
-                               cost_history=history[-cost_window:] if cost_window else (),
-                               **self.config.batch_kwargs())
+                               cost_history=cost_history, **self.config.batch_kwargs())
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
-        if cost_window:
-            history.extend(float(c) for c in batch.ep_costs)
         last = self._last_step[index]
         if last is not None:
             before, predicted = last
@@ -278,7 +281,12 @@ class MetaCPOTorchLearner(TorchLearner):
                 self._support[i].append(batch)
                 support[i] = batch
 
-        summaries, weights = self._over_tasks(samples, take, keep=True)
+        def history(_: int, sample: SampleResult) -> list[float]:
+            if round_index < cfg.inner_steps:
+                return []
+            return [excess + sample.task.cost_limit for excess in self._recent_excess]
+
+        summaries, weights = self._over_tasks(samples, take, keep=True, history=history)
         solves: dict[int, torch.Tensor] = {}
 
         def step(indices: list[int]) -> list[Params]:
@@ -326,6 +334,9 @@ class MetaCPOTorchLearner(TorchLearner):
                 for name, param in policy.named_parameters():
                     param.copy_(new_theta[name])
             info = {**info, "num_tasks_updated": float(len(keep)), "updates_skipped": 0.0}
+        self._recent_excess.extend(float(cost) - query.cost_limit
+                                   for query in (self._query[i] for i in keep)
+                                   for cost in query.ep_costs)
         return {**info, **self._end_iteration(keep)}
 
     def _end_iteration(self, keep: Sequence[int]) -> dict[str, float]:
@@ -357,7 +368,14 @@ class MetaCPOTorchLearner(TorchLearner):
         step's calibration record, :func:`step_record`."""
         records: list[Optional[dict[str, float]]] = [None] * len(samples)
 
+        window = self.config.adaptation_cost_window
+
+        def history(i: int, _: SampleResult) -> list[float]:
+            return self._episode_costs[i][-window:] if window else []
+
         def step(i: int, batch: Batch) -> Optional[dict[str, Any]]:
+            if window:
+                self._episode_costs[i].extend(float(c) for c in batch.ep_costs)
             if not update:
                 return None
             cfg = self.config.adaptation_update_config(
@@ -380,27 +398,42 @@ class MetaCPOTorchLearner(TorchLearner):
                                           records[i]["predicted_cost_change"])
             return weights
 
-        summaries, weights = self._over_tasks(samples, step,
-                                              cost_window=self.config.adaptation_cost_window)
+        summaries, weights = self._over_tasks(samples, step, history=history)
         return RoundOutput(summaries, weights, dict(self._dropped),
                            records if update else None)
 
     def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
                     handle: Callable[[int, Batch], Optional[dict[str, Any]]],
-                    keep: bool = False, cost_window: int = 0
+                    keep: bool = False,
+                    history: Callable[[int, SampleResult], Sequence[float]] = lambda *_: ()
                     ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
         """Build each task's Batch (dropping bad ones; ``keep``: kept for the critics'
-        fit; ``cost_window``: see :meth:`_batch`), summarise it and let ``handle`` return
-        the task's next weights (or None); returns (summaries, weights)."""
+        fit; ``history(i, sample)``: the earlier episode costs pooled into its J_C), summarise
+        it and let ``handle`` return the task's next weights (or None); returns
+        (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
-            batch = self._batch(i, sample, keep, cost_window)
+            batch = self._batch(i, sample, keep,
+                                () if sample is None else history(i, sample))
             if batch is None:
                 continue
             summaries[i] = batch_summary(batch)
             weights[i] = handle(i, batch)
         return summaries, weights
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
+        """RLlib's Learner state plus the training J_C window (``train_cost_window``)."""
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state[RECENT_EXCESS_KEY] = list(self._recent_excess)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if RECENT_EXCESS_KEY in state:  # (absent from older checkpoints)
+            self._recent_excess.clear()
+            self._recent_excess.extend(float(e) for e in state[RECENT_EXCESS_KEY])
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out) -> Any:
         raise NotImplementedError(
