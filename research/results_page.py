@@ -505,34 +505,45 @@ def other_family_section(path: Path) -> list[str]:
 
 
 def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
-    """θ's training evaluation cost per algorithm and seed at every evaluation iteration
-    (``safety_ablation.py --splits`` JSON: training only), and how many seeds end within h
-    and within 1.1 h."""
+    """θ's training evaluation cost per variant, algorithm and seed at every evaluation
+    iteration (``safety_ablation.py --splits`` JSON: training only), and per variant and
+    algorithm how many seeds end within h and within 1.1 h, with the last evaluation's
+    mean cost and return over seeds (the variant column only with several variants)."""
     data = json.loads(path.read_text())
     settings = data["settings"]
     runs = sorted(data["runs"].values(),
-                  key=lambda run: (settings["algos"].index(run["algo"]), run["seed"]))
+                  key=lambda run: (settings["variants"].index(run["variant"]),
+                                   settings["algos"].index(run["algo"]), run["seed"]))
     evals = [[row for row in run["training"] if "eval_cost" in row] for run in runs]
     iterations = [row["iteration"] for row in evals[0]]
     limit = float(evals[0][-1]["cost_limit"])
+    several = len({run["variant"] for run in runs}) > 1
+    lead = "| variant " if several else ""
     lines = [f"## {title}", "",
              f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {what}. θ is "
              f"evaluated every {settings['train_eval_interval']} iterations on "
              f"{settings['train_eval_tasks']} fixed training tasks × "
              f"{settings['train_eval_episodes']} evaluation episodes; the cells are its mean "
              f"episode cost against h = {limit:g} (* above h).", "",
-             "| algorithm | seed | " + " | ".join(f"it {i}" for i in iterations) + " |",
-             "|---|---|" + "---:|" * len(iterations)]
+             f"{lead}| algorithm | seed | " + " | ".join(f"it {i}" for i in iterations) + " |",
+             ("|---" if several else "") + "|---|---|" + "---:|" * len(iterations)]
     for run, rows in zip(runs, evals):
         cells = [f"{r['eval_cost']:.1f}{'*' if r['eval_cost'] > r['cost_limit'] else ''}"
                  for r in rows]
-        lines.append(f"| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
+        variant = f"| {run['variant']} " if several else ""
+        lines.append(f"{variant}| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
     lines.append("")
-    for algo in dict.fromkeys(run["algo"] for run in runs):
-        last = [rows[-1]["eval_cost"] for run, rows in zip(runs, evals) if run["algo"] == algo]
-        lines.append(f"- {algo}: the last evaluation is within h on "
-                     f"{sum(c <= limit for c in last)} of {len(last)} seeds, within 1.1 h on "
-                     f"{sum(c <= 1.1 * limit for c in last)}.")
+    groups = dict.fromkeys((run["variant"], run["algo"]) for run in runs)
+    for variant, algo in groups:
+        last = [rows[-1] for run, rows in zip(runs, evals)
+                if (run["variant"], run["algo"]) == (variant, algo)]
+        costs = [row["eval_cost"] for row in last]
+        name = f"{variant} / {algo}" if several else algo
+        lines.append(f"- {name}: the last evaluation is within h on "
+                     f"{sum(c <= limit for c in costs)} of {len(costs)} seeds, within 1.1 h on "
+                     f"{sum(c <= 1.1 * limit for c in costs)}; mean cost "
+                     f"{np.mean(costs):.1f}, mean return "
+                     f"{np.mean([row['eval_return'] for row in last]):.2f}.")
     return lines + [""]
 
 
