@@ -91,7 +91,8 @@ CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating"
 SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privileged",
             "theta_cost_constraint")
 #: Training fields with a value (not on / off), at these values unless a variant sets them.
-SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0}
+SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0,
+          "train_limit_margin": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
     for name, (on, scales) in {
@@ -117,6 +118,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_win32": (CORRECTIONS, {"train_cost_window": 32}),
         "all_win64": (CORRECTIONS, {"train_cost_window": 64}),
         "all_win128": (CORRECTIONS, {"train_cost_window": 128}),
+        # training's outer constraint aims at (1 − f)·h
+        "all_margin30": (CORRECTIONS, {"train_limit_margin": 0.3}),
+        "all_margin50": (CORRECTIONS, {"train_limit_margin": 0.5}),
     }.items()}
 
 

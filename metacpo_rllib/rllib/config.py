@@ -105,6 +105,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # J_C of training's query batches pools the latest N query episodes of earlier
         # iterations (0: each batch alone); see training().
         self.train_cost_window = 0
+        # Training's outer constraint aims at (1 − f)·h instead of h (0: at h).
+        self.train_limit_margin = 0.0
         # Factors on the radius of training's inner steps whose batch saw no cost / has
         # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
         self.inner_cost_free_scale = 1.0
@@ -174,6 +176,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
         train_cost_window: int = _UNSET,
+        train_limit_margin: float = _UNSET,
         inner_cost_free_scale: float = _UNSET,
         inner_recovery_scale: float = _UNSET,
         theta_cost_constraint: bool = _UNSET,
@@ -222,7 +225,10 @@ class MetaCPOConfig(AlgorithmConfig):
         batch's episodes with the latest this many query episodes of earlier iterations,
         over tasks (each as its excess over its task's limit), in the Learner's
         checkpointed state: a rolling estimate of the cost across the task distribution
-        instead of 4 episodes per task.
+        instead of 4 episodes per task. ``train_limit_margin`` f in [0, 1): training's
+        outer constraint is c = J_C + f·h − h, so it aims at (1 − f)·h (a setpoint below
+        the limit, for θ whose cost swings between iterations); h itself stays the limit
+        that metrics and evaluations report against.
         ``inner_cost_free_scale`` in (0, 1] / ``inner_recovery_scale`` ≥ 1: factors on
         the radius of a training inner step (meta algorithms) whose batch saw no cost / has
         c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``).
@@ -268,7 +274,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
             cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
-            train_cost_window=train_cost_window,
+            train_cost_window=train_cost_window, train_limit_margin=train_limit_margin,
             inner_cost_free_scale=inner_cost_free_scale,
             inner_recovery_scale=inner_recovery_scale,
             theta_cost_constraint=theta_cost_constraint,
@@ -416,6 +422,8 @@ class MetaCPOConfig(AlgorithmConfig):
         for field in ("adaptation_cost_window", "train_cost_window"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 _bad(field, "expected an integer >= 0", getattr(self, field))
+        if not _is_num(self.train_limit_margin) or not 0 <= self.train_limit_margin < 1:
+            _bad("train_limit_margin", "expected a number in [0, 1)", self.train_limit_margin)
         for free, recovery in (("inner_cost_free_scale", "inner_recovery_scale"),
                                ("adaptation_cost_free_scale", "adaptation_recovery_scale")):
             if not _is_num(getattr(self, free)) or not 0 < getattr(self, free) <= 1:

@@ -200,12 +200,14 @@ class MetaCPOTorchLearner(TorchLearner):
                 for name, net in zip(("reward", "cost"), critics)}
 
     def _batch(self, index: int, sample: Optional[SampleResult], keep: bool = False,
-               cost_history: Sequence[float] = ()) -> Optional[Batch]:
+               cost_history: Sequence[float] = (), margin_fraction: float = 0.0
+               ) -> Optional[Batch]:
         """Build task ``index``'s Batch from its learning result (the task's id and cost
         limit come with it); a task with non-finite env output is dropped. With critics
         on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
         task's batches never are). ``cost_history``: earlier episode costs pooled with the
-        batch's into J_C (``make_batch``). After an adaptation step with a margin rate, the
+        batch's into J_C (``make_batch``); ``margin_fraction``: c = J_C + f·h − h (the
+        constraint aims at (1 − f)·h). After an adaptation step with a margin rate, the
         task's margin first learns from that step (``learned_margin``: its predicted cost
         change against this batch's) and enters c."""
         if sample is None or index in self._dropped:
@@ -218,6 +220,8 @@ class MetaCPOTorchLearner(TorchLearner):
         except BadBatchError as err:
             self._drop(index, str(err))
             return None
+        if margin_fraction:
+            batch = dataclasses.replace(batch, cost_margin=margin_fraction * batch.cost_limit)
         last = self._last_step[index]
         if last is not None:
             before, predicted = last
@@ -286,7 +290,10 @@ class MetaCPOTorchLearner(TorchLearner):
                 return []
             return [excess + sample.task.cost_limit for excess in self._recent_excess]
 
-        summaries, weights = self._over_tasks(samples, take, keep=True, history=history)
+        query = round_index >= cfg.inner_steps
+        summaries, weights = self._over_tasks(
+            samples, take, keep=True, history=history,
+            margin_fraction=self.config.train_limit_margin if query else 0.0)
         solves: dict[int, torch.Tensor] = {}
 
         def step(indices: list[int]) -> list[Params]:
@@ -405,17 +412,19 @@ class MetaCPOTorchLearner(TorchLearner):
     def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
                     handle: Callable[[int, Batch], Optional[dict[str, Any]]],
                     keep: bool = False,
-                    history: Callable[[int, SampleResult], Sequence[float]] = lambda *_: ()
+                    history: Callable[[int, SampleResult], Sequence[float]] = lambda *_: (),
+                    margin_fraction: float = 0.0
                     ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
         """Build each task's Batch (dropping bad ones; ``keep``: kept for the critics'
-        fit; ``history(i, sample)``: the earlier episode costs pooled into its J_C), summarise
+        fit; ``history(i, sample)``: the earlier episode costs pooled into its J_C;
+        ``margin_fraction``: see :meth:`_batch`), summarise
         it and let ``handle`` return the task's next weights (or None); returns
         (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
-            batch = self._batch(i, sample, keep,
-                                () if sample is None else history(i, sample))
+            batch = self._batch(i, sample, keep, () if sample is None else history(i, sample),
+                                margin_fraction)
             if batch is None:
                 continue
             summaries[i] = batch_summary(batch)
