@@ -1,5 +1,8 @@
-"""train_cost_window: training's outer J_C pools the latest query episodes of earlier iterations."""
+"""Training's outer constraint: J_C over a window of earlier query episodes
+(train_cost_window) and a setpoint below the limit (train_limit_margin)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -84,7 +87,28 @@ def test_window_keeps_the_latest_episodes_and_survives_a_checkpoint(ray_local, t
         restored.stop()
 
 
-@pytest.mark.parametrize("value", [-1, 2.5, True, None, "8"])
-def test_bad_window_is_named(value):
-    with pytest.raises(ValueError, match="train_cost_window"):
-        _config(train_cost_window=value).validate()
+@pytest.mark.parametrize("cls", [CPOConfig, MetaCPOConfig])
+def test_limit_margin_moves_the_outer_setpoint(ray_local, cls):
+    """With train_limit_margin f the outer c is the query batches' mean of J_C + f·h − h:
+    the constraint aims at (1 − f)·h; the reported limits stay h."""
+    algo = _config(cls, train_limit_margin=0.4).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()["metacpo"]
+            costs = np.array(result["per_task"]["post_cost"])
+            limits = np.array(result["per_task"]["cost_limit"])
+            assert result["update"]["outer_constraint_value"] == pytest.approx(
+                float(np.mean(costs - 0.6 * limits)), rel=1e-5, abs=1e-5)
+            assert result["cost_limit_mean"] == pytest.approx(float(np.mean(limits)))
+            assert min(limits) > 0
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize("field, value", [
+    *(("train_cost_window", v) for v in (-1, 2.5, True, None, "8")),
+    *(("train_limit_margin", v) for v in (-0.1, 1.0, math.nan, True, None, "0.5")),
+])
+def test_bad_value_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        _config(**{field: value}).validate()
