@@ -429,6 +429,7 @@ def meta_update(
         "outer_surrogate_reward_change": result.reward_change,
         "outer_surrogate_cost_change": result.cost_change,
         "outer_kl": result.kl,
+        "outer_delta": float(cfg.delta),
         "outer_constraint_value": c,
         "outer_constraint_on_theta": float(own_active),
         "line_search_steps": float(result.steps_tried),

@@ -340,7 +340,8 @@ class MetaCPO(Algorithm):
         extra: dict[str, list] = {"eval": [], "steps": []}
         if evaluation is not None and evaluation.modes:
             times.update(eval_env_steps=0)
-        theta = self._on_learner(lambda learner: learner.begin(len(tasks)))
+        iteration = self._meta_iterations
+        theta = self._on_learner(lambda learner: learner.begin(len(tasks), iteration))
         weights: list[Optional[dict]] = [theta] * len(tasks)
         rounds, placements = [], [(-1, "")] * len(tasks)
         for k in range(num_rounds):

@@ -6,6 +6,8 @@ import math
 import warnings
 from typing import Any, Optional
 
+import numpy as np
+
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
@@ -82,6 +84,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.episodes_per_task = 4
         self.train_cost_limit = None
         self.trust_region_delta = 0.01
+        self.trust_region_schedule = None  # [[iteration, delta], ...]: see training()
         self.inner_delta = 0.01
         self.metric = "fisher"
         self.backend = "closed_form"
@@ -160,6 +163,7 @@ class MetaCPOConfig(AlgorithmConfig):
         train_cost_limit: Optional[float] = _UNSET,
         cost_limit: Optional[float] = _UNSET,
         trust_region_delta: float = _UNSET,
+        trust_region_schedule: Optional[list] = _UNSET,
         inner_delta: float = _UNSET,
         metric: str = _UNSET,
         backend: str = _UNSET,
@@ -204,7 +208,12 @@ class MetaCPOConfig(AlgorithmConfig):
         to 0 unless given in the same call. ``train_cost_limit``: override of every training
         task's limit (None: the family's train limit); ``cost_limit`` is its deprecated
         name (a warning; both: ValueError). ``trust_region_delta`` / ``inner_delta``: outer and
-        inner trust-region radii. ``seed``: seeds the task RNG (and RLlib's own seeding).
+        inner trust-region radii. ``trust_region_schedule``: the outer radius by
+        meta-iteration instead of the constant ``trust_region_delta``, as [[iteration,
+        delta], ...] with increasing iterations (0 = the first update), linear in between
+        and constant beyond the ends (e.g. [[0, 0.01], [20, 0.01], [30, 0.002]] shrinks the
+        last ten steps, so the last iterates move less); test-time CPO / TRPO steps without
+        ``adaptation_delta`` take the radius the schedule has reached. ``seed``: seeds the task RNG (and RLlib's own seeding).
         ``torch_num_threads``: torch threads of the Learner's process (None, the default:
         torch's own, one per core); the Learner works while the EnvRunners wait, and its
         products over all tasks at once are large enough to use the cores.
@@ -267,6 +276,7 @@ class MetaCPOConfig(AlgorithmConfig):
             critic_hidden=critic_hidden, critic_epochs=critic_epochs, critic_lr=critic_lr,
             tasks_per_iteration=tasks_per_iteration, episodes_per_task=episodes_per_task,
             train_cost_limit=train_cost_limit, trust_region_delta=trust_region_delta,
+            trust_region_schedule=trust_region_schedule,
             inner_delta=inner_delta, metric=metric, backend=backend, cg_iters=cg_iters,
             cg_damping=cg_damping, fisher_stride=fisher_stride,
             line_search_steps=line_search_steps,
@@ -322,14 +332,23 @@ class MetaCPOConfig(AlgorithmConfig):
         return self
 
     # -- derived ------------------------------------------------------------------------
-    def update_config(self):
-        """The optim ``UpdateConfig`` of this config (not validated)."""
+    def outer_delta(self, iteration: int = 0) -> float:
+        """The outer trust-region radius of meta-iteration ``iteration`` (0-based): the
+        ``trust_region_schedule`` interpolated there, or ``trust_region_delta``."""
+        if self.trust_region_schedule is None:
+            return self.trust_region_delta
+        steps, deltas = zip(*self.trust_region_schedule)
+        return float(np.interp(iteration, steps, deltas))
+
+    def update_config(self, iteration: int = 0):
+        """The optim ``UpdateConfig`` of this config at meta-iteration ``iteration``
+        (its outer radius: :meth:`outer_delta`; not validated)."""
         from metacpo_rllib.optim import UpdateConfig
 
         return UpdateConfig(
             inner_steps=self.inner_steps if self.meta else 0,
             constrained=self.constrained,
-            delta=self.trust_region_delta,
+            delta=self.outer_delta(iteration),
             inner_delta=self.inner_delta,
             metric=self.metric,
             backend=self.backend,
@@ -346,13 +365,15 @@ class MetaCPOConfig(AlgorithmConfig):
             theta_cost_constraint=self.theta_cost_constraint,
         )
 
-    def adaptation_update_config(self, cost_free: bool = False, violating: bool = False):
-        """The ``UpdateConfig`` of a test-time adaptation step: :meth:`update_config` with
+    def adaptation_update_config(self, cost_free: bool = False, violating: bool = False,
+                                 iteration: int = 0):
+        """The ``UpdateConfig`` of a test-time adaptation step after ``iteration`` training
+        iterations: :meth:`update_config` at ``iteration`` with
         ``adaptation_delta``, if set, as the radius of both the inner and the plain step;
         both radii times ``adaptation_cost_free_scale`` if ``cost_free`` (the step's batch
         saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0); the
         inner step's own scales are 1 (its radius is scaled here already)."""
-        cfg = dataclasses.replace(self.update_config(), inner_cost_free_scale=1.0,
+        cfg = dataclasses.replace(self.update_config(iteration), inner_cost_free_scale=1.0,
                                   inner_recovery_scale=1.0)
         if self.adaptation_delta is not None:
             cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
@@ -410,6 +431,7 @@ class MetaCPOConfig(AlgorithmConfig):
             value = getattr(self, field)
             if not _is_num(value) or value <= 0:
                 _bad(field, "expected a finite number > 0", value)
+        self.validate_schedule()
         if self.adaptation_episodes_per_task is not None and (
                 not _is_int(self.adaptation_episodes_per_task)
                 or self.adaptation_episodes_per_task < 1):
@@ -468,6 +490,22 @@ class MetaCPOConfig(AlgorithmConfig):
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
         self.validate_sampling()
+
+    def validate_schedule(self) -> None:
+        """Raise ValueError naming ``trust_region_schedule`` if it is not None or a
+        non-empty list of [iteration, delta] pairs, iterations integers >= 0 increasing,
+        deltas finite numbers > 0."""
+        schedule = self.trust_region_schedule
+        if schedule is None:
+            return
+        why = ("expected None or a non-empty list of [iteration, delta] pairs (iterations "
+               "integers >= 0, increasing; deltas finite numbers > 0)")
+        if not isinstance(schedule, (list, tuple)) or not schedule or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and _is_int(p[0]) and p[0] >= 0
+                and _is_num(p[1]) and p[1] > 0 for p in schedule):
+            _bad("trust_region_schedule", why, schedule)
+        if any(b[0] <= a[0] for a, b in zip(schedule, schedule[1:])):
+            _bad("trust_region_schedule", why, schedule)
 
     def validate_critics(self) -> None:
         """Raise ValueError naming the first invalid critic field."""

@@ -109,6 +109,7 @@ class MetaCPOTorchLearner(TorchLearner):
         # J_C − h of each of the latest ``train_cost_window`` training query episodes, over
         # iterations and tasks (oldest first), pooled into the next query batches' J_C
         self._recent_excess: deque[float] = deque(maxlen=self.config.train_cost_window)
+        self._iteration = 0  # the meta-iteration begun last (begin)
         self._reset_rounds(0)
 
     # -- helpers --------------------------------------------------------------------------
@@ -261,8 +262,10 @@ class MetaCPOTorchLearner(TorchLearner):
         return {}
 
     # -- the per-iteration protocol -------------------------------------------------------
-    def begin(self, num_tasks: int) -> dict[str, Any]:
-        """Start a meta-iteration (or an adaptation run) over ``num_tasks`` tasks; returns θ."""
+    def begin(self, num_tasks: int, iteration: int = 0) -> dict[str, Any]:
+        """Start meta-iteration ``iteration`` (0-based; for an adaptation run: the number
+        of training iterations done) over ``num_tasks`` tasks; returns θ."""
+        self._iteration = iteration
         self._reset_rounds(num_tasks)
         return self.theta_weights()
 
@@ -275,7 +278,7 @@ class MetaCPOTorchLearner(TorchLearner):
         (their metric solves in one) and their new weights are returned. Round K is the
         query round.
         """
-        cfg = self.config.update_config()
+        cfg = self.config.update_config(self._iteration)
         support: dict[int, Batch] = {}
 
         def take(i: int, batch: Batch) -> None:
@@ -317,7 +320,7 @@ class MetaCPOTorchLearner(TorchLearner):
         observations and the critics are fitted (their final losses ``critic_loss_reward``
         / ``critic_loss_cost`` in the statistics).
         """
-        cfg = self.config.update_config()
+        cfg = self.config.update_config(self._iteration)
         keep = [i for i, q in enumerate(self._query)
                 if q is not None and i not in self._dropped]
         if not keep:
@@ -387,7 +390,8 @@ class MetaCPOTorchLearner(TorchLearner):
                 return None
             cfg = self.config.adaptation_update_config(
                 cost_free=batch.cost_free,
-                violating=self.config.constrained and batch.violating)
+                violating=self.config.constrained and batch.violating,
+                iteration=self._iteration)
             params = self.adapted_params(i)
             infos: list[dict[str, float]] = []
 

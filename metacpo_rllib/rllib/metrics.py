@@ -39,7 +39,7 @@ OUTER_STAT_DEFAULTS: dict[str, float] = {
     k: math.nan for k in (
         "outer_case", "outer_lam", "outer_nu", "outer_predicted_reward_change",
         "outer_predicted_cost_change", "outer_surrogate_reward_change",
-        "outer_surrogate_cost_change", "outer_kl", "outer_constraint_value",
+        "outer_surrogate_cost_change", "outer_kl", "outer_delta", "outer_constraint_value",
         "outer_constraint_on_theta",
         "line_search_steps", "line_search_accepted")
 }

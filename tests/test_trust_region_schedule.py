@@ -1,0 +1,47 @@
+"""trust_region_schedule: the outer trust-region radius by meta-iteration."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metacpo_rllib.rllib import CPOConfig
+
+SCHEDULE = [[0, 0.01], [10, 0.01], [20, 0.002]]
+
+
+def test_radius_is_interpolated_and_constant_beyond_the_ends():
+    config = CPOConfig().training(trust_region_schedule=SCHEDULE, trust_region_delta=0.5)
+    assert [config.outer_delta(i) for i in (0, 5, 10, 15, 20, 40)] == pytest.approx(
+        [0.01, 0.01, 0.01, 0.006, 0.002, 0.002])
+    assert config.update_config(15).delta == pytest.approx(0.006)
+    # test-time CPO steps without adaptation_delta: the radius the schedule has reached
+    assert config.adaptation_update_config(iteration=30).delta == pytest.approx(0.002)
+    config.training(adaptation_delta=0.003)
+    assert config.adaptation_update_config(iteration=30).delta == pytest.approx(0.003)
+    assert CPOConfig().training(trust_region_delta=0.02).update_config(7).delta == 0.02
+
+
+@pytest.mark.ray
+def test_training_steps_at_the_scheduled_radius(ray_local):
+    """On a real algorithm the update of iteration t reports the scheduled radius and its
+    accepted step stays inside it."""
+    algo = (CPOConfig().environment("PointNav", env_config={"horizon": 30})
+            .training(tasks_per_iteration=2, episodes_per_task=2, seed=0,
+                      trust_region_schedule=[[0, 0.02], [2, 0.001]]).build_algo())
+    try:
+        for expected in (0.02, 0.0105, 0.001, 0.001):
+            update = algo.train()["metacpo"]["update"]
+            assert update["outer_delta"] == pytest.approx(expected)
+            assert update["outer_kl"] <= expected * (1 + 1e-6)
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize("schedule", [
+    [], [[0]], [[0, 0.01], [0, 0.02]], [[3, 0.01], [1, 0.02]], [[-1, 0.01]],
+    [[0, 0.0]], [[0, math.inf]], [[0.5, 0.01]], [[True, 0.01]], "0.01", 0.01,
+])
+def test_bad_schedule_is_named(schedule):
+    with pytest.raises(ValueError, match="trust_region_schedule"):
+        CPOConfig().environment("PointNav").training(trust_region_schedule=schedule).validate()
