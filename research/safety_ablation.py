@@ -94,7 +94,8 @@ SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privilege
 #: The outer radius by iteration of the ``*anneal`` variants (made for 30 iterations).
 ANNEAL = [[0, 0.01], [20, 0.01], [29, 0.002]]
 SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0,
-          "train_limit_margin": 0.0, "trust_region_schedule": None}
+          "train_limit_margin": 0.0, "trust_region_schedule": None,
+          "outer_recovery_scale": 1.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
     for name, (on, scales) in {
@@ -123,6 +124,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # training's outer constraint aims at (1 − f)·h
         "all_margin30": (CORRECTIONS, {"train_limit_margin": 0.3}),
         "all_margin50": (CORRECTIONS, {"train_limit_margin": 0.5}),
+        # the outer (training) step's radius times 3 when its c > 0
+        "all_outer_rec3": (CORRECTIONS, {"outer_recovery_scale": 3.0}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,

@@ -45,3 +45,34 @@ def test_training_steps_at_the_scheduled_radius(ray_local):
 def test_bad_schedule_is_named(schedule):
     with pytest.raises(ValueError, match="trust_region_schedule"):
         CPOConfig().environment("PointNav").training(trust_region_schedule=schedule).validate()
+
+
+@pytest.mark.ray
+def test_outer_recovery_scale_widens_only_violating_steps(ray_local):
+    """With outer_recovery_scale k the outer step's radius is k·δ exactly in the
+    iterations whose constraint value c > 0 (the scheduled δ otherwise), and the accepted
+    step stays inside it; test-time steps keep the factor 1."""
+    config = (CPOConfig().environment("PointNav", env_config={"horizon": 30})
+              .training(tasks_per_iteration=2, episodes_per_task=2, seed=1,
+                        train_cost_limit=1.0, outer_recovery_scale=4.0,
+                        trust_region_schedule=[[0, 0.004], [3, 0.002]]))
+    assert config.adaptation_update_config(violating=True).outer_recovery_scale == 1.0
+    algo = config.build_algo()
+    seen = set()
+    try:
+        for iteration in range(5):
+            update = algo.train()["metacpo"]["update"]
+            violating = update["outer_constraint_value"] > 0
+            seen.add(violating)
+            expected = config.outer_delta(iteration) * (4.0 if violating else 1.0)
+            assert update["outer_delta"] == pytest.approx(expected)
+            assert update["outer_kl"] <= expected * (1 + 1e-6)
+    finally:
+        algo.stop()
+    assert True in seen
+
+
+def test_bad_outer_recovery_scale_is_named():
+    for value in (0.5, math.inf, "2", None):
+        with pytest.raises(ValueError, match="outer_recovery_scale"):
+            CPOConfig().environment("PointNav").training(outer_recovery_scale=value).validate()

@@ -55,6 +55,9 @@ class UpdateConfig:
     #: step it will take (:func:`inner_radius`); 1.0 and 1.0: every inner step ``inner_delta``
     inner_cost_free_scale: float = 1.0
     inner_recovery_scale: float = 1.0
+    #: the outer step's radius is ``delta`` times this when its constraint value c > 0
+    #: (constrained only; test-time steps scale their radius before, and keep 1 here)
+    outer_recovery_scale: float = 1.0
     #: meta algorithms (constrained): the outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h, the
     #: cost of θ's own batches (round 0) beside its adapted policies' (:func:`meta_update`)
     theta_cost_constraint: bool = False
@@ -78,9 +81,10 @@ class UpdateConfig:
         if not isinstance(self.inner_cost_free_scale, (int, float)) \
                 or not 0 < self.inner_cost_free_scale <= 1:
             bad("inner_cost_free_scale", "expected a number in (0, 1]")
-        if not isinstance(self.inner_recovery_scale, (int, float)) \
-                or not 1 <= self.inner_recovery_scale < math.inf:
-            bad("inner_recovery_scale", "expected a finite number >= 1")
+        for field in ("inner_recovery_scale", "outer_recovery_scale"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not 1 <= value < math.inf:
+                bad(field, "expected a finite number >= 1")
         if self.metric not in METRICS:
             bad("metric", f"expected one of {METRICS}")
         if self.backend not in BACKENDS:
@@ -372,6 +376,7 @@ def meta_update(
     constraint is max(c, c_θ), c_θ = mean_i(J_C,i(θ) − h_i) from θ's own batches
     ``support[i][0]``: where c_θ is the larger, b and the line search's cost change are
     those of θ's cost surrogate on them (the active piece of the max).
+    The radius is ``delta``, times ``outer_recovery_scale`` where c > 0 (constrained).
     ``solves[i][k]``: the ``CPOStep.metric_solution`` of task i's inner step k, when the
     caller took the inner steps from θ already (the learner's rounds): the meta-gradient's
     replay of them skips their conjugate gradient.
@@ -395,7 +400,8 @@ def meta_update(
         cost = cost.detach()
     # The outer trust region is measured on the states θ itself visited.
     metric_obs = torch.cat([s[0].obs if s else q.obs for s, q in zip(support, query)])
-    step = constrained_step(module, theta, g, b, c, cfg.delta, metric_obs, cfg,
+    radius = cfg.delta * (cfg.outer_recovery_scale if cfg.constrained and c > 0 else 1.0)
+    step = constrained_step(module, theta, g, b, c, radius, metric_obs, cfg,
                             create_graph=False)
 
     def evaluate(candidate: Params) -> tuple[float, float, float]:
@@ -413,7 +419,7 @@ def meta_update(
     result: LineSearchResult = line_search(
         lambda frac: detached(add_step(theta, step.x.detach(), frac)),
         evaluate,
-        delta=cfg.delta,
+        delta=radius,
         constraint_value=c if cfg.constrained else None,
         require_improvement=step.case not in RESTORING_CASES,
         steps=cfg.line_search_steps,
@@ -429,7 +435,7 @@ def meta_update(
         "outer_surrogate_reward_change": result.reward_change,
         "outer_surrogate_cost_change": result.cost_change,
         "outer_kl": result.kl,
-        "outer_delta": float(cfg.delta),
+        "outer_delta": float(radius),
         "outer_constraint_value": c,
         "outer_constraint_on_theta": float(own_active),
         "line_search_steps": float(result.steps_tried),

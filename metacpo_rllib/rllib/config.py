@@ -114,6 +114,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
         self.inner_cost_free_scale = 1.0
         self.inner_recovery_scale = 1.0
+        # Factor on the outer (training) step's radius when its c > 0; 1.0: off.
+        self.outer_recovery_scale = 1.0
         # Meta-CPO's outer step also keeps θ's own cost (optim.meta.meta_update).
         self.theta_cost_constraint = False
         # Test-time adaptation only: the episodes per task in each step's learning batch
@@ -183,6 +185,7 @@ class MetaCPOConfig(AlgorithmConfig):
         train_limit_margin: float = _UNSET,
         inner_cost_free_scale: float = _UNSET,
         inner_recovery_scale: float = _UNSET,
+        outer_recovery_scale: float = _UNSET,
         theta_cost_constraint: bool = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
@@ -240,7 +243,10 @@ class MetaCPOConfig(AlgorithmConfig):
         that metrics and evaluations report against.
         ``inner_cost_free_scale`` in (0, 1] / ``inner_recovery_scale`` ≥ 1: factors on
         the radius of a training inner step (meta algorithms) whose batch saw no cost / has
-        c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``).
+        c > 0, the rule of the adaptation steps below (``optim.meta.inner_radius``);
+        ``outer_recovery_scale`` ≥ 1: the factor on the outer training step's radius when
+        its c > 0 (a longer recovery of θ; test-time steps use
+        ``adaptation_recovery_scale`` instead).
         ``theta_cost_constraint``: Meta-CPO's outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h,
         θ's own cost (its round-0 batches) beside its adapted policies' (off: only the
         adapted policies'; ``optim.meta.meta_update``).
@@ -287,6 +293,7 @@ class MetaCPOConfig(AlgorithmConfig):
             train_cost_window=train_cost_window, train_limit_margin=train_limit_margin,
             inner_cost_free_scale=inner_cost_free_scale,
             inner_recovery_scale=inner_recovery_scale,
+            outer_recovery_scale=outer_recovery_scale,
             theta_cost_constraint=theta_cost_constraint,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
@@ -362,6 +369,7 @@ class MetaCPOConfig(AlgorithmConfig):
             cost_signal_share=self.cost_signal_share,
             inner_cost_free_scale=self.inner_cost_free_scale,
             inner_recovery_scale=self.inner_recovery_scale,
+            outer_recovery_scale=self.outer_recovery_scale,
             theta_cost_constraint=self.theta_cost_constraint,
         )
 
@@ -374,7 +382,7 @@ class MetaCPOConfig(AlgorithmConfig):
         saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0); the
         inner step's own scales are 1 (its radius is scaled here already)."""
         cfg = dataclasses.replace(self.update_config(iteration), inner_cost_free_scale=1.0,
-                                  inner_recovery_scale=1.0)
+                                  inner_recovery_scale=1.0, outer_recovery_scale=1.0)
         if self.adaptation_delta is not None:
             cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
                                       inner_delta=self.adaptation_delta)
