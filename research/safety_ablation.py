@@ -124,6 +124,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # training's outer constraint aims at (1 − f)·h
         "all_margin30": (CORRECTIONS, {"train_limit_margin": 0.3}),
         "all_margin50": (CORRECTIONS, {"train_limit_margin": 0.5}),
+        # twice the training batch (8 episodes per task and round instead of 4)
+        "all_eps8": (CORRECTIONS, {"episodes_per_task": 8}),
         # the outer (training) step's radius times 3 when its c > 0
         "all_outer_rec3": (CORRECTIONS, {"outer_recovery_scale": 3.0}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
@@ -277,14 +279,15 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             setting: str = "default") -> dict[str, Any]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
+    training = {"seed": seed, "episodes_per_task": args.episodes_per_task,
+                "tasks_per_iteration": args.tasks_per_iteration,
+                "inner_delta": args.inner_delta, "train_cost_limit": args.train_cost_limit,
+                **({} if args.trust_region_delta is None
+                   else {"trust_region_delta": args.trust_region_delta}),
+                **VARIANTS[variant],  # a variant's fields win over the flags
+                **adaptation_fields(setting)}
     config = (ALGO_CONFIGS[algo]().environment(args.family, env_config=args.env_config)
-              .training(seed=seed, episodes_per_task=args.episodes_per_task,
-                        tasks_per_iteration=args.tasks_per_iteration,
-                        inner_delta=args.inner_delta, train_cost_limit=args.train_cost_limit,
-                        **({} if args.trust_region_delta is None
-                           else {"trust_region_delta": args.trust_region_delta}),
-                        **VARIANTS[variant],
-                        **adaptation_fields(setting))
+              .training(**training)
               .evaluation(evaluation_interval=args.train_eval_interval,
                           evaluation_duration=args.train_eval_episodes,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
@@ -327,6 +330,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "trained_from": None if saved is None else str(saved),
             "env_config": dict(algo_obj.config.env_config),
             "trust_region_delta": algo_obj.config.trust_region_delta,
+            "episodes_per_task": algo_obj.config.episodes_per_task,
             "flags": {f: getattr(config, f) for f in SWITCHES},
             "scales": {f: getattr(config, f) for f in SCALES}, "training": training,
             "final_train_eval": last_eval[0] if last_eval else None,
