@@ -63,6 +63,16 @@ adapted on 12 held-out tasks per split (research/results/inner_radius_pointcircl
         --variants all_inner_free all_inner_free05 all_inner_free_theta \
         --out OUT
 
+Controls of training's outer step meant to end training within its limit (the J_C
+window, the setpoint margin, the annealed radius, the longer recovery, twice the batch),
+training only, θ evaluated every 5 iterations; each command wrote its own file, merged
+with ``--merge`` (research/results/training_controls_pointcircle.json holds the commands):
+
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --seeds 0 1 2 3 4 5 6 7 --train-eval-interval 5 --algos cpo --splits \
+        --variants all all_outer_rec3 --checkpoints CKPT --out A.json
+    python research/safety_ablation.py --merge A.json B.json ... --out MERGED.json
+
 CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
 
     python research/safety_ablation.py --family PointCircle --iterations 15 \
@@ -175,6 +185,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
                         "iteration count, --train-cost-limit and --env-config if set) and "
                         "adapt from it when it is already there")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="merge these result files into --out (runs, seeds, variants, "
+                        "algorithms and commands) and exit; a run found twice must be the "
+                        "same")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 
@@ -338,8 +352,38 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "total_s": time.perf_counter() - start}
 
 
+def merge(paths: list[Path], out: Path) -> dict[str, Any]:
+    """The runs of the result files ``paths`` in one: the first file's settings with the
+    union of seeds, variants and algorithms (first seen first) and every file's command
+    under ``commands``. A run key found in two files must hold the same training and final
+    evaluation (e.g. a baseline restored from the same checkpoint), else ValueError."""
+    merged: dict[str, Any] = {"settings": None, "runs": {}}
+    for path in paths:
+        data = json.loads(path.read_text())
+        settings = data["settings"]
+        if merged["settings"] is None:
+            merged["settings"] = {**settings, "out": str(out), "commands": []}
+        for field in ("seeds", "variants", "algos"):
+            merged["settings"][field] = list(dict.fromkeys(
+                [*merged["settings"][field], *settings[field]]))
+        merged["settings"]["commands"].extend(
+            settings.get("commands") or [f"{path.name}: its settings"])
+        for key, run in data["runs"].items():
+            seen = merged["runs"].get(key)
+            if seen is not None and (seen["training"], seen["final_train_eval"]) != (
+                    run["training"], run["final_train_eval"]):
+                raise ValueError(f"--merge: run {key} differs between the files")
+            merged["runs"].setdefault(key, run)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        merged = merge(args.merge, args.out)
+        args.out.write_text(json.dumps(merged, indent=1, default=float))
+        print(f"{len(merged['runs'])} runs -> {args.out}")
+        return 0
     import ray
 
     results: dict[str, Any] = {}

@@ -142,3 +142,35 @@ def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
     test_limit = family.sample_tasks(1, "test_tight", seed=12345)[0].cost_limit
     assert test_limit != 3.0
     assert run["adaptation"]["test_tight"]["cost_limit"] == test_limit
+
+
+def _result(command: str, seeds, variants, runs) -> dict:
+    return {"settings": {"seeds": seeds, "variants": variants, "algos": ["cpo"],
+                         "commands": [command]},
+            "runs": {k: {"training": [{"iteration": 1, "batch_cost": v}],
+                         "final_train_eval": None} for k, v in runs.items()}}
+
+
+def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
+    """--merge: the union of runs, seeds, variants and commands; a baseline present in both
+    files with the same training is kept once; the same key with other data is refused."""
+    sys.path.insert(0, str(REPO / "research"))
+    try:
+        import safety_ablation
+    finally:
+        sys.path.remove(str(REPO / "research"))
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    a.write_text(json.dumps(_result("cmd a", [0, 1], ["all", "x"],
+                                    {"all/cpo/seed0": 1.0, "x/cpo/seed0": 2.0})))
+    b.write_text(json.dumps(_result("cmd b", [1, 2], ["all", "y"],
+                                    {"all/cpo/seed0": 1.0, "y/cpo/seed2": 3.0})))
+    c.write_text(json.dumps(_result("cmd c", [0], ["all"], {"all/cpo/seed0": 9.0})))
+    out = tmp_path / "merged.json"
+    assert safety_ablation.main(["--merge", str(a), str(b), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert set(merged["runs"]) == {"all/cpo/seed0", "x/cpo/seed0", "y/cpo/seed2"}
+    assert merged["settings"]["seeds"] == [0, 1, 2]
+    assert merged["settings"]["variants"] == ["all", "x", "y"]
+    assert merged["settings"]["commands"] == ["cmd a", "cmd b"]
+    with pytest.raises(ValueError, match="all/cpo/seed0 differs"):
+        safety_ablation.merge([a, c], out)
