@@ -138,6 +138,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_eps8": (CORRECTIONS, {"episodes_per_task": 8}),
         # the outer (training) step's radius times 3 when its c > 0
         "all_outer_rec3": (CORRECTIONS, {"outer_recovery_scale": 3.0}),
+        "all_eps8_outer_rec3": (CORRECTIONS, {"episodes_per_task": 8,
+                                              "outer_recovery_scale": 3.0}),
+        "all_theta_outer_rec3": ((*CORRECTIONS, "theta_cost_constraint"),
+                                 {"outer_recovery_scale": 3.0}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,
