@@ -504,6 +504,18 @@ def other_family_section(path: Path) -> list[str]:
         algorithms="Meta-CPO")
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` as "0–2, 5"."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][-1] + 1:
+            spans[-1].append(seed)
+        else:
+            spans.append([seed])
+    return ", ".join(f"{s[0]}–{s[-1]}" if len(s) > 2 else ", ".join(map(str, s))
+                     for s in spans)
+
+
 def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
     """θ's training evaluation cost per variant, algorithm and seed at every evaluation
     iteration (``safety_ablation.py --splits`` JSON: training only), and per variant and
@@ -534,12 +546,40 @@ def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
         lines.append(f"{variant}| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
     lines.append("")
     groups = dict.fromkeys((run["variant"], run["algo"]) for run in runs)
+    if several:  # one line per variant and algorithm, before the per-seed table
+        tail = min(3, len(iterations))
+        last_of = {(run["variant"], run["algo"], run["seed"]): rows[-1]
+                   for run, rows in zip(runs, evals)}
+        summary = [f"| variant | algorithm | seeds | last within h | last within 1.1 h | "
+                   f"last: mean cost | `all` on those seeds | last {tail} evaluations: "
+                   f"mean cost | last: mean return | `all` on those seeds |",
+                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for variant, algo in groups:
+            mine = [(run["seed"], rows) for run, rows in zip(runs, evals)
+                    if (run["variant"], run["algo"]) == (variant, algo)]
+            seeds = [seed for seed, _ in mine]
+            costs = [rows[-1]["eval_cost"] for _, rows in mine]
+            base = [last_of.get(("all", algo, seed)) for seed in seeds]
+            paired = variant != "all" and all(base)
+
+            def versus(key: str, digits: int) -> str:
+                return f"{np.mean([b[key] for b in base]):.{digits}f}" if paired else "–"
+
+            summary.append(
+                f"| {variant} | {algo} | {_seed_list(seeds)} | "
+                f"{sum(c <= limit for c in costs)} | {sum(c <= 1.1 * limit for c in costs)} | "
+                f"{np.mean(costs):.1f} | {versus('eval_cost', 1)} | "
+                f"{np.mean([r['eval_cost'] for _, rows in mine for r in rows[-tail:]]):.1f} | "
+                f"{np.mean([rows[-1]['eval_return'] for _, rows in mine]):.2f} | "
+                f"{versus('eval_return', 2)} |")
+        table_at = lines.index("", 2) + 1  # after the heading and the paragraph
+        lines[table_at:table_at] = [*summary, ""]
+        return lines
     for variant, algo in groups:
         last = [rows[-1] for run, rows in zip(runs, evals)
                 if (run["variant"], run["algo"]) == (variant, algo)]
         costs = [row["eval_cost"] for row in last]
-        name = f"{variant} / {algo}" if several else algo
-        lines.append(f"- {name}: the last evaluation is within h on "
+        lines.append(f"- {algo}: the last evaluation is within h on "
                      f"{sum(c <= limit for c in costs)} of {len(costs)} seeds, within 1.1 h on "
                      f"{sum(c <= 1.1 * limit for c in costs)}; mean cost "
                      f"{np.mean(costs):.1f}, mean return "
