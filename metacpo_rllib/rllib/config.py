@@ -454,6 +454,9 @@ class MetaCPOConfig(AlgorithmConfig):
                 _bad(field, "expected an integer >= 0", getattr(self, field))
         if not _is_num(self.train_limit_margin) or not 0 <= self.train_limit_margin < 1:
             _bad("train_limit_margin", "expected a number in [0, 1)", self.train_limit_margin)
+        if not _is_num(self.outer_recovery_scale) or self.outer_recovery_scale < 1:
+            _bad("outer_recovery_scale", "expected a finite number >= 1",
+                 self.outer_recovery_scale)
         for free, recovery in (("inner_cost_free_scale", "inner_recovery_scale"),
                                ("adaptation_cost_free_scale", "adaptation_recovery_scale")):
             if not _is_num(getattr(self, free)) or not 0 < getattr(self, free) <= 1:
