@@ -142,6 +142,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                               "outer_recovery_scale": 3.0}),
         "all_theta_outer_rec3": ((*CORRECTIONS, "theta_cost_constraint"),
                                  {"outer_recovery_scale": 3.0}),
+        "all_eps8_theta_outer_rec3": ((*CORRECTIONS, "theta_cost_constraint"),
+                                      {"episodes_per_task": 8, "outer_recovery_scale": 3.0}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,
