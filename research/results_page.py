@@ -675,6 +675,22 @@ RESEARCH_SECTIONS = (
         "0.003 instead of 0.01 (`trust_region_delta`; smaller steps, to damp the swings "
         "of θ's cost)",
         training_seeds_section),
+    ResearchSection(
+        "training_controls", RESEARCH / "training_controls_pointcircle.json",
+        "Training controls: ending training within its limit",
+        "CPO and Meta-CPO with the `make train` settings and the default safety "
+        "corrections (`all`), against controls of training's outer step, each on top of "
+        "them: J_C over the latest 32, 64 or 128 query episodes (`all_win*`, "
+        "`train_cost_window`), a setpoint 30% or 50% below h (`all_margin*`, "
+        "`train_limit_margin`), the outer radius shrunk from 0.01 to 0.002 over the last "
+        "ten iterations (`*anneal`, `trust_region_schedule`), three times the outer radius "
+        "when c > 0 (`*outer_rec3`, `outer_recovery_scale`), 8 episodes per task and round "
+        "instead of 4 (`*eps8`) and θ's own cost as a second outer constraint "
+        "(`*theta*`, `theta_cost_constraint`); seeds 0–7, each run of every variant from "
+        "the same seed, Intel Xeon; no adaptation. The summary compares each variant with "
+        "`all` on the same seeds; some variants were stopped after fewer seeds when they "
+        "did no better",
+        training_seeds_section),
 )
 
 

@@ -88,3 +88,34 @@ def test_training_seeds_section_counts_the_last_evaluations() -> None:
     assert sum(cell.strip().endswith("*") for row in rows for cell in row.split("|")) == sum(
         r["eval_cost"] > r["cost_limit"] for run in runs for r in run["training"]
         if "eval_cost" in r)
+
+
+def test_training_controls_summary_compares_each_variant_on_its_seeds() -> None:
+    """The controls' summary counts each variant's seeds within h and sets it beside the
+    default (`all`) on the same seeds, from the JSON."""
+    import json
+
+    import numpy as np
+
+    section = next(s for s in results_page.RESEARCH_SECTIONS if s.key == "training_controls")
+    text = "\n".join(section.show(section.default, section.title, section.what))
+    runs = list(json.loads(section.default.read_text())["runs"].values())
+    last = {(r["variant"], r["algo"], r["seed"]): [x for x in r["training"]
+                                                   if "eval_cost" in x][-1] for r in runs}
+    checked = 0
+    for variant, algo in {(r["variant"], r["algo"]) for r in runs} - {("all", "cpo"),
+                                                                       ("all", "meta-cpo")}:
+        seeds = sorted(s for v, a, s in last if (v, a) == (variant, algo))
+        if not all(("all", algo, s) in last for s in seeds):
+            continue
+        costs = [last[(variant, algo, s)]["eval_cost"] for s in seeds]
+        within = sum(c <= last[(variant, algo, s)]["cost_limit"]
+                     for c, s in zip(costs, seeds))
+        base = np.mean([last[("all", algo, s)]["eval_cost"] for s in seeds])
+        row = next(line for line in text.splitlines()
+                   if line.startswith(f"| {variant} | {algo} | "))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[3] == str(within)
+        assert cells[5] == f"{np.mean(costs):.1f}" and cells[6] == f"{base:.1f}"
+        checked += 1
+    assert checked >= 3
