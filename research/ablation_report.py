@@ -43,6 +43,24 @@ VARIANT_MEANING = {
                         "the radius (`inner_cost_free_scale`)",
     "all_inner_free_theta": "`all_inner_free` whose outer step also keeps θ's own cost "
                             "(`theta_cost_constraint`)",
+    "all_win32": "`all` whose outer J_C pools the latest 32 query episodes of earlier "
+                 "iterations (`train_cost_window`)",
+    "all_win64": "`all` with a J_C window of 64 query episodes (`train_cost_window`)",
+    "all_win128": "`all` with a J_C window of 128 query episodes (`train_cost_window`)",
+    "all_margin30": "`all` whose outer constraint aims at 0.7 h (`train_limit_margin`)",
+    "all_margin50": "`all` whose outer constraint aims at 0.5 h (`train_limit_margin`)",
+    "all_anneal": "`all` whose outer radius shrinks from 0.01 to 0.002 over iterations "
+                  "20–29 (`trust_region_schedule`)",
+    "all_margin30_anneal": "`all_margin30` with the radius of `all_anneal`",
+    "all_outer_rec3": "`all` whose outer step takes 3 times the radius when c > 0 "
+                      "(`outer_recovery_scale`)",
+    "all_eps8": "`all` with 8 episodes per task and sampling round instead of 4 "
+                "(`episodes_per_task`)",
+    "all_eps8_outer_rec3": "`all_eps8` and `all_outer_rec3` together",
+    "all_theta_outer_rec3": "`all_outer_rec3` whose outer step also keeps θ's own cost "
+                            "(`theta_cost_constraint`)",
+    "all_eps8_theta_outer_rec3": "`all_theta_outer_rec3` with 8 episodes per task and "
+                                 "round",
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

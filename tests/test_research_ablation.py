@@ -174,3 +174,13 @@ def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
     assert merged["settings"]["commands"] == ["cmd a", "cmd b"]
     with pytest.raises(ValueError, match="all/cpo/seed0 differs"):
         safety_ablation.merge([a, c], out)
+
+
+def test_every_variant_has_a_meaning_on_the_page() -> None:
+    sys.path.insert(0, str(REPO / "research"))
+    try:
+        import ablation_report
+        import safety_ablation
+    finally:
+        sys.path.remove(str(REPO / "research"))
+    assert set(safety_ablation.VARIANTS) <= set(ablation_report.VARIANT_MEANING)
