@@ -691,6 +691,14 @@ RESEARCH_SECTIONS = (
         "`all` on the same seeds; some variants were stopped after fewer seeds when they "
         "did no better",
         training_seeds_section),
+    ResearchSection(
+        "training_controls_adaptation",
+        RESEARCH / "training_controls_adaptation_pointcircle.json",
+        "Training controls: adaptation from their θ",
+        "the default corrections (`all`) and, for each algorithm, the training controls "
+        "that met the training target in the section above (CPO: `all_eps8_outer_rec3`, "
+        "Meta-CPO: `all_theta_outer_rec3`), seeds 0–2: the same trained θ (restored from "
+        "those runs) adapted with the adaptation defaults on both held-out splits"),
 )
 
 

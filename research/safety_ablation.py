@@ -360,20 +360,22 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
 
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """The runs of the result files ``paths`` in one: the first file's settings with the
-    union of seeds, variants and algorithms (first seen first) and every file's command
-    under ``commands``. A run key found in two files must hold the same training and final
+    union of seeds, variants and algorithms (first seen first), every file's commands
+    under ``commands`` and every file's own settings (its arguments) under
+    ``merged_from``. A run key found in two files must hold the same training and final
     evaluation (e.g. a baseline restored from the same checkpoint), else ValueError."""
     merged: dict[str, Any] = {"settings": None, "runs": {}}
     for path in paths:
         data = json.loads(path.read_text())
         settings = data["settings"]
         if merged["settings"] is None:
-            merged["settings"] = {**settings, "out": str(out), "commands": []}
+            merged["settings"] = {**settings, "out": str(out), "commands": [],
+                                  "merged_from": []}
         for field in ("seeds", "variants", "algos"):
             merged["settings"][field] = list(dict.fromkeys(
                 [*merged["settings"][field], *settings[field]]))
-        merged["settings"]["commands"].extend(
-            settings.get("commands") or [f"{path.name}: its settings"])
+        merged["settings"]["commands"].extend(settings.get("commands", []))
+        merged["settings"]["merged_from"].append({"file": path.name, "settings": settings})
         for key, run in data["runs"].items():
             seen = merged["runs"].get(key)
             if seen is not None and (seen["training"], seen["final_train_eval"]) != (

@@ -172,6 +172,7 @@ def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
     assert merged["settings"]["seeds"] == [0, 1, 2]
     assert merged["settings"]["variants"] == ["all", "x", "y"]
     assert merged["settings"]["commands"] == ["cmd a", "cmd b"]
+    assert [m["file"] for m in merged["settings"]["merged_from"]] == ["a.json", "b.json"]
     with pytest.raises(ValueError, match="all/cpo/seed0 differs"):
         safety_ablation.merge([a, c], out)
 
