@@ -43,7 +43,7 @@ gl:
 
 train: $(STAMP)
 	$(VENV)/bin/metacpo train --family PointCircle --algo meta-cpo --iterations 30 \
-	    --tasks-per-iteration 4 --episodes-per-task 4 --inner-delta 0.003 --eval-interval 30 \
+	    --tasks-per-iteration 4 --episodes-per-task 8 --inner-delta 0.003 --eval-interval 30 \
 	    --test-tasks 6 --adapt-steps 5 --eval-episodes 10
 
 test: $(STAMP)

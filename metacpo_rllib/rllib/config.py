@@ -134,7 +134,7 @@ class MetaCPOConfig(AlgorithmConfig):
         # The defaults held the limits best on PointCircle (research/results/
         # adaptation_settings_pointcircle.json, adaptation_defaults_12tasks_pointcircle.json,
         # docs/results/PointCircle*/comparison.json): 32 episodes per adaptation batch cost
-        # 8x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
+        # 4x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
