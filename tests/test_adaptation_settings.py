@@ -110,6 +110,10 @@ def test_the_adaptation_radius_replaces_both_radii():
     config = rl.MetaCPOConfig().training(inner_delta=0.003, trust_region_delta=0.01,
                                          adaptation_cost_free_scale=1.0,
                                          adaptation_recovery_scale=1.0)
+    # the longer outer recovery is training's: adaptation steps scale by their own factor
+    assert config.update_config().outer_recovery_scale == 3.0
+    assert config.adaptation_update_config().outer_recovery_scale == 1.0
+    config.training(outer_recovery_scale=1.0)
     assert config.adaptation_update_config() == config.update_config()
     assert config.adaptation_update_config(cost_free=True, violating=True) == \
         config.update_config()  # both factors 1: every step at the adaptation radius

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.ray
 
 
 def _config(cls=CPOConfig, **training):
+    # theta_cost_constraint off: the outer c is the query batches' alone (Meta-CPO)
     settings = {"tasks_per_iteration": 2, "episodes_per_task": 2, "seed": 3,
-                "cost_upper_bound": False, **training}
+                "cost_upper_bound": False, "theta_cost_constraint": False, **training}
     return (cls().environment("PointNav", env_config={"horizon": 30})
             .training(**settings))
 

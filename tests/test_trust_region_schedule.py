@@ -23,10 +23,11 @@ def test_radius_is_interpolated_and_constant_beyond_the_ends():
 @pytest.mark.ray
 def test_training_steps_at_the_scheduled_radius(ray_local):
     """On a real algorithm the update of iteration t reports the scheduled radius and its
-    accepted step stays inside it."""
+    accepted step stays inside it (no longer recovery: the radius is the schedule's)."""
     algo = (CPOConfig().environment("PointNav", env_config={"horizon": 30})
             .training(tasks_per_iteration=2, episodes_per_task=2, seed=0,
-                      trust_region_schedule=[[0, 0.02], [2, 0.001]]).build_algo())
+                      trust_region_schedule=[[0, 0.02], [2, 0.001]],
+                      outer_recovery_scale=1.0).build_algo())
     try:
         for expected in (0.02, 0.0105, 0.001, 0.001):
             update = algo.train()["metacpo"]["update"]

@@ -7,7 +7,6 @@ import warnings
 from typing import Any, Optional
 
 import numpy as np
-
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
@@ -223,7 +222,8 @@ class MetaCPOConfig(AlgorithmConfig):
         delta], ...] with increasing iterations (0 = the first update), linear in between
         and constant beyond the ends (e.g. [[0, 0.01], [20, 0.01], [30, 0.002]] shrinks the
         last ten steps, so the last iterates move less); test-time CPO / TRPO steps without
-        ``adaptation_delta`` take the radius the schedule has reached. ``seed``: seeds the task RNG (and RLlib's own seeding).
+        ``adaptation_delta`` take the radius the schedule has reached. ``seed``: seeds the
+        task RNG (and RLlib's own seeding).
         ``torch_num_threads``: torch threads of the Learner's process (None, the default:
         torch's own, one per core); the Learner works while the EnvRunners wait, and its
         products over all tasks at once are large enough to use the cores.
@@ -244,7 +244,7 @@ class MetaCPOConfig(AlgorithmConfig):
         batch's episodes with the latest this many query episodes of earlier iterations,
         over tasks (each as its excess over its task's limit), in the Learner's
         checkpointed state: a rolling estimate of the cost across the task distribution
-        instead of 4 episodes per task. ``train_limit_margin`` f in [0, 1): training's
+        instead of each task's own few episodes. ``train_limit_margin`` f in [0, 1): training's
         outer constraint is c = J_C + f·h − h, so it aims at (1 − f)·h (a setpoint below
         the limit, for θ whose cost swings between iterations); h itself stays the limit
         that metrics and evaluations report against.

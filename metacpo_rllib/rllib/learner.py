@@ -288,12 +288,13 @@ class MetaCPOTorchLearner(TorchLearner):
                 self._support[i].append(batch)
                 support[i] = batch
 
+        query = round_index >= cfg.inner_steps
+
         def history(_: int, sample: SampleResult) -> list[float]:
-            if round_index < cfg.inner_steps:
+            if not query:
                 return []
             return [excess + sample.task.cost_limit for excess in self._recent_excess]
 
-        query = round_index >= cfg.inner_steps
         summaries, weights = self._over_tasks(
             samples, take, keep=True, history=history,
             margin_fraction=self.config.train_limit_margin if query else 0.0)
@@ -377,7 +378,6 @@ class MetaCPOTorchLearner(TorchLearner):
         With ``update`` the output also carries ``steps``: per task (None if dropped) the
         step's calibration record, :func:`step_record`."""
         records: list[Optional[dict[str, float]]] = [None] * len(samples)
-
         window = self.config.adaptation_cost_window
 
         def history(i: int, _: SampleResult) -> list[float]:
@@ -421,9 +421,8 @@ class MetaCPOTorchLearner(TorchLearner):
                     ) -> tuple[list[Optional[dict]], list[Optional[dict]]]:
         """Build each task's Batch (dropping bad ones; ``keep``: kept for the critics'
         fit; ``history(i, sample)``: the earlier episode costs pooled into its J_C;
-        ``margin_fraction``: see :meth:`_batch`), summarise
-        it and let ``handle`` return the task's next weights (or None); returns
-        (summaries, weights)."""
+        ``margin_fraction``: see :meth:`_batch`), summarise it and let ``handle`` return
+        the task's next weights (or None); returns (summaries, weights)."""
         summaries: list[Optional[dict]] = [None] * len(samples)
         weights: list[Optional[dict]] = [None] * len(samples)
         for i, sample in enumerate(samples):
