@@ -299,15 +299,15 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             setting: str = "default") -> dict[str, Any]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
-    training = {"seed": seed, "episodes_per_task": args.episodes_per_task,
-                "tasks_per_iteration": args.tasks_per_iteration,
-                "inner_delta": args.inner_delta, "train_cost_limit": args.train_cost_limit,
-                **({} if args.trust_region_delta is None
-                   else {"trust_region_delta": args.trust_region_delta}),
-                **VARIANTS[variant],  # a variant's fields win over the flags
-                **adaptation_fields(setting)}
+    fields = {"seed": seed, "episodes_per_task": args.episodes_per_task,
+              "tasks_per_iteration": args.tasks_per_iteration,
+              "inner_delta": args.inner_delta, "train_cost_limit": args.train_cost_limit,
+              **({} if args.trust_region_delta is None
+                 else {"trust_region_delta": args.trust_region_delta}),
+              **VARIANTS[variant],  # a variant's fields win over the flags
+              **adaptation_fields(setting)}
     config = (ALGO_CONFIGS[algo]().environment(args.family, env_config=args.env_config)
-              .training(**training)
+              .training(**fields)
               .evaluation(evaluation_interval=args.train_eval_interval,
                           evaluation_duration=args.train_eval_episodes,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
