@@ -520,7 +520,8 @@ def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
     """θ's training evaluation cost per variant, algorithm and seed at every evaluation
     iteration (``safety_ablation.py --splits`` JSON: training only), and per variant and
     algorithm how many seeds end within h and within 1.1 h, with the last evaluation's
-    mean cost and return over seeds (the variant column only with several variants)."""
+    mean cost and return over seeds: a table set against `all` on the same seeds, before
+    the per-seed table, with several variants; a line per algorithm after it, with one."""
     data = json.loads(path.read_text())
     settings = data["settings"]
     runs = sorted(data["runs"].values(),
@@ -531,60 +532,61 @@ def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
     limit = float(evals[0][-1]["cost_limit"])
     several = len({run["variant"] for run in runs}) > 1
     lead = "| variant " if several else ""
-    lines = [f"## {title}", "",
-             f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {what}. θ is "
-             f"evaluated every {settings['train_eval_interval']} iterations on "
-             f"{settings['train_eval_tasks']} fixed training tasks × "
-             f"{settings['train_eval_episodes']} evaluation episodes; the cells are its mean "
-             f"episode cost against h = {limit:g} (* above h).", "",
-             f"{lead}| algorithm | seed | " + " | ".join(f"it {i}" for i in iterations) + " |",
+    head = [f"## {title}", "",
+            f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {what}. θ is "
+            f"evaluated every {settings['train_eval_interval']} iterations on "
+            f"{settings['train_eval_tasks']} fixed training tasks × "
+            f"{settings['train_eval_episodes']} evaluation episodes; the cells are its mean "
+            f"episode cost against h = {limit:g} (* above h).", ""]
+    table = [f"{lead}| algorithm | seed | " + " | ".join(f"it {i}" for i in iterations) + " |",
              ("|---" if several else "") + "|---|---|" + "---:|" * len(iterations)]
     for run, rows in zip(runs, evals):
         cells = [f"{r['eval_cost']:.1f}{'*' if r['eval_cost'] > r['cost_limit'] else ''}"
                  for r in rows]
         variant = f"| {run['variant']} " if several else ""
-        lines.append(f"{variant}| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    groups = dict.fromkeys((run["variant"], run["algo"]) for run in runs)
-    if several:  # one line per variant and algorithm, before the per-seed table
-        tail = min(3, len(iterations))
-        last_of = {(run["variant"], run["algo"], run["seed"]): rows[-1]
-                   for run, rows in zip(runs, evals)}
-        summary = [f"| variant | algorithm | seeds | last within h | last within 1.1 h | "
-                   f"last: mean cost | `all` on those seeds | last {tail} evaluations: "
-                   f"mean cost | last: mean return | `all` on those seeds |",
-                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for variant, algo in groups:
-            mine = [(run["seed"], rows) for run, rows in zip(runs, evals)
-                    if (run["variant"], run["algo"]) == (variant, algo)]
-            seeds = [seed for seed, _ in mine]
+        table.append(f"{variant}| {run['algo']} | {run['seed']} | " + " | ".join(cells) + " |")
+    table.append("")
+    # per (variant, algorithm): each seed's evaluations, in seed order
+    groups: dict[tuple[str, str], list[tuple[int, list]]] = {}
+    for run, rows in zip(runs, evals):
+        groups.setdefault((run["variant"], run["algo"]), []).append((run["seed"], rows))
+
+    def counts(costs: list[float]) -> tuple[int, int]:
+        return sum(c <= limit for c in costs), sum(c <= 1.1 * limit for c in costs)
+
+    if not several:
+        lines = []
+        for (_, algo), mine in groups.items():
             costs = [rows[-1]["eval_cost"] for _, rows in mine]
-            base = [last_of.get(("all", algo, seed)) for seed in seeds]
-            paired = variant != "all" and all(base)
+            within, near = counts(costs)
+            lines.append(f"- {algo}: the last evaluation is within h on {within} of "
+                         f"{len(costs)} seeds, within 1.1 h on {near}; mean cost "
+                         f"{np.mean(costs):.1f}, mean return "
+                         f"{np.mean([rows[-1]['eval_return'] for _, rows in mine]):.2f}.")
+        return head + table + lines + [""]
+    tail = min(3, len(iterations))
+    summary = [f"| variant | algorithm | seeds | last within h | last within 1.1 h | "
+               f"last: mean cost | `all` on those seeds | last {tail} evaluations: "
+               f"mean cost | last: mean return | `all` on those seeds |",
+               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (variant, algo), mine in groups.items():
+        seeds = [seed for seed, _ in mine]
+        costs = [rows[-1]["eval_cost"] for _, rows in mine]
+        base_rows = dict(groups.get(("all", algo), []))
+        paired = variant != "all" and all(seed in base_rows for seed in seeds)
 
-            def versus(key: str, digits: int) -> str:
-                return f"{np.mean([b[key] for b in base]):.{digits}f}" if paired else "–"
+        def versus(key: str, digits: int) -> str:
+            return (f"{np.mean([base_rows[seed][-1][key] for seed in seeds]):.{digits}f}"
+                    if paired else "–")
 
-            summary.append(
-                f"| {variant} | {algo} | {_seed_list(seeds)} | "
-                f"{sum(c <= limit for c in costs)} | {sum(c <= 1.1 * limit for c in costs)} | "
-                f"{np.mean(costs):.1f} | {versus('eval_cost', 1)} | "
-                f"{np.mean([r['eval_cost'] for _, rows in mine for r in rows[-tail:]]):.1f} | "
-                f"{np.mean([rows[-1]['eval_return'] for _, rows in mine]):.2f} | "
-                f"{versus('eval_return', 2)} |")
-        table_at = lines.index("", 2) + 1  # after the heading and the paragraph
-        lines[table_at:table_at] = [*summary, ""]
-        return lines
-    for variant, algo in groups:
-        last = [rows[-1] for run, rows in zip(runs, evals)
-                if (run["variant"], run["algo"]) == (variant, algo)]
-        costs = [row["eval_cost"] for row in last]
-        lines.append(f"- {algo}: the last evaluation is within h on "
-                     f"{sum(c <= limit for c in costs)} of {len(costs)} seeds, within 1.1 h on "
-                     f"{sum(c <= 1.1 * limit for c in costs)}; mean cost "
-                     f"{np.mean(costs):.1f}, mean return "
-                     f"{np.mean([row['eval_return'] for row in last]):.2f}.")
-    return lines + [""]
+        within, near = counts(costs)
+        summary.append(
+            f"| {variant} | {algo} | {_seed_list(seeds)} | {within} | {near} | "
+            f"{np.mean(costs):.1f} | {versus('eval_cost', 1)} | "
+            f"{np.mean([r['eval_cost'] for _, rows in mine for r in rows[-tail:]]):.1f} | "
+            f"{np.mean([rows[-1]['eval_return'] for _, rows in mine]):.2f} | "
+            f"{versus('eval_return', 2)} |")
+    return head + summary + [""] + table
 
 
 @dataclasses.dataclass(frozen=True)
