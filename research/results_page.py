@@ -688,8 +688,8 @@ RESEARCH_SECTIONS = (
         "ten iterations (`*anneal`, `trust_region_schedule`), three times the outer radius "
         "when c > 0 (`*outer_rec3`, `outer_recovery_scale`), 8 episodes per task and round "
         "instead of 4 (`*eps8`) and θ's own cost as a second outer constraint "
-        "(`*theta*`, `theta_cost_constraint`); seeds 0–7, each run of every variant from "
-        "the same seed, Intel Xeon; no adaptation. The summary compares each variant with "
+        "(`*theta*`, `theta_cost_constraint`); CPO on seeds 0–7, Meta-CPO on 0–4, every "
+        "variant from the same seeds, Intel Xeon; no adaptation. The summary compares each variant with "
         "`all` on the same seeds; some variants were stopped after fewer seeds when they "
         "did no better",
         training_seeds_section),
