@@ -22,6 +22,7 @@ from metacpo_rllib.cli_support import (  # noqa: F401 (re-exported: the CLI's he
     HelpFormatter,
     Parser,
     SAFETY_FAMILIES,
+    SAMPLING_DEFAULTS,
     UsageError,
     fmt_value,
     abs_path,
@@ -36,7 +37,6 @@ from metacpo_rllib.cli_support import (  # noqa: F401 (re-exported: the CLI's he
     check_writable_file,
     count,
     evaluation_table,
-    family_defaults,
     json_default,
     json_object,
     local_ray,
@@ -182,10 +182,9 @@ def build_config(args: argparse.Namespace) -> Any:
     """The AlgorithmConfig the ``train`` arguments describe."""
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
-    defaults = family_defaults(args.family)
     def pick(name: str) -> int:
         value = getattr(args, name)
-        return defaults[name] if value is None else value
+        return SAMPLING_DEFAULTS[name] if value is None else value
 
     training: dict[str, Any] = {
         "tasks_per_iteration": pick("tasks_per_iteration"),

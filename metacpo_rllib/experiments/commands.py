@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 from metacpo_rllib import cli_support
 from metacpo_rllib.cli_support import (UsageError, abs_path, add_sampling_args,
                                        check_writable_dir, check_writable_file, count,
-                                       family_defaults, json_object, local_ray, number)
+                                       SAMPLING_DEFAULTS, json_object, local_ray, number)
 from metacpo_rllib.experiments import tracking
 
 _MLFLOW_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded "
@@ -219,7 +219,7 @@ def compare_spec_from_args(args: argparse.Namespace) -> Any:
         return load_spec(args.config, overrides)
     if args.family is None:
         raise SpecError("--family: required (or --config FILE)")
-    training = {**family_defaults(args.family),
+    training = {**SAMPLING_DEFAULTS,
                 **{k: v for k, v in training.items() if v is not None}}
     spec = compare_spec(args.family, seeds=(0, 1, 2) if args.seeds is None else args.seeds,
                         iterations=3 if args.iterations is None else args.iterations,
