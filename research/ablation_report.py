@@ -61,6 +61,9 @@ VARIANT_MEANING = {
                             "(`theta_cost_constraint`)",
     "all_eps8_theta_outer_rec3": "`all_theta_outer_rec3` with 8 episodes per task and "
                                  "round",
+    "all_eps8_theta_outer_rec3_share_violating": (
+        "`all_eps8_theta_outer_rec3` whose signal share shrinks only the cost gradient of "
+        "violating batches (`cost_signal_share_scope`; the training defaults)"),
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

@@ -105,7 +105,7 @@ SWITCHES = (*CORRECTIONS, "normalize_observations", "critics", "critic_privilege
 ANNEAL = [[0, 0.01], [20, 0.01], [29, 0.002]]
 SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0,
           "train_limit_margin": 0.0, "trust_region_schedule": None,
-          "outer_recovery_scale": 1.0}
+          "outer_recovery_scale": 1.0, "cost_signal_share_scope": "all"}
 VARIANTS: dict[str, dict[str, Any]] = {
     name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
     for name, (on, scales) in {
@@ -144,6 +144,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                  {"outer_recovery_scale": 3.0}),
         "all_eps8_theta_outer_rec3": ((*CORRECTIONS, "theta_cost_constraint"),
                                       {"episodes_per_task": 8, "outer_recovery_scale": 3.0}),
+        # the same, with the signal share shrinking only violating batches (the defaults)
+        "all_eps8_theta_outer_rec3_share_violating": (
+            (*CORRECTIONS, "theta_cost_constraint"),
+            {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
+             "cost_signal_share_scope": "violating"}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,

@@ -33,6 +33,7 @@ INVALID: dict[str, list] = {
     "cost_lambda": [-0.5, 1.5, math.inf, None],
     "first_order": ["yes", 1, None],
     "cost_signal_share": ["yes", 1, None],
+    "cost_signal_share_scope": ["always", "", None, True],
     "cost_upper_bound": ["yes", 0],
     "recover_when_violating": [1.0, None],
     "inner_cost_free_scale": [0.0, 1.5, math.nan, True, "0.5"],

@@ -104,6 +104,11 @@ class MetaCPOConfig(AlgorithmConfig):
         # ends far above its limit and adaptation raises the cost step after step
         # (docs/SAFETY_ABLATION.md).
         self.cost_signal_share = True
+        # Which batches the signal share shrinks: "violating" (c > 0) only, or "all".
+        # On a satisfied batch the step follows the reward gradient and a shrunk cost
+        # gradient only loosens its constraint (bᵀx ≤ −c/ρ̂), so that step raises the cost
+        # by up to 1/ρ̂ times its slack (docs/RESULTS.md, "Signal share scope").
+        self.cost_signal_share_scope = "violating"
         self.cost_upper_bound = True
         self.recover_when_violating = True
         # J_C of training's query batches pools the latest N query episodes of earlier
@@ -185,6 +190,7 @@ class MetaCPOConfig(AlgorithmConfig):
         cost_lambda: float = _UNSET,
         first_order: bool = _UNSET,
         cost_signal_share: bool = _UNSET,
+        cost_signal_share_scope: str = _UNSET,
         cost_upper_bound: bool = _UNSET,
         recover_when_violating: bool = _UNSET,
         train_cost_window: int = _UNSET,
@@ -236,7 +242,9 @@ class MetaCPOConfig(AlgorithmConfig):
         instead of a linear baseline fitted per batch; ``critic_privileged``: the critics
         also see each task's layout parameters and cost limit (never the policy).
         ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
-        share; ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
+        share, on the batches ``cost_signal_share_scope`` names: "violating" (c > 0; the
+        default) or "all" (a satisfied batch's shrunk gradient loosens its constraint to
+        bᵀx ≤ −c/ρ̂); ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
         cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         ``train_cost_window`` ≥ 0 (episodes; 0: off): J_C of training's outer constraint
@@ -295,7 +303,8 @@ class MetaCPOConfig(AlgorithmConfig):
             line_search_steps=line_search_steps,
             line_search_decay=line_search_decay, lambda_=lambda_, cost_gamma=cost_gamma,
             cost_lambda=cost_lambda, first_order=first_order, seed=seed,
-            cost_signal_share=cost_signal_share, cost_upper_bound=cost_upper_bound,
+            cost_signal_share=cost_signal_share,
+            cost_signal_share_scope=cost_signal_share_scope, cost_upper_bound=cost_upper_bound,
             recover_when_violating=recover_when_violating,
             train_cost_window=train_cost_window, train_limit_margin=train_limit_margin,
             inner_cost_free_scale=inner_cost_free_scale,
@@ -459,6 +468,9 @@ class MetaCPOConfig(AlgorithmConfig):
         for field in ("adaptation_cost_window", "train_cost_window"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 _bad(field, "expected an integer >= 0", getattr(self, field))
+        if self.cost_signal_share_scope not in ("violating", "all"):
+            _bad("cost_signal_share_scope", "expected 'violating' or 'all'",
+                 self.cost_signal_share_scope)
         if not _is_num(self.train_limit_margin) or not 0 <= self.train_limit_margin < 1:
             _bad("train_limit_margin", "expected a number in [0, 1)", self.train_limit_margin)
         if not _is_num(self.outer_recovery_scale) or self.outer_recovery_scale < 1:

@@ -230,7 +230,8 @@ class MetaCPOTorchLearner(TorchLearner):
                 self._margins[index], batch.mean_cost - before, predicted,
                 self.config.adaptation_cost_margin_rate)
             batch = dataclasses.replace(batch, cost_margin=self._margins[index])
-        if self.config.cost_signal_share and self.config.constrained:
+        if self.config.cost_signal_share and self.config.constrained and (
+                batch.violating or self.config.cost_signal_share_scope == "all"):
             # sampled with the task's current parameters (θ before its first inner step)
             batch = shrink_cost_gradient(self.policy, self.adapted_params(index), batch)
         return batch
