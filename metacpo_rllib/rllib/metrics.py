@@ -93,6 +93,9 @@ def iteration_metrics(
             "node_id": [node for _, node in placements],
             "pre_return": pre_r, "pre_cost": pre_c,
             "post_return": post_r, "post_cost": post_c,
+            # the outer step's J_C and the factor its cost gradient was shrunk by (1: none)
+            "constraint_cost": _values(rounds[-1], "constraint_cost"),
+            "cost_signal_share": _values(rounds[-1], "cost_signal_share"),
             # 1: left out of the update (bad env output or non-finite gradient)
             "dropped": [int(s is None) for s in rounds[-1]],
         },
