@@ -61,12 +61,17 @@ def test_metric_names_do_not_depend_on_the_variant():
     assert set(meta) == set(plain)
     assert plain["outer_case_1"] == 1.0 and plain["outer_recoveries"] == 0.0
     tasks = make_family("PointNav").sample_tasks(2, seed=0)
-    summary = [{"mean_return": 1.0, "mean_cost": 12.0}, {"mean_return": 3.0, "mean_cost": 2.0}]
+    summary = [{"mean_return": 1.0, "mean_cost": 12.0, "constraint_cost": 12.5,
+                "cost_signal_share": 0.4},
+               {"mean_return": 3.0, "mean_cost": 2.0, "constraint_cost": 1.5,
+                "cost_signal_share": 1.0}]
     m = iteration_metrics(tasks, [summary, summary], outer, [(1, "node-a"), (2, "node-b")],
                           {"sample_s": 1.0, "learner_s": 2.0, "env_steps": 10})
     assert m["post_violation_rate"] == 0.5 and m["pre_return_mean"] == 2.0
     assert m["per_task"]["runner"] == [1, 2]
     assert m["per_task"]["node_id"] == ["node-a", "node-b"] and m["num_nodes_sampling"] == 2
+    assert m["per_task"]["constraint_cost"] == [12.5, 1.5]
+    assert m["per_task"]["cost_signal_share"] == [0.4, 1.0]
     assert not math.isnan(m["adaptation_gain"])
 
 
