@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from metacpo_rllib.envs import make_family
-from metacpo_rllib.envs.fast_step import FastStep, UnsupportedTask
+from metacpo_rllib.envs.fast_step import FastStep, UnsupportedTask, ego_rounding
 
 STEPS = 240  # episode length of these envs (several resets per run)
 
@@ -150,3 +150,20 @@ def test_builder_step_takes_float32_actions_as_the_stock_step_does(max_dist) -> 
         stock, fast = (env._sg.step(action) for env in envs)  # pylint: disable=protected-access
         assert stock[0].tobytes() == fast[0].tobytes()
         assert stock[1:5] == fast[1:5] and stock[5] == fast[5]
+
+
+def test_the_ego_rounding_is_numpys_on_this_machine_and_the_other_one_is_not() -> None:
+    """The probe finds how numpy rounds ``(3,) @ (3, 3)`` here, and the roundings it chooses
+    from differ: the other one misses numpy on some of a thousand random products."""
+    from metacpo_rllib.envs import fast_kernel  # pylint: disable=import-outside-toplevel
+    rounding = ego_rounding()
+    assert rounding in fast_kernel.EGO_ROUNDINGS
+    rng = np.random.default_rng(7)
+    misses = dict.fromkeys(fast_kernel.EGO_ROUNDINGS, 0)
+    for _ in range(1000):
+        world, mat = rng.normal(size=3), rng.normal(size=9)
+        expected = (world @ mat.reshape(3, 3))[:2]
+        for other in misses:
+            got = [fast_kernel.ego_column(*world, mat, j, other) for j in (0, 1)]
+            misses[other] += not np.array_equal(expected, got)
+    assert misses[rounding] == 0 and all(misses[r] > 0 for r in misses if r != rounding), misses

@@ -10,16 +10,20 @@ differ from the C library's (which numba calls) in the last bit in 1-10 % of val
 ``sin``/``cos`` of the C library equal numpy's. So every output stays bitwise equal to the
 stock step:
 
-* the ego vector ``world @ agent_mat`` is the fused multiply-add chain OpenBLAS's ``dgemv``
-  computes for numpy's ``(3,) @ (3, 3)``;
+* the ego vector ``world @ agent_mat`` is rounded as OpenBLAS's ``dgemv`` rounds numpy's
+  ``(3,) @ (3, 3)`` on this machine: a fused multiply-add chain (AVX-512 kernels) or plain
+  products and sums (AVX2 kernels); :func:`~metacpo_rllib.envs.fast_step.ego_rounding`
+  finds which by asking numpy once per process;
 * ``abs(complex)`` is numpy's SIMD formula ``sqrt(fma(r, r, 1)) * larger``
   (``r = smaller / larger``), not the C library's ``hypot``;
 * numpy's ``x**2`` of a float64 scalar is the C library's ``pow``, not ``x * x``;
 * sums, products and comparisons run in the stock order.
 
 The first two mirror the BLAS and SIMD kernels numpy picks on x86-64 with FMA (AVX2 or
-AVX-512); ``tests/test_fast_step.py`` compares every output bit for bit, so a machine whose
-numpy rounds otherwise fails it rather than drifting silently.
+AVX-512); a machine whose numpy rounds the ego vector in neither way gets
+:class:`~metacpo_rllib.envs.fast_step.UnsupportedTask` (use ``fast_step=False``), and
+``tests/test_fast_step.py`` compares every output bit for bit, so any other difference fails
+it rather than drifting silently.
 
 Why numba: it ships as pip wheels (numba and llvmlite) for every platform the project runs on,
 needs no C compiler on a fresh machine, and ``cache=True`` writes the machine code next to this
@@ -43,7 +47,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["new_fpar", "set_ctrl", "step_outputs", "lidar_bins", "pack_tables"]
+__all__ = ["new_fpar", "set_ctrl", "step_outputs", "lidar_bins", "pack_tables", "ego_column"]
 
 # -- slots of ipar (int64) -------------------------------------------------------------------
 I_AGENT, I_ROWS, I_NBINS, I_ALIAS, I_CIRCLE, I_GOAL_ID, I_GOAL_BUTTON = 0, 1, 2, 3, 4, 5, 6
@@ -53,13 +57,14 @@ I_BUTTONS_LIDAR = 9   # offset of the buttons lidar in the observation, -1: none
 I_SIGWALLS = 10       # number of sigwalls
 I_EXP_LIDAR = 11      # 1: the lidar reads exp(-gain * dist) (no max_dist)
 I_WITH_COSTS = 12     # 0: observation only
+I_EGO_ROUNDING = 13   # how numpy's (3,) @ (3, 3) rounds here: EGO_FMA_CHAIN or EGO_PLAIN
 # (start, stop) of each index table in tab
 TABLES = ("src", "dst", "hinge_adr", "hinge_off", "lidar_body", "lidar_base", "hazard_id",
           "geom_agent", "geom_is_button", "geom_button", "cost_kinds")
 T_SRC, T_DST, T_HINGE_ADR, T_HINGE_OFF, T_LIDAR_BODY, T_LIDAR_BASE, T_HAZARD_ID = (
-    13, 15, 17, 19, 21, 23, 25)
-T_GEOM_AGENT, T_GEOM_IS_BUTTON, T_GEOM_BUTTON, T_COST_KINDS = 27, 29, 31, 33
-IPAR_SIZE = 35
+    14, 16, 18, 20, 22, 24, 26)
+T_GEOM_AGENT, T_GEOM_IS_BUTTON, T_GEOM_BUTTON, T_COST_KINDS = 28, 30, 32, 34
+IPAR_SIZE = 36
 # -- slots of fpar (float64) -----------------------------------------------------------------
 F_BIN_SIZE, F_MAX_DIST, F_CIRCLE_RADIUS, F_REWARD_FACTOR, F_LOCATE_FACTOR = 0, 1, 2, 3, 4
 F_HAZARD_SIZE, F_HAZARD_COST, F_BUTTON_COST, F_REWARD_DISTANCE, F_REWARD_GOAL = 5, 6, 7, 8, 9
@@ -71,6 +76,11 @@ O_REWARD, O_GOAL_MET, O_DIST_GOAL, O_SIGWALLS, O_HAZARDS, O_BUTTONS, O_COST_SUM 
 OUT_SIZE = 7
 # cost kinds (table "cost_kinds"), in the obstacles' order
 COST_SIGWALLS, COST_HAZARDS, COST_BUTTONS = 1, 2, 3
+# the roundings of numpy's ``w @ m`` ((3,) @ (3, 3), OpenBLAS's dgemv) seen on x86-64:
+# column j is fma(w2, m2j, fma(w1, m1j, w0 * m0j)) (AVX-512 kernels) or, without fused
+# multiply-adds, (w0 * m0j + w1 * m1j) + w2 * m2j (AVX2 kernels)
+EGO_FMA_CHAIN, EGO_PLAIN = 0, 1
+EGO_ROUNDINGS = (EGO_FMA_CHAIN, EGO_PLAIN)
 
 _TWO_PI = np.pi * 2
 
@@ -80,6 +90,8 @@ _F1, _F2, _I1 = types.float64[::1], types.float64[:, ::1], types.int64[::1]
 _SET_CTRL = types.void(types.float64[:], _F2, _F1)
 _STEP_OUTPUTS = types.void(_F1, _F2, _F2, types.int32[:, :], _F1, _F1, _F2, _I1, _I1, _F1, _F1)
 _LIDAR_BINS = types.int64(_F1, _F1, _F1, _F2, _F1, _F1, _I1, _I1, _F1)
+_EGO_COLUMN = types.float64(types.float64, types.float64, types.float64, _F1, types.int64,
+                            types.int64)
 
 
 @intrinsic
@@ -112,6 +124,15 @@ def pack_tables(tables: dict[str, np.ndarray], ipar: np.ndarray) -> np.ndarray:
         parts.append(values)
         start += len(values)
     return np.concatenate(parts)
+
+
+@njit(_EGO_COLUMN, cache=True)
+def ego_column(w0, w1, w2, m, j, rounding):
+    """Column ``j`` of ``(w0, w1, w2) @ m.reshape(3, 3)`` (``m``: the 9 row-major entries),
+    rounded as ``rounding`` (:data:`EGO_FMA_CHAIN` or :data:`EGO_PLAIN`)."""
+    if rounding == EGO_PLAIN:
+        return w0 * m[j] + w1 * m[3 + j] + w2 * m[6 + j]
+    return _fma(w2, m[6 + j], _fma(w1, m[3 + j], w0 * m[j]))
 
 
 @njit(cache=True)
@@ -213,14 +234,13 @@ def step_outputs(sensordata, xpos, xmat, geoms, vel, obs, work, tab, ipar, fpar,
         obs[hinge_off[k]], obs[hinge_off[k] + 1] = math.sin(theta), math.cos(theta)
     agent = ipar[I_AGENT]
     ax, ay, az = xpos[agent, 0], xpos[agent, 1], xpos[agent, 2]
-    m = xmat[agent]
+    m, rounding = xmat[agent], ipar[I_EGO_ROUNDING]
     bodies = tab[ipar[T_LIDAR_BODY]:ipar[T_LIDAR_BODY + 1]]
     for r in range(bodies.shape[0]):
         body = bodies[r]
         px, py = (0.0, 0.0) if body < 0 else (xpos[body, 0], xpos[body, 1])
         w0, w1, w2 = px - ax, py - ay, 0.0 - az
-        ex = _fma(w2, m[6], _fma(w1, m[3], w0 * m[0]))
-        ey = _fma(w2, m[7], _fma(w1, m[4], w0 * m[1]))
+        ex, ey = ego_column(w0, w1, w2, m, 0, rounding), ego_column(w0, w1, w2, m, 1, rounding)
         work[0, r], work[1, r], work[2, r] = ex, ey, _cabs(ex, ey)
 
 

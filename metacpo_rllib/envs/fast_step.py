@@ -29,6 +29,7 @@ action noise, shaped costs, other constrained objects) are refused with
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import operator
 from typing import Any
@@ -42,7 +43,7 @@ compat.apply()
 # pylint: disable-next=wrong-import-position
 from safety_gymnasium.utils.common_utils import ResamplingError  # noqa: E402
 
-__all__ = ["FastStep", "UnsupportedTask"]
+__all__ = ["FastStep", "UnsupportedTask", "ego_rounding"]
 
 _mj_step, _mj_forward, _mj_jac_body = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_jacBody
 # metacpo_rllib.envs.fast_kernel, imported (compiled, or loaded from numba's cache) by the
@@ -63,6 +64,24 @@ class UnsupportedTask(ValueError):
     """The task uses a feature :class:`FastStep` does not reproduce (use the stock step)."""
 
 
+@functools.cache
+def ego_rounding() -> int | None:
+    """How numpy rounds the stock lidar's ego vector ``(pos - agent_pos) @ agent_mat`` on this
+    machine (OpenBLAS picks its ``dgemv`` kernel by CPU): the first of
+    ``kernel.EGO_ROUNDINGS`` that equals numpy bit for bit on 256 random vectors and
+    matrices, or None when none does. Asked once per process."""
+    _load_kernel()
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(256, 4, 9))  # matrices as rows of data.xmat, as the stock reads
+    offsets = rng.normal(size=(256, 3)) * np.array([2.0, 2.0, 0.1])
+    for rounding in kernel.EGO_ROUNDINGS:
+        if all(np.array_equal((world @ row.reshape(3, 3))[:2],
+                              [kernel.ego_column(*world, row, j, rounding) for j in (0, 1)])
+               for world, row in zip(offsets, rows[:, 1])):
+            return rounding
+    return None
+
+
 class FastStep:
     """The stock ``Builder.step`` of ``builder`` (a safety-gymnasium Builder), computed faster.
 
@@ -75,7 +94,10 @@ class FastStep:
         task = builder.task
         self.task = task
         _check_supported(task)
-        _load_kernel()
+        self.ego_rounding = ego_rounding()
+        if self.ego_rounding is None:
+            raise UnsupportedTask("fast_step: numpy's (3,) @ (3, 3) on this machine rounds "
+                                  "unlike every kernel.EGO_ROUNDINGS; use fast_step=False")
         self.lidar = task.lidar_conf
         self.space = task.obs_info.obs_space_dict
         flat = task.observation_space
@@ -108,6 +130,7 @@ class FastStep:
         tables.update(self._plan_costs(model))
         self.tab = kernel.pack_tables(tables, ipar)
         ipar[kernel.I_AGENT] = self.agent_id
+        ipar[kernel.I_EGO_ROUNDING] = self.ego_rounding
         ipar[kernel.I_NBINS] = self.lidar.num_bins
         ipar[kernel.I_ALIAS] = bool(self.lidar.alias)
         ipar[kernel.I_CIRCLE] = self.is_circle
