@@ -94,8 +94,9 @@ bench: $(STAMP)
 
 # Results (docs/RESULTS.md): `make results` runs the four-algorithm comparisons listed in
 # RESULTS_RUNS (config:folder; PointCircle on its `test` and `test_tight` splits by default, with
-# the defaults and with the return settings: train at h = 10, evaluate training, adapt on held-out
-# tasks at h = 5 with evaluation episodes; about half an hour each on 2 cores), writing
+# the defaults, with the return settings and with the signal share on every batch: train at
+# h = 10, evaluate training, adapt on held-out tasks at h = 5 with evaluation episodes; about
+# half an hour each on 2 cores), writing
 # docs/results/<folder>/comparison.json, then regenerates the page (the page lists the exact
 # commands of the committed runs); `make results-page` only regenerates the page and its figures
 # from the JSON.
@@ -103,7 +104,9 @@ bench: $(STAMP)
 .PHONY: results results-page
 RESULTS_RUNS ?= pointcircle_compare:PointCircle pointcircle_compare_tight:PointCircle-tight \
 	pointcircle_compare_return:PointCircle-return \
-	pointcircle_compare_return_tight:PointCircle-return-tight
+	pointcircle_compare_return_tight:PointCircle-return-tight \
+	pointcircle_compare_scope_all:PointCircle-scope-all \
+	pointcircle_compare_tight_scope_all:PointCircle-scope-all-tight
 RESULTS_FLAGS ?=
 
 results: $(STAMP)

@@ -800,7 +800,8 @@ def render(families: Mapping[str, Mapping[str, Any]], page_dir: Path,
         "`docs/results/<name>/comparison.json` (written by `metacpo compare`); do not edit "
         "by hand. Earlier comparisons that were scored on the learning batches are kept in "
         "`docs/results/batch-scored/` and are not shown: their fractions within the limit "
-        "are optimistic.", "",
+        "are optimistic. Comparisons run with defaults that have since changed are kept in "
+        "`docs/results/superseded/` and are not shown either.", "",
     ]
     if not families:
         return "\n".join(lines + ["No comparison runs found.", ""])
