@@ -20,8 +20,8 @@ stock step:
 * sums, products and comparisons run in the stock order.
 
 The first two mirror the BLAS and SIMD kernels numpy picks on x86-64 with FMA (AVX2 or
-AVX-512); a machine whose numpy rounds the ego vector in neither way gets
-:class:`~metacpo_rllib.envs.fast_step.UnsupportedTask` (use ``fast_step=False``), and
+AVX-512); on a machine whose numpy rounds the ego vector in neither way the env takes the
+stock step (with a warning), and
 ``tests/test_fast_step.py`` compares every output bit for bit, so any other difference fails
 it rather than drifting silently.
 
