@@ -244,8 +244,8 @@ class MetaCPOConfig(AlgorithmConfig):
         ``cost_signal_share``: scale each batch's cost gradient by its cross-fitted signal
         share, on the batches ``cost_signal_share_scope`` names: "violating" (c > 0; the
         default) or "all" (a satisfied batch's shrunk gradient loosens its constraint to
-        bᵀx ≤ −c/ρ̂); ``cost_upper_bound``: c from the 95% upper bound of the batch's mean episode
-        cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
+        bᵀx ≤ −c/ρ̂); ``cost_upper_bound``: c from the 95% upper bound of the batch's mean
+        episode cost; ``recover_when_violating``: c > 0 always takes the pure cost-descent step
         (``metacpo_rllib.optim.cost_estimate``, ``cpo.classify``).
         ``train_cost_window`` ≥ 0 (episodes; 0: off): J_C of training's outer constraint
         (the query batches: θ's for CPO, the adapted policies' for Meta-CPO) pools each
