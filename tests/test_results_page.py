@@ -50,6 +50,13 @@ def test_target_check_follows_its_definition() -> None:
         meets = [s["train_eval"]["mean_cost"] <= s["train_eval"]["cost_limit"]
                  for a in results_page.CONSTRAINED for s in data["runs"][a]]
         assert t["train_met"] == all(meets)
+        for a in results_page.CONSTRAINED:  # the training target: the mean over seeds
+            costs = [s["train_eval"]["mean_cost"] for s in data["runs"][a]]
+            limit = data["runs"][a][0]["train_eval"]["cost_limit"]
+            assert t["train_mean"][a] == pytest.approx(sum(costs) / len(costs))
+            assert t["train_bound"] == pytest.approx(1.1 * limit)
+        assert t["train_mean_met"] == all(
+            v <= t["train_bound"] for v in t["train_mean"].values())
         # every adaptation step: the per-seed fractions within h, and the returns vs CPO's
         steps = range(1, int(data["adaptation"]["adapt_steps"]) + 1)
         every = [sum(s["adapt"]["eval"]["within_limit_rate"][k] for s in runs) / len(runs)
