@@ -64,7 +64,9 @@ def split_of(data: Mapping[str, Any]) -> str:
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
     """folder name -> comparison JSON, for every ``<results>/<name>/comparison.json``, in
-    family then split order. Raises ValueError for a run without evaluation episodes."""
+    family then split order, the default comparison of a split (folder ``<family>`` or
+    ``<family>-tight``) before its variants. Raises ValueError for a run without evaluation
+    episodes."""
     found = {path.parent.name: {**json.loads(path.read_text()), "dir": path.parent}
              for path in results.glob("*/comparison.json")}
     for name, data in found.items():
@@ -74,7 +76,8 @@ def load(results: Path) -> dict[str, dict[str, Any]]:
     fam = {name: i for i, name in enumerate(FAMILY_ORDER)}
     spl = {name: i for i, name in enumerate(SPLIT_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (
-        fam.get(kv[1]["family"], len(fam)), spl.get(split_of(kv[1]), len(spl)), kv[0])))
+        fam.get(kv[1]["family"], len(fam)), spl.get(split_of(kv[1]), len(spl)),
+        kv[0] not in (kv[1]["family"], f"{kv[1]['family']}-tight"), kv[0])))
 
 
 # -- statistics ---------------------------------------------------------------------------------
