@@ -172,7 +172,7 @@ def test_the_ego_rounding_is_numpys_on_this_machine_and_the_other_one_is_not() -
 def test_a_machine_whose_numpy_rounds_otherwise_takes_the_stock_step(monkeypatch) -> None:
     """Where the probe finds no rounding of the kernel's (here: made to find none), the env
     warns and steps with the stock step rather than with outputs that are not the stock's."""
-    monkeypatch.setattr("metacpo_rllib.envs.safety.ego_rounding", lambda: None)
+    monkeypatch.setattr("metacpo_rllib.envs.fast_step.ego_rounding", lambda: None)
     with pytest.warns(RuntimeWarning, match="taking the stock step"):
         env = make_family("PointCircle").make_env()
     assert env._sg._fast is None  # pylint: disable=protected-access

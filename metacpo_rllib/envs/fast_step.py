@@ -43,7 +43,7 @@ compat.apply()
 # pylint: disable-next=wrong-import-position
 from safety_gymnasium.utils.common_utils import ResamplingError  # noqa: E402
 
-__all__ = ["FastStep", "UnsupportedTask", "ego_rounding"]
+__all__ = ["FastStep", "UnsupportedTask", "UnknownRounding", "ego_rounding"]
 
 _mj_step, _mj_forward, _mj_jac_body = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_jacBody
 # metacpo_rllib.envs.fast_kernel, imported (compiled, or loaded from numba's cache) by the
@@ -64,6 +64,11 @@ class UnsupportedTask(ValueError):
     """The task uses a feature :class:`FastStep` does not reproduce (use the stock step)."""
 
 
+class UnknownRounding(UnsupportedTask):
+    """numpy on this machine rounds the lidar's ego vector unlike every rounding the kernel
+    knows (:func:`ego_rounding` is None): a property of the machine, not of the task."""
+
+
 @functools.cache
 def ego_rounding() -> int | None:
     """How numpy rounds the stock lidar's ego vector ``(pos - agent_pos) @ agent_mat`` on this
@@ -72,12 +77,12 @@ def ego_rounding() -> int | None:
     matrices, or None when none does. Asked once per process."""
     _load_kernel()
     rng = np.random.default_rng(0)
-    rows = rng.normal(size=(256, 4, 9))  # matrices as rows of data.xmat, as the stock reads
+    rows = rng.normal(size=(256, 9))  # matrices as rows of data.xmat, as the stock reads
     offsets = rng.normal(size=(256, 3)) * np.array([2.0, 2.0, 0.1])
     for rounding in kernel.EGO_ROUNDINGS:
         if all(np.array_equal((world @ row.reshape(3, 3))[:2],
                               [kernel.ego_column(*world, row, j, rounding) for j in (0, 1)])
-               for world, row in zip(offsets, rows[:, 1])):
+               for world, row in zip(offsets, rows)):
             return rounding
     return None
 
@@ -96,7 +101,7 @@ class FastStep:
         _check_supported(task)
         self.ego_rounding = ego_rounding()
         if self.ego_rounding is None:
-            raise UnsupportedTask("fast_step: numpy's (3,) @ (3, 3) on this machine rounds "
+            raise UnknownRounding("fast_step: numpy's (3,) @ (3, 3) on this machine rounds "
                                   "unlike every kernel.EGO_ROUNDINGS; use fast_step=False")
         self.lidar = task.lidar_conf
         self.space = task.obs_info.obs_space_dict

@@ -47,7 +47,7 @@ import yaml
 
 from metacpo_rllib.envs import compat
 from metacpo_rllib.envs.base import Task, TaskEnv, TaskFamily, check_range
-from metacpo_rllib.envs.fast_step import FastStep, ego_rounding
+from metacpo_rllib.envs.fast_step import FastStep, UnknownRounding
 
 compat.apply()
 
@@ -181,7 +181,7 @@ class _Builder(Builder):
     first reset and builds it twice). With ``fast_step`` every step is :class:`FastStep`'s,
     whose outputs equal the stock step's bitwise (``fast_step=False``: the stock step); on a
     machine whose numpy rounds the lidar's ego vector unlike every rounding the kernel knows
-    (:func:`~metacpo_rllib.envs.fast_step.ego_rounding` is None) it warns and takes the stock
+    (:class:`~metacpo_rllib.envs.fast_step.UnknownRounding`) it warns and takes the stock
     step, so that the outputs stay the stock ones.
     """
 
@@ -192,11 +192,12 @@ class _Builder(Builder):
         with warnings.catch_warnings():  # gymnasium Box: float32 bounds cast to float64 dtype
             warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
             super().__init__(task_id=f"metacpo-{agent}", config={"agent_name": agent}, **kwargs)
-        if fast_step and ego_rounding() is None:
-            warnings.warn("fast_step: numpy's (3,) @ (3, 3) on this machine rounds unlike the "
-                          "fast kernel; taking the stock step", RuntimeWarning, stacklevel=2)
-            fast_step = False
-        self._fast = FastStep(self) if fast_step else None
+        self._fast = None
+        if fast_step:
+            try:
+                self._fast = FastStep(self)
+            except UnknownRounding as err:  # the machine's, not the task's: keep the stock step
+                warnings.warn(f"{err}; taking the stock step", RuntimeWarning, stacklevel=2)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         out = super().reset(seed=seed, options=options)
