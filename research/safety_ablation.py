@@ -149,6 +149,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
             (*CORRECTIONS, "theta_cost_constraint"),
             {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
              "cost_signal_share_scope": "violating"}),
+        # the same, with training's inner steps on batches that saw no cost at 1/4 of
+        # inner_delta (the return settings' training field)
+        "all_eps8_theta_outer_rec3_share_violating_inner_free": (
+            (*CORRECTIONS, "theta_cost_constraint"),
+            {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
+             "cost_signal_share_scope": "violating", "inner_cost_free_scale": 0.25}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,
