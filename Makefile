@@ -93,20 +93,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(if $(strip $(BENCH_RUNNERS)),--runners $(BENCH_RUNNERS))
 
 # Results (docs/RESULTS.md): `make results` runs the four-algorithm comparisons listed in
-# RESULTS_RUNS (config:folder; PointCircle on its `test` and `test_tight` splits by default, with
-# the defaults, with the return settings and with the signal share on every batch: train at
-# h = 10, evaluate training, adapt on held-out tasks at h = 5 with evaluation episodes; about
-# half an hour each on 2 cores), writing
+# RESULTS_RUNS (config:folder; PointCircle on its `test` and `test_tight` splits with the
+# defaults: train at h = 10, evaluate training, adapt on held-out tasks at h = 5 with
+# evaluation episodes; about half an hour each on 2 cores), writing
 # docs/results/<folder>/comparison.json, then regenerates the page (the page lists the exact
 # commands of the committed runs); `make results-page` only regenerates the page and its figures
 # from the JSON.
 # RESULTS_FLAGS: extra `metacpo compare` flags, e.g. "--seeds 0 --max-concurrent 8".
 .PHONY: results results-page
-RESULTS_RUNS ?= pointcircle_compare:PointCircle pointcircle_compare_tight:PointCircle-tight \
-	pointcircle_compare_return:PointCircle-return \
-	pointcircle_compare_return_tight:PointCircle-return-tight \
-	pointcircle_compare_scope_all:PointCircle-scope-all \
-	pointcircle_compare_tight_scope_all:PointCircle-scope-all-tight
+RESULTS_RUNS ?= pointcircle_compare:PointCircle pointcircle_compare_tight:PointCircle-tight
 RESULTS_FLAGS ?=
 
 results: $(STAMP)

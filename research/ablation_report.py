@@ -63,10 +63,12 @@ VARIANT_MEANING = {
                                  "round",
     "all_eps8_theta_outer_rec3_share_violating": (
         "`all_eps8_theta_outer_rec3` whose signal share shrinks only the cost gradient of "
-        "violating batches (`cost_signal_share_scope`; the training defaults)"),
+        "violating batches (`cost_signal_share_scope`; the training defaults until "
+        "`inner_cost_free_scale` became 0.25)"),
     "all_eps8_theta_outer_rec3_share_violating_inner_free": (
-        "the training defaults with training's inner steps on batches that saw no cost at "
-        "1/4 of `inner_delta` (`inner_cost_free_scale` 0.25)"),
+        "`all_eps8_theta_outer_rec3_share_violating` with training's inner steps on batches "
+        "that saw no cost at 1/4 of `inner_delta` (`inner_cost_free_scale` 0.25; the "
+        "training defaults now)"),
     "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "

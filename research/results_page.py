@@ -714,6 +714,17 @@ RESEARCH_SECTIONS = (
         "that met the training target in the section above (CPO: `all_eps8_outer_rec3`, "
         "Meta-CPO: `all_theta_outer_rec3`), seeds 0–2: the same trained θ (restored from "
         "those runs) adapted with the adaptation defaults on both held-out splits"),
+    ResearchSection(
+        "return_settings_seeds", RESEARCH / "return_settings_seeds_pointcircle.json",
+        "Return settings on three more seeds",
+        "the training defaults of that time (`all_eps8_theta_outer_rec3_share_violating`) "
+        "and, for Meta-CPO, the same with training's inner steps on cost-free batches at a "
+        "quarter of the radius (`*_inner_free`, `inner_cost_free_scale` 0.25), seeds 3–5 "
+        "(the comparisons use 0–2), 30 iterations; each θ adapted at the comparisons' "
+        "radius (`ad0.003`) with the quarter of the radius on cost-free adaptation batches "
+        "that was the default then and (Meta-CPO) with an eighth (`free0.125`); 5 steps on "
+        "the comparisons' 6 held-out tasks per split, 20 evaluation episodes per task and "
+        "step, AMD EPYC. Meta-CPO's `*_inner_free` + `free0.125` rows are the defaults now"),
 )
 
 

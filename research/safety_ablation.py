@@ -73,6 +73,16 @@ with ``--merge`` (research/results/training_controls_pointcircle.json holds the 
         --variants all all_outer_rec3 --checkpoints CKPT --out A.json
     python research/safety_ablation.py --merge A.json B.json ... --out MERGED.json
 
+The training defaults with and without the cost-free inner factor, each θ adapted with a
+quarter and an eighth of the radius on cost-free batches, on seeds 3–5 (its three commands
+and the merge are in the file's settings; research/results/return_settings_seeds_pointcircle.json):
+
+    python research/safety_ablation.py --family PointCircle --iterations 30 \
+        --episodes-per-task 8 --seeds 3 4 5 --adapt-steps 5 --eval-episodes 20 \
+        --test-tasks 6 --train-eval-interval 30 --algos meta-cpo \
+        --variants all_eps8_theta_outer_rec3_share_violating_inner_free \
+        --adapt-settings ad0.003 ad0.003+free0.125 --checkpoints CKPT --out OUT
+
 CPO's training steps, each with its calibration entry (θ evaluated after every iteration):
 
     python research/safety_ablation.py --family PointCircle --iterations 15 \

@@ -110,10 +110,13 @@ def test_the_adaptation_radius_replaces_both_radii():
     config = rl.MetaCPOConfig().training(inner_delta=0.003, trust_region_delta=0.01,
                                          adaptation_cost_free_scale=1.0,
                                          adaptation_recovery_scale=1.0)
-    # the longer outer recovery is training's: adaptation steps scale by their own factor
+    # the longer outer recovery and the shorter cost-free inner step are training's:
+    # adaptation steps scale by their own factors
     assert config.update_config().outer_recovery_scale == 3.0
+    assert config.update_config().inner_cost_free_scale == 0.25
     assert config.adaptation_update_config().outer_recovery_scale == 1.0
-    config.training(outer_recovery_scale=1.0)
+    assert config.adaptation_update_config().inner_cost_free_scale == 1.0
+    config.training(outer_recovery_scale=1.0, inner_cost_free_scale=1.0)
     assert config.adaptation_update_config() == config.update_config()
     assert config.adaptation_update_config(cost_free=True, violating=True) == \
         config.update_config()  # both factors 1: every step at the adaptation radius
@@ -196,4 +199,4 @@ def test_train_flags_set_the_adaptation_fields():
     assert (default.adaptation_episodes_per_task, default.adaptation_delta,
             default.adaptation_cost_window, default.adaptation_cost_free_scale,
             default.adaptation_recovery_scale, default.adaptation_cost_margin_rate) == (
-        32, None, 64, 0.25, 6.0, 0.0)
+        32, None, 64, 0.125, 6.0, 0.0)

@@ -78,8 +78,8 @@ def test_the_config_sets_the_training_scales_and_adaptation_scales_its_own_radiu
 
     config = rl.MetaCPOConfig().training(adaptation_cost_free_scale=0.25,
                                          adaptation_recovery_scale=6.0)
-    off = config.update_config()
-    assert (off.inner_cost_free_scale, off.inner_recovery_scale) == (1.0, 1.0)
+    default = config.update_config()  # cost-free inner steps at a quarter of the radius
+    assert (default.inner_cost_free_scale, default.inner_recovery_scale) == (0.25, 1.0)
     config.training(inner_cost_free_scale=0.5, inner_recovery_scale=2.0)
     on = config.update_config()
     assert (on.inner_cost_free_scale, on.inner_recovery_scale) == (0.5, 2.0)
