@@ -722,9 +722,10 @@ RESEARCH_SECTIONS = (
         "quarter of the radius (`*_inner_free`, `inner_cost_free_scale` 0.25), seeds 3–5 "
         "(the comparisons use 0–2), 30 iterations; each θ adapted at the comparisons' "
         "radius (`ad0.003`) with the quarter of the radius on cost-free adaptation batches "
-        "that was the default then and (Meta-CPO) with an eighth (`free0.125`); 5 steps on "
+        "that was the default then and with an eighth (`free0.125`); 5 steps on "
         "the comparisons' 6 held-out tasks per split, 20 evaluation episodes per task and "
-        "step, AMD EPYC. Meta-CPO's `*_inner_free` + `free0.125` rows are the defaults now"),
+        "step, AMD EPYC. The `*_inner_free` + `free0.125` row (Meta-CPO) and CPO's "
+        "`free0.125` row are the defaults now"),
 )
 
 

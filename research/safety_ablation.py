@@ -74,7 +74,7 @@ with ``--merge`` (research/results/training_controls_pointcircle.json holds the 
     python research/safety_ablation.py --merge A.json B.json ... --out MERGED.json
 
 The training defaults with and without the cost-free inner factor, each θ adapted with a
-quarter and an eighth of the radius on cost-free batches, on seeds 3–5 (its three commands
+quarter and an eighth of the radius on cost-free batches, on seeds 3–5 (its commands
 and the merge are in the file's settings; research/results/return_settings_seeds_pointcircle.json):
 
     python research/safety_ablation.py --family PointCircle --iterations 30 \
