@@ -140,6 +140,7 @@ class MetaCPOConfig(AlgorithmConfig):
         # rate of the margin learned from each step's predicted and realised cost change.
         # The defaults held the limits best on PointCircle (research/results/
         # adaptation_settings_pointcircle.json, adaptation_defaults_12tasks_pointcircle.json,
+        # return_settings_seeds_pointcircle.json for the eighth on cost-free batches,
         # docs/results/PointCircle*/comparison.json): 32 episodes per adaptation batch cost
         # 4x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
         self.adaptation_episodes_per_task = 32
