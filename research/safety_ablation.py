@@ -116,6 +116,10 @@ ANNEAL = [[0, 0.01], [20, 0.01], [29, 0.002]]
 SCALES = {"inner_cost_free_scale": 1.0, "inner_recovery_scale": 1.0, "train_cost_window": 0,
           "train_limit_margin": 0.0, "trust_region_schedule": None,
           "outer_recovery_scale": 1.0, "cost_signal_share_scope": "all"}
+#: The fields of ``all_eps8_theta_outer_rec3_share_violating`` besides its switches (the
+#: training defaults until ``inner_cost_free_scale`` became 0.25); ``*_inner_free`` adds that.
+EPS8_REC3_SHARE_VIOLATING = {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
+                             "cost_signal_share_scope": "violating"}
 VARIANTS: dict[str, dict[str, Any]] = {
     name: {**{flag: flag in on for flag in SWITCHES}, **SCALES, **scales}
     for name, (on, scales) in {
@@ -154,17 +158,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                  {"outer_recovery_scale": 3.0}),
         "all_eps8_theta_outer_rec3": ((*CORRECTIONS, "theta_cost_constraint"),
                                       {"episodes_per_task": 8, "outer_recovery_scale": 3.0}),
-        # the same, with the signal share shrinking only violating batches (the defaults)
+        # the same, with the signal share shrinking only violating batches
         "all_eps8_theta_outer_rec3_share_violating": (
-            (*CORRECTIONS, "theta_cost_constraint"),
-            {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
-             "cost_signal_share_scope": "violating"}),
+            (*CORRECTIONS, "theta_cost_constraint"), EPS8_REC3_SHARE_VIOLATING),
         # the same, with training's inner steps on batches that saw no cost at 1/4 of
-        # inner_delta (the return settings' training field)
+        # inner_delta (the training defaults now)
         "all_eps8_theta_outer_rec3_share_violating_inner_free": (
             (*CORRECTIONS, "theta_cost_constraint"),
-            {"episodes_per_task": 8, "outer_recovery_scale": 3.0,
-             "cost_signal_share_scope": "violating", "inner_cost_free_scale": 0.25}),
+            {**EPS8_REC3_SHARE_VIOLATING, "inner_cost_free_scale": 0.25}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,
