@@ -69,7 +69,7 @@ VARIANT_MEANING = {
         "`all_eps8_theta_outer_rec3_share_violating` with training's inner steps on batches "
         "that saw no cost at 1/4 of `inner_delta` (`inner_cost_free_scale` 0.25; the "
         "training defaults now)"),
-    "untrained": "`all` from θ at initialisation (0 training iterations), adapted alike",
+    "untrained": "θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "
            "± is the std over seeds (none with one seed).")
