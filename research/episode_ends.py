@@ -3,8 +3,9 @@
 Asks how a policy keeps its cost low on a layout family whose arena has no walls
 (PointButton): by steering between the hazards, or by leaving the square in which buttons
 and hazards are placed. Each policy (an algorithm or RLModule checkpoint, or ``random`` for
-uniform random actions) runs ``--episodes`` episodes on each of ``--tasks`` tasks of
-``--split`` (the same tasks and episode seeds for every policy); the record per policy is
+N(0, 1) actions clipped to the action bounds) runs ``--episodes`` episodes on each of
+``--tasks`` tasks of ``--split`` with the evaluation's rollout and common random numbers
+(the same env seeds and action noise for every policy); the record per policy is
 the mean episode return and cost, the mean of the final max(|x|, |y|) in units of the task's
 ``extent`` (the half-width of that square: above 1 lies outside it) and the share of
 episodes that end outside the square.
@@ -21,8 +22,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-#: The pseudo-path of the uniform-random-action policy.
+#: The pseudo-path of the random-action policy: N(0, 1) actions, clipped to the action bounds.
 RANDOM = "random"
+#: The evaluation seed of every task's episodes (``rollout.evaluation_seed``).
+EVAL_SEED = 0
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -35,33 +38,45 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--episode-steps", type=int, default=None,
                    help="episode length (default: the family's)")
     p.add_argument("--policies", nargs="+", required=True, metavar="[LABEL=]PATH",
-                   help=f"checkpoint folders, or '{RANDOM}' for uniform random actions, each "
+                   help=f"checkpoint folders, or '{RANDOM}' for N(0, 1) actions, each "
                         "optionally labelled")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 
 
-def actor(path: str, env: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The action function of ``path`` (a checkpoint, or ``random``) for ``env``."""
+def policy_function(path: str, act_dim: int
+                    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The (mean, log_std) function of ``path``: a checkpoint's policy, loaded once, or
+    ``random`` (mean 0, log_std 0 over ``act_dim`` actions)."""
     if path == RANDOM:
-        return lambda obs: env.action_space.sample()
+        return lambda obs: (np.zeros((len(obs), act_dim), np.float32),
+                            np.zeros((len(obs), act_dim), np.float32))
+    from metacpo_rllib.evaluate import policy_fn
     from metacpo_rllib.policy import load_policy
-    return load_policy(path, seed=0).act
+    return policy_fn(load_policy(path))
 
 
-def episode_end(env: Any, act: Callable[[np.ndarray], np.ndarray], seed: int
-                ) -> tuple[float, float, np.ndarray]:
-    """(return, cost, the agent's final x-y position) of one episode."""
-    env.action_space.seed(seed)
-    obs, _ = env.reset(seed=seed)
-    ret = cost = 0.0
-    done = False
-    while not done:
-        obs, reward, terminated, truncated, info = env.step(act(obs))
-        ret += float(reward)
-        cost += float(info.get("cost", 0.0))
-        done = terminated or truncated
-    return ret, cost, np.asarray(env.unwrapped.sim_task.agent.pos[:2], dtype=float)
+def task_episodes(family: Any, task: Any, policy: Callable, episodes: int
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """Per episode of ``policy`` on ``task`` (the evaluation's common random numbers): the
+    return, the cost and the final max(|x|, |y|) / extent."""
+    from metacpo_rllib.rollout import evaluation_seed, rollout
+
+    env = family.make_env(task)
+    ends: list[float] = []
+
+    def record_end(_: int) -> None:  # called after an episode's last step, before a reset
+        position = np.asarray(env.unwrapped.sim_task.agent.pos[:2], dtype=float)
+        ends.append(float(np.abs(position).max() / task.params["extent"]))
+
+    space = env.action_space
+    try:
+        data, _, _ = rollout([env], policy, episodes, evaluation_seed(EVAL_SEED, task.to_dict()),
+                             space.low.astype(np.float32), space.high.astype(np.float32),
+                             on_episode=record_end)
+    finally:
+        env.close()
+    return ([float(d.rewards.sum()) for d in data], [float(d.costs.sum()) for d in data], ends)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,19 +85,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {} if args.episode_steps is None else {"max_episode_steps": args.episode_steps}
     family = make_family(args.family, **overrides)
     tasks = family.sample_tasks(args.tasks, split=args.split, seed=args.task_seed)
+    probe = family.make_env(tasks[0])
+    act_dim = int(probe.action_space.shape[0])
+    probe.close()
     records = {}
     for entry in args.policies:
         label, _, path = entry.rpartition("=")
+        policy = policy_function(path, act_dim)
         returns, costs, ends = [], [], []
         for task in tasks:
-            env = family.make_env(task)
-            act = actor(path, env)
-            for episode in range(args.episodes):
-                ret, cost, position = episode_end(env, act, seed=episode)
-                returns.append(ret)
-                costs.append(cost)
-                ends.append(float(np.abs(position).max() / task.params["extent"]))
-            env.close()
+            task_returns, task_costs, task_ends = task_episodes(family, task, policy,
+                                                                args.episodes)
+            returns += task_returns
+            costs += task_costs
+            ends += task_ends
         ends_arr = np.asarray(ends)
         records[label or path] = {
             "episodes": len(ends), "mean_return": float(np.mean(returns)),

@@ -8,9 +8,9 @@ def test_random_policy_record(tmp_path):
     out = tmp_path / "ends.json"
     episode_ends.main(["--family", "PointButton", "--split", "test", "--tasks", "2",
                        "--episodes", "2", "--episode-steps", "30",
-                       "--policies", "uniform=random", "--out", str(out)])
+                       "--policies", "noise=random", "--out", str(out)])
     data = json.loads(out.read_text())
-    record = data["policies"]["uniform"]
+    record = data["policies"]["noise"]
     assert record["episodes"] == 4
     # 30 steps of a point robot from a placement inside the square: it cannot get far.
     assert 0.0 <= record["mean_end_over_extent"] < 1.5
