@@ -166,6 +166,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_eps8_theta_outer_rec3_share_violating_inner_free": (
             (*CORRECTIONS, "theta_cost_constraint"),
             {**EPS8_REC3_SHARE_VIOLATING, "inner_cost_free_scale": 0.25}),
+        # the training defaults, with the outer constraint aiming at 0.5 h
+        "all_eps8_theta_outer_rec3_share_violating_inner_free_margin50": (
+            (*CORRECTIONS, "theta_cost_constraint"),
+            {**EPS8_REC3_SHARE_VIOLATING, "inner_cost_free_scale": 0.25,
+             "train_limit_margin": 0.5}),
         # the outer radius shrinks over the last 10 of 30 iterations, with / without margin
         "all_anneal": (CORRECTIONS, {"trust_region_schedule": ANNEAL}),
         "all_margin30_anneal": (CORRECTIONS, {"train_limit_margin": 0.3,
