@@ -29,7 +29,7 @@ VARIANT_MEANING = {
     "ucb_recover": "`cost_upper_bound` and `recover_when_violating`",
     "share_ucb": "`cost_signal_share` and `cost_upper_bound` (`all` without "
                  "`recover_when_violating`: c > 0 takes the CPO case-1 step where feasible)",
-    "all": "the three safety corrections; the default",
+    "all": "the three safety corrections (each on by default)",
     "all_obsnorm": "`all` plus `normalize_observations`",
     "all_critics": "`all` plus learned reward and cost critics (`critics`)",
     "all_critics_priv": "`all_critics` whose critics also see the task's layout and limit "

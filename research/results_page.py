@@ -504,16 +504,22 @@ def ablation_section(path: Path, title: str = "Safety corrections: ablation",
 
 def other_family_section(path: Path) -> list[str]:
     """Meta-CPO on one family beside its untrained θ adapted alike (safety_ablation.py's
-    JSON of both, the untrained runs labelled ``untrained``)."""
+    JSON of both, the untrained runs labelled ``untrained``; further variants or adaptation
+    settings of the same seeds and tasks, if any, as rows of their own)."""
     settings = json.loads(path.read_text())["settings"]
     family = settings["family"]
+    others = (len(settings["variants"]) > 2
+              or set(settings.get("adapt_settings", ["default"])) != {"default"})
     return ablation_section(
         path, f"{family}: Meta-CPO against an untrained policy",
         f"the default corrections and adaptation settings on {family} "
         f"({settings['tasks_per_iteration']} tasks × {settings['episodes_per_task']} episodes "
         f"per iteration, inner radius {settings['inner_delta']:g}, "
         f"{settings['iterations']} iterations), beside the untrained θ adapted with the same "
-        "budget; the four-algorithm comparison on this family has not been run",
+        "budget" + ("; the other rows change one training or adaptation setting (named in "
+                    "the row), with the same seeds, test tasks and evaluation episodes"
+                    if others else "")
+        + "; the four-algorithm comparison on this family has not been run",
         algorithms="Meta-CPO")
 
 

@@ -387,7 +387,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
 
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """The runs of the result files ``paths`` in one: the first file's settings with the
-    union of seeds, variants and algorithms (first seen first), every file's commands
+    union of seeds, variants, algorithms and adaptation settings (first seen first), every
+    file's commands
     under ``commands`` and every file's own settings (its arguments) under
     ``merged_from``. A run key found in two files must hold the same training and final
     evaluation (e.g. a baseline restored from the same checkpoint), else ValueError."""
@@ -398,9 +399,9 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
         if merged["settings"] is None:
             merged["settings"] = {**settings, "out": str(out), "commands": [],
                                   "merged_from": []}
-        for field in ("seeds", "variants", "algos"):
+        for field in ("seeds", "variants", "algos", "adapt_settings"):
             merged["settings"][field] = list(dict.fromkeys(
-                [*merged["settings"][field], *settings[field]]))
+                [*merged["settings"].get(field, []), *settings.get(field, [])]))
         merged["settings"]["commands"].extend(settings.get("commands", []))
         merged["settings"]["merged_from"].append({"file": path.name, "settings": settings})
         for key, run in data["runs"].items():

@@ -144,16 +144,17 @@ def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
     assert run["adaptation"]["test_tight"]["cost_limit"] == test_limit
 
 
-def _result(command: str, seeds, variants, runs) -> dict:
+def _result(command: str, seeds, variants, runs, adapt_settings=("default",)) -> dict:
     return {"settings": {"seeds": seeds, "variants": variants, "algos": ["cpo"],
-                         "commands": [command]},
+                         "adapt_settings": list(adapt_settings), "commands": [command]},
             "runs": {k: {"training": [{"iteration": 1, "batch_cost": v}],
                          "final_train_eval": None} for k, v in runs.items()}}
 
 
 def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
-    """--merge: the union of runs, seeds, variants and commands; a baseline present in both
-    files with the same training is kept once; the same key with other data is refused."""
+    """--merge: the union of runs, seeds, variants, adaptation settings and commands; a
+    baseline present in both files with the same training is kept once; the same key with
+    other data is refused."""
     sys.path.insert(0, str(REPO / "research"))
     try:
         import safety_ablation
@@ -163,7 +164,8 @@ def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
     a.write_text(json.dumps(_result("cmd a", [0, 1], ["all", "x"],
                                     {"all/cpo/seed0": 1.0, "x/cpo/seed0": 2.0})))
     b.write_text(json.dumps(_result("cmd b", [1, 2], ["all", "y"],
-                                    {"all/cpo/seed0": 1.0, "y/cpo/seed2": 3.0})))
+                                    {"all/cpo/seed0": 1.0, "y/cpo/seed2": 3.0},
+                                    ["default", "mar1"])))
     c.write_text(json.dumps(_result("cmd c", [0], ["all"], {"all/cpo/seed0": 9.0})))
     out = tmp_path / "merged.json"
     assert safety_ablation.main(["--merge", str(a), str(b), "--out", str(out)]) == 0
@@ -171,6 +173,7 @@ def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
     assert set(merged["runs"]) == {"all/cpo/seed0", "x/cpo/seed0", "y/cpo/seed2"}
     assert merged["settings"]["seeds"] == [0, 1, 2]
     assert merged["settings"]["variants"] == ["all", "x", "y"]
+    assert merged["settings"]["adapt_settings"] == ["default", "mar1"]
     assert merged["settings"]["commands"] == ["cmd a", "cmd b"]
     assert [m["file"] for m in merged["settings"]["merged_from"]] == ["a.json", "b.json"]
     with pytest.raises(ValueError, match="all/cpo/seed0 differs"):

@@ -1,6 +1,7 @@
 """docs/RESULTS.md is generated from the committed comparison JSON."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -126,3 +127,17 @@ def test_training_controls_summary_compares_each_variant_on_its_seeds() -> None:
         assert cells[5] == f"{np.mean(costs):.1f}" and cells[6] == f"{base:.1f}"
         checked += 1
     assert checked >= 3
+
+
+def test_other_family_sections_show_every_variant_and_adaptation_setting() -> None:
+    """Each family's section has one adaptation row per (variant, adaptation setting) of its
+    JSON, and says that other rows change one setting exactly when there are such rows."""
+    from research import ablation_report
+
+    for path in results_page.DEFAULT_OTHER_FAMILIES:
+        data = json.loads(path.read_text())
+        section = "\n".join(results_page.other_family_section(path))
+        labels = {ablation_report.run_label(run) for run in data["runs"].values()}
+        for label in labels:
+            assert f"| {label} | meta-cpo |" in section, f"{path.name}: no row {label}"
+        assert ("the other rows change one" in section) == (len(labels) > 2), path.name
