@@ -506,10 +506,11 @@ def other_family_section(path: Path) -> list[str]:
     """Meta-CPO on one family beside its untrained θ adapted alike (safety_ablation.py's
     JSON of both, the untrained runs labelled ``untrained``; further variants or adaptation
     settings of the same seeds and tasks, if any, as rows of their own)."""
-    settings = json.loads(path.read_text())["settings"]
-    family = settings["family"]
-    others = (len(settings["variants"]) > 2
-              or set(settings.get("adapt_settings", ["default"])) != {"default"})
+    from research.ablation_report import run_label
+
+    data = json.loads(path.read_text())
+    settings, family = data["settings"], data["settings"]["family"]
+    others = len({run_label(run) for run in data["runs"].values()}) > 2  # θ and untrained
     return ablation_section(
         path, f"{family}: Meta-CPO against an untrained policy",
         f"the default corrections and adaptation settings on {family} "

@@ -388,8 +388,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """The runs of the result files ``paths`` in one: the first file's settings with the
     union of seeds, variants, algorithms and adaptation settings (first seen first), every
-    file's commands
-    under ``commands`` and every file's own settings (its arguments) under
+    file's commands under ``commands`` and every file's own settings (its arguments) under
     ``merged_from``. A run key found in two files must hold the same training and final
     evaluation (e.g. a baseline restored from the same checkpoint), else ValueError."""
     merged: dict[str, Any] = {"settings": None, "runs": {}}
