@@ -123,6 +123,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help="rate >= 0 of each task's margin on c, learned from its "
                              "adaptation steps' realised minus predicted cost changes "
                              "(0: off; default: the config's)")
+    parser.add_argument("--adaptation-cost-room", type=number(0), default=None,
+                        help="k >= 0: an adaptation step below its limit takes a radius "
+                             "in which the first-order cost rises by at most k times the "
+                             "room h - J_C (0: off; default: the config's)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -194,7 +198,8 @@ def build_config(args: argparse.Namespace) -> Any:
     }
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
                  "adaptation_cost_window", "adaptation_cost_free_scale",
-                 "adaptation_recovery_scale", "adaptation_cost_margin_rate"):
+                 "adaptation_recovery_scale", "adaptation_cost_margin_rate",
+                 "adaptation_cost_room"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

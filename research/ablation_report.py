@@ -87,7 +87,9 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "that (`adaptation_cost_free_scale`); `recR`: the radius of a step with "
                    "c > 0 is R times that (`adaptation_recovery_scale`); `marM`: c includes "
                    "a margin that moves by M times each step's realised minus predicted "
-                   "cost change (`adaptation_cost_margin_rate`); `epsE`: every adaptation "
+                   "cost change (`adaptation_cost_margin_rate`); `roomK`: a step below its "
+                   "limit takes a radius in which the first-order cost rises by at most K "
+                   "times the room h − J_C (`adaptation_cost_room`); `epsE`: every adaptation "
                    "batch has E episodes per task (`adaptation_episodes_per_task`; a "
                    "setting without it ran when the adaptation batch was the training "
                    "batch, the default then)")

@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'ad<X>' (adaptation_delta=X), 'free<F>' "
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
                         "(adaptation_recovery_scale=R), 'mar<M>' "
-                        "(adaptation_cost_margin_rate=M) and 'eps<E>' "
+                        "(adaptation_cost_margin_rate=M), 'room<K>' "
+                        "(adaptation_cost_room=K) and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
@@ -240,6 +241,7 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "win": ("adaptation_cost_window", int), "ad": ("adaptation_delta", float),
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
     "mar": ("adaptation_cost_margin_rate", float),
+    "room": ("adaptation_cost_room", float),
     "eps": ("adaptation_episodes_per_task", int)}
 
 
@@ -247,8 +249,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; 'eps<E>' ``adaptation_episodes_per_task=E``; joined
-    with '+' (``SETTING_FIELDS``)."""
+    ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'eps<E>'
+    ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name)}
 
@@ -272,7 +274,7 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
-                             "'eps<E>' parts") from None
+                             "'room<K>' / 'eps<E>' parts") from None
         parts.append((prefix, value))
     return parts
 

@@ -61,6 +61,11 @@ class UpdateConfig:
     #: meta algorithms (constrained): the outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h, the
     #: cost of θ's own batches (round 0) beside its adapted policies' (:func:`meta_update`)
     theta_cost_constraint: bool = False
+    #: k >= 0 (0: off; test-time steps only, the radius then depends on θ through b): a
+    #: constrained step whose c < 0 takes radius min(δ, (k·c)² / (2 bᵀH⁻¹b)), so that no
+    #: direction of its trust region raises the first-order cost model by more than k times
+    #: the room −c (:func:`room_capped`)
+    cost_room: float = 0.0
 
     def validate(self) -> "UpdateConfig":
         """Raise ValueError naming the first invalid field."""
@@ -103,7 +108,29 @@ class UpdateConfig:
         if not isinstance(self.line_search_decay, (int, float)) \
                 or not 0 < self.line_search_decay < 1:
             bad("line_search_decay", "expected a number in (0, 1)")
+        if not isinstance(self.cost_room, (int, float)) or isinstance(self.cost_room, bool) \
+                or not 0 <= self.cost_room < math.inf:
+            bad("cost_room", "expected a finite number >= 0")
         return self
+
+
+def room_capped(instances: Sequence[tuple[Tensor, Optional[Tensor], Tensor, Tensor]],
+                solutions: Sequence[tuple[Tensor, Tensor]], k: float
+                ) -> list[tuple[Tensor, Optional[Tensor], Tensor, Tensor]]:
+    """``instances`` (g, b, c, δ) with δ of each one whose c < 0 and s = bᵀH⁻¹b > 0 (w =
+    H⁻¹b its second solution) replaced by min(δ, (k·c)² / (2s)).
+
+    In the trust region ½ xᵀHx ≤ δ the largest first-order cost change is √(2δs); with the
+    capped radius it is at most k·(−c), k times the room left under the limit, whatever the
+    step's direction (a noisy b inflates s, which only shrinks the radius). Constants of θ
+    here: for test-time steps, not for steps a meta-gradient differentiates."""
+    capped = []
+    for (g, b, c, delta), (_, w) in zip(instances, solutions):
+        s = float(torch.dot(b, w)) if b is not None else 0.0
+        if float(c) < 0.0 and s > 0.0:
+            delta = torch.clamp(delta, max=(k * float(c)) ** 2 / (2.0 * s))
+        capped.append((g, b, c, delta))
+    return capped
 
 
 def inner_radius(batch: Batch, cfg: UpdateConfig) -> float:
@@ -152,9 +179,13 @@ def constrained_steps(
         except NonFiniteError as err:
             err.index = i
             raise
+    graph = create_graph and torch.is_grad_enabled()
+    if cfg.cost_room and graph:
+        raise ValueError("cost_room: test-time steps only (its radius is not differentiated)")
     if cfg.metric == "euclidean":
+        pairs = [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked]
         return steps_from_solutions(
-            checked, [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked],
+            room_capped(checked, pairs, cfg.cost_room) if cfg.cost_room else checked, pairs,
             identity_metric=True, backend=cfg.backend,
             recover_when_violating=cfg.recover_when_violating)
     width = 1 if checked[0][1] is None else 2
@@ -170,9 +201,11 @@ def constrained_steps(
     columns = [col.contiguous() for col in known.detach().unbind(1)]
     pairs = [(columns[width * i], columns[width * i + 1] if width == 2
               else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
-    if not (create_graph and torch.is_grad_enabled()):
-        return steps_from_solutions(checked, pairs, identity_metric=False, backend=cfg.backend,
-                                    recover_when_violating=cfg.recover_when_violating)
+    if not graph:
+        return steps_from_solutions(
+            room_capped(checked, pairs, cfg.cost_room) if cfg.cost_room else checked, pairs,
+            identity_metric=False, backend=cfg.backend,
+            recover_when_violating=cfg.recover_when_violating)
     # A [v w], differentiable w.r.t. the parameters; the reverse pass solves one column each
     products = hvp(known) + cfg.cg_damping * known
     reverse = ReverseSolve(module, params, states, hvp, width, cfg.cg_iters, cfg.cg_damping,

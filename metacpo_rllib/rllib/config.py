@@ -143,12 +143,15 @@ class MetaCPOConfig(AlgorithmConfig):
         # return_settings_seeds_pointcircle.json for the eighth on cost-free batches,
         # docs/results/PointCircle*/comparison.json): 32 episodes per adaptation batch cost
         # 4x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
+        # adaptation_cost_room (0: off) caps the radius of a step below its limit by the
+        # room h − J_C (optim.meta.room_capped); measured on PointButton, not a default.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
         self.adaptation_cost_free_scale = 0.125
         self.adaptation_recovery_scale = 6.0
         self.adaptation_cost_margin_rate = 0.0
+        self.adaptation_cost_room = 0.0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -209,6 +212,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_cost_free_scale: float = _UNSET,
         adaptation_recovery_scale: float = _UNSET,
         adaptation_cost_margin_rate: float = _UNSET,
+        adaptation_cost_room: float = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -289,6 +293,10 @@ class MetaCPOConfig(AlgorithmConfig):
         this rate times (realised − predicted cost change), never below 0
         (``optim.cost_estimate.learned_margin``; realised: the next batch's mean episode
         cost minus the one the step learned from).
+        ``adaptation_cost_room`` k ≥ 0 (0: off): an adaptation step with c < 0 takes radius
+        min(δ, (k·c)² / (2 bᵀH⁻¹b)), so that no direction of its trust region raises the
+        first-order cost model by more than k times the room −c (``optim.meta.room_capped``;
+        for all four algorithms alike, TRPO's steps have no cost gradient and no cap).
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -320,6 +328,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_cost_free_scale=adaptation_cost_free_scale,
             adaptation_recovery_scale=adaptation_recovery_scale,
             adaptation_cost_margin_rate=adaptation_cost_margin_rate,
+            adaptation_cost_room=adaptation_cost_room,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -400,9 +409,11 @@ class MetaCPOConfig(AlgorithmConfig):
         ``adaptation_delta``, if set, as the radius of both the inner and the plain step;
         both radii times ``adaptation_cost_free_scale`` if ``cost_free`` (the step's batch
         saw no cost), times ``adaptation_recovery_scale`` if ``violating`` (its c > 0); the
-        inner step's own scales are 1 (its radius is scaled here already)."""
+        inner step's own scales are 1 (its radius is scaled here already);
+        ``adaptation_cost_room`` as its ``cost_room``."""
         cfg = dataclasses.replace(self.update_config(iteration), inner_cost_free_scale=1.0,
-                                  inner_recovery_scale=1.0, outer_recovery_scale=1.0)
+                                  inner_recovery_scale=1.0, outer_recovery_scale=1.0,
+                                  cost_room=float(self.adaptation_cost_room))
         if self.adaptation_delta is not None:
             cfg = dataclasses.replace(cfg, delta=self.adaptation_delta,
                                       inner_delta=self.adaptation_delta)
@@ -489,6 +500,9 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_num(self.adaptation_cost_margin_rate) or self.adaptation_cost_margin_rate < 0:
             _bad("adaptation_cost_margin_rate", "expected a finite number >= 0",
                  self.adaptation_cost_margin_rate)
+        if not _is_num(self.adaptation_cost_room) or self.adaptation_cost_room < 0:
+            _bad("adaptation_cost_room", "expected a finite number >= 0",
+                 self.adaptation_cost_room)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)
