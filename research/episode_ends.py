@@ -56,13 +56,13 @@ def policy_function(path: str, act_dim: int
     return policy_fn(load_policy(path))
 
 
-def task_episodes(family: Any, task: Any, policy: Callable, episodes: int
+def task_episodes(env: Any, task: Any, policy: Callable, episodes: int
                   ) -> tuple[list[float], list[float], list[float]]:
-    """Per episode of ``policy`` on ``task`` (the evaluation's common random numbers): the
-    return, the cost and the final max(|x|, |y|) / extent."""
+    """Per episode of ``policy`` on ``task`` in ``env`` (made for ``task``; every episode
+    starts from a seeded reset, the evaluation's common random numbers): the return, the
+    cost and the final max(|x|, |y|) / extent."""
     from metacpo_rllib.rollout import evaluation_seed, rollout
 
-    env = family.make_env(task)
     ends: list[float] = []
 
     def record_end(_: int) -> None:  # called after an episode's last step, before a reset
@@ -70,12 +70,9 @@ def task_episodes(family: Any, task: Any, policy: Callable, episodes: int
         ends.append(float(np.abs(position).max() / task.params["extent"]))
 
     space = env.action_space
-    try:
-        data, _, _ = rollout([env], policy, episodes, evaluation_seed(EVAL_SEED, task.to_dict()),
-                             space.low.astype(np.float32), space.high.astype(np.float32),
-                             on_episode=record_end)
-    finally:
-        env.close()
+    data, _, _ = rollout([env], policy, episodes, evaluation_seed(EVAL_SEED, task.to_dict()),
+                         space.low.astype(np.float32), space.high.astype(np.float32),
+                         on_episode=record_end)
     return ([float(d.rewards.sum()) for d in data], [float(d.costs.sum()) for d in data], ends)
 
 
@@ -85,26 +82,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {} if args.episode_steps is None else {"max_episode_steps": args.episode_steps}
     family = make_family(args.family, **overrides)
     tasks = family.sample_tasks(args.tasks, split=args.split, seed=args.task_seed)
-    probe = family.make_env(tasks[0])
-    act_dim = int(probe.action_space.shape[0])
-    probe.close()
+    envs = [family.make_env(task) for task in tasks]  # one per task, shared by the policies
+    act_dim = int(envs[0].action_space.shape[0])
     records = {}
-    for entry in args.policies:
-        label, _, path = entry.rpartition("=")
-        policy = policy_function(path, act_dim)
-        returns, costs, ends = [], [], []
-        for task in tasks:
-            task_returns, task_costs, task_ends = task_episodes(family, task, policy,
-                                                                args.episodes)
-            returns += task_returns
-            costs += task_costs
-            ends += task_ends
-        ends_arr = np.asarray(ends)
-        records[label or path] = {
-            "episodes": len(ends), "mean_return": float(np.mean(returns)),
-            "mean_cost": float(np.mean(costs)),
-            "mean_end_over_extent": float(ends_arr.mean()),
-            "share_ending_outside": float((ends_arr > 1.0).mean())}
+    try:
+        for entry in args.policies:
+            label, _, path = entry.rpartition("=")
+            policy = policy_function(path, act_dim)
+            returns, costs, ends = [], [], []
+            for env, task in zip(envs, tasks):
+                task_returns, task_costs, task_ends = task_episodes(env, task, policy,
+                                                                    args.episodes)
+                returns += task_returns
+                costs += task_costs
+                ends += task_ends
+            ends_arr = np.asarray(ends)
+            records[label or path] = {
+                "episodes": len(ends), "mean_return": float(np.mean(returns)),
+                "mean_cost": float(np.mean(costs)),
+                "mean_end_over_extent": float(ends_arr.mean()),
+                "share_ending_outside": float((ends_arr > 1.0).mean())}
+    finally:
+        for env in envs:
+            env.close()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"settings": settings, "policies": records}
 
