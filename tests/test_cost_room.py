@@ -39,6 +39,10 @@ def test_the_cap_leaves_violating_cost_free_and_roomy_steps_alone():
         w = torch.zeros_like(g) if b is None else b
         [(_, _, _, radius)] = room_capped([instance], [(g, w)], 1.0)
         assert float(radius) == float(delta)
+    # k = 0 is "off": every radius as it was
+    instance = _instance(-0.3)
+    [(_, _, _, radius)] = room_capped([instance], [(instance[0], instance[1])], 0.0)
+    assert float(radius) == float(instance[3])
 
 
 def test_an_adaptation_step_below_its_limit_stays_inside_the_capped_radius():

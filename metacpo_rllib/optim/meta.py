@@ -118,12 +118,15 @@ def room_capped(instances: Sequence[tuple[Tensor, Optional[Tensor], Tensor, Tens
                 solutions: Sequence[tuple[Tensor, Tensor]], k: float
                 ) -> list[tuple[Tensor, Optional[Tensor], Tensor, Tensor]]:
     """``instances`` (g, b, c, δ) with δ of each one whose c < 0 and s = bᵀH⁻¹b > 0 (w =
-    H⁻¹b its second solution) replaced by min(δ, (k·c)² / (2s)).
+    H⁻¹b its second solution) replaced by min(δ, (k·c)² / (2s)); ``k`` = 0: unchanged
+    (``UpdateConfig.cost_room`` off).
 
     In the trust region ½ xᵀHx ≤ δ the largest first-order cost change is √(2δs); with the
     capped radius it is at most k·(−c), k times the room left under the limit, whatever the
     step's direction (a noisy b inflates s, which only shrinks the radius). Constants of θ
     here: for test-time steps, not for steps a meta-gradient differentiates."""
+    if not k:
+        return list(instances)
     capped = []
     for (g, b, c, delta), (_, w) in zip(instances, solutions):
         s = float(torch.dot(b, w)) if b is not None else 0.0
@@ -185,9 +188,8 @@ def constrained_steps(
     if cfg.metric == "euclidean":
         pairs = [(g, torch.zeros_like(g) if b is None else b) for g, b, _, _ in checked]
         return steps_from_solutions(
-            room_capped(checked, pairs, cfg.cost_room) if cfg.cost_room else checked, pairs,
-            identity_metric=True, backend=cfg.backend,
-            recover_when_violating=cfg.recover_when_violating)
+            room_capped(checked, pairs, cfg.cost_room), pairs, identity_metric=True,
+            backend=cfg.backend, recover_when_violating=cfg.recover_when_violating)
     width = 1 if checked[0][1] is None else 2
     rhs = torch.stack([col for g, b, _, _ in checked for col in ((g,) if b is None else (g, b))],
                       dim=1)
@@ -203,9 +205,8 @@ def constrained_steps(
               else torch.zeros_like(columns[width * i])) for i in range(len(checked))]
     if not graph:
         return steps_from_solutions(
-            room_capped(checked, pairs, cfg.cost_room) if cfg.cost_room else checked, pairs,
-            identity_metric=False, backend=cfg.backend,
-            recover_when_violating=cfg.recover_when_violating)
+            room_capped(checked, pairs, cfg.cost_room), pairs, identity_metric=False,
+            backend=cfg.backend, recover_when_violating=cfg.recover_when_violating)
     # A [v w], differentiable w.r.t. the parameters; the reverse pass solves one column each
     products = hvp(known) + cfg.cg_damping * known
     reverse = ReverseSolve(module, params, states, hvp, width, cfg.cg_iters, cfg.cg_damping,

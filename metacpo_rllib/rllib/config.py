@@ -144,7 +144,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # docs/results/PointCircle*/comparison.json): 32 episodes per adaptation batch cost
         # 4x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
         # adaptation_cost_room (0: off) caps the radius of a step below its limit by the
-        # room h − J_C (optim.meta.room_capped); measured on PointButton, not a default.
+        # room h − J_C (optim.meta.room_capped); measured on PointButton and CarCircleHazard,
+        # not a default.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
