@@ -89,7 +89,11 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "a margin that moves by M times each step's realised minus predicted "
                    "cost change (`adaptation_cost_margin_rate`); `roomK`: a step below its "
                    "limit takes a radius in which the first-order cost rises by at most K "
-                   "times the room h − J_C (`adaptation_cost_room`); `epsE`: every adaptation "
+                   "times the room h − J_C (`adaptation_cost_room`); `btR`: a step whose "
+                   "policy's next learning batch costs more than h and the batch it learned "
+                   "from is halved and sampled again, up to R times, then undone "
+                   "(`adaptation_backtracks`; each rejection costs one more batch); "
+                   "`epsE`: every adaptation "
                    "batch has E episodes per task (`adaptation_episodes_per_task`; a "
                    "setting without it ran when the adaptation batch was the training "
                    "batch, the default then)")

@@ -213,7 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
                         "(adaptation_recovery_scale=R), 'mar<M>' "
                         "(adaptation_cost_margin_rate=M), 'room<K>' "
-                        "(adaptation_cost_room=K) and 'eps<E>' "
+                        "(adaptation_cost_room=K), 'bt<R>' (adaptation_backtracks=R) "
+                        "and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
@@ -241,7 +242,7 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "win": ("adaptation_cost_window", int), "ad": ("adaptation_delta", float),
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
     "mar": ("adaptation_cost_margin_rate", float),
-    "room": ("adaptation_cost_room", float),
+    "room": ("adaptation_cost_room", float), "bt": ("adaptation_backtracks", int),
     "eps": ("adaptation_episodes_per_task", int)}
 
 
@@ -249,8 +250,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'eps<E>'
-    ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
+    ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'bt<R>'
+    ``adaptation_backtracks=R``; 'eps<E>' ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name)}
 
@@ -286,7 +287,9 @@ def _key(variant: str, algo: str, seed: int, setting: str = "default") -> str:
 def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]]:
     """Per adaptation step, over tasks: evaluation cost / return means, share of tasks
     within the limit (mean ≤ h) and certified (95% upper bound ≤ h); the learning batches'
-    mean cost and their episodes (summed over tasks), and each task's CPO case."""
+    mean cost and their episodes (summed over tasks), each task's CPO case and, per step
+    (with ``adaptation_backtracks``), how often its check rejected it, summed over tasks
+    (each rejection one more batch sampled)."""
     tasks = report["tasks"]
     steps = len(tasks[0]["eval"]["cost"])
 
@@ -301,7 +304,10 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
             "batch_episodes": [sum(t["batch_episodes"][s] or 0 for t in tasks)
                                for s in range(steps)],
             "cases": [[(t.get("ledger") or [{}] * steps)[s].get("case") if s < len(
-                t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)]}
+                t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)],
+            "rejections": [sum(e.get("rejections", 0.0) for t in tasks
+                               for e in t.get("ledger") or [] if e["step"] == s)
+                           for s in range(steps - 1)]}
 
 
 def _train(args: argparse.Namespace, algo_obj: Any) -> list[dict[str, Any]]:

@@ -164,7 +164,8 @@ class MetaCPO(Algorithm):
         rounds, _, times, extra = self._run_rounds(
             tasks, steps + 1,
             lambda learner, k, samples: learner.adapt_round(samples, update=k < steps),
-            episodes_per_task, evaluation)
+            episodes_per_task, evaluation,
+            check_steps=bool(self.config.adaptation_backtracks) and self.config.constrained)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
@@ -321,6 +322,7 @@ class MetaCPO(Algorithm):
                     take_round: Callable[[MetaCPOTorchLearner, int, list], RoundOutput],
                     episodes_per_task: Optional[int] = None,
                     evaluation: Optional["EvalPlan"] = None,
+                    check_steps: bool = False,
                     ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]],
                                dict[str, float], dict[str, list]]:
         """Sample every task ``num_rounds`` times, each round with the weights the
@@ -334,6 +336,12 @@ class MetaCPO(Algorithm):
         evaluation results of each mode of ``evaluation`` (sampled together with the round's
         batches, with the same weights) and the Learner's per-task step records (adaptation
         only); the weights each task was sampled with in the last round (None: dropped).
+
+        With ``check_steps`` (test-time adaptation with ``adaptation_backtracks``) each
+        round k > 0 first samples the learning batches alone and lets the Learner check the
+        previous round's steps on them (:meth:`_checked_samples`); the evaluation episodes
+        are then sampled with the weights that stood, and each step's record carries its
+        ``rejections``.
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
@@ -347,18 +355,25 @@ class MetaCPO(Algorithm):
         for k in range(num_rounds):
             start = time.perf_counter()
             seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(tasks))]
+            checking = check_steps and k > 0
+            modes = () if evaluation is None else evaluation.modes
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                if evaluation is None or not evaluation.modes:
-                    samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
-                else:
-                    jobs = _learning_jobs(tasks, weights, num_eps, seeds)
-                    for m, mode in enumerate(evaluation.modes):
-                        jobs += evaluation.jobs(tasks, weights, (m + 1) * len(tasks), mode)
-                    results = self._run_jobs(jobs)
-                    samples = [results.get(i) for i in range(len(tasks))]
+                results = self._run_jobs(
+                    _learning_jobs(tasks, weights, num_eps, seeds)
+                    + ([] if checking else _evaluation_jobs(evaluation, tasks, weights)))
+                samples = [results.get(i) for i in range(len(tasks))]
+                if checking:
+                    samples, weights, rejections = self._checked_samples(
+                        tasks, samples, weights, num_eps, extra["steps"][-1], times)
+                    for record, count in zip(extra["steps"][-1], rejections):
+                        if record is not None:
+                            record["rejections"] = float(count)
+                    evaluating = _evaluation_jobs(evaluation, tasks, weights)
+                    results.update(self._run_jobs(evaluating) if evaluating else {})
+                if modes:
                     extra["eval"].append({
                         mode: [results.get((m + 1) * len(tasks) + i) for i in range(len(tasks))]
-                        for m, mode in enumerate(evaluation.modes)})
+                        for m, mode in enumerate(modes)})
                     times["eval_env_steps"] += sum(
                         r.num_env_steps for r in results.values() if r.evaluation is not None)
             times["sample_s"] += time.perf_counter() - start
@@ -379,6 +394,33 @@ class MetaCPO(Algorithm):
             weights = list(out.weights) if k < num_rounds - 1 else weights
         extra["weights"] = weights  # those of the last round
         return rounds, placements, times, extra
+
+    def _checked_samples(self, tasks: Sequence[Task], samples: list[Optional[SampleResult]],
+                         weights: list[Optional[dict]], num_eps: int,
+                         records: list[Optional[dict]], times: dict[str, float]
+                         ) -> tuple[list[Optional[SampleResult]], list[Optional[dict]],
+                                    list[int]]:
+        """The Learner checks the last adaptation steps on ``samples`` (learner
+        ``check_steps``); every task whose step it rejects is sampled again with the
+        weights it returns, and checked again, until every step stands or is undone.
+        Returns the samples and weights that stood and the rejections per task;
+        ``records`` (the steps' calibration records) take the rejected steps' new ones and
+        ``times["env_steps"]`` the env steps of the rejected batches."""
+        samples, weights = list(samples), list(weights)
+        rejections = [0] * len(tasks)
+        while True:
+            retry = self._on_learner(lambda learner: learner.check_steps(samples))
+            if not retry:
+                return samples, weights, rejections
+            for i, (task_weights, record) in retry.items():
+                weights[i], records[i] = task_weights, record
+                rejections[i] += 1
+                times["env_steps"] += samples[i].num_env_steps  # spent on a rejected step
+            seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(retry))]
+            again = self.sample_episodes([tasks[i] for i in retry],
+                                         [weights[i] for i in retry], num_eps, seeds=seeds)
+            for i, sample in zip(retry, again):
+                samples[i] = sample
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
                         num_episodes: int, seeds: Optional[Sequence[int]] = None
@@ -513,6 +555,15 @@ def _learning_jobs(tasks: Sequence[Task], weights: Sequence[Optional[dict]], num
     left out)."""
     return [SampleJob.learning(i, task, w, num_episodes, None if seeds is None else seeds[i])
             for i, (task, w) in enumerate(zip(tasks, weights)) if w is not None]
+
+
+def _evaluation_jobs(evaluation: Optional["EvalPlan"], tasks: Sequence[Task],
+                     weights: Sequence[Optional[dict]]) -> list[SampleJob]:
+    """The evaluation jobs of every mode of ``evaluation`` (none without one): mode m's
+    job for task i is numbered (m + 1)·len(tasks) + i."""
+    modes = () if evaluation is None else evaluation.modes
+    return [job for m, mode in enumerate(modes)
+            for job in evaluation.jobs(tasks, weights, (m + 1) * len(tasks), mode)]
 
 
 @dataclasses.dataclass(frozen=True)

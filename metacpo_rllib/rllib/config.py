@@ -145,7 +145,9 @@ class MetaCPOConfig(AlgorithmConfig):
         # 4x the training batch's samples per step; None, 0, 1.0, 1.0, 0 turn them off.
         # adaptation_cost_room (0: off) caps the radius of a step below its limit by the
         # room h − J_C (optim.meta.room_capped); measured on PointButton and CarCircleHazard,
-        # not a default.
+        # not a default. adaptation_backtracks (0: off) checks each step on the next
+        # learning batch and halves a step whose policy then costs more than h and the
+        # batch it learned from (optim.step_check).
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
@@ -153,6 +155,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.adaptation_recovery_scale = 6.0
         self.adaptation_cost_margin_rate = 0.0
         self.adaptation_cost_room = 0.0
+        self.adaptation_backtracks = 0
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -214,6 +217,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_recovery_scale: float = _UNSET,
         adaptation_cost_margin_rate: float = _UNSET,
         adaptation_cost_room: float = _UNSET,
+        adaptation_backtracks: int = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -298,6 +302,13 @@ class MetaCPOConfig(AlgorithmConfig):
         min(δ, (k·c)² / (2 bᵀH⁻¹b)), so that no direction of its trust region raises the
         first-order cost model by more than k times the room −c (``optim.meta.room_capped``;
         for all four algorithms alike, TRPO's steps have no cost gradient and no cap).
+        ``adaptation_backtracks`` R ≥ 0 (0: off; constrained algorithms): each adaptation
+        step is checked on the next learning batch, fresh episodes of the stepped policy,
+        before they are used: where their mean episode cost is above both h and the mean
+        of the batch the step learned from, the step is halved and its policy sampled
+        again, up to R times, after which the task keeps its parameters from before the
+        step (``optim.step_check``). Every rejected batch is sampling spent: it costs
+        samples and its episodes may violate; the evaluation measures the policy kept.
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -330,6 +341,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_recovery_scale=adaptation_recovery_scale,
             adaptation_cost_margin_rate=adaptation_cost_margin_rate,
             adaptation_cost_room=adaptation_cost_room,
+            adaptation_backtracks=adaptation_backtracks,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -504,6 +516,10 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_num(self.adaptation_cost_room) or self.adaptation_cost_room < 0:
             _bad("adaptation_cost_room", "expected a finite number >= 0",
                  self.adaptation_cost_room)
+        if isinstance(self.adaptation_backtracks, bool) \
+                or not isinstance(self.adaptation_backtracks, int) \
+                or self.adaptation_backtracks < 0:
+            _bad("adaptation_backtracks", "expected an integer >= 0", self.adaptation_backtracks)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)

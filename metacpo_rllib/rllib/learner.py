@@ -33,6 +33,7 @@ from metacpo_rllib.optim.critics import (
     fit_critic,
     privileged_vector,
 )
+from metacpo_rllib.optim.step_check import PendingStep
 from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rllib.module import params_to_weights
 from metacpo_rllib.rllib.protocol import RoundOutput, SampleResult
@@ -143,6 +144,9 @@ class MetaCPOTorchLearner(TorchLearner):
         # mean cost of the batch the step learned from and the step's predicted change
         self._margins: list[float] = [0.0] * num_tasks
         self._last_step: list[Optional[tuple[float, float]]] = [None] * num_tasks
+        # per task, its last adaptation step while it waits for its check
+        # (``adaptation_backtracks``; ``check_steps``)
+        self._pending: list[Optional[PendingStep]] = [None] * num_tasks
 
     @property
     def critics(self) -> Optional[tuple[ValueMLP, ValueMLP]]:
@@ -403,16 +407,52 @@ class MetaCPOTorchLearner(TorchLearner):
 
             weights = self._steps_or_drop({i: batch}, take).get(i)
             if weights is not None:
-                records[i] = step_record(self.policy, params, self._phi[i], batch, infos[-1],
-                                         constrained=cfg.constrained)
-                if self.config.adaptation_cost_margin_rate and cfg.constrained:
-                    self._last_step[i] = (batch.mean_cost,
-                                          records[i]["predicted_cost_change"])
+                records[i] = self._record_step(i, params, self._phi[i], batch, infos[-1],
+                                               cfg.constrained)
+                if self.config.adaptation_backtracks and cfg.constrained:
+                    self._pending[i] = PendingStep(params, self._phi[i], batch, infos[-1],
+                                                   1.0, self.config.adaptation_backtracks)
             return weights
 
         summaries, weights = self._over_tasks(samples, step, history=history)
         return RoundOutput(summaries, weights, dict(self._dropped),
                            records if update else None)
+
+    def _record_step(self, i: int, before: Params, after: Params, batch: Batch,
+                     info: dict[str, float], constrained: bool) -> dict[str, float]:
+        """Task ``i``'s adaptation step from ``before`` to ``after`` on ``batch``: its
+        calibration record (:func:`step_record`), which the learned margin follows."""
+        record = step_record(self.policy, before, after, batch, info, constrained=constrained)
+        if self.config.adaptation_cost_margin_rate and constrained:
+            self._last_step[i] = (batch.mean_cost, record["predicted_cost_change"])
+        return record
+
+    def check_steps(self, samples: Sequence[Optional[SampleResult]]
+                    ) -> dict[int, tuple[dict[str, Any], dict[str, float]]]:
+        """Test-time adaptation with ``adaptation_backtracks``: check each task's last step
+        on ``samples[i]``, fresh episodes of the stepped policy (the next learning batch),
+        before they are used (``optim.step_check``). Returns, per task whose step is
+        rejected, the weights to sample again (the step halved, or the parameters before
+        it once no halving is left) and the step's new calibration record (with its
+        ``fraction``); tasks not in it keep their step and their samples."""
+        retry = {}
+        for i, sample in enumerate(samples):
+            pending = self._pending[i]
+            if pending is None or sample is None:
+                continue
+            realised = float(np.mean([np.sum(ep.costs) for ep in sample.episodes]))
+            nxt = pending.checked(realised)
+            self._pending[i] = nxt if nxt is not None and nxt.fraction > 0 else None
+            if nxt is None:
+                continue
+            self._phi[i] = nxt.params
+            record = self._record_step(i, nxt.before, self._phi[i], nxt.batch,
+                                       dict(nxt.info), constrained=True)
+            if nxt.fraction == 0:
+                record["accepted"] = 0.0
+            record["fraction"] = nxt.fraction
+            retry[i] = (params_to_weights(self._phi[i], self.policy), record)
+        return retry
 
     def _over_tasks(self, samples: Sequence[Optional[SampleResult]],
                     handle: Callable[[int, Batch], Optional[dict[str, Any]]],

@@ -1,0 +1,109 @@
+"""Adaptation steps checked on their policy's fresh episodes and halved or undone where that
+policy costs more than its limit and the batch the step learned from
+(``optim.step_check``, ``adaptation_backtracks``); pure torch first, then on a real
+algorithm (PointNav, local Ray)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metacpo_rllib.optim import EpisodeData, make_batch
+from metacpo_rllib.optim.step_check import PendingStep, between, step_rejected
+
+
+def test_a_step_is_rejected_only_above_both_the_limit_and_its_batch():
+    assert step_rejected(6.0, 4.0, 5.0)        # carried a policy within h over it
+    assert step_rejected(9.0, 8.0, 5.0)        # made a violating policy worse
+    assert not step_rejected(4.9, 1.0, 5.0)    # rose, but stayed within h
+    assert not step_rejected(7.0, 8.0, 5.0)    # still above h, but lower than before
+    assert not step_rejected(5.0, 5.0, 5.0)    # at the limit is within it
+
+
+def _pending(backtracks: int, learned_costs: list[float], limit: float = 5.0) -> PendingStep:
+    steps = 4
+    episodes = [EpisodeData(obs=np.zeros((steps, 2), np.float32),
+                            actions=np.zeros((steps, 1), np.float32), logp=np.zeros(steps),
+                            rewards=np.zeros(steps), costs=np.r_[np.zeros(steps - 1), c])
+                for c in learned_costs]
+    before = {"w": torch.zeros(3), "b": torch.ones(2)}
+    after = {"w": torch.tensor([4.0, -8.0, 2.0]), "b": torch.tensor([3.0, 1.0])}
+    return PendingStep(before, after, make_batch(episodes, cost_limit=limit), {"case": 3.0},
+                       1.0, backtracks)
+
+
+def test_rejections_halve_the_step_then_undo_it():
+    """Backtracks 2: fractions 1 → ½ → ¼, then 0 (the parameters before the step); a step
+    whose fresh episodes stay within the limit stands at the fraction it has."""
+    pending = _pending(2, [3.0, 5.0])  # the step learned from a batch of mean cost 4
+    assert pending.batch.mean_cost == pytest.approx(4.0)
+    fractions = []
+    for _ in range(3):
+        pending = pending.checked(realised_cost=7.0)
+        fractions.append(pending.fraction)
+        expected = between(pending.before, pending.after, pending.fraction)
+        for name, value in pending.params.items():
+            assert torch.equal(value, expected[name])
+    assert fractions == [0.5, 0.25, 0.0]
+    for name in ("w", "b"):
+        assert torch.equal(pending.params[name], pending.before[name])
+    assert _pending(2, [3.0, 5.0]).checked(realised_cost=4.5) is None
+    assert _pending(0, [3.0, 5.0]).checked(realised_cost=7.0).fraction == 0.0
+
+
+def test_between_moves_the_given_fraction_of_the_way_and_makes_new_leaves():
+    before = {"w": torch.zeros(2, requires_grad=True)}
+    after = {"w": torch.tensor([2.0, -4.0], requires_grad=True)}
+    half = between(before, after, 0.5)["w"]
+    assert torch.equal(half, torch.tensor([1.0, -2.0]))
+    assert half.is_leaf and half.requires_grad and half.grad_fn is None
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
+    """On a real algorithm with long steps at a tight limit: every step's record says how
+    often it was rejected and the fraction that stood (½ per rejection, 0 once the
+    backtracks are used up), the batch each kept step's policy sampled passes the check
+    (or the step was undone), rejected batches' env steps are counted, and at least one
+    step here is rejected; without backtracks no step is checked."""
+    import metacpo_rllib.rllib as rl
+
+    backtracks = 2
+
+    def build(**fields):
+        return (rl.MetaCPOConfig().environment("PointNav")
+                .training(tasks_per_iteration=2, episodes_per_task=4, seed=0,
+                          adaptation_delta=2.0, adaptation_episodes_per_task=4,
+                          adaptation_recovery_scale=1.0, **fields).build_algo())
+
+    algo = build(adaptation_backtracks=backtracks)
+    try:
+        tasks = [t.with_cost_limit(3.0)
+                 for t in algo.family.sample_tasks(4, "test", seed=3)]
+        report = algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+    rejected = 0
+    for task in report["tasks"]:
+        h, cost = task["cost_limit"], task["cost"]
+        for entry in task["ledger"]:
+            s, count = entry["step"], int(entry["rejections"])
+            rejected += count
+            fraction = 0.5 ** count if count <= backtracks else 0.0
+            assert entry.get("fraction", 1.0) == pytest.approx(fraction)
+            assert entry["accepted"] == (0.0 if fraction == 0 else 1.0)
+            if fraction > 0:
+                assert not step_rejected(cost[s + 1], cost[s], h)
+    assert rejected > 0
+    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
+    horizon = algo.family.horizon  # PointNav episodes run the whole horizon
+    assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)
+    algo = build()
+    try:
+        plain = algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+    assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])
+    assert not math.isnan(plain["eval"]["mean_cost"][-1])
