@@ -253,7 +253,9 @@ def fmt_value(value: float, width: int = 8) -> str:
 
 
 def adaptation_table(report: dict[str, Any]) -> str:
-    """Per held-out task and adaptation step: ``return / cost`` (``*`` = over the limit)."""
+    """Per held-out task and adaptation step: ``return / cost`` (``*`` = over the limit);
+    with ``adaptation_backtracks``, the batches sampled for the step into each column's
+    policy and rejected (over tasks)."""
     steps = report["steps"]
     header = f"{'task':>9} {'limit':>6} " + " ".join(f"{'step ' + str(s):>19}" for s in steps)
     lines = [header]
@@ -270,6 +272,12 @@ def adaptation_table(report: dict[str, Any]) -> str:
     lines.append(f"{'mean':>9} {'':>6} " + " ".join(means))
     lines.append(f"{'violation':>9} {'':>6} "
                  + " ".join(f"{fmt_value(v, 17)}  " for v in report["violation_rate"]))
+    entries = [e for task in report["tasks"] for e in task.get("ledger") or []]
+    if any("rejections" in e for e in entries):  # adaptation_backtracks: batches rejected
+        rejected = [sum(e.get("rejections", 0.0) for e in entries if e["step"] + 1 == s)
+                    for s in steps]
+        lines.append(f"{'rejected':>9} {'':>6} "
+                     + " ".join(f"{fmt_value(v, 17)}  " for v in rejected))
     if report.get("eval"):
         lines[0:0] = [f"learning batches ({report.get('batch_episodes', '?')} episodes per "
                       "task and step: what each step learns from)"]

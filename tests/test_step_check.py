@@ -100,10 +100,16 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
     horizon = algo.family.horizon  # PointNav episodes run the whole horizon
     assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)
+    from metacpo_rllib.cli_support import adaptation_table
+
+    [row] = [line for line in adaptation_table(report).splitlines()
+             if line.startswith(" rejected")]
+    assert sum(float(v) for v in row.split()[1:]) == rejected
     algo = build()
     try:
         plain = algo.adapt(tasks, steps=3, eval_episodes=2)
     finally:
         algo.stop()
     assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])
+    assert "rejected" not in adaptation_table(plain)
     assert not math.isnan(plain["eval"]["mean_cost"][-1])
