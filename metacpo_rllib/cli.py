@@ -132,6 +132,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                              "more than h and the batch it learned from is halved and "
                              "sampled again, up to R times, then undone (0: off; default: "
                              "the config's)")
+    parser.add_argument("--adaptation-backtrack-bound", action="store_true", default=None,
+                        help="that check holds the batch's one-sided 95%% upper bound of "
+                             "its mean cost to h instead of the mean")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -204,7 +207,8 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
                  "adaptation_cost_window", "adaptation_cost_free_scale",
                  "adaptation_recovery_scale", "adaptation_cost_margin_rate",
-                 "adaptation_cost_room", "adaptation_backtracks"):
+                 "adaptation_cost_room", "adaptation_backtracks",
+                 "adaptation_backtrack_bound"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

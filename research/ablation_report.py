@@ -93,6 +93,8 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "policy's next learning batch costs more than h and the batch it learned "
                    "from is halved and sampled again, up to R times, then undone "
                    "(`adaptation_backtracks`; each rejection costs one more batch); "
+                   "`ucb1`: that check holds the batch's one-sided 95% upper bound to h "
+                   "instead of its mean (`adaptation_backtrack_bound`); "
                    "`epsE`: every adaptation "
                    "batch has E episodes per task (`adaptation_episodes_per_task`; a "
                    "setting without it ran when the adaptation batch was the training "

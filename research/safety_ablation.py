@@ -213,7 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
                         "(adaptation_recovery_scale=R), 'mar<M>' "
                         "(adaptation_cost_margin_rate=M), 'room<K>' "
-                        "(adaptation_cost_room=K), 'bt<R>' (adaptation_backtracks=R) "
+                        "(adaptation_cost_room=K), 'bt<R>' (adaptation_backtracks=R), "
+                        "'ucb1' (adaptation_backtrack_bound=True) "
                         "and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
@@ -243,6 +244,7 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
     "mar": ("adaptation_cost_margin_rate", float),
     "room": ("adaptation_cost_room", float), "bt": ("adaptation_backtracks", int),
+    "ucb": ("adaptation_backtrack_bound", bool),
     "eps": ("adaptation_episodes_per_task", int)}
 
 
@@ -251,7 +253,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
     ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'bt<R>'
-    ``adaptation_backtracks=R``; 'eps<E>' ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
+    ``adaptation_backtracks=R``; 'ucb<0|1>' ``adaptation_backtrack_bound``; 'eps<E>'
+    ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name)}
 
@@ -259,7 +262,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
 def _setting_parts(name: str) -> list[tuple[str, float]]:
     """The (prefix, number) of each '+'-joined part of an ``--adapt-settings`` name (none
     for 'default'); ValueError for a part that is not a known prefix followed by a number
-    (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps')."""
+    (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps', 0 or 1
+    for a bool field)."""
     if name == "default":
         return []
     parts = []
@@ -269,13 +273,14 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
             if prefix is None:
                 raise ValueError
             value = float(part[len(prefix):])
-            whole = SETTING_FIELDS[prefix][1] is int
-            if whole and (value != int(value) or value < (prefix == "eps")):
+            kind = SETTING_FIELDS[prefix][1]
+            if kind in (int, bool) and (value != int(value) or value < (prefix == "eps")
+                                        or (kind is bool and value > 1)):
                 raise ValueError
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
-                             "'room<K>' / 'eps<E>' parts") from None
+                             "'room<K>' / 'bt<R>' / 'ucb<0|1>' / 'eps<E>' parts") from None
         parts.append((prefix, value))
     return parts
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from metacpo_rllib.optim import EpisodeData, make_batch
+from metacpo_rllib.optim.batch import upper_cost_bound
 from metacpo_rllib.optim.step_check import PendingStep, between, step_rejected
 
 
@@ -20,14 +21,30 @@ def test_a_step_is_rejected_only_above_both_the_limit_and_its_batch():
     assert not step_rejected(4.9, 1.0, 5.0)    # rose, but stayed within h
     assert not step_rejected(7.0, 8.0, 5.0)    # still above h, but lower than before
     assert not step_rejected(5.0, 5.0, 5.0)    # at the limit is within it
+    # with an upper bound: held to the limit in place of the mean; the rise is the mean's
+    assert step_rejected(4.0, 3.0, 5.0, realised_bound=6.5)
+    assert not step_rejected(4.0, 4.5, 5.0, realised_bound=6.5)  # it lowered the cost
+    assert not step_rejected(6.0, 4.0, 5.0, realised_bound=4.9)
+
+
+def test_upper_cost_bound_is_the_batch_estimate():
+    costs = [0.0, 2.0, 9.0, 1.0]
+    estimate = make_batch(_episodes(costs), cost_limit=5.0,
+                          cost_upper_bound=True).estimated_cost
+    assert upper_cost_bound(costs) == pytest.approx(estimate)
+    assert upper_cost_bound(costs) > np.mean(costs)
+
+
+def _episodes(costs: list[float], steps: int = 4) -> list[EpisodeData]:
+    """Episodes of ``steps`` zero steps, each episode's cost on its last step."""
+    return [EpisodeData(obs=np.zeros((steps, 2), np.float32),
+                        actions=np.zeros((steps, 1), np.float32), logp=np.zeros(steps),
+                        rewards=np.zeros(steps), costs=np.r_[np.zeros(steps - 1), c])
+            for c in costs]
 
 
 def _pending(backtracks: int, learned_costs: list[float], limit: float = 5.0) -> PendingStep:
-    steps = 4
-    episodes = [EpisodeData(obs=np.zeros((steps, 2), np.float32),
-                            actions=np.zeros((steps, 1), np.float32), logp=np.zeros(steps),
-                            rewards=np.zeros(steps), costs=np.r_[np.zeros(steps - 1), c])
-                for c in learned_costs]
+    episodes = _episodes(learned_costs)
     before = {"w": torch.zeros(3), "b": torch.ones(2)}
     after = {"w": torch.tensor([4.0, -8.0, 2.0]), "b": torch.tensor([3.0, 1.0])}
     return PendingStep(before, after, make_batch(episodes, cost_limit=limit), {"case": 3.0},

@@ -106,6 +106,13 @@ class Batch:
         return self.constraint_value > 0.0
 
 
+def upper_cost_bound(episode_costs: Sequence[float] | np.ndarray) -> float:
+    """The one-sided 95% t upper bound of the mean of ``episode_costs`` (at least two
+    episodes; episode-cost units)."""
+    x = np.asarray(episode_costs, dtype=np.float64)
+    return float(x.mean() + t95(len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+
+
 def make_batch(
     episodes: Sequence[EpisodeData],
     *,
@@ -153,8 +160,7 @@ def make_batch(
     pooled = np.concatenate([np.asarray(cost_history, dtype=np.float64), ep_costs])
     estimate = float(pooled.mean()) if len(cost_history) else None
     if cost_upper_bound and len(pooled) > 1:
-        estimate = float(pooled.mean() + t95(len(pooled) - 1) * pooled.std(ddof=1)
-                         / np.sqrt(len(pooled)))
+        estimate = upper_cost_bound(pooled)
     return Batch(
         obs=cat("obs"),
         actions=cat("actions"),

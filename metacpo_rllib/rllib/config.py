@@ -147,7 +147,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # room h − J_C (optim.meta.room_capped); measured on PointButton and CarCircleHazard,
         # not a default. adaptation_backtracks (0: off) checks each step on the next
         # learning batch and halves a step whose policy then costs more than h and the
-        # batch it learned from (optim.step_check).
+        # batch it learned from (optim.step_check); adaptation_backtrack_bound holds the
+        # batch's upper bound instead of its mean to h.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
@@ -156,6 +157,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.adaptation_cost_margin_rate = 0.0
         self.adaptation_cost_room = 0.0
         self.adaptation_backtracks = 0
+        self.adaptation_backtrack_bound = False
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -218,6 +220,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_cost_margin_rate: float = _UNSET,
         adaptation_cost_room: float = _UNSET,
         adaptation_backtracks: int = _UNSET,
+        adaptation_backtrack_bound: bool = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -309,6 +312,9 @@ class MetaCPOConfig(AlgorithmConfig):
         again, up to R times, after which the task keeps its parameters from before the
         step (``optim.step_check``). Every rejected batch is sampling spent: it costs
         samples and its episodes may violate; the evaluation measures the policy kept.
+        ``adaptation_backtrack_bound``: that check holds the one-sided 95% upper bound of
+        the fresh batch's mean episode cost to h instead of the mean (a step is refused
+        unless its batch shows it within h with confidence, or it lowered the cost).
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -342,6 +348,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_cost_margin_rate=adaptation_cost_margin_rate,
             adaptation_cost_room=adaptation_cost_room,
             adaptation_backtracks=adaptation_backtracks,
+            adaptation_backtrack_bound=adaptation_backtrack_bound,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -520,6 +527,8 @@ class MetaCPOConfig(AlgorithmConfig):
                 or not isinstance(self.adaptation_backtracks, int) \
                 or self.adaptation_backtracks < 0:
             _bad("adaptation_backtracks", "expected an integer >= 0", self.adaptation_backtracks)
+        if not isinstance(self.adaptation_backtrack_bound, bool):
+            _bad("adaptation_backtrack_bound", "expected a bool", self.adaptation_backtrack_bound)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)

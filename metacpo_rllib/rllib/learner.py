@@ -25,6 +25,7 @@ from metacpo_rllib.optim import (
     params_of,
 )
 from metacpo_rllib.optim.advantages import discounted_cumsum
+from metacpo_rllib.optim.batch import upper_cost_bound
 from metacpo_rllib.optim.cost_estimate import learned_margin, shrink_cost_gradient
 from metacpo_rllib.optim.critics import (
     ValueMLP,
@@ -431,7 +432,8 @@ class MetaCPOTorchLearner(TorchLearner):
                     ) -> dict[int, tuple[dict[str, Any], dict[str, float]]]:
         """Test-time adaptation with ``adaptation_backtracks``: check each task's last step
         on ``samples[i]``, fresh episodes of the stepped policy (the next learning batch),
-        before they are used (``optim.step_check``). Returns, per task whose step is
+        before they are used (``optim.step_check``; with ``adaptation_backtrack_bound``
+        their mean's one-sided 95% upper bound is held to the limit). Returns, per task whose step is
         rejected, the weights to sample again (the step halved, or the parameters before
         it once no halving is left) and the step's new calibration record (with its
         ``fraction``); tasks not in it keep their step and their samples."""
@@ -440,8 +442,10 @@ class MetaCPOTorchLearner(TorchLearner):
             pending = self._pending[i]
             if pending is None or sample is None:
                 continue
-            realised = float(np.mean([np.sum(ep.costs) for ep in sample.episodes]))
-            nxt = pending.checked(realised)
+            costs = [float(np.sum(ep.costs)) for ep in sample.episodes]
+            bound = (upper_cost_bound(costs) if self.config.adaptation_backtrack_bound
+                     and len(costs) > 1 else None)
+            nxt = pending.checked(float(np.mean(costs)), bound)
             self._pending[i] = nxt if nxt is not None and nxt.fraction > 0 else None
             if nxt is None:
                 continue
