@@ -83,7 +83,7 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     """On a real algorithm with long steps at a tight limit: every step's record says how
     often it was rejected and the fraction that stood (½ per rejection, 0 once the
     backtracks are used up), the batch each kept step's policy sampled passes the check
-    (or the step was undone), rejected batches' env steps are counted, and at least one
+    (or the step was undone; with ``adaptation_backtrack_bound`` its upper bound does), rejected batches' env steps are counted, and at least one
     step here is rejected; without backtracks no step is checked."""
     import metacpo_rllib.rllib as rl
 
@@ -122,6 +122,24 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     [row] = [line for line in adaptation_table(report).splitlines()
              if line.startswith(" rejected")]
     assert sum(float(v) for v in row.split()[1:]) == rejected
+    # with the bound: no J_C window, so each batch's cost_estimate is its own upper bound
+    algo = build(adaptation_backtracks=backtracks, adaptation_backtrack_bound=True,
+                 adaptation_cost_window=0)
+    try:
+        bounded = algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+    held = 0
+    for task in bounded["tasks"]:
+        cost, bound = task["cost"], task["cost_estimate"]
+        for entry in task["ledger"]:
+            s = entry["step"]
+            held += int(entry["rejections"])
+            if entry.get("fraction", 1.0) > 0:
+                assert bound[s + 1] >= cost[s + 1]  # the batch's upper bound
+                assert not step_rejected(cost[s + 1], cost[s], task["cost_limit"],
+                                         bound[s + 1])
+    assert held > 0
     algo = build()
     try:
         plain = algo.adapt(tasks, steps=3, eval_episodes=2)
