@@ -78,33 +78,31 @@ def test_between_moves_the_given_fraction_of_the_way_and_makes_new_leaves():
     assert half.is_leaf and half.requires_grad and half.grad_fn is None
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
-    """On a real algorithm with long steps at a tight limit: every step's record says how
-    often it was rejected and the fraction that stood (½ per rejection, 0 once the
-    backtracks are used up), the batch each kept step's policy sampled passes the check
-    (or the step was undone; with ``adaptation_backtrack_bound`` its upper bound does), rejected batches' env steps are counted, and at least one
-    step here is rejected; without backtracks no step is checked."""
+def _adapt(tasks=None, **fields):
+    """A PointNav Meta-CPO (untrained θ) with long adaptation steps, adapted 3 steps to 4
+    `test` tasks at h = 3 (or to ``tasks``); returns (tasks, report, horizon)."""
     import metacpo_rllib.rllib as rl
 
-    backtracks = 2
-
-    def build(**fields):
-        return (rl.MetaCPOConfig().environment("PointNav")
-                .training(tasks_per_iteration=2, episodes_per_task=4, seed=0,
-                          adaptation_delta=2.0, adaptation_episodes_per_task=4,
-                          adaptation_recovery_scale=1.0, **fields).build_algo())
-
-    algo = build(adaptation_backtracks=backtracks)
+    algo = (rl.MetaCPOConfig().environment("PointNav")
+            .training(tasks_per_iteration=2, episodes_per_task=4, seed=0,
+                      adaptation_delta=2.0, adaptation_episodes_per_task=4,
+                      adaptation_recovery_scale=1.0, **fields).build_algo())
     try:
-        tasks = [t.with_cost_limit(3.0)
-                 for t in algo.family.sample_tasks(4, "test", seed=3)]
-        report = algo.adapt(tasks, steps=3, eval_episodes=2)
+        tasks = tasks or [t.with_cost_limit(3.0)
+                          for t in algo.family.sample_tasks(4, "test", seed=3)]
+        return tasks, algo.adapt(tasks, steps=3, eval_episodes=2), algo.family.horizon
     finally:
         algo.stop()
+
+
+def _checked_steps(report, backtracks: int, bounded: bool) -> int:
+    """Assert each step's record against the check and return the rejections: ½ of the
+    step per rejection and 0 (not accepted) once the backtracks are used up; the batch a
+    kept step's policy sampled passes the check (with ``bounded``, its upper bound, the
+    batch's own J_C estimate without a J_C window)."""
     rejected = 0
     for task in report["tasks"]:
-        h, cost = task["cost_limit"], task["cost"]
+        h, cost, estimate = task["cost_limit"], task["cost"], task["cost_estimate"]
         for entry in task["ledger"]:
             s, count = entry["step"], int(entry["rejections"])
             rejected += count
@@ -112,39 +110,33 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
             assert entry.get("fraction", 1.0) == pytest.approx(fraction)
             assert entry["accepted"] == (0.0 if fraction == 0 else 1.0)
             if fraction > 0:
-                assert not step_rejected(cost[s + 1], cost[s], h)
-    assert rejected > 0
-    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
-    horizon = algo.family.horizon  # PointNav episodes run the whole horizon
-    assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)
+                bound = estimate[s + 1] if bounded else None
+                assert bound is None or bound >= cost[s + 1]
+                assert not step_rejected(cost[s + 1], cost[s], h, bound)
+    return rejected
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
+    """On a real algorithm with long steps at a tight limit: every step's record says how
+    often it was rejected and the fraction that stood, the batch each kept step's policy
+    sampled passes the check (mean, or upper bound with ``adaptation_backtrack_bound``),
+    rejected batches' env steps are counted and tabulated, and steps here are rejected;
+    without backtracks no step is checked."""
     from metacpo_rllib.cli_support import adaptation_table
 
+    tasks, report, horizon = _adapt(adaptation_backtracks=2)
+    rejected = _checked_steps(report, 2, bounded=False)
+    assert rejected > 0
+    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
+    assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)  # whole episodes
     [row] = [line for line in adaptation_table(report).splitlines()
              if line.startswith(" rejected")]
     assert sum(float(v) for v in row.split()[1:]) == rejected
-    # with the bound: no J_C window, so each batch's cost_estimate is its own upper bound
-    algo = build(adaptation_backtracks=backtracks, adaptation_backtrack_bound=True,
-                 adaptation_cost_window=0)
-    try:
-        bounded = algo.adapt(tasks, steps=3, eval_episodes=2)
-    finally:
-        algo.stop()
-    held = 0
-    for task in bounded["tasks"]:
-        cost, bound = task["cost"], task["cost_estimate"]
-        for entry in task["ledger"]:
-            s = entry["step"]
-            held += int(entry["rejections"])
-            if entry.get("fraction", 1.0) > 0:
-                assert bound[s + 1] >= cost[s + 1]  # the batch's upper bound
-                assert not step_rejected(cost[s + 1], cost[s], task["cost_limit"],
-                                         bound[s + 1])
-    assert held > 0
-    algo = build()
-    try:
-        plain = algo.adapt(tasks, steps=3, eval_episodes=2)
-    finally:
-        algo.stop()
+    _, bounded, _ = _adapt(tasks, adaptation_backtracks=2, adaptation_backtrack_bound=True,
+                           adaptation_cost_window=0)
+    assert _checked_steps(bounded, 2, bounded=True) > 0
+    _, plain, _ = _adapt(tasks)
     assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])
     assert "rejected" not in adaptation_table(plain)
     assert not math.isnan(plain["eval"]["mean_cost"][-1])
