@@ -148,7 +148,9 @@ class MetaCPOConfig(AlgorithmConfig):
         # not a default. adaptation_backtracks (0: off) checks each step on the next
         # learning batch and halves a step whose policy then costs more than h and the
         # batch it learned from (optim.step_check); adaptation_backtrack_bound holds the
-        # batch's upper bound instead of its mean to h.
+        # batch's upper bound instead of its mean to h. Measured on both families, not a
+        # default: the batch that passes reads low (research/results/pointbutton_metacpo.json,
+        # carcirclehazard_metacpo.json, rows bt2 and bt2+ucb1).
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
