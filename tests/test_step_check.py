@@ -70,6 +70,16 @@ def test_rejections_halve_the_step_then_undo_it():
     assert _pending(0, [3.0, 5.0]).checked(realised_cost=7.0).fraction == 0.0
 
 
+def test_the_bound_without_backtracks_is_refused_naming_the_field():
+    import metacpo_rllib.rllib as rl
+
+    config = rl.MetaCPOConfig().environment("PointNav").training(
+        adaptation_backtrack_bound=True)
+    with pytest.raises(ValueError, match="adaptation_backtrack_bound: needs"):
+        config.validate()
+    config.training(adaptation_backtracks=1).validate()
+
+
 def test_between_moves_the_given_fraction_of_the_way_and_makes_new_leaves():
     before = {"w": torch.zeros(2, requires_grad=True)}
     after = {"w": torch.tensor([2.0, -4.0], requires_grad=True)}

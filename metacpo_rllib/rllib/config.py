@@ -531,6 +531,9 @@ class MetaCPOConfig(AlgorithmConfig):
             _bad("adaptation_backtracks", "expected an integer >= 0", self.adaptation_backtracks)
         if not isinstance(self.adaptation_backtrack_bound, bool):
             _bad("adaptation_backtrack_bound", "expected a bool", self.adaptation_backtrack_bound)
+        if self.adaptation_backtrack_bound and not self.adaptation_backtracks:
+            _bad("adaptation_backtrack_bound", "needs adaptation_backtracks >= 1 (the check "
+                 "it changes)", self.adaptation_backtrack_bound)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)
