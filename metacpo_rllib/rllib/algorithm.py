@@ -358,10 +358,14 @@ class MetaCPO(Algorithm):
             checking = check_steps and k > 0
             modes = () if evaluation is None else evaluation.modes
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                results = self._run_jobs(
-                    _learning_jobs(tasks, weights, num_eps, seeds)
-                    + ([] if checking else _evaluation_jobs(evaluation, tasks, weights)))
-                samples = [results.get(i) for i in range(len(tasks))]
+                alongside = [] if checking else _evaluation_jobs(evaluation, tasks, weights)
+                if alongside:  # learning and evaluation jobs in one wave
+                    results = self._run_jobs(
+                        _learning_jobs(tasks, weights, num_eps, seeds) + alongside)
+                    samples = [results.get(i) for i in range(len(tasks))]
+                else:
+                    results = {}
+                    samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
                 if checking:
                     samples, weights, rejections = self._checked_samples(
                         tasks, samples, weights, num_eps, extra["steps"][-1], times)
