@@ -272,12 +272,9 @@ def adaptation_table(report: dict[str, Any]) -> str:
     lines.append(f"{'mean':>9} {'':>6} " + " ".join(means))
     lines.append(f"{'violation':>9} {'':>6} "
                  + " ".join(f"{fmt_value(v, 17)}  " for v in report["violation_rate"]))
-    entries = [e for task in report["tasks"] for e in task.get("ledger") or []]
-    if any("rejections" in e for e in entries):  # adaptation_backtracks: batches rejected
-        rejected = [sum(e.get("rejections", 0.0) for e in entries if e["step"] + 1 == s)
-                    for s in steps]
+    if "rejections" in report:  # adaptation_backtracks: batches rejected per step
         lines.append(f"{'rejected':>9} {'':>6} "
-                     + " ".join(f"{fmt_value(v, 17)}  " for v in rejected))
+                     + " ".join(f"{fmt_value(v, 17)}  " for v in [0.0, *report["rejections"]]))
     if report.get("eval"):
         lines[0:0] = [f"learning batches ({report.get('batch_episodes', '?')} episodes per "
                       "task and step: what each step learns from)"]

@@ -310,9 +310,7 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
                                for s in range(steps)],
             "cases": [[(t.get("ledger") or [{}] * steps)[s].get("case") if s < len(
                 t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)],
-            "rejections": [sum(e.get("rejections", 0.0) for t in tasks
-                               for e in t.get("ledger") or [] if e["step"] == s)
-                           for s in range(steps - 1)]}
+            "rejections": report.get("rejections", [0.0] * (steps - 1))}
 
 
 def _train(args: argparse.Namespace, algo_obj: Any) -> list[dict[str, Any]]:

@@ -137,7 +137,7 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
 
     tasks, report, horizon = _adapt(adaptation_backtracks=2)
     rejected = _checked_steps(report, 2, bounded=False)
-    assert rejected > 0
+    assert rejected > 0 and sum(report["rejections"]) == rejected
     kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
     assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)  # whole episodes
     [row] = [line for line in adaptation_table(report).splitlines()
@@ -147,6 +147,7 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
                            adaptation_cost_window=0)
     assert _checked_steps(bounded, 2, bounded=True) > 0
     _, plain, _ = _adapt(tasks)
+    assert "rejections" not in plain
     assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])
     assert "rejected" not in adaptation_table(plain)
     assert not math.isnan(plain["eval"]["mean_cost"][-1])

@@ -131,7 +131,10 @@ class MetaCPO(Algorithm):
         holds per adaptation step the predicted cost change (bᵀx × the accepted
         line-search fraction), the change realised on the evaluation episodes (paired, with
         its standard error), the CPO case and the KL (``evaluation_stats.calibration_table``
-        tabulates it). The report's ``eval`` holds the means over tasks per step.
+        tabulates it). The report's ``eval`` holds the means over tasks per step. With
+        ``adaptation_backtracks`` each ledger entry also holds the step's ``rejections``
+        and the ``fraction`` of it that stood, and the report's ``rejections`` the
+        rejected batches per adaptation step, summed over tasks.
 
         With ``return_policies`` the report also holds ``policies``: per task (in the order
         of ``tasks``), the adapted policy after the last step as a Ray-free
@@ -161,11 +164,11 @@ class MetaCPO(Algorithm):
                              or self.config.episodes_per_task)
         modes = [] if eval_episodes == 0 else [False, True] if deterministic else [False]
         evaluation = EvalPlan(eval_episodes, eval_seed, tuple(modes))
+        checking = bool(self.config.adaptation_backtracks) and self.config.constrained
         rounds, _, times, extra = self._run_rounds(
             tasks, steps + 1,
             lambda learner, k, samples: learner.adapt_round(samples, update=k < steps),
-            episodes_per_task, evaluation,
-            check_steps=bool(self.config.adaptation_backtracks) and self.config.constrained)
+            episodes_per_task, evaluation, check_steps=checking)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
@@ -202,6 +205,9 @@ class MetaCPO(Algorithm):
             "violation_rate": [mean("violation", s) for s in range(steps + 1)],
             "time_s": times,
         }
+        if checking:  # per adaptation step s (into step s + 1), rejected batches over tasks
+            report["rejections"] = [sum(r.get("rejections", 0.0) for r in records if r)
+                                    for records in extra["steps"]]
         for mode in modes:
             key = "eval_mean_action" if mode else "eval"
             report[key] = evaluation_means([t[key] for t in per_task], steps + 1,
@@ -352,11 +358,11 @@ class MetaCPO(Algorithm):
         theta = self._on_learner(lambda learner: learner.begin(len(tasks), iteration))
         weights: list[Optional[dict]] = [theta] * len(tasks)
         rounds, placements = [], [(-1, "")] * len(tasks)
+        modes = () if evaluation is None else evaluation.modes
         for k in range(num_rounds):
             start = time.perf_counter()
             seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(tasks))]
             checking = check_steps and k > 0
-            modes = () if evaluation is None else evaluation.modes
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
                 alongside = [] if checking else _evaluation_jobs(evaluation, tasks, weights)
                 if alongside:  # learning and evaluation jobs in one wave

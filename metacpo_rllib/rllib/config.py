@@ -469,7 +469,7 @@ class MetaCPOConfig(AlgorithmConfig):
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
                       "cost_upper_bound", "recover_when_violating", "theta_cost_constraint",
-                      "normalize_observations"):
+                      "normalize_observations", "adaptation_backtrack_bound"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -502,9 +502,12 @@ class MetaCPOConfig(AlgorithmConfig):
                 not _is_num(self.adaptation_delta) or self.adaptation_delta <= 0):
             _bad("adaptation_delta", "expected a finite number > 0 or None",
                  self.adaptation_delta)
-        for field in ("adaptation_cost_window", "train_cost_window"):
+        for field in ("adaptation_cost_window", "train_cost_window", "adaptation_backtracks"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 _bad(field, "expected an integer >= 0", getattr(self, field))
+        if self.adaptation_backtrack_bound and not self.adaptation_backtracks:
+            _bad("adaptation_backtrack_bound", "needs adaptation_backtracks >= 1 (the check "
+                 "it changes)", self.adaptation_backtrack_bound)
         if self.cost_signal_share_scope not in ("violating", "all"):
             _bad("cost_signal_share_scope", "expected 'violating' or 'all'",
                  self.cost_signal_share_scope)
@@ -525,15 +528,6 @@ class MetaCPOConfig(AlgorithmConfig):
         if not _is_num(self.adaptation_cost_room) or self.adaptation_cost_room < 0:
             _bad("adaptation_cost_room", "expected a finite number >= 0",
                  self.adaptation_cost_room)
-        if isinstance(self.adaptation_backtracks, bool) \
-                or not isinstance(self.adaptation_backtracks, int) \
-                or self.adaptation_backtracks < 0:
-            _bad("adaptation_backtracks", "expected an integer >= 0", self.adaptation_backtracks)
-        if not isinstance(self.adaptation_backtrack_bound, bool):
-            _bad("adaptation_backtrack_bound", "expected a bool", self.adaptation_backtrack_bound)
-        if self.adaptation_backtrack_bound and not self.adaptation_backtracks:
-            _bad("adaptation_backtrack_bound", "needs adaptation_backtracks >= 1 (the check "
-                 "it changes)", self.adaptation_backtrack_bound)
         for field, low_open in (("gamma", True), ("lambda_", False),
                                 ("cost_gamma", True), ("cost_lambda", False)):
             value = getattr(self, field)
