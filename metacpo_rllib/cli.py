@@ -135,6 +135,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptation-backtrack-bound", action="store_true", default=None,
                         help="that check holds the batch's one-sided 95%% upper bound of "
                              "its mean cost to h instead of the mean")
+    parser.add_argument("--adaptation-backtrack-fresh", action="store_true", default=None,
+                        help="the next step learns from a fresh batch, not from the one "
+                             "that passed that check (twice the samples per step)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -208,7 +211,7 @@ def build_config(args: argparse.Namespace) -> Any:
                  "adaptation_cost_window", "adaptation_cost_free_scale",
                  "adaptation_recovery_scale", "adaptation_cost_margin_rate",
                  "adaptation_cost_room", "adaptation_backtracks",
-                 "adaptation_backtrack_bound"):
+                 "adaptation_backtrack_bound", "adaptation_backtrack_fresh"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

@@ -214,8 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_recovery_scale=R), 'mar<M>' "
                         "(adaptation_cost_margin_rate=M), 'room<K>' "
                         "(adaptation_cost_room=K), 'bt<R>' (adaptation_backtracks=R), "
-                        "'ucb1' (adaptation_backtrack_bound=True) "
-                        "and 'eps<E>' "
+                        "'ucb1' (adaptation_backtrack_bound=True), 'fresh1' "
+                        "(adaptation_backtrack_fresh=True) and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
@@ -244,7 +244,7 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
     "mar": ("adaptation_cost_margin_rate", float),
     "room": ("adaptation_cost_room", float), "bt": ("adaptation_backtracks", int),
-    "ucb": ("adaptation_backtrack_bound", bool),
+    "ucb": ("adaptation_backtrack_bound", bool), "fresh": ("adaptation_backtrack_fresh", bool),
     "eps": ("adaptation_episodes_per_task", int)}
 
 
@@ -253,7 +253,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
     ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'bt<R>'
-    ``adaptation_backtracks=R``; 'ucb<0|1>' ``adaptation_backtrack_bound``; 'eps<E>'
+    ``adaptation_backtracks=R``; 'ucb<0|1>' ``adaptation_backtrack_bound``; 'fresh<0|1>'
+    ``adaptation_backtrack_fresh``; 'eps<E>'
     ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name)}
@@ -280,7 +281,8 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
-                             "'room<K>' / 'bt<R>' / 'ucb<0|1>' / 'eps<E>' parts") from None
+                             "'room<K>' / 'bt<R>' / 'ucb<0|1>' / 'fresh<0|1>' / 'eps<E>' "
+                             "parts") from None
         parts.append((prefix, value))
     return parts
 

@@ -192,17 +192,18 @@ def test_train_flags_set_the_adaptation_fields():
          "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5",
          "--adaptation-recovery-scale", "2", "--adaptation-cost-margin-rate", "0.25",
          "--adaptation-cost-room", "0.5", "--adaptation-backtracks", "3",
-         "--adaptation-backtrack-bound"])
+         "--adaptation-backtrack-bound", "--adaptation-backtrack-fresh"])
     config = cli.build_config(args)
     assert (config.adaptation_delta, config.adaptation_cost_window,
             config.adaptation_cost_free_scale, config.adaptation_recovery_scale,
             config.adaptation_cost_margin_rate, config.adaptation_cost_room,
-            config.adaptation_backtracks, config.adaptation_backtrack_bound) == (
-        0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True)
+            config.adaptation_backtracks, config.adaptation_backtrack_bound,
+            config.adaptation_backtrack_fresh) == (0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True, True)
     assert config.adaptation_update_config().cost_room == 0.5
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
     assert (default.adaptation_episodes_per_task, default.adaptation_delta,
             default.adaptation_cost_window, default.adaptation_cost_free_scale,
             default.adaptation_recovery_scale, default.adaptation_cost_margin_rate,
             default.adaptation_cost_room, default.adaptation_backtracks,
-            default.adaptation_backtrack_bound) == (32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False)
+            default.adaptation_backtrack_bound, default.adaptation_backtrack_fresh) == (
+        32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False)

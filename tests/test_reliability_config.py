@@ -54,6 +54,7 @@ INVALID: dict[str, list] = {
     "adaptation_cost_room": [-0.1, math.inf, math.nan, None, "0.5", True],
     "adaptation_backtracks": [-1, 1.5, None, "2", True],
     "adaptation_backtrack_bound": [1, "yes", None],
+    "adaptation_backtrack_fresh": [1, "yes", None],
     "normalize_observations": ["yes", 0, None],
     "seed": ["x", 1.5, True],
     "meta": [1, "true", None],

@@ -70,12 +70,12 @@ def test_rejections_halve_the_step_then_undo_it():
     assert _pending(0, [3.0, 5.0]).checked(realised_cost=7.0).fraction == 0.0
 
 
-def test_the_bound_without_backtracks_is_refused_naming_the_field():
+@pytest.mark.parametrize("field", ["adaptation_backtrack_bound", "adaptation_backtrack_fresh"])
+def test_a_check_option_without_backtracks_is_refused_naming_the_field(field):
     import metacpo_rllib.rllib as rl
 
-    config = rl.MetaCPOConfig().environment("PointNav").training(
-        adaptation_backtrack_bound=True)
-    with pytest.raises(ValueError, match="adaptation_backtrack_bound: needs"):
+    config = rl.MetaCPOConfig().environment("PointNav").training(**{field: True})
+    with pytest.raises(ValueError, match=f"{field}: needs"):
         config.validate()
     config.training(adaptation_backtracks=1).validate()
 
@@ -126,13 +126,28 @@ def _checked_steps(report, backtracks: int, bounded: bool) -> int:
     return rejected
 
 
+def _fresh_batches_learned(checked, fresh, horizon: int) -> None:
+    """With ``adaptation_backtrack_fresh`` (same seed and tasks as ``checked``): the first
+    batch and the first step's check are the same, but the step after it learns from a
+    new batch, and every batch that decided a step counts as env steps spent."""
+    pairs = list(zip(checked["tasks"], fresh["tasks"]))
+    assert all(c["cost"][0] == f["cost"][0] for c, f in pairs)
+    assert all(c["ledger"][0]["rejections"] == f["ledger"][0]["rejections"] for c, f in pairs)
+    assert any(c["cost"][1] != f["cost"][1] for c, f in pairs)
+    rejected = sum(fresh["rejections"])
+    kept = sum(sum(t["batch_episodes"]) for t in fresh["tasks"])
+    deciding = 4 * 3 * len(pairs)  # a batch of 4 episodes per task and checked step
+    assert fresh["time_s"]["env_steps"] == horizon * (kept + deciding + 4 * rejected)
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     """On a real algorithm with long steps at a tight limit: every step's record says how
     often it was rejected and the fraction that stood, the batch each kept step's policy
     sampled passes the check (mean, or upper bound with ``adaptation_backtrack_bound``),
     rejected batches' env steps are counted and tabulated, and steps here are rejected;
-    without backtracks no step is checked."""
+    with ``adaptation_backtrack_fresh`` the next step learns from a batch sampled after
+    the check; without backtracks no step is checked."""
     from metacpo_rllib.cli_support import adaptation_table
 
     tasks, report, horizon = _adapt(adaptation_backtracks=2)
@@ -146,6 +161,8 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     _, bounded, _ = _adapt(tasks, adaptation_backtracks=2, adaptation_backtrack_bound=True,
                            adaptation_cost_window=0)
     assert _checked_steps(bounded, 2, bounded=True) > 0
+    _, fresh, _ = _adapt(tasks, adaptation_backtracks=2, adaptation_backtrack_fresh=True)
+    _fresh_batches_learned(report, fresh, horizon)
     _, plain, _ = _adapt(tasks)
     assert "rejections" not in plain
     assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])

@@ -347,7 +347,9 @@ class MetaCPO(Algorithm):
         round k > 0 first samples the learning batches alone and lets the Learner check the
         previous round's steps on them (:meth:`_checked_samples`); the evaluation episodes
         are then sampled with the weights that stood, and each step's record carries its
-        ``rejections``.
+        ``rejections``. With ``adaptation_backtrack_fresh`` the round's learning batches
+        are sampled again alongside them, and the batches that decided count as env steps
+        spent.
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
@@ -361,7 +363,7 @@ class MetaCPO(Algorithm):
         modes = () if evaluation is None else evaluation.modes
         for k in range(num_rounds):
             start = time.perf_counter()
-            seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(tasks))]
+            seeds = self._job_seeds(len(tasks))
             checking = check_steps and k > 0
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
                 alongside = [] if checking else _evaluation_jobs(evaluation, tasks, weights)
@@ -379,7 +381,14 @@ class MetaCPO(Algorithm):
                         if record is not None:
                             record["rejections"] = float(count)
                     evaluating = _evaluation_jobs(evaluation, tasks, weights)
-                    results.update(self._run_jobs(evaluating) if evaluating else {})
+                    if self.config.adaptation_backtrack_fresh:  # learn from unselected episodes
+                        times["env_steps"] += sum(s.num_env_steps for s in samples if s)
+                        results.update(self._run_jobs(_learning_jobs(
+                            tasks, weights, num_eps, self._job_seeds(len(tasks)))
+                            + evaluating))
+                        samples = [results.get(i) for i in range(len(tasks))]
+                    elif evaluating:
+                        results.update(self._run_jobs(evaluating))
                 if modes:
                     extra["eval"].append({
                         mode: [results.get((m + 1) * len(tasks) + i) for i in range(len(tasks))]
@@ -426,11 +435,15 @@ class MetaCPO(Algorithm):
                 weights[i], records[i] = task_weights, record
                 rejections[i] += 1
                 times["env_steps"] += samples[i].num_env_steps  # spent on a rejected step
-            seeds = [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=len(retry))]
+            seeds = self._job_seeds(len(retry))
             again = self.sample_episodes([tasks[i] for i in retry],
                                          [weights[i] for i in retry], num_eps, seeds=seeds)
             for i, sample in zip(retry, again):
                 samples[i] = sample
+
+    def _job_seeds(self, n: int) -> list[int]:
+        """The next ``n`` sampling-job seeds of the algorithm's stream."""
+        return [int(x) for x in self._sample_rng.integers(0, 2**31 - 1, size=n)]
 
     def sample_episodes(self, tasks: Sequence[Task], weights: Sequence[Optional[dict]],
                         num_episodes: int, seeds: Optional[Sequence[int]] = None

@@ -150,7 +150,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # batch it learned from (optim.step_check); adaptation_backtrack_bound holds the
         # batch's upper bound instead of its mean to h. Measured on both families, not a
         # default: the batch that passes reads low (research/results/pointbutton_metacpo.json,
-        # carcirclehazard_metacpo.json, rows bt2 and bt2+ucb1).
+        # carcirclehazard_metacpo.json, rows bt2 and bt2+ucb1). adaptation_backtrack_fresh
+        # learns the next step from a fresh batch instead of the one that passed the check.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
@@ -160,6 +161,7 @@ class MetaCPOConfig(AlgorithmConfig):
         self.adaptation_cost_room = 0.0
         self.adaptation_backtracks = 0
         self.adaptation_backtrack_bound = False
+        self.adaptation_backtrack_fresh = False
         # A running mean / variance filter on the policy's observations (optim.obs_filter).
         self.normalize_observations = False
         self.torch_num_threads = None
@@ -223,6 +225,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_cost_room: float = _UNSET,
         adaptation_backtracks: int = _UNSET,
         adaptation_backtrack_bound: bool = _UNSET,
+        adaptation_backtrack_fresh: bool = _UNSET,
         normalize_observations: bool = _UNSET,
         seed: Optional[int] = _UNSET,
         meta: bool = _UNSET,
@@ -317,6 +320,9 @@ class MetaCPOConfig(AlgorithmConfig):
         ``adaptation_backtrack_bound``: that check holds the one-sided 95% upper bound of
         the fresh batch's mean episode cost to h instead of the mean (a step is refused
         unless its batch shows it within h with confidence, or it lowered the cost).
+        ``adaptation_backtrack_fresh``: the batch that decided a step is not learned from;
+        once every step stands, each task samples a fresh learning batch (twice the
+        samples per step), so the next step's J_C is not chosen for reading low.
         ``normalize_observations``: the policy normalises its observations with a running
         mean / variance filter (``optim.obs_filter``): its statistics are part of the
         RLModule's state (EnvRunners, checkpoints, exported policies), merged with every
@@ -351,6 +357,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_cost_room=adaptation_cost_room,
             adaptation_backtracks=adaptation_backtracks,
             adaptation_backtrack_bound=adaptation_backtrack_bound,
+            adaptation_backtrack_fresh=adaptation_backtrack_fresh,
             normalize_observations=normalize_observations, constrained=constrained,
             torch_num_threads=torch_num_threads,
         )
@@ -469,7 +476,8 @@ class MetaCPOConfig(AlgorithmConfig):
         """Raise ValueError naming the first invalid Meta-CPO field."""
         for field in ("meta", "constrained", "first_order", "cost_signal_share",
                       "cost_upper_bound", "recover_when_violating", "theta_cost_constraint",
-                      "normalize_observations", "adaptation_backtrack_bound"):
+                      "normalize_observations", "adaptation_backtrack_bound",
+                      "adaptation_backtrack_fresh"):
             if not isinstance(getattr(self, field), bool):
                 _bad(field, "expected a bool", getattr(self, field))
         if not _is_int(self.inner_steps) or self.inner_steps < 0:
@@ -505,9 +513,10 @@ class MetaCPOConfig(AlgorithmConfig):
         for field in ("adaptation_cost_window", "train_cost_window", "adaptation_backtracks"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
                 _bad(field, "expected an integer >= 0", getattr(self, field))
-        if self.adaptation_backtrack_bound and not self.adaptation_backtracks:
-            _bad("adaptation_backtrack_bound", "needs adaptation_backtracks >= 1 (the check "
-                 "it changes)", self.adaptation_backtrack_bound)
+        for field in ("adaptation_backtrack_bound", "adaptation_backtrack_fresh"):
+            if getattr(self, field) and not self.adaptation_backtracks:
+                _bad(field, "needs adaptation_backtracks >= 1 (the check it changes)",
+                     getattr(self, field))
         if self.cost_signal_share_scope not in ("violating", "all"):
             _bad("cost_signal_share_scope", "expected 'violating' or 'all'",
                  self.cost_signal_share_scope)
