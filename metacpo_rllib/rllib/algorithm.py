@@ -347,9 +347,7 @@ class MetaCPO(Algorithm):
         round k > 0 first samples the learning batches alone and lets the Learner check the
         previous round's steps on them (:meth:`_checked_samples`); the evaluation episodes
         are then sampled with the weights that stood, and each step's record carries its
-        ``rejections``. With ``adaptation_backtrack_fresh`` the round's learning batches
-        are sampled again alongside them, and the batches that decided count as env steps
-        spent.
+        ``rejections`` (:meth:`_checked_round`).
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
@@ -375,20 +373,8 @@ class MetaCPO(Algorithm):
                     results = {}
                     samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
                 if checking:
-                    samples, weights, rejections = self._checked_samples(
-                        tasks, samples, weights, num_eps, extra["steps"][-1], times)
-                    for record, count in zip(extra["steps"][-1], rejections):
-                        if record is not None:
-                            record["rejections"] = float(count)
-                    evaluating = _evaluation_jobs(evaluation, tasks, weights)
-                    if self.config.adaptation_backtrack_fresh:  # learn from unselected episodes
-                        times["env_steps"] += sum(s.num_env_steps for s in samples if s)
-                        results.update(self._run_jobs(_learning_jobs(
-                            tasks, weights, num_eps, self._job_seeds(len(tasks)))
-                            + evaluating))
-                        samples = [results.get(i) for i in range(len(tasks))]
-                    elif evaluating:
-                        results.update(self._run_jobs(evaluating))
+                    samples, weights, results = self._checked_round(
+                        tasks, samples, weights, num_eps, evaluation, extra["steps"][-1], times)
                 if modes:
                     extra["eval"].append({
                         mode: [results.get((m + 1) * len(tasks) + i) for i in range(len(tasks))]
@@ -413,6 +399,32 @@ class MetaCPO(Algorithm):
             weights = list(out.weights) if k < num_rounds - 1 else weights
         extra["weights"] = weights  # those of the last round
         return rounds, placements, times, extra
+
+    def _checked_round(self, tasks: Sequence[Task], samples: list[Optional[SampleResult]],
+                       weights: list[Optional[dict]], num_eps: int,
+                       evaluation: Optional["EvalPlan"], records: list[Optional[dict]],
+                       times: dict[str, float]
+                       ) -> tuple[list[Optional[SampleResult]], list[Optional[dict]],
+                                  dict[int, SampleResult]]:
+        """The rest of a checked round: the last steps are checked on ``samples``
+        (:meth:`_checked_samples`; each record gets its ``rejections``), then the evaluation
+        jobs run with the weights that stood, with ``adaptation_backtrack_fresh`` beside a
+        fresh learning batch per task (the batches that decided count as env steps spent).
+        Returns the learning samples, the weights and the jobs' results."""
+        samples, weights, rejections = self._checked_samples(
+            tasks, samples, weights, num_eps, records, times)
+        for record, count in zip(records, rejections):
+            if record is not None:
+                record["rejections"] = float(count)
+        jobs = _evaluation_jobs(evaluation, tasks, weights)
+        fresh = self.config.adaptation_backtrack_fresh
+        if fresh:  # learn from episodes the check did not select
+            times["env_steps"] += sum(s.num_env_steps for s in samples if s is not None)
+            jobs = _learning_jobs(tasks, weights, num_eps, self._job_seeds(len(tasks))) + jobs
+        results = self._run_jobs(jobs) if jobs else {}
+        if fresh:
+            samples = [results.get(i) for i in range(len(tasks))]
+        return samples, weights, results
 
     def _checked_samples(self, tasks: Sequence[Task], samples: list[Optional[SampleResult]],
                          weights: list[Optional[dict]], num_eps: int,
