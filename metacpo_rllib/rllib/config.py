@@ -151,7 +151,8 @@ class MetaCPOConfig(AlgorithmConfig):
         # batch's upper bound instead of its mean to h. Measured on both families, not a
         # default: the batch that passes reads low (research/results/pointbutton_metacpo.json,
         # carcirclehazard_metacpo.json, rows bt2 and bt2+ucb1). adaptation_backtrack_fresh
-        # learns the next step from a fresh batch instead of the one that passed the check.
+        # learns the next step from a fresh batch instead of the one that passed the check:
+        # that bias goes, the misses stay (rows bt2+fresh1, bt2+ucb1+fresh1), not a default.
         self.adaptation_episodes_per_task = 32
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
