@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 from collections import Counter
@@ -733,6 +734,17 @@ RESEARCH_SECTIONS = (
         "the comparisons' 6 held-out tasks per split, 20 evaluation episodes per task and "
         "step, AMD EPYC. The `*_inner_free` + `free0.125` row (Meta-CPO) and CPO's "
         "`free0.125` row are the defaults now"),
+    ResearchSection(
+        "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
+        "CarCircleHazard: θ's cost by hazard density, before adaptation",
+        "the settings of the CarCircleHazard section below (the defaults and "
+        "`…_margin50`; θ restored from the checkpoints of those runs), here evaluated "
+        "without adaptation (step 0 only) on 6 tasks of each held-out split: `test` (a "
+        "wider circle, 10–12 hazards in [−1.8, 1.8]²) and `test_tight` (the training "
+        "circle, 9–11 hazards in [−1.4, 1.4]², about twice the training density of 4–6); "
+        "the `test` costs are those of the section below, reproduced by the same common "
+        "random numbers",
+        functools.partial(ablation_section, algorithms="Meta-CPO")),
 )
 
 
