@@ -54,3 +54,15 @@ def test_counts_keep_their_kind() -> None:
     assert family.RANGES["train"]["extra_hazards"] == 6
     with pytest.raises(ValueError, match="ranges.train.extra_hazards"):
         make_family("PointButton", ranges={"train": {"extra_hazards": 6.5}})
+
+
+def test_car_circle_hazard_takes_denser_training_layouts() -> None:
+    """Its validation reads ``hazard_keepout``, so the override is checked only once that
+    is set; training then draws up to the test split's hazard counts."""
+    family = make_family("CarCircleHazard", ranges={"train": {"num_hazards": [4, 11]}})
+    counts = {t.params["num_hazards"] for t in family.sample_tasks(100, "train", seed=0)}
+    assert counts == set(range(4, 12))
+    with pytest.raises(ValueError, match="ranges.train: gives invalid tasks"):
+        make_family("CarCircleHazard", ranges={"train": {"hazard_extent": 0.1}})
+    with pytest.raises(ValueError, match="hazard_keepout"):
+        make_family("CarCircleHazard", hazard_keepout=2.0)

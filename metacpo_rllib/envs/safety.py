@@ -442,10 +442,11 @@ class CarCircleHazardFamily(_CircleFamily):
                              "num_hazards": (9, 11), "hazard_extent": 1.4}}
 
     def __init__(self, hazard_keepout: float = CIRCLE_HAZARD_KEEPOUT, **overrides: Any) -> None:
-        super().__init__(**overrides)
+        # set before the base class validates tasks drawn from overridden ``ranges``
         check_range({"hazard_keepout": hazard_keepout}, "hazard_keepout", 0.0, 1.0,
                     low_open=False)
         self.hazard_keepout = float(hazard_keepout)
+        super().__init__(**overrides)
 
     def _task_factory(self, config: dict) -> BaseTask:
         return _CircleTask(config, self.max_episode_steps, self.hazard_keepout)
