@@ -745,6 +745,19 @@ RESEARCH_SECTIONS = (
         "the `test` costs are those of the section below, reproduced by the same common "
         "random numbers",
         functools.partial(ablation_section, algorithms="Meta-CPO")),
+    ResearchSection(
+        "carcirclehazard_dense_training",
+        RESEARCH / "carcirclehazard_dense_training.json",
+        "CarCircleHazard: θ trained on denser hazards",
+        "the training defaults of the CarCircleHazard section below on training tasks "
+        "with U{4..11} hazards instead of U{4..6} (the family override `ranges`), so that "
+        "training sees up to about twice its hazard density; adapted with the adaptation "
+        "defaults on the same 6 `test` tasks, seeds and evaluation episodes as that "
+        "section, whose default rows are the same settings trained on U{4..6}. The "
+        "training evaluation is on tasks of this wider training distribution. θ's step-0 "
+        "costs on `test_tight` are in "
+        "`research/results/carcirclehazard_dense_training_step0.json`",
+        functools.partial(ablation_section, algorithms="Meta-CPO")),
 )
 
 
