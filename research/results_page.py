@@ -503,6 +503,10 @@ def ablation_section(path: Path, title: str = "Safety corrections: ablation",
             f"trained and adapted with {what}. {legend(data)}", "", report(data), ""]
 
 
+#: The ablation table of a Meta-CPO-only JSON.
+metacpo_ablation_section = functools.partial(ablation_section, algorithms="Meta-CPO")
+
+
 def other_family_section(path: Path) -> list[str]:
     """Meta-CPO on one family beside its untrained θ adapted alike (safety_ablation.py's
     JSON of both, the untrained runs labelled ``untrained``; further variants or adaptation
@@ -744,7 +748,7 @@ RESEARCH_SECTIONS = (
         "circle, 9–11 hazards in [−1.4, 1.4]², about twice the training density of 4–6); "
         "the `test` costs are those of the section below, reproduced by the same common "
         "random numbers",
-        functools.partial(ablation_section, algorithms="Meta-CPO")),
+        metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_dense_training",
         RESEARCH / "carcirclehazard_dense_training.json",
@@ -757,7 +761,7 @@ RESEARCH_SECTIONS = (
         "training evaluation is on tasks of this wider training distribution. θ's step-0 "
         "costs on `test_tight` are in "
         "`research/results/carcirclehazard_dense_training_step0.json`",
-        functools.partial(ablation_section, algorithms="Meta-CPO")),
+        metacpo_ablation_section),
 )
 
 
