@@ -762,6 +762,16 @@ RESEARCH_SECTIONS = (
         "costs on `test_tight` are in "
         "`research/results/carcirclehazard_dense_training_step0.json`",
         metacpo_ablation_section),
+    ResearchSection(
+        "carcirclehazard_dense_training_100it",
+        RESEARCH / "carcirclehazard_dense_training_100it.json",
+        "CarCircleHazard: θ trained on denser hazards for 100 iterations",
+        "the training defaults on the U{4..11} training hazards of the section above for "
+        "100 iterations instead of 50 (the same seeds, test tasks and evaluation episodes; "
+        "its training evaluations at iterations 25 and 50 equal that run's), adapted with "
+        "the adaptation defaults and with the check on the batch's upper bound and the next "
+        "step from a fresh batch (`bt2+ucb1+fresh1`)",
+        metacpo_ablation_section),
 )
 
 
