@@ -770,7 +770,8 @@ RESEARCH_SECTIONS = (
         "100 iterations instead of 50 (the same seeds, test tasks and evaluation episodes; "
         "its training evaluations at iterations 25 and 50 equal that run's), adapted with "
         "the adaptation defaults and with the check on the batch's upper bound and the next "
-        "step from a fresh batch (`bt2+ucb1+fresh1`)",
+        "step from a fresh batch (`bt2+ucb1+fresh1`); seeds 3 and 4 trained alike and "
+        "adapted with that check only",
         metacpo_ablation_section),
 )
 
