@@ -75,7 +75,10 @@ VARIANT_MEANING = {
     "untrained": "θ at initialisation (0 training iterations), adapted alike",
 }
 SCORING = ("Costs and returns are means over evaluation episodes, never the learning batches; "
-           "± is the std over seeds (none with one seed).")
+           "± is the std over seeds (none with one seed). Beside each mean cost stands an "
+           "upper bound: in training θ's one-sided 95% upper confidence bound of its "
+           "task-averaged cost, per adaptation step the share of tasks *certified*, whose "
+           "own one-sided 95% upper bound is ≤ h.")
 
 
 #: What the parts of an adaptation setting (``--adapt-settings``) set.
@@ -139,19 +142,21 @@ def report(data: dict[str, Any]) -> str:
              f"{settings.get('adapt_steps')} adaptation steps, {settings.get('eval_episodes')} "
              "evaluation episodes per task and step (common random numbers), "
              f"{settings.get('train_eval_episodes')} per training task.", "",
-             "| variant | algorithm | seeds | train eval cost | train eval return |",
-             "|---|---|---|---|---|"]
+             "| variant | algorithm | seeds | train eval cost | train eval cost 95% UCB | "
+             "train eval return |",
+             "|---|---|---|---|---|---|"]
     for (variant, algo), runs in groups.items():
         finals = [r["final_train_eval"] for r in runs if r["final_train_eval"]]
         lines.append(f"| {variant} | {algo} | {len(runs)} | "
                      f"{_pm([f['eval_cost'] for f in finals])} (h = "
                      f"{finals[0]['cost_limit'] if finals else 'n/a'}) | "
+                     f"{_pm([f['eval_cost_ucb'] for f in finals])} | "
                      f"{_pm([f['eval_return'] for f in finals], 2)} |")
     for split in settings.get("splits", []):
         lines += ["", f"Adaptation on `{split}` (evaluation cost / share of tasks within h / "
-                      "return, per step 0..S):", "",
+                      "share certified / return, per step 0..S):", "",
                   "| variant | algorithm | seeds | cost per step | within h per step | "
-                  "return per step |", "|---|---|---|---|---|---|"]
+                  "certified per step | return per step |", "|---|---|---|---|---|---|---|"]
         for (variant, algo), runs in groups.items():
             adapts = [r["adaptation"][split] for r in runs if split in r["adaptation"]]
             if not adapts:
@@ -163,7 +168,8 @@ def report(data: dict[str, Any]) -> str:
                                   for s in range(steps))
 
             lines.append(f"| {variant} | {algo} | {len(adapts)} | {per_step('eval_cost', 1)} | "
-                         f"{per_step('within_limit', 2)} | {per_step('eval_return', 2)} |")
+                         f"{per_step('within_limit', 2)} | {per_step('certified', 2)} | "
+                         f"{per_step('eval_return', 2)} |")
     return "\n".join(lines)
 
 

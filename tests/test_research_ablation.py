@@ -45,6 +45,14 @@ def test_ablation_writes_every_run_and_its_report(tmp_path) -> None:
     text = page.read_text()
     assert "| baseline | cpo | 1 |" in text and "| all | cpo | 1 |" in text
     assert "Adaptation on `test_tight`" in text
+    # every mean cost has an upper bound beside it: θ's 95% UCB in training, the certified
+    # share per adaptation step (one value per step 0..1, each a share in [0, 1])
+    assert "train eval cost 95% UCB" in text and "certified per step" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| all | cpo")]
+    assert len(rows) == 3 and all(len(row) == 7 for row in rows[1:])
+    for row in rows[1:]:
+        certified = [float(share.split(" ")[0]) for share in row[5].split(" → ")]
+        assert len(certified) == 2 and all(0.0 <= share <= 1.0 for share in certified)
 
 
 def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
