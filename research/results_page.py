@@ -771,7 +771,10 @@ RESEARCH_SECTIONS = (
         "its training evaluations at iterations 25 and 50 equal that run's), adapted with "
         "the adaptation defaults and with the check on the batch's upper bound and the next "
         "step from a fresh batch (`bt2+ucb1+fresh1`); seeds 3 and 4 trained alike and "
-        "adapted with that check only",
+        "adapted with that check only. The rows `+ad0.0015` (every step at half the inner "
+        "radius) and `+room1` (a step below its limit capped so that its first-order cost "
+        "rise is at most the room h − J_C) adapt the same five θ with the check on the same "
+        "tasks and evaluation episodes",
         metacpo_ablation_section),
 )
 
