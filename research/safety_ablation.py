@@ -36,6 +36,14 @@ holds them all):
         --checkpoints CKPT --algos meta-cpo --adapt-settings win0+free1+rec1 \
         win16+free0.5+rec3 win16+free0.25+rec3 ... --out OUT
 
+A longer training run goes on from a shorter one kept under ``--checkpoints``
+(``--continue-from M``: θ, its RNGs and iteration count restored, the last N − M iterations
+run), e.g. CarCircleHazard's dense-layout θ from 100 to 200 iterations
+(research/results/carcirclehazard_dense_training_200it.json):
+
+    python research/safety_ablation.py --family CarCircleHazard --iterations 200 \
+        --continue-from 100 --checkpoints CKPT ... --out OUT
+
 θ trained at a lower limit (``--train-cost-limit``, the family's by default), adapted at the
 family's test limit (research/results/train_limit_pointcircle.json):
 
@@ -221,12 +229,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
                         "iteration count, --train-cost-limit and --env-config if set) and "
                         "adapt from it when it is already there")
+    p.add_argument("--continue-from", type=int, default=None, metavar="M",
+                   help="train a θ not yet under --checkpoints from the one kept there for M "
+                        "iterations (same variant, algorithm, seed and overrides), M < "
+                        "--iterations: only the last --iterations − M iterations are run")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="merge these result files into --out (runs, seeds, variants, "
                         "algorithms and commands) and exit; a run found twice must be the "
                         "same")
     p.add_argument("--out", type=Path, required=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.continue_from is not None and (
+            args.checkpoints is None or not 0 < args.continue_from < args.iterations):
+        p.error(f"--continue-from {args.continue_from}: needs --checkpoints and "
+                f"0 < M < --iterations ({args.iterations})")
+    return args
 
 
 def adapt_setting(name: str) -> str:
@@ -315,11 +332,11 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
             "rejections": report.get("rejections", [0.0] * (steps - 1))}
 
 
-def _train(args: argparse.Namespace, algo_obj: Any) -> list[dict[str, Any]]:
-    """Train ``args.iterations`` iterations; one row per iteration (batch figures, and θ's
+def _train(algo_obj: Any, iterations: int) -> list[dict[str, Any]]:
+    """Train ``iterations`` more iterations; one row per iteration (batch figures, and θ's
     evaluation and calibration entry where the iteration ran one)."""
     training = []
-    for _ in range(args.iterations):
+    for _ in range(iterations):
         result = algo_obj.train()
         m = result.get("metacpo", {})
         row = {"iteration": int(result["training_iteration"]),
@@ -333,6 +350,20 @@ def _train(args: argparse.Namespace, algo_obj: Any) -> list[dict[str, Any]]:
             row["ledger"] = dict(ev["ledger"])
         training.append(row)
     return training
+
+
+def _saved_dir(args: argparse.Namespace, variant: str, algo: str, seed: int,
+               iterations: int) -> Path | None:
+    """Where the θ of one training run is kept under ``--checkpoints`` (None without it)."""
+    if args.checkpoints is None:
+        return None
+    limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
+    if args.trust_region_delta is not None:
+        limit += f"-tr{args.trust_region_delta:g}"
+    if args.env_config:  # one folder per family override
+        limit += "-env" + hashlib.sha1(json.dumps(args.env_config, sort_keys=True)
+                                       .encode()).hexdigest()[:8]
+    return args.checkpoints / f"{variant}-{algo}-seed{seed}-it{iterations}{limit}"
 
 
 def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
@@ -353,24 +384,31 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
                           evaluation_num_tasks=args.train_eval_tasks, evaluation_seed=0))
     algo_obj = config.build_algo()
     start = time.perf_counter()
-    limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
-    if args.trust_region_delta is not None:
-        limit += f"-tr{args.trust_region_delta:g}"
-    if args.env_config:  # one folder per family override
-        limit += "-env" + hashlib.sha1(json.dumps(args.env_config, sort_keys=True)
-                                       .encode()).hexdigest()[:8]
-    saved = (None if args.checkpoints is None else args.checkpoints
-             / f"{variant}-{algo}-seed{seed}-it{args.iterations}{limit}")
+    saved = _saved_dir(args, variant, algo, seed, args.iterations)
+    continued = None  # the shorter run's folder this θ's training went on from
+    shorter = (None if args.continue_from is None
+               else _saved_dir(args, variant, algo, seed, args.continue_from))
     try:
         if saved is not None and (saved / "training.json").exists():
             # the same θ (and sampler state) as right after that training run
             algo_obj.restore_from_path(str(saved / "algorithm"))
             training = json.loads((saved / "training.json").read_text())
+            if (saved / "continued_from").exists():
+                continued = (saved / "continued_from").read_text()
         else:
-            training = _train(args, algo_obj)
+            training = []
+            if shorter is not None and (shorter / "training.json").exists():
+                # the shorter run's θ, RNGs and iteration count: its training goes on as
+                # one uninterrupted run of --iterations would have
+                algo_obj.restore_from_path(str(shorter / "algorithm"))
+                training = json.loads((shorter / "training.json").read_text())
+                continued = str(shorter)
+            training += _train(algo_obj, args.iterations - len(training))
             if saved is not None:
                 algo_obj.save_to_path(str(saved / "algorithm"))
                 (saved / "training.json").write_text(json.dumps(training, default=float))
+                if continued is not None:
+                    (saved / "continued_from").write_text(continued)
         train_s = time.perf_counter() - start
         family = config.make_family()
         adaptation, adaptation_episodes = {}, None
@@ -388,6 +426,7 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
             "adaptation_fields": adaptation_fields(setting),
             "adaptation_episodes": adaptation_episodes,
             "trained_from": None if saved is None else str(saved),
+            "continued_from": continued,
             "env_config": dict(algo_obj.config.env_config),
             "trust_region_delta": algo_obj.config.trust_region_delta,
             "episodes_per_task": algo_obj.config.episodes_per_task,

@@ -93,6 +93,41 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
     assert larger["adaptation"]["test_tight"]["batch_episodes"] == [2 * 3] * 3
 
 
+def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> None:
+    """--continue-from 1 restores the 1-iteration θ and trains one more iteration: the
+    training rows and the adaptation equal those of a 2-iteration run from scratch."""
+
+    def run(name: str, *extra: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        subprocess.run(
+            [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--family",
+             "PointNav", "--variants", "all", "--algos", "meta-cpo", "--seeds", "0",
+             "--test-tasks", "2", "--adapt-steps", "1", "--eval-episodes", "3", "--splits",
+             "test", "--train-eval-interval", "0", "--episodes-per-task", "2",
+             "--tasks-per-iteration", "2", *extra, "--out", str(out)],
+            check=True, cwd=tmp_path, capture_output=True, timeout=600)
+        return json.loads(out.read_text())["runs"]["all/meta-cpo/seed0"]
+
+    ckpt = str(tmp_path / "ckpt")
+    run("one", "--iterations", "1", "--checkpoints", ckpt)
+    continued = run("continued", "--iterations", "2", "--continue-from", "1",
+                    "--checkpoints", ckpt)
+    straight = run("straight", "--iterations", "2")
+    assert continued["continued_from"].endswith("all-meta-cpo-seed0-it1")
+    assert straight["continued_from"] is None
+    assert [r["iteration"] for r in continued["training"]] == [1, 2]
+    assert continued["training"] == straight["training"]
+    assert continued["adaptation"] == straight["adaptation"]
+    # kept for 2 iterations, it says where it came from when restored again
+    again = run("again", "--iterations", "2", "--checkpoints", ckpt)
+    assert again["continued_from"] == continued["continued_from"]
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--iterations", "2",
+         "--continue-from", "2", "--checkpoints", ckpt, "--out", str(tmp_path / "x.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--continue-from 2" in bad.stderr
+
+
 def test_adapt_setting_names_parse_into_fields_and_batch_size() -> None:
     from research.safety_ablation import adapt_setting, adaptation_fields
 
