@@ -776,6 +776,14 @@ RESEARCH_SECTIONS = (
         "rise is at most the room h − J_C) adapt the same five θ with the check on the same "
         "tasks and evaluation episodes",
         metacpo_ablation_section),
+    ResearchSection(
+        "carcirclehazard_dense_training_100it_fresh_tasks",
+        RESEARCH / "carcirclehazard_dense_training_100it_fresh_tasks.json",
+        "CarCircleHazard: the 100-iteration θ on fresh test tasks",
+        "the five θ of the section above, adapted with the check (`bt2+ucb1+fresh1`) and "
+        "with the check and the room cap (`+room1`) on 6 other `test` tasks (task seed "
+        "54321 instead of 12345), with 20 evaluation episodes per task and step",
+        metacpo_ablation_section),
 )
 
 
