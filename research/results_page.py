@@ -784,6 +784,21 @@ RESEARCH_SECTIONS = (
         "with the check and the room cap (`+room1`) on 6 other `test` tasks (task seed "
         "54321 instead of 12345), with 20 evaluation episodes per task and step",
         metacpo_ablation_section),
+    ResearchSection(
+        "carcirclehazard_dense_training_200it",
+        RESEARCH / "carcirclehazard_dense_training_200it.json",
+        "CarCircleHazard: θ trained on denser hazards for 200 iterations",
+        "the settings of the 100-iteration section above, seeds 0–2 trained on from its "
+        "checkpoints to 200 iterations (`--continue-from 100`), adapted with the check (`bt2+ucb1+fresh1`) "
+        "on the same 6 `test` tasks and evaluation episodes",
+        metacpo_ablation_section),
+    ResearchSection(
+        "carcirclehazard_dense_training_200it_fresh_tasks",
+        RESEARCH / "carcirclehazard_dense_training_200it_fresh_tasks.json",
+        "CarCircleHazard: the 200-iteration θ on fresh test tasks",
+        "the three θ of the section above, adapted with the check on the 6 fresh `test` "
+        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
+        metacpo_ablation_section),
 )
 
 
