@@ -789,8 +789,8 @@ RESEARCH_SECTIONS = (
         RESEARCH / "carcirclehazard_dense_training_200it.json",
         "CarCircleHazard: θ trained on denser hazards for 200 iterations",
         "the settings of the 100-iteration section above, seeds 0–2 trained on from its "
-        "checkpoints to 200 iterations (`--continue-from 100`), adapted with the check (`bt2+ucb1+fresh1`) "
-        "on the same 6 `test` tasks and evaluation episodes",
+        "checkpoints to 200 iterations (`--continue-from 100`), adapted with the check "
+        "(`bt2+ucb1+fresh1`) on the same 6 `test` tasks and evaluation episodes",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_dense_training_200it_fresh_tasks",
