@@ -44,6 +44,14 @@ run), e.g. CarCircleHazard's dense-layout θ from 100 to 200 iterations
     python research/safety_ablation.py --family CarCircleHazard --iterations 200 \
         --continue-from 100 --checkpoints CKPT ... --out OUT
 
+With ``--continue-env-config`` the shorter run was trained on another task distribution: a
+curriculum, e.g. 50 iterations on the family's own layouts, then 50 on denser hazards
+(research/results/carcirclehazard_curriculum.json):
+
+    python research/safety_ablation.py --family CarCircleHazard --iterations 100 \
+        --continue-from 50 --continue-env-config '{}' \
+        --env-config '{"ranges": {"train": {"num_hazards": [4, 11]}}}' ... --out OUT
+
 θ trained at a lower limit (``--train-cost-limit``, the family's by default), adapted at the
 family's test limit (research/results/train_limit_pointcircle.json):
 
@@ -233,6 +241,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train a θ not yet under --checkpoints from the one kept there for M "
                         "iterations (same variant, algorithm, seed and overrides), M < "
                         "--iterations: only the last --iterations − M iterations are run")
+    p.add_argument("--continue-env-config", type=json.loads, default=None, metavar="JSON",
+                   help="the --env-config the shorter run of --continue-from was trained "
+                        "with (default: this run's): a curriculum, its first M iterations "
+                        "on that task distribution and the rest on this run's ('{}': the "
+                        "family's own)")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="merge these result files into --out (runs, seeds, variants, "
                         "algorithms and commands) and exit; a run found twice must be the "
@@ -243,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.checkpoints is None or not 0 < args.continue_from < args.iterations):
         p.error(f"--continue-from {args.continue_from}: needs --checkpoints and "
                 f"0 < M < --iterations ({args.iterations})")
+    if args.continue_env_config is not None and args.continue_from is None:
+        p.error("--continue-env-config: needs --continue-from")
     return args
 
 
@@ -352,17 +367,33 @@ def _train(algo_obj: Any, iterations: int) -> list[dict[str, Any]]:
     return training
 
 
+def _env_tag(env_config: dict[str, Any]) -> str:
+    """A short name for a family override: '-env' and 8 hex digits ('' for none)."""
+    if not env_config:
+        return ""
+    return "-env" + hashlib.sha1(json.dumps(env_config, sort_keys=True)
+                                 .encode()).hexdigest()[:8]
+
+
 def _saved_dir(args: argparse.Namespace, variant: str, algo: str, seed: int,
-               iterations: int) -> Path | None:
-    """Where the θ of one training run is kept under ``--checkpoints`` (None without it)."""
+               iterations: int, first_stage: bool = False) -> Path | None:
+    """Where the θ of one training run is kept under ``--checkpoints`` (None without it).
+    With ``--continue-env-config`` the run of ``--iterations`` is a curriculum, kept apart
+    from a run trained on one distribution throughout; ``first_stage``: the folder of its
+    first ``--continue-from`` iterations, trained on ``--continue-env-config``."""
     if args.checkpoints is None:
         return None
     limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
     if args.trust_region_delta is not None:
         limit += f"-tr{args.trust_region_delta:g}"
-    if args.env_config:  # one folder per family override
-        limit += "-env" + hashlib.sha1(json.dumps(args.env_config, sort_keys=True)
-                                       .encode()).hexdigest()[:8]
+    first_env = args.continue_env_config
+    if first_env is None:
+        limit += _env_tag(args.env_config)
+    elif first_stage:
+        limit += _env_tag(first_env)
+    else:  # e.g. "-env1a2b3c4d-after50-default": this override after 50 on the family's own
+        limit += (f"{_env_tag(args.env_config) or '-default'}-after{args.continue_from}"
+                  f"{_env_tag(first_env) or '-default'}")
     return args.checkpoints / f"{variant}-{algo}-seed{seed}-it{iterations}{limit}"
 
 
@@ -387,7 +418,8 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
     saved = _saved_dir(args, variant, algo, seed, args.iterations)
     continued = None  # the shorter run's folder this θ's training went on from
     shorter = (None if args.continue_from is None
-               else _saved_dir(args, variant, algo, seed, args.continue_from))
+               else _saved_dir(args, variant, algo, seed, args.continue_from,
+                               first_stage=True))
     try:
         if saved is not None and (saved / "training.json").exists():
             # the same θ (and sampler state) as right after that training run

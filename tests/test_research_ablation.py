@@ -95,7 +95,8 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
 
 def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> None:
     """--continue-from 1 restores the 1-iteration θ and trains one more iteration: the
-    training rows and the adaptation equal those of a 2-iteration run from scratch."""
+    training rows and the adaptation equal those of a 2-iteration run from scratch. With
+    --continue-env-config the second iteration runs on other tasks (a curriculum)."""
 
     def run(name: str, *extra: str) -> dict:
         out = tmp_path / f"{name}.json"
@@ -121,11 +122,26 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
     # kept for 2 iterations, it says where it came from when restored again
     again = run("again", "--iterations", "2", "--checkpoints", ckpt)
     assert again["continued_from"] == continued["continued_from"]
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--iterations", "2",
-         "--continue-from", "2", "--checkpoints", ckpt, "--out", str(tmp_path / "x.json")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--continue-from 2" in bad.stderr
+    # a curriculum: the 1-iteration θ of the family's own tasks goes on with faster points;
+    # its first iteration is the shorter run's, its second differs from the straight run's
+    faster = json.dumps({"max_speed": 0.08})
+    curriculum = run("curriculum", "--iterations", "2", "--continue-from", "1",
+                     "--continue-env-config", "{}", "--env-config", faster,
+                     "--checkpoints", ckpt)
+    assert curriculum["continued_from"] == continued["continued_from"]
+    assert curriculum["env_config"]["max_speed"] == 0.08
+    assert curriculum["training"][0] == straight["training"][0]
+    assert curriculum["training"][1] != straight["training"][1]
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert len(kept) == 3 and kept[0] == "all-meta-cpo-seed0-it1"
+    assert kept[1] == "all-meta-cpo-seed0-it2" and kept[2].endswith("-after1-default")
+    for flags, field in ((["--continue-from", "2"], "--continue-from 2"),
+                         (["--continue-env-config", "{}"], "--continue-env-config")):
+        bad = subprocess.run(
+            [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--iterations",
+             "2", *flags, "--checkpoints", ckpt, "--out", str(tmp_path / "x.json")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and field in bad.stderr
 
 
 def test_adapt_setting_names_parse_into_fields_and_batch_size() -> None:
