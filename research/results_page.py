@@ -805,14 +805,16 @@ RESEARCH_SECTIONS = (
         "seeds 0–2 trained 50 iterations on the family's U{4..6} hazards (the θ of the "
         "section 'Meta-CPO against an untrained policy'), then 50 more on U{4..11} (`--continue-from 50 "
         "--continue-env-config '{}'`), adapted with the check (`bt2+ucb1+fresh1`) on the "
-        "6 `test` tasks and evaluation episodes of the 100-iteration dense section",
+        "6 `test` tasks and evaluation episodes of the 100-iteration dense section; the "
+        "second row adds the room cap (`room1`), measured after the first",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_curriculum_fresh_tasks",
         RESEARCH / "carcirclehazard_curriculum_fresh_tasks.json",
         "CarCircleHazard: the curriculum's θ on fresh test tasks",
-        "the three θ of the section above, adapted with the check on the 6 fresh `test` "
-        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
+        "the three θ of the section above, adapted with the check (and, second row, the "
+        "room cap) on the 6 fresh `test` tasks (task seed 54321) of the 100-iteration θ's "
+        "fresh-task section",
         metacpo_ablation_section),
 )
 
