@@ -803,10 +803,11 @@ RESEARCH_SECTIONS = (
         "carcirclehazard_curriculum", RESEARCH / "carcirclehazard_curriculum.json",
         "CarCircleHazard: a curriculum, the family's own layouts, then denser hazards",
         "seeds 0–2 trained 50 iterations on the family's U{4..6} hazards (the θ of the "
-        "section 'Meta-CPO against an untrained policy'), then 50 more on U{4..11} (`--continue-from 50 "
-        "--continue-env-config '{}'`), adapted with the check (`bt2+ucb1+fresh1`) on the "
-        "6 `test` tasks and evaluation episodes of the 100-iteration dense section; the "
-        "second row adds the room cap (`room1`), measured after the first",
+        "section 'Meta-CPO against an untrained policy'), then 50 more on U{4..11} "
+        "(`--continue-from 50 --continue-env-config '{}'`), adapted with the check "
+        "(`bt2+ucb1+fresh1`) on the 6 `test` tasks and evaluation episodes of the "
+        "100-iteration dense section; the second row adds the room cap (`room1`), measured "
+        "after the first",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_curriculum_fresh_tasks",
