@@ -37,6 +37,7 @@ same episode units. Design choices:
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import warnings
 from typing import Any, Callable, Mapping
@@ -250,10 +251,12 @@ class SafetyTaskEnv(TaskEnv):
                                            act.high.astype(np.float32), dtype=np.float32)
         self.render_mode = render_mode
         self._task_id = -1
+        self._boundary: float | None = None
 
     # -- task API ---------------------------------------------------------------------------
     def _configure(self, params: Mapping[str, Any]) -> None:
         self._sg.task.configure(**params)
+        self._boundary = self.family.boundary_halfwidth(params)
 
     def _apply(self, task: Task) -> None:
         super()._apply(task)
@@ -277,6 +280,11 @@ class SafetyTaskEnv(TaskEnv):
     def step(self, action):
         obs, reward, cost, terminated, truncated, info = self._sg.step(
             np.asarray(action, dtype=np.float64))
+        if self._boundary is not None:  # after the step, as safety-gymnasium's sigwalls
+            x, y = self._sg.task.agent.pos[:2]
+            out = max(abs(x), abs(y)) > self._boundary
+            info["cost_out_of_boundary"] = float(out)
+            cost += float(out)
         info["cost"] = float(cost)
         info["task_id"] = self._task_id
         return obs.astype(np.float32), float(reward), terminated, truncated, info
@@ -371,6 +379,11 @@ class _SafetyFamily(TaskFamily):
 
     def _task_factory(self, config: dict) -> BaseTask:
         raise NotImplementedError
+
+    def boundary_halfwidth(self, params: Mapping[str, Any]) -> float | None:
+        """Half-width of the square outside which a step costs 1 more (None: no boundary)."""
+        del params
+        return None
 
     def _make_env(self, **render_kwargs: Any) -> SafetyTaskEnv:
         return SafetyTaskEnv(self, **render_kwargs)
@@ -473,6 +486,11 @@ class PointButtonFamily(_SafetyFamily):
     Each episode places agent, buttons and hazards (size 0.2) in [-extent, extent]² (layout
     RNG). No gremlins (as in the authors' tasks). Episodes last ``max_episode_steps``
     (default 1000).
+
+    ``boundary`` (default None: none) adds a cost of 1 for each step that ends with
+    max(|x|, |y|) > extent + ``boundary`` (``info["cost_out_of_boundary"]``): a boundary the
+    agent neither sees nor touches, so observations, rewards and layouts are those of the
+    family without it, bit for bit; only the cost differs.
     """
 
     name = "PointButton"
@@ -484,8 +502,19 @@ class PointButtonFamily(_SafetyFamily):
               # the training arena and buttons with 9 extra hazards instead of 3
               "test_tight": {"extent": (1.75, 2.0), "num_buttons": (3, 6), "extra_hazards": 9}}
 
+    def __init__(self, boundary: float | None = None, **kwargs: Any) -> None:
+        if boundary is not None and (isinstance(boundary, bool) or not isinstance(
+                boundary, (int, float)) or not 0.0 <= boundary < math.inf):
+            raise ValueError("boundary: expected None or a margin >= 0 beyond the extent, "
+                             f"got {boundary!r}")
+        self.boundary = None if boundary is None else float(boundary)
+        super().__init__(**kwargs)
+
     def _task_factory(self, config: dict) -> BaseTask:
         return _ButtonTask(config, self.max_episode_steps)
+
+    def boundary_halfwidth(self, params: Mapping[str, Any]) -> float | None:
+        return None if self.boundary is None else float(params["extent"]) + self.boundary
 
     def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
         ranges = self.RANGES[split]
