@@ -52,6 +52,14 @@ curriculum, e.g. 50 iterations on the family's own layouts, then 50 on denser ha
         --continue-from 50 --continue-env-config '{}' \
         --env-config '{"ranges": {"train": {"num_hazards": [4, 11]}}}' ... --out OUT
 
+With ``--continue-from`` equal to ``--iterations`` no iteration is added: θ trained on
+``--continue-env-config`` is adapted and evaluated on this run's ``--env-config``, e.g.
+PointButton's θ trained with a boundary cost, adapted on the family without it
+(research/results/pointbutton_boundary.json):
+
+    python research/safety_ablation.py --family PointButton --iterations 30 \
+        --continue-from 30 --continue-env-config '{"boundary": 0.2}' --env-config '{}' ...
+
 θ trained at a lower limit (``--train-cost-limit``, the family's by default), adapted at the
 family's test limit (research/results/train_limit_pointcircle.json):
 
@@ -245,17 +253,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the --env-config the shorter run of --continue-from was trained "
                         "with (default: this run's): a curriculum, its first M iterations "
                         "on that task distribution and the rest on this run's ('{}': the "
-                        "family's own)")
+                        "family's own); with M = --iterations, no more training: that θ is "
+                        "adapted and evaluated on this run's --env-config")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="merge these result files into --out (runs, seeds, variants, "
                         "algorithms and commands) and exit; a run found twice must be the "
                         "same")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    top = args.iterations + (args.continue_env_config is not None)  # M = N: adapt elsewhere
     if args.continue_from is not None and (
-            args.checkpoints is None or not 0 < args.continue_from < args.iterations):
+            args.checkpoints is None or not 0 < args.continue_from < top):
         p.error(f"--continue-from {args.continue_from}: needs --checkpoints and "
-                f"0 < M < --iterations ({args.iterations})")
+                f"0 < M < --iterations ({args.iterations}), or M = --iterations with "
+                "--continue-env-config")
     if args.continue_env_config is not None and args.continue_from is None:
         p.error("--continue-env-config: needs --continue-from")
     return args

@@ -278,6 +278,26 @@ def test_bad_params_name_the_field(name: str, params: dict, field: str) -> None:
         make_family(name).validate_task(_task(name, **params))
 
 
+def test_button_boundary_changes_only_the_cost() -> None:
+    """With ``boundary`` a step ending beyond extent + margin costs 1 more; observations,
+    rewards, layouts and the other costs are those of the family without it, bit for bit."""
+    task = _task("PointButton", extent=1.75, num_buttons=3, num_hazards=6)
+    actions = np.tile(np.array([1.0, 0.05], np.float32), (300, 1))  # drives off the layout
+    plain = _rollout(make_family("PointButton").make_env(task), 3, actions)
+    fenced = make_family("PointButton", boundary=0.2).make_env(task)
+    obs, rewards, costs, infos = _rollout(fenced, 3, actions)
+    assert obs.tobytes() == plain[0].tobytes() and rewards.tobytes() == plain[1].tobytes()
+    outside = np.array([i["cost_out_of_boundary"] for i in infos])
+    assert 0 < outside.sum() < len(actions)  # starts inside the square, leaves it
+    np.testing.assert_array_equal(costs, plain[2] + outside)
+    assert "cost_out_of_boundary" not in plain[3][0]
+    x, y = fenced.sim_task.agent.pos[:2]
+    assert outside[-1] == float(max(abs(x), abs(y)) > 1.95)
+    for bad in ("wide", -0.1, True, float("inf")):
+        with pytest.raises(ValueError, match="boundary"):
+            make_family("PointButton", boundary=bad)
+
+
 def test_bad_tasks_and_overrides(envs) -> None:
     family = make_family("PointCircle")
     good = family.default_task()

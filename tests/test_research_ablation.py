@@ -96,7 +96,8 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
 def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> None:
     """--continue-from 1 restores the 1-iteration θ and trains one more iteration: the
     training rows and the adaptation equal those of a 2-iteration run from scratch. With
-    --continue-env-config the second iteration runs on other tasks (a curriculum)."""
+    --continue-env-config the second iteration runs on other tasks (a curriculum), and with
+    --continue-from equal to --iterations θ is only adapted there."""
 
     def run(name: str, *extra: str) -> dict:
         out = tmp_path / f"{name}.json"
@@ -132,10 +133,20 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
     assert curriculum["env_config"]["max_speed"] == 0.08
     assert curriculum["training"][0] == straight["training"][0]
     assert curriculum["training"][1] != straight["training"][1]
+    # M = N: the 1-iteration θ of the family's own tasks, adapted with faster points
+    moved = run("moved", "--iterations", "1", "--continue-from", "1",
+                "--continue-env-config", "{}", "--env-config", faster, "--checkpoints", ckpt)
+    one = json.loads((tmp_path / "one.json").read_text())["runs"]["all/meta-cpo/seed0"]
+    assert moved["continued_from"].endswith("all-meta-cpo-seed0-it1")
+    assert moved["env_config"]["max_speed"] == 0.08 and moved["training"] == one["training"]
+    assert moved["adaptation"] != one["adaptation"]
     kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert len(kept) == 3 and kept[0] == "all-meta-cpo-seed0-it1"
-    assert kept[1] == "all-meta-cpo-seed0-it2" and kept[2].endswith("-after1-default")
+    assert len(kept) == 4 and kept[0] == "all-meta-cpo-seed0-it1"
+    assert kept[1].startswith("all-meta-cpo-seed0-it1-") and kept[1].endswith("-after1-default")
+    assert kept[2] == "all-meta-cpo-seed0-it2" and kept[3].endswith("-after1-default")
     for flags, field in ((["--continue-from", "2"], "--continue-from 2"),
+                         (["--continue-from", "3", "--continue-env-config", "{}"],
+                          "--continue-from 3"),
                          (["--continue-env-config", "{}"], "--continue-env-config")):
         bad = subprocess.run(
             [sys.executable, str(REPO / "research" / "safety_ablation.py"), "--iterations",
