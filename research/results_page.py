@@ -817,6 +817,25 @@ RESEARCH_SECTIONS = (
         "room cap) on the 6 fresh `test` tasks (task seed 54321) of the 100-iteration θ's "
         "fresh-task section",
         metacpo_ablation_section),
+    ResearchSection(
+        "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",
+        "PointButton with a boundary: θ trained and adapted with it",
+        "the training defaults of the PointButton section below on the family with a "
+        "boundary (`env_config` `{\"boundary\": 0.2}`: a step that ends beyond extent + 0.2 "
+        "costs 1 more, on training and test tasks alike), seeds 0–2, 60 iterations (θ "
+        "evaluated at 30 and 60), adapted with the check (`bt2+ucb1+fresh1`) on the 6 "
+        "`test` tasks and evaluation episodes of that section; costs include the boundary's",
+        metacpo_ablation_section),
+    ResearchSection(
+        "pointbutton_boundary_plain", RESEARCH / "pointbutton_boundary_plain.json",
+        "PointButton: the boundary-trained θ adapted without the boundary",
+        "the training defaults on the family with the boundary, as in the section above "
+        "(the same three θ; the training evaluation is that section's, boundary included), "
+        "then adapted with the check and evaluated on the family as it is "
+        "(`--continue-from 60 --continue-env-config '{\"boundary\": 0.2}' --env-config "
+        "'{}'`: no more training), on the tasks and evaluation episodes of the PointButton "
+        "section below, whose untrained policy ran the same episodes",
+        metacpo_ablation_section),
 )
 
 

@@ -55,10 +55,10 @@ curriculum, e.g. 50 iterations on the family's own layouts, then 50 on denser ha
 With ``--continue-from`` equal to ``--iterations`` no iteration is added: θ trained on
 ``--continue-env-config`` is adapted and evaluated on this run's ``--env-config``, e.g.
 PointButton's θ trained with a boundary cost, adapted on the family without it
-(research/results/pointbutton_boundary.json):
+(research/results/pointbutton_boundary_plain.json):
 
-    python research/safety_ablation.py --family PointButton --iterations 30 \
-        --continue-from 30 --continue-env-config '{"boundary": 0.2}' --env-config '{}' ...
+    python research/safety_ablation.py --family PointButton --iterations 60 \
+        --continue-from 60 --continue-env-config '{"boundary": 0.2}' --env-config '{}' ...
 
 θ trained at a lower limit (``--train-cost-limit``, the family's by default), adapted at the
 family's test limit (research/results/train_limit_pointcircle.json):
