@@ -127,6 +127,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help="k >= 0: an adaptation step below its limit takes a radius "
                              "in which the first-order cost rises by at most k times the "
                              "room h - J_C (0: off; default: the config's)")
+    parser.add_argument("--adaptation-limit-margin", type=number(0), default=None,
+                        help="f in [0, 1): adaptation steps aim at (1 - f) h; costs are "
+                             "still reported against h (0: off; default: the config's)")
     parser.add_argument("--adaptation-backtracks", type=count(0), default=None,
                         help="R >= 0: an adaptation step whose policy's next batch costs "
                              "more than h and the batch it learned from is halved and "
@@ -210,7 +213,7 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
                  "adaptation_cost_window", "adaptation_cost_free_scale",
                  "adaptation_recovery_scale", "adaptation_cost_margin_rate",
-                 "adaptation_cost_room", "adaptation_backtracks",
+                 "adaptation_cost_room", "adaptation_limit_margin", "adaptation_backtracks",
                  "adaptation_backtrack_bound", "adaptation_backtrack_fresh"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)

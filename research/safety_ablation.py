@@ -237,7 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_cost_free_scale=F), 'rec<R>' "
                         "(adaptation_recovery_scale=R), 'mar<M>' "
                         "(adaptation_cost_margin_rate=M), 'room<K>' "
-                        "(adaptation_cost_room=K), 'bt<R>' (adaptation_backtracks=R), "
+                        "(adaptation_cost_room=K), 'lim<F>' (adaptation_limit_margin=F), "
+                        "'bt<R>' (adaptation_backtracks=R), "
                         "'ucb1' (adaptation_backtrack_bound=True), 'fresh1' "
                         "(adaptation_backtrack_fresh=True) and 'eps<E>' "
                         "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
@@ -286,7 +287,8 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "win": ("adaptation_cost_window", int), "ad": ("adaptation_delta", float),
     "free": ("adaptation_cost_free_scale", float), "rec": ("adaptation_recovery_scale", float),
     "mar": ("adaptation_cost_margin_rate", float),
-    "room": ("adaptation_cost_room", float), "bt": ("adaptation_backtracks", int),
+    "room": ("adaptation_cost_room", float), "lim": ("adaptation_limit_margin", float),
+    "bt": ("adaptation_backtracks", int),
     "ucb": ("adaptation_backtrack_bound", bool), "fresh": ("adaptation_backtrack_fresh", bool),
     "eps": ("adaptation_episodes_per_task", int)}
 
@@ -295,7 +297,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     """The training fields an ``--adapt-settings`` name sets: 'default' none; 'win<N>'
     ``adaptation_cost_window=N``; 'ad<X>' ``adaptation_delta=X``; 'free<F>'
     ``adaptation_cost_free_scale=F``; 'rec<R>' ``adaptation_recovery_scale=R``; 'mar<M>'
-    ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'bt<R>'
+    ``adaptation_cost_margin_rate=M``; 'room<K>' ``adaptation_cost_room=K``; 'lim<F>'
+    ``adaptation_limit_margin=F``; 'bt<R>'
     ``adaptation_backtracks=R``; 'ucb<0|1>' ``adaptation_backtrack_bound``; 'fresh<0|1>'
     ``adaptation_backtrack_fresh``; 'eps<E>'
     ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
@@ -324,7 +327,8 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
-                             "'room<K>' / 'bt<R>' / 'ucb<0|1>' / 'fresh<0|1>' / 'eps<E>' "
+                             "'room<K>' / 'lim<F>' / 'bt<R>' / 'ucb<0|1>' / 'fresh<0|1>' / "
+                             "'eps<E>' "
                              "parts") from None
         parts.append((prefix, value))
     return parts

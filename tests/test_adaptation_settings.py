@@ -192,18 +192,50 @@ def test_train_flags_set_the_adaptation_fields():
          "--adaptation-cost-window", "8", "--adaptation-cost-free-scale", "0.5",
          "--adaptation-recovery-scale", "2", "--adaptation-cost-margin-rate", "0.25",
          "--adaptation-cost-room", "0.5", "--adaptation-backtracks", "3",
-         "--adaptation-backtrack-bound", "--adaptation-backtrack-fresh"])
+         "--adaptation-backtrack-bound", "--adaptation-backtrack-fresh",
+         "--adaptation-limit-margin", "0.3"])
     config = cli.build_config(args)
     assert (config.adaptation_delta, config.adaptation_cost_window,
             config.adaptation_cost_free_scale, config.adaptation_recovery_scale,
             config.adaptation_cost_margin_rate, config.adaptation_cost_room,
             config.adaptation_backtracks, config.adaptation_backtrack_bound,
-            config.adaptation_backtrack_fresh) == (0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True, True)
+            config.adaptation_backtrack_fresh, config.adaptation_limit_margin) == (
+        0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True, True, 0.3)
     assert config.adaptation_update_config().cost_room == 0.5
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
     assert (default.adaptation_episodes_per_task, default.adaptation_delta,
             default.adaptation_cost_window, default.adaptation_cost_free_scale,
             default.adaptation_recovery_scale, default.adaptation_cost_margin_rate,
             default.adaptation_cost_room, default.adaptation_backtracks,
-            default.adaptation_backtrack_bound, default.adaptation_backtrack_fresh) == (
-        32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False)
+            default.adaptation_backtrack_bound, default.adaptation_backtrack_fresh,
+            default.adaptation_limit_margin) == (
+        32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False, 0.0)
+
+
+def test_the_adaptation_limit_margin_aims_every_step_below_h():
+    """``adaptation_limit_margin`` f: every adaptation batch's c carries f·h on top of the
+    learned margin (so J_C between (1 − f)·h and h is violating), while the reported
+    costs, violations and the cost limit stay those against h."""
+    import metacpo_rllib.rllib as rl
+
+    rate, f = 0.5, 0.4
+    algo = (rl.MetaCPOConfig().environment("PointNav")
+            .training(tasks_per_iteration=2, episodes_per_task=3, seed=0,
+                      cost_upper_bound=False, adaptation_cost_window=1000,
+                      adaptation_cost_margin_rate=rate, adaptation_limit_margin=f,
+                      adaptation_episodes_per_task=5).build_algo())
+    try:
+        tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
+        report = algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+    for task in report["tasks"]:
+        h = task["cost_limit"]
+        assert h == 5.0
+        learned = [0.0]
+        for s, entry in enumerate(task["ledger"]):
+            learned.append(learned_margin(learned[-1], task["cost"][s + 1] - task["cost"][s],
+                                          entry["predicted_cost_change"], rate))
+        np.testing.assert_allclose(task["cost_margin"], [f * h + m for m in learned],
+                                   rtol=1e-5, atol=1e-5)
+        assert task["violation"] == [float(c > h) for c in task["cost"]]

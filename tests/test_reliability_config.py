@@ -52,6 +52,7 @@ INVALID: dict[str, list] = {
     "adaptation_recovery_scale": [0.5, 0.0, math.inf, math.nan, None, "2", True],
     "adaptation_cost_margin_rate": [-0.1, math.inf, math.nan, None, "0.5", True],
     "adaptation_cost_room": [-0.1, math.inf, math.nan, None, "0.5", True],
+    "adaptation_limit_margin": [-0.1, 1.0, math.inf, math.nan, None, "0.5", True],
     "adaptation_backtracks": [-1, 1.5, None, "2", True],
     "adaptation_backtrack_bound": [1, "yes", None],
     "adaptation_backtrack_fresh": [1, "yes", None],

@@ -160,6 +160,10 @@ class MetaCPOConfig(AlgorithmConfig):
         self.adaptation_recovery_scale = 6.0
         self.adaptation_cost_margin_rate = 0.0
         self.adaptation_cost_room = 0.0
+        # adaptation_limit_margin f (0: off): adaptation steps aim at (1 − f)·h, as
+        # train_limit_margin does for training's outer step; every cost is still scored
+        # against h. Measured on CarCircleHazard, not a default.
+        self.adaptation_limit_margin = 0.0
         self.adaptation_backtracks = 0
         self.adaptation_backtrack_bound = False
         self.adaptation_backtrack_fresh = False
@@ -224,6 +228,7 @@ class MetaCPOConfig(AlgorithmConfig):
         adaptation_recovery_scale: float = _UNSET,
         adaptation_cost_margin_rate: float = _UNSET,
         adaptation_cost_room: float = _UNSET,
+        adaptation_limit_margin: float = _UNSET,
         adaptation_backtracks: int = _UNSET,
         adaptation_backtrack_bound: bool = _UNSET,
         adaptation_backtrack_fresh: bool = _UNSET,
@@ -311,6 +316,9 @@ class MetaCPOConfig(AlgorithmConfig):
         min(δ, (k·c)² / (2 bᵀH⁻¹b)), so that no direction of its trust region raises the
         first-order cost model by more than k times the room −c (``optim.meta.room_capped``;
         for all four algorithms alike, TRPO's steps have no cost gradient and no cap).
+        ``adaptation_limit_margin`` f in [0, 1) (0: off): every adaptation step aims at
+        (1 − f)·h, c = J_C + f·h (+ the learned margin) − h, so a task between (1 − f)·h
+        and h takes a recovery step; the step check and every report still use h.
         ``adaptation_backtracks`` R ≥ 0 (0: off; constrained algorithms): each adaptation
         step is checked on the next learning batch, fresh episodes of the stepped policy,
         before they are used: where their mean episode cost is above both h and the mean
@@ -356,6 +364,7 @@ class MetaCPOConfig(AlgorithmConfig):
             adaptation_recovery_scale=adaptation_recovery_scale,
             adaptation_cost_margin_rate=adaptation_cost_margin_rate,
             adaptation_cost_room=adaptation_cost_room,
+            adaptation_limit_margin=adaptation_limit_margin,
             adaptation_backtracks=adaptation_backtracks,
             adaptation_backtrack_bound=adaptation_backtrack_bound,
             adaptation_backtrack_fresh=adaptation_backtrack_fresh,
@@ -521,8 +530,9 @@ class MetaCPOConfig(AlgorithmConfig):
         if self.cost_signal_share_scope not in ("violating", "all"):
             _bad("cost_signal_share_scope", "expected 'violating' or 'all'",
                  self.cost_signal_share_scope)
-        if not _is_num(self.train_limit_margin) or not 0 <= self.train_limit_margin < 1:
-            _bad("train_limit_margin", "expected a number in [0, 1)", self.train_limit_margin)
+        for field in ("train_limit_margin", "adaptation_limit_margin"):
+            if not _is_num(getattr(self, field)) or not 0 <= getattr(self, field) < 1:
+                _bad(field, "expected a number in [0, 1)", getattr(self, field))
         if not _is_num(self.outer_recovery_scale) or self.outer_recovery_scale < 1:
             _bad("outer_recovery_scale", "expected a finite number >= 1",
                  self.outer_recovery_scale)

@@ -213,9 +213,10 @@ class MetaCPOTorchLearner(TorchLearner):
         on, GAE uses their values (``keep``: the batch is kept for their fit; a dropped
         task's batches never are). ``cost_history``: earlier episode costs pooled with the
         batch's into J_C (``make_batch``); ``margin_fraction``: c = J_C + f·h − h (the
-        constraint aims at (1 − f)·h). After an adaptation step with a margin rate, the
-        task's margin first learns from that step (``learned_margin``: its predicted cost
-        change against this batch's) and enters c."""
+        constraint aims at (1 − f)·h; ``train_limit_margin`` for query batches,
+        ``adaptation_limit_margin`` for adaptation batches). After an adaptation step with
+        a margin rate, the task's margin first learns from that step (``learned_margin``:
+        its predicted cost change against this batch's) and is added to c."""
         if sample is None or index in self._dropped:
             return None
         try:
@@ -234,7 +235,8 @@ class MetaCPOTorchLearner(TorchLearner):
             self._margins[index] = learned_margin(
                 self._margins[index], batch.mean_cost - before, predicted,
                 self.config.adaptation_cost_margin_rate)
-            batch = dataclasses.replace(batch, cost_margin=self._margins[index])
+            batch = dataclasses.replace(batch,
+                                        cost_margin=batch.cost_margin + self._margins[index])
         if self.config.cost_signal_share and self.config.constrained and (
                 batch.violating or self.config.cost_signal_share_scope == "all"):
             # sampled with the task's current parameters (θ before its first inner step)
@@ -415,7 +417,10 @@ class MetaCPOTorchLearner(TorchLearner):
                                                    1.0, self.config.adaptation_backtracks)
             return weights
 
-        summaries, weights = self._over_tasks(samples, step, history=history)
+        summaries, weights = self._over_tasks(
+            samples, step, history=history,
+            margin_fraction=self.config.adaptation_limit_margin if self.config.constrained
+            else 0.0)
         return RoundOutput(summaries, weights, dict(self._dropped),
                            records if update else None)
 
