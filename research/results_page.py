@@ -807,15 +807,16 @@ RESEARCH_SECTIONS = (
         "(`--continue-from 50 --continue-env-config '{}'`), adapted with the check "
         "(`bt2+ucb1+fresh1`) on the 6 `test` tasks and evaluation episodes of the "
         "100-iteration dense section; the second row adds the room cap (`room1`), measured "
-        "after the first",
+        "after the first, the third aims every adaptation step at half the limit "
+        "(`lim0.5`, `adaptation_limit_margin`; costs still scored against h = 5)",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_curriculum_fresh_tasks",
         RESEARCH / "carcirclehazard_curriculum_fresh_tasks.json",
         "CarCircleHazard: the curriculum's θ on fresh test tasks",
         "the three θ of the section above, adapted with the check (and, second row, the "
-        "room cap) on the 6 fresh `test` tasks (task seed 54321) of the 100-iteration θ's "
-        "fresh-task section",
+        "room cap; third row, every step aimed at half the limit) on the 6 fresh `test` "
+        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
         metacpo_ablation_section),
     ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",

@@ -158,11 +158,11 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
 def test_adapt_setting_names_parse_into_fields_and_batch_size() -> None:
     from research.safety_ablation import adapt_setting, adaptation_fields
 
-    name = "win64+free0.25+rec6+mar1+ad0.003+bt2+ucb1+fresh1+eps16"
+    name = "win64+free0.25+rec6+mar1+ad0.003+bt2+ucb1+fresh1+lim0.5+eps16"
     assert adaptation_fields(name) == {
         "adaptation_cost_window": 64, "adaptation_cost_free_scale": 0.25,
         "adaptation_recovery_scale": 6.0, "adaptation_cost_margin_rate": 1.0,
-        "adaptation_delta": 0.003, "adaptation_backtracks": 2,
+        "adaptation_delta": 0.003, "adaptation_backtracks": 2, "adaptation_limit_margin": 0.5,
         "adaptation_backtrack_bound": True, "adaptation_backtrack_fresh": True,
         "adaptation_episodes_per_task": 16}
     assert adaptation_fields("default") == {}
