@@ -154,19 +154,12 @@ def test_adapt_reports_the_pooled_j_c_and_steps_at_the_adaptation_radius():
     rate = 0.5
     algo = build(adaptation_cost_window=1000, adaptation_cost_margin_rate=rate,
                  adaptation_episodes_per_task=5)
-    try:
-        tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
-        report = algo.adapt(tasks, steps=3, eval_episodes=2)
-    finally:
-        algo.stop()
+    tasks, report = _adapt_three_steps(algo)
     for task in report["tasks"]:
         running = np.cumsum(task["cost"]) / np.arange(1, len(task["cost"]) + 1)
         np.testing.assert_allclose(task["cost_estimate"], running, rtol=1e-5, atol=1e-5)
-        margin = [0.0]
-        for s, entry in enumerate(task["ledger"]):
-            margin.append(learned_margin(margin[-1], task["cost"][s + 1] - task["cost"][s],
-                                         entry["predicted_cost_change"], rate))
-        np.testing.assert_allclose(task["cost_margin"], margin, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(task["cost_margin"], _learned_margins(task, rate),
+                                   rtol=1e-5, atol=1e-5)
     assert any(t["cost_estimate"][-1] != pytest.approx(t["cost"][-1]) for t in report["tasks"])
     assert any(max(t["cost_margin"]) > 0 for t in report["tasks"])
     assert report["batch_episodes"] == 5
@@ -212,6 +205,26 @@ def test_train_flags_set_the_adaptation_fields():
         32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False, 0.0)
 
 
+def _adapt_three_steps(algo):
+    """(tasks, report): ``algo`` adapted 3 steps on 2 PointNav ``test_tight`` tasks, then
+    stopped."""
+    try:
+        tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
+        return tasks, algo.adapt(tasks, steps=3, eval_episodes=2)
+    finally:
+        algo.stop()
+
+
+def _learned_margins(task, rate):
+    """The learned margin before each of ``task``'s batches, replayed from its report:
+    each step's realised batch-cost change against its predicted one."""
+    margins = [0.0]
+    for s, entry in enumerate(task["ledger"]):
+        margins.append(learned_margin(margins[-1], task["cost"][s + 1] - task["cost"][s],
+                                      entry["predicted_cost_change"], rate))
+    return margins
+
+
 def test_the_adaptation_limit_margin_aims_every_step_below_h():
     """``adaptation_limit_margin`` f: every adaptation batch's c carries f·h on top of the
     learned margin (so J_C between (1 − f)·h and h is violating), while the reported
@@ -219,23 +232,15 @@ def test_the_adaptation_limit_margin_aims_every_step_below_h():
     import metacpo_rllib.rllib as rl
 
     rate, f = 0.5, 0.4
-    algo = (rl.MetaCPOConfig().environment("PointNav")
-            .training(tasks_per_iteration=2, episodes_per_task=3, seed=0,
-                      cost_upper_bound=False, adaptation_cost_window=1000,
-                      adaptation_cost_margin_rate=rate, adaptation_limit_margin=f,
-                      adaptation_episodes_per_task=5).build_algo())
-    try:
-        tasks = algo.family.sample_tasks(2, "test_tight", seed=4)
-        report = algo.adapt(tasks, steps=3, eval_episodes=2)
-    finally:
-        algo.stop()
+    _, report = _adapt_three_steps(
+        rl.MetaCPOConfig().environment("PointNav")
+        .training(tasks_per_iteration=2, episodes_per_task=3, seed=0, cost_upper_bound=False,
+                  adaptation_cost_window=1000, adaptation_cost_margin_rate=rate,
+                  adaptation_limit_margin=f, adaptation_episodes_per_task=5).build_algo())
     for task in report["tasks"]:
         h = task["cost_limit"]
         assert h == 5.0
-        learned = [0.0]
-        for s, entry in enumerate(task["ledger"]):
-            learned.append(learned_margin(learned[-1], task["cost"][s + 1] - task["cost"][s],
-                                          entry["predicted_cost_change"], rate))
-        np.testing.assert_allclose(task["cost_margin"], [f * h + m for m in learned],
+        np.testing.assert_allclose(task["cost_margin"],
+                                   [f * h + m for m in _learned_margins(task, rate)],
                                    rtol=1e-5, atol=1e-5)
         assert task["violation"] == [float(c > h) for c in task["cost"]]
