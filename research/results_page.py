@@ -819,6 +819,15 @@ RESEARCH_SECTIONS = (
         "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
         metacpo_ablation_section),
     ResearchSection(
+        "carcirclehazard_curriculum_eval100",
+        RESEARCH / "carcirclehazard_curriculum_eval100.json",
+        "CarCircleHazard: the curriculum's adapted policies on 100 evaluation episodes",
+        "the first row of the curriculum section (the check, `bt2+ucb1+fresh1`, on its 6 "
+        "`test` tasks) run again with 100 evaluation episodes per task and step instead of "
+        "20; its learning batches and rejections equal that section's, so every adapted "
+        "policy is the same and only the evaluation is longer",
+        metacpo_ablation_section),
+    ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",
         "PointButton with a boundary: θ trained and adapted with it",
         "the training defaults of the PointButton section below on the family with a "
