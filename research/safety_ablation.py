@@ -343,7 +343,8 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
     within the limit (mean ≤ h) and certified (95% upper bound ≤ h); the learning batches'
     mean cost and their episodes (summed over tasks), each task's CPO case and, per step
     (with ``adaptation_backtracks``), how often its check rejected it, summed over tasks
-    (each rejection one more batch sampled)."""
+    (each rejection one more batch sampled); then per task and step, its evaluation cost and
+    its learning batch's cost (``task_eval_cost``, ``task_batch_cost``)."""
     tasks = report["tasks"]
     steps = len(tasks[0]["eval"]["cost"])
 
@@ -359,7 +360,9 @@ def _step_summary(report: dict[str, Any], limit: float) -> dict[str, list[float]
                                for s in range(steps)],
             "cases": [[(t.get("ledger") or [{}] * steps)[s].get("case") if s < len(
                 t.get("ledger") or []) else None for t in tasks] for s in range(steps - 1)],
-            "rejections": report.get("rejections", [0.0] * (steps - 1))}
+            "rejections": report.get("rejections", [0.0] * (steps - 1)),
+            "task_eval_cost": [[float(c) for c in t["eval"]["cost"]] for t in tasks],
+            "task_batch_cost": [[float(c) for c in t["cost"]] for t in tasks]}
 
 
 def _train(algo_obj: Any, iterations: int) -> list[dict[str, Any]]:

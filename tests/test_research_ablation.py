@@ -34,6 +34,12 @@ def test_ablation_writes_every_run_and_its_report(tmp_path) -> None:
             adaptation = run["adaptation"][split]
             assert len(adaptation["eval_cost"]) == 2  # steps 0 and 1
             assert all(0.0 <= share <= 1.0 for share in adaptation["within_limit"])
+            # the per-task figures are what the step means are taken over
+            per_task = adaptation["task_eval_cost"]
+            assert len(per_task) == 2 and all(len(costs) == 2 for costs in per_task)
+            assert adaptation["eval_cost"] == pytest.approx(
+                [sum(costs) / 2 for costs in zip(*per_task)])
+            assert len(adaptation["task_batch_cost"]) == 2
     # resumed: nothing left to run, the file is kept as it was
     before = out.read_text()
     done = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True,
