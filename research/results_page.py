@@ -828,6 +828,15 @@ RESEARCH_SECTIONS = (
         "policy is the same and only the evaluation is longer",
         metacpo_ablation_section),
     ResearchSection(
+        "carcirclehazard_curriculum_eps64", RESEARCH / "carcirclehazard_curriculum_eps64.json",
+        "CarCircleHazard: 64 episodes per adaptation batch, on 100 evaluation episodes",
+        "the curriculum's recipe (seeds 0–2, 50 iterations on U{4..6} hazards, then 50 on "
+        "U{4..11}) trained again on another CPU, where the same seeds train to other θ; each "
+        "θ adapted with the check (`bt2+ucb1+fresh1`) and with the check on 64 episodes per "
+        "adaptation batch instead of 32 (`+eps64`), on the 6 `test` tasks of the curriculum "
+        "section, every step scored on 100 evaluation episodes per task",
+        metacpo_ablation_section),
+    ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",
         "PointButton with a boundary: θ trained and adapted with it",
         "the training defaults of the PointButton section below on the family with a "
