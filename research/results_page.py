@@ -837,6 +837,14 @@ RESEARCH_SECTIONS = (
         "section, every step scored on 100 evaluation episodes per task",
         metacpo_ablation_section),
     ResearchSection(
+        "carcirclehazard_curriculum_eps64_fresh_tasks",
+        RESEARCH / "carcirclehazard_curriculum_eps64_fresh_tasks.json",
+        "CarCircleHazard: 64 episodes per adaptation batch on fresh test tasks",
+        "the three θ of the section above, adapted with the check on 64 episodes per "
+        "adaptation batch on the 6 fresh `test` tasks (task seed 54321) of the curriculum's "
+        "fresh-task section, every step scored on 100 evaluation episodes per task",
+        metacpo_ablation_section),
+    ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",
         "PointButton with a boundary: θ trained and adapted with it",
         "the training defaults of the PointButton section below on the family with a "
