@@ -240,8 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(adaptation_cost_room=K), 'lim<F>' (adaptation_limit_margin=F), "
                         "'bt<R>' (adaptation_backtracks=R), "
                         "'ucb1' (adaptation_backtrack_bound=True), 'fresh1' "
-                        "(adaptation_backtrack_fresh=True) and 'eps<E>' "
-                        "(adaptation_episodes_per_task=E), e.g. win8+free0.5")
+                        "(adaptation_backtrack_fresh=True), 'eps<E>' "
+                        "(adaptation_episodes_per_task=E) and 'first<E>' "
+                        "(adaptation_first_episodes_per_task=E), e.g. win8+free0.5")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep each trained θ here (one folder per variant, algorithm, seed, "
                         "iteration count, --train-cost-limit and --env-config if set) and "
@@ -290,7 +291,8 @@ SETTING_FIELDS: dict[str, tuple[str, type]] = {
     "room": ("adaptation_cost_room", float), "lim": ("adaptation_limit_margin", float),
     "bt": ("adaptation_backtracks", int),
     "ucb": ("adaptation_backtrack_bound", bool), "fresh": ("adaptation_backtrack_fresh", bool),
-    "eps": ("adaptation_episodes_per_task", int)}
+    "eps": ("adaptation_episodes_per_task", int),
+    "first": ("adaptation_first_episodes_per_task", int)}
 
 
 def adaptation_fields(name: str) -> dict[str, Any]:
@@ -301,7 +303,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
     ``adaptation_limit_margin=F``; 'bt<R>'
     ``adaptation_backtracks=R``; 'ucb<0|1>' ``adaptation_backtrack_bound``; 'fresh<0|1>'
     ``adaptation_backtrack_fresh``; 'eps<E>'
-    ``adaptation_episodes_per_task=E``; joined with '+' (``SETTING_FIELDS``)."""
+    ``adaptation_episodes_per_task=E``; 'first<E>' ``adaptation_first_episodes_per_task=E``;
+    joined with '+' (``SETTING_FIELDS``)."""
     return {SETTING_FIELDS[prefix][0]: SETTING_FIELDS[prefix][1](value)
             for prefix, value in _setting_parts(name)}
 
@@ -309,7 +312,8 @@ def adaptation_fields(name: str) -> dict[str, Any]:
 def _setting_parts(name: str) -> list[tuple[str, float]]:
     """The (prefix, number) of each '+'-joined part of an ``--adapt-settings`` name (none
     for 'default'); ValueError for a part that is not a known prefix followed by a number
-    (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps', 0 or 1
+    (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps' and
+    'first', 0 or 1
     for a bool field)."""
     if name == "default":
         return []
@@ -321,15 +325,14 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
                 raise ValueError
             value = float(part[len(prefix):])
             kind = SETTING_FIELDS[prefix][1]
-            if kind in (int, bool) and (value != int(value) or value < (prefix == "eps")
+            if kind in (int, bool) and (value != int(value) or value < (prefix in ("eps", "first"))
                                         or (kind is bool and value > 1)):
                 raise ValueError
         except ValueError:
             raise ValueError(f"adapt setting {name!r}: expected 'default' or '+'-joined "
                              "'win<N>' / 'ad<X>' / 'free<F>' / 'rec<R>' / 'mar<M>' / "
                              "'room<K>' / 'lim<F>' / 'bt<R>' / 'ucb<0|1>' / 'fresh<0|1>' / "
-                             "'eps<E>' "
-                             "parts") from None
+                             "'eps<E>' / 'first<E>' parts") from None
         parts.append((prefix, value))
     return parts
 

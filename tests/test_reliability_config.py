@@ -46,6 +46,7 @@ INVALID: dict[str, list] = {
                               [[-1, 0.01]], [[0, 0.0]], [[0, math.inf]], [[0.5, 0.01]],
                               [[True, 0.01]], "0.01", 0.01],
     "adaptation_episodes_per_task": [0, -1, 2.5, True, "16"],
+    "adaptation_first_episodes_per_task": [0, -1, 2.5, True, "16"],
     "adaptation_delta": [0.0, -0.01, math.nan, math.inf, "0.01", True],
     "adaptation_cost_window": [-1, 2.5, True, None, "8"],
     "adaptation_cost_free_scale": [0.0, 1.5, -0.5, math.nan, None, "0.5", True],

@@ -164,15 +164,16 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
 def test_adapt_setting_names_parse_into_fields_and_batch_size() -> None:
     from research.safety_ablation import adapt_setting, adaptation_fields
 
-    name = "win64+free0.25+rec6+mar1+ad0.003+bt2+ucb1+fresh1+lim0.5+eps16"
+    name = "win64+free0.25+rec6+mar1+ad0.003+bt2+ucb1+fresh1+lim0.5+eps16+first64"
     assert adaptation_fields(name) == {
         "adaptation_cost_window": 64, "adaptation_cost_free_scale": 0.25,
         "adaptation_recovery_scale": 6.0, "adaptation_cost_margin_rate": 1.0,
         "adaptation_delta": 0.003, "adaptation_backtracks": 2, "adaptation_limit_margin": 0.5,
         "adaptation_backtrack_bound": True, "adaptation_backtrack_fresh": True,
-        "adaptation_episodes_per_task": 16}
+        "adaptation_episodes_per_task": 16, "adaptation_first_episodes_per_task": 64}
     assert adaptation_fields("default") == {}
-    for bad in ("eps0", "eps2.5", "win1.5", "win-1", "bt1.5", "ucb2", "ucb0.5", "fresh2", "ad", "foo", "win8+bar3"):
+    for bad in ("eps0", "eps2.5", "first0", "first1.5", "win1.5", "win-1", "bt1.5", "ucb2",
+                "ucb0.5", "fresh2", "ad", "foo", "win8+bar3"):
         with pytest.raises(Exception, match="adapt setting"):
             adapt_setting(bad)
 

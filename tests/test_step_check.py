@@ -168,3 +168,16 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     assert all("rejections" not in e for t in plain["tasks"] for e in t["ledger"])
     assert "rejected" not in adaptation_table(plain)
     assert not math.isnan(plain["eval"]["mean_cost"][-1])
+
+
+def test_a_larger_first_batch_is_only_the_first():
+    """``adaptation_first_episodes_per_task`` sizes the first learning batch (θ's) alone:
+    the checked and fresh batches after it keep ``adaptation_episodes_per_task``, and all of
+    them count as env steps spent."""
+    _, report, horizon = _adapt(adaptation_backtracks=2, adaptation_backtrack_fresh=True,
+                                adaptation_first_episodes_per_task=9)
+    assert all(t["batch_episodes"] == [9, 4, 4, 4] for t in report["tasks"])
+    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
+    deciding = 4 * 3 * len(report["tasks"])
+    rejected = sum(report["rejections"])
+    assert report["time_s"]["env_steps"] == horizon * (kept + deciding + 4 * rejected)

@@ -168,7 +168,8 @@ class MetaCPO(Algorithm):
         rounds, _, times, extra = self._run_rounds(
             tasks, steps + 1,
             lambda learner, k, samples: learner.adapt_round(samples, update=k < steps),
-            episodes_per_task, evaluation, check_steps=checking)
+            episodes_per_task, evaluation, check_steps=checking,
+            first_round_episodes=self.config.adaptation_first_episodes_per_task)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
@@ -329,6 +330,7 @@ class MetaCPO(Algorithm):
                     episodes_per_task: Optional[int] = None,
                     evaluation: Optional["EvalPlan"] = None,
                     check_steps: bool = False,
+                    first_round_episodes: Optional[int] = None,
                     ) -> tuple[list[list[Optional[dict]]], list[tuple[int, str]],
                                dict[str, float], dict[str, list]]:
         """Sample every task ``num_rounds`` times, each round with the weights the
@@ -347,7 +349,8 @@ class MetaCPO(Algorithm):
         round k > 0 first samples the learning batches alone and lets the Learner check the
         previous round's steps on them (:meth:`_checked_samples`); the evaluation episodes
         are then sampled with the weights that stood, and each step's record carries its
-        ``rejections`` (:meth:`_checked_round`).
+        ``rejections`` (:meth:`_checked_round`). ``first_round_episodes`` (None:
+        ``episodes_per_task``) is round 0's learning batch size alone.
         """
         num_eps = episodes_per_task or self.config.episodes_per_task
         times = {"sample_s": 0.0, "learner_s": 0.0, "env_steps": 0}
@@ -363,15 +366,16 @@ class MetaCPO(Algorithm):
             start = time.perf_counter()
             seeds = self._job_seeds(len(tasks))
             checking = check_steps and k > 0
+            batch_eps = first_round_episodes if k == 0 and first_round_episodes else num_eps
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
                 alongside = [] if checking else _evaluation_jobs(evaluation, tasks, weights)
                 if alongside:  # learning and evaluation jobs in one wave
                     results = self._run_jobs(
-                        _learning_jobs(tasks, weights, num_eps, seeds) + alongside)
+                        _learning_jobs(tasks, weights, batch_eps, seeds) + alongside)
                     samples = [results.get(i) for i in range(len(tasks))]
                 else:
                     results = {}
-                    samples = self.sample_episodes(tasks, weights, num_eps, seeds=seeds)
+                    samples = self.sample_episodes(tasks, weights, batch_eps, seeds=seeds)
                 if checking:
                     samples, weights, results = self._checked_round(
                         tasks, samples, weights, num_eps, evaluation, extra["steps"][-1], times)

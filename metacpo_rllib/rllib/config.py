@@ -154,6 +154,10 @@ class MetaCPOConfig(AlgorithmConfig):
         # learns the next step from a fresh batch instead of the one that passed the check:
         # that bias goes, the misses stay (rows bt2+fresh1, bt2+ucb1+fresh1), not a default.
         self.adaptation_episodes_per_task = 32
+        # adaptation_first_episodes_per_task (None: adaptation_episodes_per_task): episodes
+        # per task in the first adaptation batch only, the one the first step learns θ's
+        # cost from; its rare costly episodes are what a small batch misses.
+        self.adaptation_first_episodes_per_task = None
         self.adaptation_delta = None
         self.adaptation_cost_window = 64
         self.adaptation_cost_free_scale = 0.125
@@ -224,6 +228,7 @@ class MetaCPOConfig(AlgorithmConfig):
         outer_recovery_scale: float = _UNSET,
         theta_cost_constraint: bool = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
+        adaptation_first_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
         adaptation_cost_window: int = _UNSET,
         adaptation_cost_free_scale: float = _UNSET,
@@ -297,6 +302,8 @@ class MetaCPOConfig(AlgorithmConfig):
         Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
         the episodes per task in each adaptation step's learning batch (None:
         ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
+        ``adaptation_first_episodes_per_task`` the episodes per task in the first
+        adaptation batch only (θ's, which step 1 learns from; None: as the others);
         ``adaptation_delta`` is the radius
         of every adaptation step, for all four algorithms alike (None: ``inner_delta`` for
         the meta algorithms, ``trust_region_delta`` for CPO / TRPO);
@@ -361,6 +368,7 @@ class MetaCPOConfig(AlgorithmConfig):
             outer_recovery_scale=outer_recovery_scale,
             theta_cost_constraint=theta_cost_constraint,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
+            adaptation_first_episodes_per_task=adaptation_first_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
             adaptation_cost_free_scale=adaptation_cost_free_scale,
             adaptation_recovery_scale=adaptation_recovery_scale,
@@ -513,11 +521,10 @@ class MetaCPOConfig(AlgorithmConfig):
             if not _is_num(value) or value <= 0:
                 _bad(field, "expected a finite number > 0", value)
         self.validate_schedule()
-        if self.adaptation_episodes_per_task is not None and (
-                not _is_int(self.adaptation_episodes_per_task)
-                or self.adaptation_episodes_per_task < 1):
-            _bad("adaptation_episodes_per_task", "expected an integer >= 1 or None",
-                 self.adaptation_episodes_per_task)
+        for field in ("adaptation_episodes_per_task", "adaptation_first_episodes_per_task"):
+            value = getattr(self, field)
+            if value is not None and (not _is_int(value) or value < 1):
+                _bad(field, "expected an integer >= 1 or None", value)
         if self.adaptation_delta is not None and (
                 not _is_num(self.adaptation_delta) or self.adaptation_delta <= 0):
             _bad("adaptation_delta", "expected a finite number > 0 or None",
