@@ -109,6 +109,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help="trust-region radius of every test-time adaptation step (KL; "
                              "default: --inner-delta for meta algorithms, "
                              "--trust-region-delta for CPO / TRPO)")
+    parser.add_argument("--adaptation-first-episodes", type=count(1), default=None,
+                        dest="adaptation_first_episodes_per_task",
+                        help="episodes per task in the first adaptation batch only (the "
+                             "one step 1 learns θ's cost from; default: as every batch)")
     parser.add_argument("--adaptation-cost-window", type=count(0), default=None,
                         help="J_C of an adaptation step also pools up to N of the task's "
                              "episodes from its earlier steps (default: the config's)")
@@ -211,6 +215,7 @@ def build_config(args: argparse.Namespace) -> Any:
         "seed": args.seed,
     }
     for name in ("inner_steps", "trust_region_delta", "inner_delta", "adaptation_delta",
+                 "adaptation_first_episodes_per_task",
                  "adaptation_cost_window", "adaptation_cost_free_scale",
                  "adaptation_recovery_scale", "adaptation_cost_margin_rate",
                  "adaptation_cost_room", "adaptation_limit_margin", "adaptation_backtracks",

@@ -105,7 +105,9 @@ SETTING_MEANING = ("`winN`: J_C of each adaptation step pools up to N of the tas
                    "`epsE`: every adaptation "
                    "batch has E episodes per task (`adaptation_episodes_per_task`; a "
                    "setting without it ran when the adaptation batch was the training "
-                   "batch, the default then)")
+                   "batch, the default then); `firstE`: the first adaptation batch alone "
+                   "(θ's, which step 1 learns from) has E episodes per task "
+                   "(`adaptation_first_episodes_per_task`)")
 
 
 def run_label(run: dict[str, Any]) -> str:

@@ -834,7 +834,9 @@ RESEARCH_SECTIONS = (
         "U{4..11}) trained again on another CPU, where the same seeds train to other θ; each "
         "θ adapted with the check (`bt2+ucb1+fresh1`) and with the check on 64 episodes per "
         "adaptation batch instead of 32 (`+eps64`), on the 6 `test` tasks of the curriculum "
-        "section, every step scored on 100 evaluation episodes per task",
+        "section, every step scored on 100 evaluation episodes per task; the third row adds "
+        "a first adaptation batch of 256 episodes per task (`+first256`, "
+        "`adaptation_first_episodes_per_task`; the later batches keep 64)",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_curriculum_eps64_fresh_tasks",
@@ -842,7 +844,8 @@ RESEARCH_SECTIONS = (
         "CarCircleHazard: 64 episodes per adaptation batch on fresh test tasks",
         "the three θ of the section above, adapted with the check on 64 episodes per "
         "adaptation batch on the 6 fresh `test` tasks (task seed 54321) of the curriculum's "
-        "fresh-task section, every step scored on 100 evaluation episodes per task",
+        "fresh-task section, every step scored on 100 evaluation episodes per task, and "
+        "(second row) with a first adaptation batch of 256 episodes per task as well",
         metacpo_ablation_section),
     ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",

@@ -186,14 +186,15 @@ def test_train_flags_set_the_adaptation_fields():
          "--adaptation-recovery-scale", "2", "--adaptation-cost-margin-rate", "0.25",
          "--adaptation-cost-room", "0.5", "--adaptation-backtracks", "3",
          "--adaptation-backtrack-bound", "--adaptation-backtrack-fresh",
-         "--adaptation-limit-margin", "0.3"])
+         "--adaptation-limit-margin", "0.3", "--adaptation-first-episodes", "96"])
     config = cli.build_config(args)
     assert (config.adaptation_delta, config.adaptation_cost_window,
             config.adaptation_cost_free_scale, config.adaptation_recovery_scale,
             config.adaptation_cost_margin_rate, config.adaptation_cost_room,
             config.adaptation_backtracks, config.adaptation_backtrack_bound,
-            config.adaptation_backtrack_fresh, config.adaptation_limit_margin) == (
-        0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True, True, 0.3)
+            config.adaptation_backtrack_fresh, config.adaptation_limit_margin,
+            config.adaptation_first_episodes_per_task) == (
+        0.02, 8, 0.5, 2.0, 0.25, 0.5, 3, True, True, 0.3, 96)
     assert config.adaptation_update_config().cost_room == 0.5
     default = cli.build_config(cli.build_parser().parse_args(["train", "--family", "PointNav"]))
     assert (default.adaptation_episodes_per_task, default.adaptation_delta,
@@ -201,8 +202,8 @@ def test_train_flags_set_the_adaptation_fields():
             default.adaptation_recovery_scale, default.adaptation_cost_margin_rate,
             default.adaptation_cost_room, default.adaptation_backtracks,
             default.adaptation_backtrack_bound, default.adaptation_backtrack_fresh,
-            default.adaptation_limit_margin) == (
-        32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False, 0.0)
+            default.adaptation_limit_margin, default.adaptation_first_episodes_per_task) == (
+        32, None, 64, 0.125, 6.0, 0.0, 0.0, 0, False, False, 0.0, None)
 
 
 def _adapt_three_steps(algo):
