@@ -313,8 +313,7 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
     """The (prefix, number) of each '+'-joined part of an ``--adapt-settings`` name (none
     for 'default'); ValueError for a part that is not a known prefix followed by a number
     (a whole number for an integer field of ``SETTING_FIELDS``, one >= 1 for 'eps' and
-    'first', 0 or 1
-    for a bool field)."""
+    'first', 0 or 1 for a bool field)."""
     if name == "default":
         return []
     parts = []
@@ -325,7 +324,8 @@ def _setting_parts(name: str) -> list[tuple[str, float]]:
                 raise ValueError
             value = float(part[len(prefix):])
             kind = SETTING_FIELDS[prefix][1]
-            if kind in (int, bool) and (value != int(value) or value < (prefix in ("eps", "first"))
+            least = 1 if prefix in ("eps", "first") else 0
+            if kind in (int, bool) and (value != int(value) or value < least
                                         or (kind is bool and value > 1)):
                 raise ValueError
         except ValueError:
