@@ -836,7 +836,8 @@ RESEARCH_SECTIONS = (
         "adaptation batch instead of 32 (`+eps64`), on the 6 `test` tasks of the curriculum "
         "section, every step scored on 100 evaluation episodes per task; the third row adds "
         "a first adaptation batch of 256 episodes per task (`+first256`, "
-        "`adaptation_first_episodes_per_task`; the later batches keep 64)",
+        "`adaptation_first_episodes_per_task`; the later batches keep 64), the fourth also "
+        "aims every step at half the limit (`+lim0.5`; costs still scored against h = 5)",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_curriculum_eps64_fresh_tasks",
@@ -846,7 +847,7 @@ RESEARCH_SECTIONS = (
         "adaptation batch on the 6 fresh `test` tasks (task seed 54321) of the curriculum's "
         "fresh-task section, every step scored on 100 evaluation episodes per task, "
         "(second row) with a first adaptation batch of 256 episodes per task as well, and "
-        "(third row, on these tasks only) with every step also aimed at half the limit "
+        "(third row) with every step also aimed at half the limit "
         "(`+lim0.5`; costs still scored against h = 5)",
         metacpo_ablation_section),
     ResearchSection(
