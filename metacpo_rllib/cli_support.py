@@ -276,8 +276,10 @@ def adaptation_table(report: dict[str, Any]) -> str:
         lines.append(f"{'rejected':>9} {'':>6} "
                      + " ".join(f"{fmt_value(v, 17)}  " for v in [0.0, *report["rejections"]]))
     if report.get("eval"):
-        lines[0:0] = [f"learning batches ({report.get('batch_episodes', '?')} episodes per "
-                      "task and step: what each step learns from)"]
+        size = f"{report.get('batch_episodes', '?')} episodes per task and step"
+        if report.get("first_batch_episodes"):
+            size = f"{report['first_batch_episodes']} episodes per task at step 0, then {size}"
+        lines[0:0] = [f"learning batches ({size}: what each step learns from)"]
         lines += ["", evaluation_table(report)]
     return "\n".join(lines)
 

@@ -126,6 +126,15 @@ def _checked_steps(report, backtracks: int, bounded: bool) -> int:
     return rejected
 
 
+def _episodes_spent(report, deciding_steps: int = 0) -> int:
+    """Whole episodes sampled in an adaptation on 4-episode batches: the kept learning
+    batches, one deciding batch per task and checked step (``deciding_steps`` of them, with
+    ``adaptation_backtrack_fresh``) and every rejected batch."""
+    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
+    deciding = 4 * deciding_steps * len(report["tasks"])
+    return kept + deciding + 4 * int(sum(report["rejections"]))
+
+
 def _fresh_batches_learned(checked, fresh, horizon: int) -> None:
     """With ``adaptation_backtrack_fresh`` (same seed and tasks as ``checked``): the first
     batch and the first step's check are the same, but the step after it learns from a
@@ -134,10 +143,7 @@ def _fresh_batches_learned(checked, fresh, horizon: int) -> None:
     assert all(c["cost"][0] == f["cost"][0] for c, f in pairs)
     assert all(c["ledger"][0]["rejections"] == f["ledger"][0]["rejections"] for c, f in pairs)
     assert any(c["cost"][1] != f["cost"][1] for c, f in pairs)
-    rejected = sum(fresh["rejections"])
-    kept = sum(sum(t["batch_episodes"]) for t in fresh["tasks"])
-    deciding = 4 * 3 * len(pairs)  # a batch of 4 episodes per task and checked step
-    assert fresh["time_s"]["env_steps"] == horizon * (kept + deciding + 4 * rejected)
+    assert fresh["time_s"]["env_steps"] == horizon * _episodes_spent(fresh, deciding_steps=3)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -153,8 +159,7 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     tasks, report, horizon = _adapt(adaptation_backtracks=2)
     rejected = _checked_steps(report, 2, bounded=False)
     assert rejected > 0 and sum(report["rejections"]) == rejected
-    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
-    assert report["time_s"]["env_steps"] == horizon * (kept + 4 * rejected)  # whole episodes
+    assert report["time_s"]["env_steps"] == horizon * _episodes_spent(report)
     [row] = [line for line in adaptation_table(report).splitlines()
              if line.startswith(" rejected")]
     assert sum(float(v) for v in row.split()[1:]) == rejected
@@ -170,14 +175,17 @@ def test_adapt_keeps_only_steps_whose_next_batch_passes_the_check():
     assert not math.isnan(plain["eval"]["mean_cost"][-1])
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_a_larger_first_batch_is_only_the_first():
     """``adaptation_first_episodes_per_task`` sizes the first learning batch (θ's) alone:
-    the checked and fresh batches after it keep ``adaptation_episodes_per_task``, and all of
-    them count as env steps spent."""
+    the checked and fresh batches after it keep ``adaptation_episodes_per_task``, all of
+    them count as env steps spent, and the table's heading names both sizes."""
+    from metacpo_rllib.cli_support import adaptation_table
+
     _, report, horizon = _adapt(adaptation_backtracks=2, adaptation_backtrack_fresh=True,
                                 adaptation_first_episodes_per_task=9)
     assert all(t["batch_episodes"] == [9, 4, 4, 4] for t in report["tasks"])
-    kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
-    deciding = 4 * 3 * len(report["tasks"])
-    rejected = sum(report["rejections"])
-    assert report["time_s"]["env_steps"] == horizon * (kept + deciding + 4 * rejected)
+    assert (report["first_batch_episodes"], report["batch_episodes"]) == (9, 4)
+    assert report["time_s"]["env_steps"] == horizon * _episodes_spent(report, deciding_steps=3)
+    assert ("learning batches (9 episodes per task at step 0, then 4 episodes per task and "
+            "step" in adaptation_table(report))

@@ -206,6 +206,8 @@ class MetaCPO(Algorithm):
             "violation_rate": [mean("violation", s) for s in range(steps + 1)],
             "time_s": times,
         }
+        if self.config.adaptation_first_episodes_per_task:  # step 0's batch only
+            report["first_batch_episodes"] = int(self.config.adaptation_first_episodes_per_task)
         if checking:  # per adaptation step s (into step s + 1), rejected batches over tasks
             report["rejections"] = [sum(r.get("rejections", 0.0) for r in records if r)
                                     for records in extra["steps"]]
