@@ -869,6 +869,16 @@ RESEARCH_SECTIONS = (
         "'{}'`: no more training), on the tasks and evaluation episodes of the PointButton "
         "section below, whose untrained policy ran the same episodes",
         metacpo_ablation_section),
+    ResearchSection(
+        "pointbutton_retrained", RESEARCH / "pointbutton_retrained.json",
+        "PointButton: 64 episodes per adaptation batch and a 256-episode first batch",
+        "the training defaults of the PointButton section below trained again on another "
+        "CPU, where the same seeds train to other θ, for seeds 0–5 (30 iterations each); "
+        "each θ adapted with the check aimed at half the limit (`bt2+ucb1+fresh1+lim0.5`, "
+        "32 episodes per batch: that section's last row) and with 64 episodes per adaptation "
+        "batch and a first batch of 256 (`+eps64+first256`, as on CarCircleHazard), on the "
+        "6 `test` tasks and 20 evaluation episodes per task and step of that section",
+        metacpo_ablation_section),
 )
 
 
