@@ -127,9 +127,9 @@ def _checked_steps(report, backtracks: int, bounded: bool) -> int:
 
 
 def _episodes_spent(report, deciding_steps: int = 0) -> int:
-    """Whole episodes sampled in an adaptation on 4-episode batches: the kept learning
-    batches, one deciding batch per task and checked step (``deciding_steps`` of them, with
-    ``adaptation_backtrack_fresh``) and every rejected batch."""
+    """Whole episodes sampled in an adaptation: the kept learning batches (each its own
+    size), then 4-episode batches: one deciding batch per task and checked step
+    (``deciding_steps`` of them, with ``adaptation_backtrack_fresh``) and every rejected one."""
     kept = sum(sum(t["batch_episodes"]) for t in report["tasks"])
     deciding = 4 * deciding_steps * len(report["tasks"])
     return kept + deciding + 4 * int(sum(report["rejections"]))
