@@ -877,7 +877,8 @@ RESEARCH_SECTIONS = (
         "each θ adapted with the check aimed at half the limit (`bt2+ucb1+fresh1+lim0.5`, "
         "32 episodes per batch: that section's last row) and with 64 episodes per adaptation "
         "batch and a first batch of 256 (`+eps64+first256`, as on CarCircleHazard), on the "
-        "6 `test` tasks and 20 evaluation episodes per task and step of that section",
+        "6 `test` tasks and 20 evaluation episodes per task and step of that section; the "
+        "untrained θ (seeds 0–2) adapted with the latter on the same tasks and episodes",
         metacpo_ablation_section),
 )
 
