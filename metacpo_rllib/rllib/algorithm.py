@@ -165,11 +165,12 @@ class MetaCPO(Algorithm):
         modes = [] if eval_episodes == 0 else [False, True] if deterministic else [False]
         evaluation = EvalPlan(eval_episodes, eval_seed, tuple(modes))
         checking = bool(self.config.adaptation_backtracks) and self.config.constrained
+        first_episodes = self.config.adaptation_first_episodes_per_task  # step 0's batch only
         rounds, _, times, extra = self._run_rounds(
             tasks, steps + 1,
             lambda learner, k, samples: learner.adapt_round(samples, update=k < steps),
             episodes_per_task, evaluation, check_steps=checking,
-            first_round_episodes=self.config.adaptation_first_episodes_per_task)
+            first_round_episodes=first_episodes)
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True)
         per_task = []
@@ -206,8 +207,8 @@ class MetaCPO(Algorithm):
             "violation_rate": [mean("violation", s) for s in range(steps + 1)],
             "time_s": times,
         }
-        if self.config.adaptation_first_episodes_per_task:  # step 0's batch only
-            report["first_batch_episodes"] = int(self.config.adaptation_first_episodes_per_task)
+        if first_episodes:
+            report["first_batch_episodes"] = int(first_episodes)
         if checking:  # per adaptation step s (into step s + 1), rejected batches over tasks
             report["rejections"] = [sum(r.get("rejections", 0.0) for r in records if r)
                                     for records in extra["steps"]]
