@@ -145,6 +145,14 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptation-backtrack-fresh", action="store_true", default=None,
                         help="the next step learns from a fresh batch, not from the one "
                              "that passed that check (twice the samples per step)")
+    parser.add_argument("--curriculum-iterations", type=count(0), default=None,
+                        help="M >= 0: the first M iterations draw their training tasks from "
+                             "--curriculum-ranges instead of --env-config's ranges (0: off; "
+                             "default: the config's)")
+    parser.add_argument("--curriculum-ranges", type=json_object, default=None,
+                        help="the ranges override of those iterations as JSON, e.g. "
+                             "'{\"train\": {\"num_hazards\": [4, 6]}}' ({}: the family's "
+                             "own; default: none)")
     parser.add_argument("--critics", choices=CRITIC_CHOICES, default="off",
                         help="GAE baselines: off (a linear baseline fitted per batch, the "
                              "default), on (learned reward and cost critics) or privileged "
@@ -219,7 +227,8 @@ def build_config(args: argparse.Namespace) -> Any:
                  "adaptation_cost_window", "adaptation_cost_free_scale",
                  "adaptation_recovery_scale", "adaptation_cost_margin_rate",
                  "adaptation_cost_room", "adaptation_limit_margin", "adaptation_backtracks",
-                 "adaptation_backtrack_bound", "adaptation_backtrack_fresh"):
+                 "adaptation_backtrack_bound", "adaptation_backtrack_fresh",
+                 "curriculum_iterations", "curriculum_ranges"):
         if getattr(args, name) is not None:
             training[name] = getattr(args, name)
     if args.critics != "off":

@@ -45,6 +45,8 @@ INVALID: dict[str, list] = {
     "trust_region_schedule": [[], [[0]], [[0, 0.01], [0, 0.02]], [[3, 0.01], [1, 0.02]],
                               [[-1, 0.01]], [[0, 0.0]], [[0, math.inf]], [[0.5, 0.01]],
                               [[True, 0.01]], "0.01", 0.01],
+    "curriculum_iterations": [-1, 1.5, True, None, "2", 3],  # 3: needs curriculum_ranges
+    "curriculum_ranges": [{}, {"train": {"radius": [1, 2]}}, "x", 5],  # PointNav: no ranges
     "adaptation_episodes_per_task": [0, -1, 2.5, True, "16"],
     "adaptation_first_episodes_per_task": [0, -1, 2.5, True, "16"],
     "adaptation_delta": [0.0, -0.01, math.nan, math.inf, "0.01", True],

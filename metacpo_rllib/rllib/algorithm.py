@@ -63,6 +63,9 @@ class MetaCPO(Algorithm):
         register_envs()  # the family names must be known to this Ray instance's runners
         super().setup(config)
         self.family = self.config.make_family()
+        # the curriculum's first family (None: no curriculum): see sample_train_tasks
+        self._curriculum_family = (self.config.make_family(curriculum=True)
+                                   if self.config.curriculum_iterations else None)
         self._task_rng = np.random.default_rng(self.config.seed)
         # Seeds of the sampling jobs (env resets and action noise), apart from the task RNG
         # so that the task sequence does not depend on the number of sampling rounds.
@@ -75,10 +78,14 @@ class MetaCPO(Algorithm):
 
     # -- training ----------------------------------------------------------------------------
     def sample_train_tasks(self) -> list[Task]:
-        """The next T training tasks (drawn from the algorithm's task RNG)."""
+        """The next T training tasks (drawn from the algorithm's task RNG), from the
+        curriculum's ranges during its first ``curriculum_iterations`` meta-iterations."""
         seed = int(self._task_rng.integers(0, 2**63 - 1))
-        return self.family.sample_tasks(self.config.tasks_per_iteration, "train", seed=seed,
-                                        cost_limit=self.config.train_cost_limit)
+        family = (self._curriculum_family
+                  if self._meta_iterations < self.config.curriculum_iterations
+                  else self.family)
+        return family.sample_tasks(self.config.tasks_per_iteration, "train", seed=seed,
+                                   cost_limit=self.config.train_cost_limit)
 
     def training_step(self) -> None:
         tasks = self.sample_train_tasks()

@@ -116,6 +116,13 @@ class MetaCPOConfig(AlgorithmConfig):
         self.train_cost_window = 0
         # Training's outer constraint aims at (1 − f)·h instead of h (0: at h).
         self.train_limit_margin = 0.0
+        # A curriculum: the first curriculum_iterations meta-iterations draw their training
+        # tasks with curriculum_ranges in place of env_config's ``ranges`` (0 / None: off).
+        # CarCircleHazard met its adaptation target from θ trained 50 iterations on its own
+        # train ranges, then 50 on twice the hazards (research/results/
+        # carcirclehazard_curriculum_eps64*.json); not a default.
+        self.curriculum_iterations = 0
+        self.curriculum_ranges = None
         # Factors on the radius of training's inner steps whose batch saw no cost / has
         # c > 0 (optim.meta.inner_radius); 1.0, 1.0: every inner step at inner_delta.
         # 0.25 with adaptation_cost_free_scale 0.125 kept more PointCircle tasks within h
@@ -227,6 +234,8 @@ class MetaCPOConfig(AlgorithmConfig):
         inner_recovery_scale: float = _UNSET,
         outer_recovery_scale: float = _UNSET,
         theta_cost_constraint: bool = _UNSET,
+        curriculum_iterations: int = _UNSET,
+        curriculum_ranges: Optional[dict] = _UNSET,
         adaptation_episodes_per_task: Optional[int] = _UNSET,
         adaptation_first_episodes_per_task: Optional[int] = _UNSET,
         adaptation_delta: Optional[float] = _UNSET,
@@ -299,6 +308,12 @@ class MetaCPOConfig(AlgorithmConfig):
         ``theta_cost_constraint``: Meta-CPO's outer step keeps max(J_C(θ), J_C(φ(θ))) ≤ h,
         θ's own cost (its round-0 batches) beside its adapted policies' (off: only the
         adapted policies'; ``optim.meta.meta_update``).
+        ``curriculum_iterations`` M ≥ 0 with ``curriculum_ranges`` (a family's ``ranges``
+        override, e.g. ``{"train": {"num_hazards": [4, 6]}}``; ``{}``: the family's own):
+        meta-iterations 1..M draw their training tasks with these ranges in place of
+        env_config's, the later ones with env_config's; the task RNG runs on unchanged, so
+        this is the run trained M iterations on the first ranges and continued from its
+        checkpoint on the second. θ's evaluation and adaptation always use env_config's.
         Test-time adaptation (``MetaCPO.adapt``) only: ``adaptation_episodes_per_task`` is
         the episodes per task in each adaptation step's learning batch (None:
         ``episodes_per_task``; ``adapt(episodes_per_task=...)`` overrides it);
@@ -367,6 +382,7 @@ class MetaCPOConfig(AlgorithmConfig):
             inner_recovery_scale=inner_recovery_scale,
             outer_recovery_scale=outer_recovery_scale,
             theta_cost_constraint=theta_cost_constraint,
+            curriculum_iterations=curriculum_iterations, curriculum_ranges=curriculum_ranges,
             adaptation_episodes_per_task=adaptation_episodes_per_task,
             adaptation_first_episodes_per_task=adaptation_first_episodes_per_task,
             adaptation_delta=adaptation_delta, adaptation_cost_window=adaptation_cost_window,
@@ -479,9 +495,14 @@ class MetaCPOConfig(AlgorithmConfig):
                 "cost_gamma": self.cost_gamma, "cost_lam": self.cost_lambda,
                 "cost_upper_bound": self.cost_upper_bound}
 
-    def make_family(self):
-        """The task family named by ``env`` with ``env_config`` as its overrides."""
-        return make_family(self.env, **family_overrides(self.env_config))
+    def make_family(self, *, curriculum: bool = False):
+        """The task family named by ``env`` with ``env_config`` as its overrides; with
+        ``curriculum``, with ``curriculum_ranges`` in place of env_config's ``ranges`` (the
+        family the curriculum's first iterations draw their training tasks from)."""
+        overrides = family_overrides(self.env_config)
+        if curriculum:
+            overrides["ranges"] = self.curriculum_ranges
+        return make_family(self.env, **overrides)
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> None:
@@ -586,12 +607,32 @@ class MetaCPOConfig(AlgorithmConfig):
         if not isinstance(self.env, str) or self.env not in FAMILIES:
             _bad("env", f"expected a task family, one of {list(FAMILIES)}", self.env)
         self.make_family()  # raises ValueError naming an invalid family override
+        self.validate_curriculum()
         if self.num_learners > 1:
             _bad("num_learners", "the Meta-CPO update runs on one Learner (0 or 1)",
                  self.num_learners)
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             _bad("api_stack", "Meta-CPO runs on RLlib's new API stack only", False)
         self.validate_sampling()
+
+    def validate_curriculum(self) -> None:
+        """Raise ValueError naming ``curriculum_iterations`` or ``curriculum_ranges``: both
+        set (an integer >= 1 and ranges the family accepts) or both off (0, None)."""
+        iterations, ranges = self.curriculum_iterations, self.curriculum_ranges
+        if not _is_int(iterations) or iterations < 0:
+            _bad("curriculum_iterations", "expected an integer >= 0", iterations)
+        if ranges is None:
+            if iterations:
+                _bad("curriculum_iterations", "needs curriculum_ranges (the ranges of "
+                     "those iterations' training tasks)", iterations)
+            return
+        if not iterations:
+            _bad("curriculum_ranges", "needs curriculum_iterations >= 1 (the iterations "
+                 "that draw from them)", ranges)
+        try:
+            self.make_family(curriculum=True)
+        except ValueError as err:
+            raise ValueError(f"curriculum_ranges: {err}") from None
 
     def validate_schedule(self) -> None:
         """Raise ValueError naming ``trust_region_schedule`` if it is not None or a
