@@ -116,6 +116,7 @@ CPO's training steps, each with its calibration entry (θ evaluated after every 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import itertools
 import json
@@ -492,10 +493,12 @@ def run_one(args: argparse.Namespace, variant: str, algo: str, seed: int,
 
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """The runs of the result files ``paths`` in one: the first file's settings with the
-    union of seeds, variants, algorithms and adaptation settings (first seen first), every
-    file's commands under ``commands`` and every file's own settings (its arguments) under
-    ``merged_from``. A run key found in two files must hold the same training and final
-    evaluation (e.g. a baseline restored from the same checkpoint), else ValueError."""
+    union of seeds, variants, algorithms, adaptation settings and held-out splits (first
+    seen first), every file's commands under ``commands`` and every file's own settings (its
+    arguments) under ``merged_from``. A run key found in two files must hold the same
+    training and final evaluation (e.g. a baseline restored from the same checkpoint), else
+    ValueError; the first file's run is kept, with the splits only a later file adapted on
+    added (one θ adapted on ``test`` by one command and on ``test_tight`` by another)."""
     merged: dict[str, Any] = {"settings": None, "runs": {}}
     for path in paths:
         data = json.loads(path.read_text())
@@ -503,17 +506,21 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
         if merged["settings"] is None:
             merged["settings"] = {**settings, "out": str(out), "commands": [],
                                   "merged_from": []}
-        for field in ("seeds", "variants", "algos", "adapt_settings"):
+        for field in ("seeds", "variants", "algos", "adapt_settings", "splits"):
             merged["settings"][field] = list(dict.fromkeys(
                 [*merged["settings"].get(field, []), *settings.get(field, [])]))
         merged["settings"]["commands"].extend(settings.get("commands", []))
         merged["settings"]["merged_from"].append({"file": path.name, "settings": settings})
         for key, run in data["runs"].items():
             seen = merged["runs"].get(key)
-            if seen is not None and (seen["training"], seen["final_train_eval"]) != (
+            if seen is None:
+                merged["runs"][key] = copy.deepcopy(run)
+                continue
+            if (seen["training"], seen["final_train_eval"]) != (
                     run["training"], run["final_train_eval"]):
                 raise ValueError(f"--merge: run {key} differs between the files")
-            merged["runs"].setdefault(key, run)
+            for split, adaptation in run.get("adaptation", {}).items():
+                seen.setdefault("adaptation", {}).setdefault(split, adaptation)
     return merged
 
 

@@ -259,6 +259,31 @@ def test_merge_unions_runs_and_refuses_a_run_that_differs(tmp_path) -> None:
         safety_ablation.merge([a, c], out)
 
 
+def test_merge_adds_the_splits_of_one_theta_adapted_by_two_commands(tmp_path) -> None:
+    """The same run (same training) adapted on ``test_tight`` by one command and on
+    ``test`` by another: one run with both splits; a split both hold keeps the first's."""
+    sys.path.insert(0, str(REPO / "research"))
+    try:
+        import safety_ablation
+    finally:
+        sys.path.remove(str(REPO / "research"))
+    files = []
+    for name, splits in (("tight", {"test_tight": 1.0}),
+                         ("test", {"test": 2.0, "test_tight": 3.0})):
+        data = _result(f"cmd {name}", [0], ["all"], {"all/cpo/seed0": 1.0})
+        data["settings"]["splits"] = list(splits)
+        data["runs"]["all/cpo/seed0"]["adaptation"] = {
+            split: {"eval_cost": [cost]} for split, cost in splits.items()}
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    merged = safety_ablation.merge(files, tmp_path / "merged.json")
+    assert merged["settings"]["splits"] == ["test_tight", "test"]
+    assert merged["runs"]["all/cpo/seed0"]["adaptation"] == {
+        "test_tight": {"eval_cost": [1.0]}, "test": {"eval_cost": [2.0]}}
+    assert json.loads(files[0].read_text())["runs"]["all/cpo/seed0"]["adaptation"] == {
+        "test_tight": {"eval_cost": [1.0]}}  # the inputs are not changed
+
+
 def test_every_variant_has_a_meaning_on_the_page() -> None:
     sys.path.insert(0, str(REPO / "research"))
     try:
