@@ -739,6 +739,18 @@ RESEARCH_SECTIONS = (
         "step, AMD EPYC. The `*_inner_free` + `free0.125` row (Meta-CPO) and CPO's "
         "`free0.125` row are the defaults now"),
     ResearchSection(
+        "adaptation_check", RESEARCH / "adaptation_check_pointcircle.json",
+        "PointCircle: the step check with 64-episode batches, aimed at half the limit",
+        "the training defaults (`make train`'s) for seeds 0–5, on another AMD EPYC, where "
+        "the same seeds train to other θ than the comparisons'; each θ adapted "
+        "at the comparisons' radius on their 6 held-out tasks per split and 20 evaluation "
+        "episodes per task and step, with the adaptation defaults (`ad0.003`), with the "
+        "setting that met the 80% target on CarCircleHazard (`+bt2+ucb1+fresh1+eps64+"
+        "first256+lim0.5`: each step checked on its policy's next batch, 64 episodes per "
+        "batch and 256 in the first, every step aimed at half the limit) and with that and "
+        "twice the recovery radius (`+rec12`)",
+        metacpo_ablation_section),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
