@@ -116,7 +116,6 @@ CPO's training steps, each with its calibration entry (θ evaluated after every 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import itertools
 import json
@@ -514,7 +513,7 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
         for key, run in data["runs"].items():
             seen = merged["runs"].get(key)
             if seen is None:
-                merged["runs"][key] = copy.deepcopy(run)
+                merged["runs"][key] = run
                 continue
             if (seen["training"], seen["final_train_eval"]) != (
                     run["training"], run["final_train_eval"]):
