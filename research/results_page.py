@@ -890,7 +890,8 @@ RESEARCH_SECTIONS = (
         "32 episodes per batch: that section's last row) and with 64 episodes per adaptation "
         "batch and a first batch of 256 (`+eps64+first256`, as on CarCircleHazard), on the "
         "6 `test` tasks and 20 evaluation episodes per task and step of that section; the "
-        "untrained θ (seeds 0–2) adapted with the latter on the same tasks and episodes",
+        "untrained θ (seeds 0–2) adapted with the latter on the same tasks and episodes; "
+        "seeds 0–2 also adapted with the latter and twice the recovery radius (`+rec12`)",
         metacpo_ablation_section),
 )
 
