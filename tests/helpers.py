@@ -1,5 +1,5 @@
 """Helpers shared by test modules: process bookkeeping (from /proc), a real MLflow tracking
-server, and random-policy episodes."""
+server, random-policy episodes and an algorithm's θ."""
 from __future__ import annotations
 
 import contextlib
@@ -132,3 +132,8 @@ def running_server(root: Path) -> Iterator[Server]:
     finally:
         srv.kill()
         assert not [p for p in srv.pids if alive(p)], "mlflow server processes left"
+
+
+def theta(algo) -> dict[str, np.ndarray]:
+    """The algorithm's meta-parameters θ as numpy arrays (its Learner's copy)."""
+    return algo._on_learner(lambda learner: learner.theta_weights())

@@ -28,7 +28,7 @@ from metacpo_rllib.optim.critics import (
 from metacpo_rllib.rllib import MetaCPOConfig
 from metacpo_rllib.rllib.module import CRITIC_PRIVILEGED, CRITIC_TIME, GaussianMLPModule
 from metacpo_rllib.rllib.protocol import SampleResult
-from helpers import random_episodes
+from helpers import random_episodes, theta
 
 
 def episode(t: int, seed: int) -> EpisodeData:
@@ -167,10 +167,6 @@ def critic_weights(algo) -> dict[str, np.ndarray]:
         k: v.detach().numpy().copy()
         for k, v in learner.module[DEFAULT_MODULE_ID].unwrapped().state_dict().items()
         if k.startswith(("vf_reward.", "vf_cost."))})
-
-
-def theta(algo) -> dict[str, np.ndarray]:
-    return algo._on_learner(lambda learner: learner.theta_weights())
 
 
 def gae_inputs(algo, privileged: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

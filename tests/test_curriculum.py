@@ -8,6 +8,7 @@ import pytest
 
 from metacpo_rllib import cli
 from metacpo_rllib.rllib import MetaCPOConfig
+from helpers import theta
 
 #: The curriculum's circles (small) and env_config's (large): apart, so that both the tasks
 #: and the rewards (short episodes see no wall) tell them apart.
@@ -20,10 +21,6 @@ def make_config(ranges: dict, **training) -> MetaCPOConfig:
             .environment("PointCircle", env_config={"max_episode_steps": 40, "ranges": ranges})
             .env_runners(num_env_runners=0)
             .training(tasks_per_iteration=2, episodes_per_task=2, seed=5, **training))
-
-
-def theta(algo) -> dict[str, np.ndarray]:
-    return algo._on_learner(lambda learner: learner.theta_weights())
 
 
 def train(config: MetaCPOConfig, iterations: int, restore: str | None = None,

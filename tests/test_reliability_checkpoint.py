@@ -12,6 +12,7 @@ import pytest
 
 from metacpo_rllib.rllib import CPOConfig, MetaCPOConfig
 from metacpo_rllib.rllib.algorithm import CheckpointError
+from helpers import theta
 
 pytestmark = pytest.mark.ray
 
@@ -48,10 +49,6 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         x, y = np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float)
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True,
                                    err_msg=str(key))
-
-
-def theta(algo) -> dict:
-    return algo._on_learner(lambda learner: learner.theta_weights())
 
 
 @pytest.mark.parametrize("cls", [MetaCPOConfig, CPOConfig], ids=["MetaCPO", "CPO"])
