@@ -748,7 +748,8 @@ RESEARCH_SECTIONS = (
         "setting that met the 80% target on CarCircleHazard (`+bt2+ucb1+fresh1+eps64+"
         "first256+lim0.5`: each step checked on its policy's next batch, 64 episodes per "
         "batch and 256 in the first, every step aimed at half the limit) and with that and "
-        "twice the recovery radius (`+rec12`)",
+        "twice the recovery radius (`+rec12`); on `test_tight` also with 8 and 32 times it "
+        "(`+rec48`, `+rec192`)",
         metacpo_ablation_section),
     ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
