@@ -892,7 +892,8 @@ RESEARCH_SECTIONS = (
         "batch and a first batch of 256 (`+eps64+first256`, as on CarCircleHazard), on the "
         "6 `test` tasks and 20 evaluation episodes per task and step of that section; the "
         "untrained θ (seeds 0–2) adapted with the latter on the same tasks and episodes; "
-        "each θ also adapted with the latter and twice the recovery radius (`+rec12`)",
+        "each θ also adapted with either setting and twice the recovery radius "
+        "(`+rec12`)",
         metacpo_ablation_section),
 )
 
