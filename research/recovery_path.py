@@ -1,0 +1,178 @@
+"""How far can one adaptation step lower the cost? The realised cost along CPO's recovery step.
+
+    python research/recovery_path.py --family PointCircle --split test_tight \
+        --checkpoints CKPT/seed0/algorithm CKPT/seed1/algorithm ... \
+        [--radius 0.003] [--scales 6 12 24 48 96 192] [--substeps 4] \
+        [--batch-episodes 256] [--eval-episodes 40] [--out PATH]
+
+For each trained θ (an algorithm checkpoint) and each held-out task: sample one batch at θ,
+take the pure cost-descent step (CPO's recovery, x = −√(2δ / bᵀH⁻¹b) H⁻¹b: the largest
+first-order cost drop a trust region of radius δ allows) at radius ``scale × radius`` for
+each scale; and ``substeps`` such steps in a row, each of radius ``substep-scale × radius``
+and re-linearised at the previous one's parameters on the same batch (the gradient of the
+importance-weighted cost surrogate and the Fisher metric there).
+For every policy reached it reports the first-order prediction bᵀx (of that step alone),
+the change of the importance-weighted cost surrogate from θ on the batch, the mean KL from
+θ on the batch's states, and the mean episode cost on ``eval-episodes`` fresh episodes,
+scored twice on two disjoint sets of evaluation seeds (the same seeds for every policy of
+a task), so that the radius chosen per task on the first set can be scored on the second.
+
+Costs are mean episode costs (sum of per-step costs); KL is KL(π_θ ‖ π) in nats. Ray-free;
+one process; the sampler of training (``metacpo_rllib.rollout``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from metacpo_rllib import provenance
+from metacpo_rllib.envs import make_family
+from metacpo_rllib.optim import GaussianMLP
+from metacpo_rllib.optim.batch import Batch, make_batch
+from metacpo_rllib.optim.meta import UpdateConfig, constrained_step
+from metacpo_rllib.optim.policy import Params, add_step, detached, flatten, params_of
+from metacpo_rllib.optim.surrogate import mean_kl, surrogates
+from metacpo_rllib.rollout import sample_episodes, sampling_policy
+from research.surrogate_check import load_policy, mean_costs
+
+#: offsets of the batch's and the two evaluation sets' seeds (disjoint episode streams)
+BATCH_SEED, EVAL_SEEDS = 1_000, (50_000, 90_000)
+
+
+def cost_gradient_at(policy: GaussianMLP, params: Params, batch: Batch) -> torch.Tensor:
+    """b = ∇ of the importance-weighted cost surrogate at ``params`` (mean episode cost)."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    _, cost = surrogates(policy, leaves, batch)
+    return flatten(torch.autograd.grad(cost, list(leaves.values())))
+
+
+def surrogate_cost(policy: GaussianMLP, params: Params, batch: Batch) -> float:
+    """The importance-weighted cost surrogate of ``params`` on ``batch``."""
+    with torch.no_grad():
+        return float(surrogates(policy, params, batch)[1])
+
+
+def recovery_step(policy: GaussianMLP, params: Params, batch: Batch, radius: float,
+                  cfg: UpdateConfig) -> tuple[Params, float]:
+    """(parameters after the pure cost-descent step of KL radius ``radius`` from ``params``,
+    its first-order predicted cost change bᵀx)."""
+    b = cost_gradient_at(policy, params, batch)
+    # c far above 0: the infeasible case, whatever the task's limit
+    step = constrained_step(policy, params, torch.zeros_like(b), b, 1e6, radius, batch.obs,
+                            cfg, create_graph=False)
+    return detached(add_step(params, step.x.detach())), float(b @ step.x)
+
+
+def check_task(env: Any, policy: GaussianMLP, cost_limit: float, args: argparse.Namespace,
+               cfg: UpdateConfig, seed: int) -> dict[str, Any]:
+    """One task: the batch, then every policy of the recovery path, scored."""
+    theta = detached(params_of(policy))
+    episodes = sample_episodes(env, sampling_policy(policy, theta), args.batch_episodes,
+                               seed + BATCH_SEED)
+    batch = make_batch(episodes, cost_limit=cost_limit, gamma=args.gamma,
+                       cost_lam=args.cost_lambda)
+    start = surrogate_cost(policy, theta, batch)
+
+    def scored(params: Params, predicted: float) -> dict[str, float]:
+        costs = [mean_costs(env, policy, params, args.eval_episodes, seed + s).mean()
+                 for s in EVAL_SEEDS]
+        with torch.no_grad():
+            kl = float(mean_kl(policy, theta, params, batch.obs))
+        return {"predicted_change": predicted,
+                "surrogate_change": surrogate_cost(policy, params, batch) - start,
+                "kl": kl, "cost": float(costs[0]), "cost_other_seeds": float(costs[1])}
+
+    single = []
+    for scale in args.scales:
+        params, predicted = recovery_step(policy, theta, batch, scale * args.radius, cfg)
+        single.append({"scale": scale, **scored(params, predicted)})
+    substeps, params = [], theta
+    for k in range(1, args.substeps + 1):
+        params, predicted = recovery_step(policy, params, batch,
+                                          args.substep_scale * args.radius, cfg)
+        substeps.append({"substeps": k, **scored(params, predicted)})
+    return {"batch_cost": float(batch.ep_costs.mean()), "theta": scored(theta, 0.0),
+            "single": single, "substeps": substeps}
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Over all task-θ pairs: share within h and mean cost per scale and per sub-step count
+    (on the first evaluation seeds), and per task the scale with the lowest cost on the
+    first seeds, scored on the other seeds (``chosen``) and on the same (``best``)."""
+    def share(key: str, pick) -> float:
+        return float(np.mean([pick(r)[key] <= r["cost_limit"] for r in rows]))
+
+    out: dict[str, Any] = {"tasks": len(rows)}
+    out["theta_within"] = share("cost", lambda r: r["theta"])
+    out["scales"] = [{"scale": s["scale"],
+                      "within": share("cost", lambda r, i=i: r["single"][i]),
+                      "cost": float(np.mean([r["single"][i]["cost"] for r in rows]))}
+                     for i, s in enumerate(rows[0]["single"])]
+    out["substeps"] = [{"substeps": s["substeps"],
+                        "within": share("cost", lambda r, i=i: r["substeps"][i]),
+                        "cost": float(np.mean([r["substeps"][i]["cost"] for r in rows]))}
+                       for i, s in enumerate(rows[0]["substeps"])]
+    best = [min(r["single"], key=lambda s: s["cost"]) for r in rows]
+    out["best_within"] = float(np.mean([b["cost"] <= r["cost_limit"]
+                                        for b, r in zip(best, rows)]))
+    out["chosen_within"] = float(np.mean([b["cost_other_seeds"] <= r["cost_limit"]
+                                          for b, r in zip(best, rows)]))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="PointCircle")
+    parser.add_argument("--split", default="test_tight")
+    parser.add_argument("--checkpoints", nargs="*", default=[],
+                        help="algorithm checkpoint folders, one θ each (none: the initial "
+                             "policy of --seed)")
+    parser.add_argument("--tasks", type=int, default=6)
+    parser.add_argument("--task-seed", type=int, default=12345)
+    parser.add_argument("--radius", type=float, default=0.003, help="base KL radius δ")
+    parser.add_argument("--scales", type=float, nargs="+", default=[6, 12, 24, 48, 96, 192])
+    parser.add_argument("--substeps", type=int, default=4)
+    parser.add_argument("--substep-scale", type=float, default=12)
+    parser.add_argument("--batch-episodes", type=int, default=256)
+    parser.add_argument("--eval-episodes", type=int, default=40)
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--cost-lambda", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the report here (JSON)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = UpdateConfig(fisher_stride=5)  # the Fisher metric as the Learner estimates it
+    family = make_family(args.family)
+    tasks = family.sample_tasks(args.tasks, args.split, seed=args.task_seed)
+    rows: list[dict[str, Any]] = []
+    report = {"family": args.family, "split": args.split,
+              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "rows": rows, "provenance": provenance.provenance()}
+    for theta_index, checkpoint in enumerate(args.checkpoints or [None]):
+        for task in tasks:
+            env = family.make_env(task)
+            policy = load_policy(env.observation_space.shape[0], env.action_space.shape[0],
+                                 checkpoint, args.seed)
+            row = check_task(env, policy, task.cost_limit, args, cfg,
+                             seed=args.seed + 100 * (task.task_id % 1_000_000))
+            env.close()
+            rows.append({"theta": theta_index, "task_id": task.task_id,
+                         "cost_limit": task.cost_limit, **row})
+            costs = " ".join(f"×{s['scale']:g} {s['cost']:.1f}" for s in row["single"])
+            print(f"θ{theta_index} task {task.task_id}: cost {row['theta']['cost']:.1f} → "
+                  f"{costs}; sub-steps "
+                  + " ".join(f"{s['cost']:.1f}" for s in row["substeps"]), flush=True)
+            report["summary"] = summary(rows)
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
