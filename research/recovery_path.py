@@ -42,6 +42,8 @@ from research.surrogate_check import load_policy, mean_costs
 
 #: offsets of the batch's and the two evaluation sets' seeds (disjoint episode streams)
 BATCH_SEED, EVAL_SEEDS = 1_000, (50_000, 90_000)
+#: bands of θ's cost on a task (mean episode cost) in the summary: [low, high), None: no bound
+START_BANDS = ((0.0, 30.0), (30.0, 60.0), (60.0, None))
 
 
 def cost_gradient_at(policy: GaussianMLP, params: Params, batch: Batch) -> torch.Tensor:
@@ -100,28 +102,53 @@ def check_task(env: Any, policy: GaussianMLP, cost_limit: float, args: argparse.
             "single": single, "substeps": substeps}
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Over all task-θ pairs: share within h and mean cost per scale and per sub-step count
-    (on the first evaluation seeds), and per task the scale with the lowest cost on the
-    first seeds, scored on the other seeds (``chosen``) and on the same (``best``)."""
-    def share(key: str, pick) -> float:
-        return float(np.mean([pick(r)[key] <= r["cost_limit"] for r in rows]))
+def _path_point(rows: Sequence[dict[str, Any]], pick: Any) -> dict[str, float]:
+    """Means over task-θ pairs of one policy of the path (``pick(row)``, its ``"cost"`` on
+    the first evaluation seeds) and the share of pairs within their limit."""
+    points = [pick(r) for r in rows]
+    return {"within": float(np.mean([p["cost"] <= r["cost_limit"]
+                                     for p, r in zip(points, rows)])),
+            "cost": float(np.mean([p["cost"] for p in points])),
+            "realised_change": float(np.mean([p["cost"] - r["theta"]["cost"]
+                                              for p, r in zip(points, rows)])),
+            "surrogate_change": float(np.mean([p["surrogate_change"] for p in points])),
+            "kl": float(np.mean([p["kl"] for p in points]))}
 
-    out: dict[str, Any] = {"tasks": len(rows)}
-    out["theta_within"] = share("cost", lambda r: r["theta"])
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Over all task-θ pairs (on the first evaluation seeds): θ's and each scale's and each
+    sub-step count's share within h and means (``predicted_change`` of a sub-step count: the
+    sum of its steps' predictions); per task the scale with the lowest cost on the first
+    seeds, scored on the other seeds (``chosen_within``) and on the same (``best_within``);
+    ``by_start``: per band of θ's cost (:data:`START_BANDS`) the pairs and how many of them
+    each scale and the best scale bring within h."""
+    out: dict[str, Any] = {"tasks": len(rows),
+                           "theta": _path_point(rows, lambda r: r["theta"])}
     out["scales"] = [{"scale": s["scale"],
-                      "within": share("cost", lambda r, i=i: r["single"][i]),
-                      "cost": float(np.mean([r["single"][i]["cost"] for r in rows]))}
+                      "predicted_change": float(np.mean([r["single"][i]["predicted_change"]
+                                                         for r in rows])),
+                      **_path_point(rows, lambda r, i=i: r["single"][i])}
                      for i, s in enumerate(rows[0]["single"])]
     out["substeps"] = [{"substeps": s["substeps"],
-                        "within": share("cost", lambda r, i=i: r["substeps"][i]),
-                        "cost": float(np.mean([r["substeps"][i]["cost"] for r in rows]))}
+                        "predicted_change": float(np.mean(
+                            [sum(t["predicted_change"] for t in r["substeps"][:i + 1])
+                             for r in rows])),
+                        **_path_point(rows, lambda r, i=i: r["substeps"][i])}
                        for i, s in enumerate(rows[0]["substeps"])]
     best = [min(r["single"], key=lambda s: s["cost"]) for r in rows]
     out["best_within"] = float(np.mean([b["cost"] <= r["cost_limit"]
                                         for b, r in zip(best, rows)]))
     out["chosen_within"] = float(np.mean([b["cost_other_seeds"] <= r["cost_limit"]
                                           for b, r in zip(best, rows)]))
+    out["by_start"] = []
+    for low, high in START_BANDS:  # pairs by θ's cost on the task
+        band = [(r, b) for r, b in zip(rows, best)
+                if low <= r["theta"]["cost"] and (high is None or r["theta"]["cost"] < high)]
+        out["by_start"].append({
+            "low": low, "high": high, "pairs": len(band),
+            "within": [sum(r["single"][i]["cost"] <= r["cost_limit"] for r, _ in band)
+                       for i in range(len(rows[0]["single"]))],
+            "best_within": sum(b["cost"] <= r["cost_limit"] for r, b in band)})
     return out
 
 
@@ -161,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             row = check_task(env, policy, task.cost_limit, args, cfg,
                              seed=args.seed + 100 * (task.task_id % 1_000_000))
             env.close()
-            rows.append({"theta": theta_index, "task_id": task.task_id,
+            rows.append({"theta_index": theta_index, "task_id": task.task_id,
                          "cost_limit": task.cost_limit, **row})
             costs = " ".join(f"×{s['scale']:g} {s['cost']:.1f}" for s in row["single"])
             print(f"θ{theta_index} task {task.task_id}: cost {row['theta']['cost']:.1f} → "

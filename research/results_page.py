@@ -614,6 +614,57 @@ def training_seeds_section(path: Path, title: str, what: str) -> list[str]:
     return head + summary + [""] + table
 
 
+def recovery_path_section(path: Path, title: str, what: str) -> list[str]:
+    """``research/recovery_path.py``'s report: the cost reached along the recovery step by
+    radius and by re-linearised sub-steps, over all θ-task pairs."""
+    from research.recovery_path import summary
+
+    report = json.loads(path.read_text())
+    rows, s = report["rows"], report["settings"]
+    summ = summary(rows)
+    thetas = sorted({r["theta_index"] for r in rows})
+    lines = [f"### {title}", "",
+             f"`python research/recovery_path.py` ({report['family']}, `{report['split']}`, "
+             f"{len(thetas)} θ × {s['tasks']} tasks, commit "
+             f"`{report['provenance']['commit']}`): {what}. One batch of "
+             f"{s['batch_episodes']} episodes per task at θ; *predicted* is bᵀx, *surrogate* "
+             "the change of the importance-weighted cost surrogate on that batch, *realised* "
+             f"the change of the mean episode cost over {s['eval_episodes']} fresh episodes "
+             "(the same seeds for every policy of a task); means over the θ-task pairs. "
+             f"θ's mean cost is {summ['theta']['cost']:.1f}, "
+             f"{summ['theta']['within']:.0%} of the pairs within h.", "",
+             "| step | KL from θ | predicted | surrogate | realised | cost after | within h |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def row(name: str, p: Mapping[str, float]) -> str:
+        return (f"| {name} | {p['kl']:.3f} | {p['predicted_change']:+.1f} | "
+                f"{p['surrogate_change']:+.1f} | {p['realised_change']:+.1f} | "
+                f"{p['cost']:.1f} | {p['within']:.0%} |")
+
+    radius = s["radius"]
+    lines += [row(f"one step, {p['scale']:g} × {radius:g}", p) for p in summ["scales"]]
+    lines += [row(f"{p['substeps']} sub-step{'s' if p['substeps'] > 1 else ''} of "
+                  f"{s['substep_scale']:g} × {radius:g}", p) for p in summ["substeps"]]
+    scales = [p["scale"] for p in summ["scales"]]
+    reference = scales.index(s["substep_scale"]) if s["substep_scale"] in scales else 0
+    bands = "; ".join(
+        f"{b['pairs']} start {_band(b['low'], b['high'])}: {b['within'][reference]} within h "
+        f"after one step of {scales[reference]:g} × {radius:g}, {b['best_within']} with the "
+        "best radius" for b in summ["by_start"])
+    return lines + [
+        "", f"The radius with the lowest cost on each task, chosen on those {s['eval_episodes']}"
+        f" episodes, is within h on {summ['best_within']:.0%} of the pairs there and on "
+        f"{summ['chosen_within']:.0%} scored on {s['eval_episodes']} other episodes. By θ's "
+        f"cost on the task: {bands}.", ""]
+
+
+def _band(low: float, high: Optional[float]) -> str:
+    """A cost band [low, high) in words (``high`` None: no upper bound)."""
+    if high is None:
+        return f"at {low:g} or more"
+    return f"below {high:g}" if low <= 0 else f"at {low:g}–{high:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ResearchSection:
     """One ``safety_ablation.py`` JSON on the page: its ``--<flag>`` on this script (the key
@@ -751,6 +802,15 @@ RESEARCH_SECTIONS = (
         "twice the recovery radius (`+rec12`); on `test_tight` also with 8 and 32 times it "
         "(`+rec48`, `+rec192`)",
         metacpo_ablation_section),
+    ResearchSection(
+        "recovery_path", RESEARCH / "recovery_path_pointcircle.json",
+        "PointCircle `test_tight`: how far one recovery step lowers the cost",
+        "the θ of the section above (the training defaults, seeds 0–5), each on its 6 "
+        "`test_tight` tasks; the pure cost-descent step (CPO's recovery) at several multiples "
+        "of the adaptation radius 0.003 (the default recovery radius is 6 times it, `+rec12` "
+        "12 times), and the step of 12 × 0.003 taken up to four times in a row on the same "
+        "batch, each time re-linearised where the last one ended",
+        recovery_path_section),
     ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",

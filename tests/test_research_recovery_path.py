@@ -44,7 +44,8 @@ def test_recovery_path_on_a_real_env(tmp_path) -> None:
     assert first["cost"] == one["cost"]  # the first sub-step is the scale-1 step
     assert second["kl"] > first["kl"]
     summary = report["summary"]
-    assert summary["tasks"] == 1
+    assert summary["tasks"] == 1 and 0 <= summary["chosen_within"] <= 1
     assert all(0 <= s["within"] <= 1 for s in summary["scales"] + summary["substeps"])
+    assert sum(b["pairs"] for b in summary["by_start"]) == 1  # the bands cover every cost
     assert json.loads(out.read_text())["rows"] == report["rows"]
     assert script.main(argv)["rows"] == report["rows"]  # seeded: reproducible
