@@ -812,6 +812,18 @@ RESEARCH_SECTIONS = (
         "batch, each time re-linearised where the last one ended",
         recovery_path_section),
     ResearchSection(
+        "train_margin", RESEARCH / "train_margin_pointcircle.json",
+        "PointCircle: training aimed at half the limit",
+        "the training defaults with training's outer constraint aimed at half the limit "
+        "(`train_limit_margin` 0.5: J_C of θ and of its adapted policies held to 5, the test "
+        "limit; every cost still reported against h = 10), seeds 0–5 on the CPU of the "
+        "step-check section above, whose θ (the same seeds trained at h) are the baseline; "
+        "each θ adapted on the same 6 tasks per split and 20 evaluation episodes per task "
+        "and step, with the adaptation defaults (`ad0.003`) and with the check, 64-episode "
+        "batches, 256 in the first, half the limit and twice the recovery radius "
+        "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)",
+        metacpo_ablation_section),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
