@@ -667,9 +667,10 @@ def _band(low: float, high: Optional[float]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ResearchSection:
-    """One ``safety_ablation.py`` JSON on the page: its ``--<flag>`` on this script (the key
-    with dashes), its committed file, its title, what its runs are, and how it is shown
-    (``show(path, title, what)``: the ablation table unless given)."""
+    """One research JSON on the page (a ``safety_ablation.py`` run unless ``show`` reads
+    another script's): its ``--<flag>`` on this script (the key with dashes), its committed
+    file, its title, what its runs are, and how it is shown (``show(path, title, what)``:
+    the ablation table unless given)."""
 
     key: str
     default: Path
@@ -1135,7 +1136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     for section in RESEARCH_SECTIONS:
         parser.add_argument(f"--{section.key.replace('_', '-')}", dest=section.key,
                             type=Path, default=section.default,
-                            help=f"safety_ablation.py JSON of \"{section.title}\" ('': none)")
+                            help=f"the research JSON of \"{section.title}\" ('': none)")
     parser.add_argument("--other-families", type=Path, nargs="*",
                         default=list(DEFAULT_OTHER_FAMILIES),
                         help="safety_ablation.py's JSON of Meta-CPO on a family and its "
