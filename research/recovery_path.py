@@ -34,11 +34,11 @@ from metacpo_rllib import provenance
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import GaussianMLP
 from metacpo_rllib.optim.batch import Batch, make_batch
-from metacpo_rllib.optim.meta import UpdateConfig, constrained_step
-from metacpo_rllib.optim.policy import Params, add_step, detached, flatten, params_of
+from metacpo_rllib.optim.meta import UpdateConfig
+from metacpo_rllib.optim.policy import Params, detached, params_of
 from metacpo_rllib.optim.surrogate import mean_kl, surrogates
 from metacpo_rllib.rollout import sample_episodes, sampling_policy
-from research.surrogate_check import load_policy, mean_costs
+from research.surrogate_check import load_policy, mean_costs, recovery_step
 
 #: offsets of the batch's and the two evaluation sets' seeds (disjoint episode streams)
 BATCH_SEED, EVAL_SEEDS = 1_000, (50_000, 90_000)
@@ -46,28 +46,10 @@ BATCH_SEED, EVAL_SEEDS = 1_000, (50_000, 90_000)
 START_BANDS = ((0.0, 30.0), (30.0, 60.0), (60.0, None))
 
 
-def cost_gradient_at(policy: GaussianMLP, params: Params, batch: Batch) -> torch.Tensor:
-    """b = ∇ of the importance-weighted cost surrogate at ``params`` (mean episode cost)."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    _, cost = surrogates(policy, leaves, batch)
-    return flatten(torch.autograd.grad(cost, list(leaves.values())))
-
-
 def surrogate_cost(policy: GaussianMLP, params: Params, batch: Batch) -> float:
     """The importance-weighted cost surrogate of ``params`` on ``batch``."""
     with torch.no_grad():
         return float(surrogates(policy, params, batch)[1])
-
-
-def recovery_step(policy: GaussianMLP, params: Params, batch: Batch, radius: float,
-                  cfg: UpdateConfig) -> tuple[Params, float]:
-    """(parameters after the pure cost-descent step of KL radius ``radius`` from ``params``,
-    its first-order predicted cost change bᵀx)."""
-    b = cost_gradient_at(policy, params, batch)
-    # c far above 0: the infeasible case, whatever the task's limit
-    step = constrained_step(policy, params, torch.zeros_like(b), b, 1e6, radius, batch.obs,
-                            cfg, create_graph=False)
-    return detached(add_step(params, step.x.detach())), float(b @ step.x)
 
 
 def check_task(env: Any, policy: GaussianMLP, cost_limit: float, args: argparse.Namespace,
@@ -91,13 +73,13 @@ def check_task(env: Any, policy: GaussianMLP, cost_limit: float, args: argparse.
 
     single = []
     for scale in args.scales:
-        params, predicted = recovery_step(policy, theta, batch, scale * args.radius, cfg)
-        single.append({"scale": scale, **scored(params, predicted)})
+        params, step, b = recovery_step(policy, theta, batch, scale * args.radius, cfg)
+        single.append({"scale": scale, **scored(params, float(b @ step.x))})
     substeps, params = [], theta
     for k in range(1, args.substeps + 1):
-        params, predicted = recovery_step(policy, params, batch,
-                                          args.substep_scale * args.radius, cfg)
-        substeps.append({"substeps": k, **scored(params, predicted)})
+        params, step, b = recovery_step(policy, params, batch,
+                                        args.substep_scale * args.radius, cfg)
+        substeps.append({"substeps": k, **scored(params, float(b @ step.x))})
     return {"batch_cost": float(batch.ep_costs.mean()), "theta": scored(theta, 0.0),
             "single": single, "substeps": substeps}
 

@@ -622,10 +622,9 @@ def recovery_path_section(path: Path, title: str, what: str) -> list[str]:
     report = json.loads(path.read_text())
     rows, s = report["rows"], report["settings"]
     summ = summary(rows)
-    thetas = sorted({r["theta_index"] for r in rows})
     lines = [f"### {title}", "",
              f"`python research/recovery_path.py` ({report['family']}, `{report['split']}`, "
-             f"{len(thetas)} θ × {s['tasks']} tasks, commit "
+             f"{len({r['theta_index'] for r in rows})} θ × {s['tasks']} tasks, commit "
              f"`{report['provenance']['commit']}`): {what}. One batch of "
              f"{s['batch_episodes']} episodes per task at θ; *predicted* is bᵀx, *surrogate* "
              "the change of the importance-weighted cost surrogate on that batch, *realised* "

@@ -25,9 +25,10 @@ import torch
 from metacpo_rllib import provenance
 from metacpo_rllib.envs import make_family
 from metacpo_rllib.optim import GaussianMLP
-from metacpo_rllib.optim.batch import make_batch
+from metacpo_rllib.optim.batch import Batch, make_batch
+from metacpo_rllib.optim.cpo import CPOStep
 from metacpo_rllib.optim.meta import UpdateConfig, constrained_step
-from metacpo_rllib.optim.policy import add_step, detached, flatten, params_of
+from metacpo_rllib.optim.policy import Params, add_step, detached, flatten, params_of
 from metacpo_rllib.optim.surrogate import surrogates
 from metacpo_rllib.rollout import sample_episodes, sampling_policy
 
@@ -47,12 +48,29 @@ def load_policy(obs_dim: int, act_dim: int, checkpoint: Optional[str], seed: int
     return policy
 
 
+def cost_gradient_at(policy: GaussianMLP, params: Params, batch: Batch) -> torch.Tensor:
+    """b = ∇ of the importance-weighted cost surrogate (mean episode cost units) at
+    ``params`` on ``batch``."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    _, cost = surrogates(policy, leaves, batch)
+    return flatten(torch.autograd.grad(cost, list(leaves.values())))
+
+
 def cost_gradient(policy: GaussianMLP, episodes: Sequence[Any], cost_limit: float) -> torch.Tensor:
     """b = ∇ of the cost surrogate (mean episode cost units) at the sampling policy."""
-    batch = make_batch(episodes, cost_limit=cost_limit)
-    params = {k: v.detach().requires_grad_(True) for k, v in params_of(policy).items()}
-    _, cost = surrogates(policy, params, batch)
-    return flatten(torch.autograd.grad(cost, list(params.values())))
+    return cost_gradient_at(policy, params_of(policy), make_batch(episodes, cost_limit=cost_limit))
+
+
+def recovery_step(policy: GaussianMLP, params: Params, batch: Batch, radius: float,
+                  cfg: UpdateConfig) -> tuple[Params, CPOStep, torch.Tensor]:
+    """CPO's pure cost-descent step of KL radius ``radius`` from ``params`` on ``batch``
+    (c far above 0: the infeasible case, x = −√(2δ / bᵀH⁻¹b) H⁻¹b, whatever the task's
+    limit): (the parameters after it, the step, b at ``params``; bᵀx is its predicted
+    change of the mean episode cost)."""
+    b = cost_gradient_at(policy, params, batch)
+    step = constrained_step(policy, params, torch.zeros_like(b), b, 1e6, radius, batch.obs,
+                            cfg, create_graph=False)
+    return detached(add_step(params, step.x.detach())), step, b
 
 
 def mean_costs(env: Any, policy: GaussianMLP, params: Any, episodes: int, seed: int) -> np.ndarray:
@@ -70,14 +88,10 @@ def check_task(env: Any, policy: GaussianMLP, cost_limit: float, batch_sizes: Se
     cfg = UpdateConfig(delta=delta, inner_delta=delta)
     steps = []
     for n in batch_sizes:
-        b = cost_gradient(policy, pool[:n], cost_limit)
+        stepped, step, b = recovery_step(policy, theta,
+                                         make_batch(pool[:n], cost_limit=cost_limit), delta, cfg)
         b_other = cost_gradient(policy, pool[n:2 * n], cost_limit)
-        batch = make_batch(pool[:n], cost_limit=cost_limit)
-        # c far above 0: the infeasible case, x = -sqrt(2δ / bᵀH⁻¹b) H⁻¹b (pure cost descent)
-        step = constrained_step(policy, theta, torch.zeros_like(b), b, 1e6, delta, batch.obs,
-                                cfg, create_graph=False)
-        after = mean_costs(env, policy, detached(add_step(theta, step.x.detach())),
-                           eval_episodes, seed + 10_000)
+        after = mean_costs(env, policy, stepped, eval_episodes, seed + 10_000)
         diff = after - before
         norm = float(b.norm() * b_other.norm())
         steps.append({

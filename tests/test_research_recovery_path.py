@@ -2,24 +2,10 @@
 sub-steps from one batch, each scored on fresh episodes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "research" / "recovery_path.py"
-
-
-def _script() -> ModuleType:
-    if str(REPO) not in sys.path:  # the script imports research.surrogate_check
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location("recovery_path", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from research import recovery_path
 
 
 def test_recovery_path_on_a_real_env(tmp_path) -> None:
@@ -30,8 +16,7 @@ def test_recovery_path_on_a_real_env(tmp_path) -> None:
     argv = ["--family", "PointCircle", "--split", "test_tight", "--tasks", "1", "--scales", "1", "4",
             "--substeps", "2", "--substep-scale", "1", "--batch-episodes", "8",
             "--eval-episodes", "3"]
-    script = _script()
-    report = script.main(argv + ["--out", str(out)])
+    report = recovery_path.main(argv + ["--out", str(out)])
     (row,) = report["rows"]
     assert row["batch_cost"] > 0  # a batch that saw cost: b ≠ 0, a real step
     steps = row["single"] + row["substeps"]
@@ -48,4 +33,4 @@ def test_recovery_path_on_a_real_env(tmp_path) -> None:
     assert all(0 <= s["within"] <= 1 for s in summary["scales"] + summary["substeps"])
     assert sum(b["pairs"] for b in summary["by_start"]) == 1  # the bands cover every cost
     assert json.loads(out.read_text())["rows"] == report["rows"]
-    assert script.main(argv)["rows"] == report["rows"]  # seeded: reproducible
+    assert recovery_path.main(argv)["rows"] == report["rows"]  # seeded: reproducible
