@@ -329,3 +329,23 @@ def test_bad_tasks_and_overrides(envs) -> None:
     with pytest.raises(ValueError, match=r"task\.params\.radius"):
         env.set_task(_task("PointCircle", radius=-2.0, factor=0.6))
     assert env.get_task() == good
+
+
+@pytest.mark.parametrize("name", ["PointCircle", "PointButton"])
+def test_observe_cost_appends_the_last_step_cost(name: str) -> None:
+    """With ``observe_cost`` the observation gains one last input, the cost of the step that
+    led to it (0 after a reset); everything else is the family's own, bit for bit."""
+    task = make_family(name).default_task()
+    actions = np.tile(np.array([1.0, 0.05], np.float32), (300, 1))  # drives into a wall
+    plain = _rollout(make_family(name).make_env(task), 3, actions)
+    env = make_family(name, observe_cost=True).make_env(task)
+    obs, rewards, costs, _ = _rollout(env, 3, actions)
+    assert env.observation_space.shape == (plain[0].shape[1] + 1,)
+    assert env.observation_space.contains(obs[0]) and obs.dtype == np.float32
+    assert obs[:, :-1].tobytes() == plain[0].tobytes() and rewards.tobytes() == plain[1].tobytes()
+    np.testing.assert_array_equal(costs, plain[2])
+    assert costs.sum() > 0  # the cost input is seen to change
+    np.testing.assert_array_equal(obs[:, -1], np.concatenate([[0.0], costs]))
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="observe_cost"):
+            make_family(name, observe_cost=bad)

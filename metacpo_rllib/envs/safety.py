@@ -245,8 +245,11 @@ class SafetyTaskEnv(TaskEnv):
                             **render_kwargs)
         self._sg.set_seed(_entropy_seed())
         obs, act = self._sg.observation_space, self._sg.action_space
-        self.observation_space = gym.spaces.Box(obs.low.astype(np.float32),
-                                                obs.high.astype(np.float32), dtype=np.float32)
+        low, high = obs.low.astype(np.float32), obs.high.astype(np.float32)
+        self._observe_cost = family.observe_cost
+        if self._observe_cost:  # one more input: the cost of the step that led here (>= 0)
+            low, high = np.append(low, np.float32(0.0)), np.append(high, np.float32(np.inf))
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
         self.action_space = gym.spaces.Box(act.low.astype(np.float32),
                                            act.high.astype(np.float32), dtype=np.float32)
         self.render_mode = render_mode
@@ -275,7 +278,7 @@ class SafetyTaskEnv(TaskEnv):
         obs, info = self._sg.reset(seed=seed)
         info["cost"] = 0.0
         info["task_id"] = self._task_id
-        return obs.astype(np.float32), info
+        return self._observation(obs, 0.0), info
 
     def step(self, action):
         obs, reward, cost, terminated, truncated, info = self._sg.step(
@@ -287,7 +290,14 @@ class SafetyTaskEnv(TaskEnv):
             cost += float(out)
         info["cost"] = float(cost)
         info["task_id"] = self._task_id
-        return obs.astype(np.float32), float(reward), terminated, truncated, info
+        return self._observation(obs, cost), float(reward), terminated, truncated, info
+
+    def _observation(self, obs: np.ndarray, cost: float) -> np.ndarray:
+        """safety-gymnasium's observation as float32, with ``cost`` appended when the
+        family observes its cost."""
+        if self._observe_cost:
+            return np.append(obs, cost).astype(np.float32)
+        return obs.astype(np.float32)
 
     def render(self):
         return self._sg.render()
@@ -350,15 +360,21 @@ def override_ranges(defaults: Mapping[str, Mapping[str, Any]],
 class _SafetyFamily(TaskFamily):
     """Shared plumbing: agent name, task factory, ``max_episode_steps``, ``lean_world``,
     ``fast_step`` (the stock step's outputs, bitwise, in a fraction of its time; ``False``:
-    safety-gymnasium's own step) and ``ranges`` (overrides of the class's ``RANGES``)."""
+    safety-gymnasium's own step), ``ranges`` (overrides of the class's ``RANGES``) and
+    ``observe_cost`` (default False: safety-gymnasium's observation; True: one more input,
+    the cost of the step that led to the observation, 0 after a reset, so a policy can
+    react to a constraint it does not see, such as a circle task's walls)."""
 
     agent: str = ""
     default_episode_steps: int = 500
 
     def __init__(self, max_episode_steps: int | None = None, lean_world: bool = True,
                  fast_step: bool = True, ranges: Mapping[str, Mapping[str, Any]] | None = None,
-                 **limits: float) -> None:
+                 observe_cost: bool = False, **limits: float) -> None:
         super().__init__(**limits)
+        if not isinstance(observe_cost, bool):
+            raise ValueError(f"observe_cost: expected a bool, got {observe_cost!r}")
+        self.observe_cost = observe_cost
         if ranges:
             self.RANGES = override_ranges(type(self).RANGES, ranges)
             rng = np.random.default_rng(0)
