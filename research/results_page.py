@@ -824,6 +824,35 @@ RESEARCH_SECTIONS = (
         "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)",
         metacpo_ablation_section),
     ResearchSection(
+        "observe_cost", RESEARCH / "observe_cost_pointcircle.json",
+        "PointCircle: the last step's cost as an input",
+        "the training defaults, alone and with `train_limit_margin` 0.5 (`…_margin50`), on "
+        "the family with `observe_cost` (the cost of the step that led to each observation "
+        "as a 29th input, so the policy can feel the walls it does not see), seeds 0–5 on "
+        "the CPU model of the sections on the step check and on training aimed at half the "
+        "limit above, whose `ad0.003` rows (the same seeds and settings without the input) "
+        "are the baselines; each θ adapted with the adaptation defaults "
+        "(`ad0.003`) on the same 6 tasks per split and 20 evaluation episodes per task and "
+        "step",
+        metacpo_ablation_section),
+    ResearchSection(
+        "train_walls_observe_cost", RESEARCH / "train_walls_observe_cost_pointcircle.json",
+        "PointCircle: training walls as close as `test_tight`'s, with the cost as an input",
+        "the training defaults on training tasks whose walls lie at U(0.28, 0.75) times the "
+        "circle's radius (`env_config` `ranges`; the family's training walls are at "
+        "U(0.55, 0.75) times it, `test_tight`'s at U(0.28, 0.36)), with `observe_cost`: "
+        "Meta-CPO seeds 0–5, CPO seeds 0–2, on the CPU model of the sections above; the "
+        "training evaluation is on tasks of these training walls. Each θ adapted with the "
+        "adaptation defaults (`ad0.003`) on the same 6 tasks per split and 20 evaluation "
+        "episodes per task and step. `test_tight`'s walls lie inside this training range, "
+        "so it is not tighter than training here, only its limit is (h = 5 against 10)"),
+    ResearchSection(
+        "train_walls_defaults", RESEARCH / "train_walls_defaults_pointcircle.json",
+        "PointCircle: training walls as close as `test_tight`'s, without the input",
+        "the training defaults on the training walls of the section above without "
+        "`observe_cost`, its control: the same seeds, tasks and evaluation episodes",
+        metacpo_ablation_section),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
