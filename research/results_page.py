@@ -844,7 +844,10 @@ RESEARCH_SECTIONS = (
         "Meta-CPO seeds 0–5, CPO seeds 0–2, on the CPU model of the sections above; the "
         "training evaluation is on tasks of these training walls. Each θ adapted with the "
         "adaptation defaults (`ad0.003`) on the same 6 tasks per split and 20 evaluation "
-        "episodes per task and step. `test_tight`'s walls lie inside this training range, "
+        "episodes per task and step, the Meta-CPO θ also with the step check, 64-episode "
+        "batches, 256 in the first, half the limit and twice the recovery radius "
+        "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`). `test_tight`'s walls lie inside "
+        "this training range, "
         "so it is not tighter than training here, only its limit is (h = 5 against 10)"),
     ResearchSection(
         "train_walls_defaults", RESEARCH / "train_walls_defaults_pointcircle.json",
