@@ -296,7 +296,7 @@ class SafetyTaskEnv(TaskEnv):
         """safety-gymnasium's observation as float32, with ``cost`` appended when the
         family observes its cost."""
         if self._observe_cost:
-            return np.append(obs, cost).astype(np.float32)
+            return np.concatenate((obs, (cost,)), dtype=np.float32)
         return obs.astype(np.float32)
 
     def render(self):
