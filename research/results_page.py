@@ -505,6 +505,9 @@ def ablation_section(path: Path, title: str = "Safety corrections: ablation",
 
 #: The ablation table of a Meta-CPO-only JSON.
 metacpo_ablation_section = functools.partial(ablation_section, algorithms="Meta-CPO")
+#: The ablation table of a JSON of all four algorithms.
+four_algorithm_ablation_section = functools.partial(
+    ablation_section, algorithms="Meta-CPO, CPO, Meta-TRPO and TRPO")
 
 
 def other_family_section(path: Path) -> list[str]:
@@ -833,7 +836,8 @@ RESEARCH_SECTIONS = (
         "limit above, whose `ad0.003` rows (the same seeds and settings without the input) "
         "are the baselines; each θ adapted with the adaptation defaults "
         "(`ad0.003`) on the same 6 tasks per split and 20 evaluation episodes per task and "
-        "step",
+        "step, the θ of the defaults also on `test_tight` with the step check setting of "
+        "the close-walls sections below (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)",
         metacpo_ablation_section),
     ResearchSection(
         "train_walls_observe_cost", RESEARCH / "train_walls_observe_cost_pointcircle.json",
@@ -841,20 +845,22 @@ RESEARCH_SECTIONS = (
         "the training defaults on training tasks whose walls lie at U(0.28, 0.75) times the "
         "circle's radius (`env_config` `ranges`; the family's training walls are at "
         "U(0.55, 0.75) times it, `test_tight`'s at U(0.28, 0.36)), with `observe_cost`: "
-        "Meta-CPO seeds 0–5, CPO seeds 0–2, on the CPU model of the sections above; the "
-        "training evaluation is on tasks of these training walls. Each θ adapted with the "
-        "adaptation defaults (`ad0.003`) on the same 6 tasks per split and 20 evaluation "
-        "episodes per task and step, the Meta-CPO θ also with the step check, 64-episode "
-        "batches, 256 in the first, half the limit and twice the recovery radius "
-        "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`). `test_tight`'s walls lie inside "
-        "this training range, "
-        "so it is not tighter than training here, only its limit is (h = 5 against 10)"),
+        "Meta-CPO seeds 0–5, CPO, Meta-TRPO and TRPO seeds 0–2, on the CPU model of the "
+        "sections above; the training evaluation is on tasks of these training walls. Each "
+        "θ adapted with the adaptation defaults (`ad0.003`) on the same 6 tasks per split "
+        "and 20 evaluation episodes per task and step, the Meta-CPO and CPO θ also with the "
+        "step check, 64-episode batches, 256 in the first, half the limit and twice the "
+        "recovery radius (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`). `test_tight`'s "
+        "walls lie inside this training range, so it is not tighter than training here, "
+        "only its limit is (h = 5 against 10)",
+        four_algorithm_ablation_section),
     ResearchSection(
         "train_walls_defaults", RESEARCH / "train_walls_defaults_pointcircle.json",
         "PointCircle: training walls as close as `test_tight`'s, without the input",
         "the training defaults on the training walls of the section above without "
-        "`observe_cost`, its control: the same seeds, tasks and evaluation episodes",
-        metacpo_ablation_section),
+        "`observe_cost`, its control: Meta-CPO seeds 0–5 and CPO seeds 0–2, the same tasks "
+        "and evaluation episodes; the Meta-CPO θ also adapted on `test_tight` with the step "
+        "check setting of the section above (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)"),
     ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
