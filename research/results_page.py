@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from metacpo_rllib.algorithms import TUNE_NAMES, algorithm_info
+from metacpo_rllib.algorithms import ALGORITHM_TABLE, TUNE_NAMES, algorithm_info
 from metacpo_rllib.evaluation_stats import (across_seeds, calibration_markdown,
                                              calibration_table, format_pm)
 
@@ -491,23 +490,23 @@ def batch_size_section(path: Path) -> list[str]:
 
 
 # -- the ablation -------------------------------------------------------------------------------
+def _algorithm_labels(cli_names: Sequence[str]) -> str:
+    """``["cpo", "meta-cpo"]`` as "Meta-CPO and CPO" (the algorithm table's order)."""
+    labels = [info.label for info in ALGORITHM_TABLE if info.cli in cli_names]
+    return " and ".join(filter(None, (", ".join(labels[:-1]), labels[-1])))
+
+
 def ablation_section(path: Path, title: str = "Safety corrections: ablation",
-                     what: str = "each combination of the safety corrections",
-                     algorithms: str = "Meta-CPO and CPO") -> list[str]:
-    """Switches turned on and off (``research/safety_ablation.py``'s JSON)."""
+                     what: str = "each combination of the safety corrections") -> list[str]:
+    """Switches turned on and off (``research/safety_ablation.py``'s JSON), named by the
+    algorithms the JSON ran."""
     from research.ablation_report import legend, report
 
     data = json.loads(path.read_text())
+    algorithms = _algorithm_labels(data["settings"]["algos"])
     return [f"## {title}", "",
             f"`research/safety_ablation.py` → `{_relative(path, REPO)}`: {algorithms} "
             f"trained and adapted with {what}. {legend(data)}", "", report(data), ""]
-
-
-#: The ablation table of a Meta-CPO-only JSON.
-metacpo_ablation_section = functools.partial(ablation_section, algorithms="Meta-CPO")
-#: The ablation table of a JSON of all four algorithms.
-four_algorithm_ablation_section = functools.partial(
-    ablation_section, algorithms="Meta-CPO, CPO, Meta-TRPO and TRPO")
 
 
 def other_family_section(path: Path) -> list[str]:
@@ -528,8 +527,7 @@ def other_family_section(path: Path) -> list[str]:
         "budget" + ("; the other rows change one training or adaptation setting (named in "
                     "the row), with the same seeds, test tasks and evaluation episodes"
                     if others else "")
-        + "; the four-algorithm comparison on this family has not been run",
-        algorithms="Meta-CPO")
+        + "; the four-algorithm comparison on this family has not been run")
 
 
 def _seed_list(seeds: Sequence[int]) -> str:
@@ -803,8 +801,7 @@ RESEARCH_SECTIONS = (
         "first256+lim0.5`: each step checked on its policy's next batch, 64 episodes per "
         "batch and 256 in the first, every step aimed at half the limit) and with that and "
         "twice the recovery radius (`+rec12`); on `test_tight` also with 8 and 32 times it "
-        "(`+rec48`, `+rec192`)",
-        metacpo_ablation_section),
+        "(`+rec48`, `+rec192`)"),
     ResearchSection(
         "recovery_path", RESEARCH / "recovery_path_pointcircle.json",
         "PointCircle `test_tight`: how far one recovery step lowers the cost",
@@ -824,8 +821,7 @@ RESEARCH_SECTIONS = (
         "each θ adapted on the same 6 tasks per split and 20 evaluation episodes per task "
         "and step, with the adaptation defaults (`ad0.003`) and with the check, 64-episode "
         "batches, 256 in the first, half the limit and twice the recovery radius "
-        "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)",
-        metacpo_ablation_section),
+        "(`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)"),
     ResearchSection(
         "observe_cost", RESEARCH / "observe_cost_pointcircle.json",
         "PointCircle: the last step's cost as an input",
@@ -837,8 +833,7 @@ RESEARCH_SECTIONS = (
         "are the baselines; each θ adapted with the adaptation defaults "
         "(`ad0.003`) on the same 6 tasks per split and 20 evaluation episodes per task and "
         "step, the θ of the defaults also on `test_tight` with the step check setting of "
-        "the close-walls sections below (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)",
-        metacpo_ablation_section),
+        "the close-walls sections below (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)"),
     ResearchSection(
         "train_walls_observe_cost", RESEARCH / "train_walls_observe_cost_pointcircle.json",
         "PointCircle: training walls as close as `test_tight`'s, with the cost as an input",
@@ -852,8 +847,7 @@ RESEARCH_SECTIONS = (
         "step check, 64-episode batches, 256 in the first, half the limit and twice the "
         "recovery radius (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`). `test_tight`'s "
         "walls lie inside this training range, so it is not tighter than training here, "
-        "only its limit is (h = 5 against 10)",
-        four_algorithm_ablation_section),
+        "only its limit is (h = 5 against 10)"),
     ResearchSection(
         "train_walls_defaults", RESEARCH / "train_walls_defaults_pointcircle.json",
         "PointCircle: training walls as close as `test_tight`'s, without the input",
@@ -870,8 +864,7 @@ RESEARCH_SECTIONS = (
         "wider circle, 10–12 hazards in [−1.8, 1.8]²) and `test_tight` (the training "
         "circle, 9–11 hazards in [−1.4, 1.4]², about twice the training density of 4–6); "
         "the `test` costs are those of the section below, reproduced by the same common "
-        "random numbers",
-        metacpo_ablation_section),
+        "random numbers"),
     ResearchSection(
         "carcirclehazard_dense_training",
         RESEARCH / "carcirclehazard_dense_training.json",
@@ -883,8 +876,7 @@ RESEARCH_SECTIONS = (
         "section, whose default rows are the same settings trained on U{4..6}. The "
         "training evaluation is on tasks of this wider training distribution. θ's step-0 "
         "costs on `test_tight` are in "
-        "`research/results/carcirclehazard_dense_training_step0.json`",
-        metacpo_ablation_section),
+        "`research/results/carcirclehazard_dense_training_step0.json`"),
     ResearchSection(
         "carcirclehazard_dense_training_100it",
         RESEARCH / "carcirclehazard_dense_training_100it.json",
@@ -897,31 +889,27 @@ RESEARCH_SECTIONS = (
         "adapted with that check only. The rows `+ad0.0015` (every step at half the inner "
         "radius) and `+room1` (a step below its limit capped so that its first-order cost "
         "rise is at most the room h − J_C) adapt the same five θ with the check on the same "
-        "tasks and evaluation episodes",
-        metacpo_ablation_section),
+        "tasks and evaluation episodes"),
     ResearchSection(
         "carcirclehazard_dense_training_100it_fresh_tasks",
         RESEARCH / "carcirclehazard_dense_training_100it_fresh_tasks.json",
         "CarCircleHazard: the 100-iteration θ on fresh test tasks",
         "the five θ of the section above, adapted with the check (`bt2+ucb1+fresh1`) and "
         "with the check and the room cap (`+room1`) on 6 other `test` tasks (task seed "
-        "54321 instead of 12345), with 20 evaluation episodes per task and step",
-        metacpo_ablation_section),
+        "54321 instead of 12345), with 20 evaluation episodes per task and step"),
     ResearchSection(
         "carcirclehazard_dense_training_200it",
         RESEARCH / "carcirclehazard_dense_training_200it.json",
         "CarCircleHazard: θ trained on denser hazards for 200 iterations",
         "the settings of the 100-iteration section above, seeds 0–2 trained on from its "
         "checkpoints to 200 iterations (`--continue-from 100`), adapted with the check "
-        "(`bt2+ucb1+fresh1`) on the same 6 `test` tasks and evaluation episodes",
-        metacpo_ablation_section),
+        "(`bt2+ucb1+fresh1`) on the same 6 `test` tasks and evaluation episodes"),
     ResearchSection(
         "carcirclehazard_dense_training_200it_fresh_tasks",
         RESEARCH / "carcirclehazard_dense_training_200it_fresh_tasks.json",
         "CarCircleHazard: the 200-iteration θ on fresh test tasks",
         "the three θ of the section above, adapted with the check on the 6 fresh `test` "
-        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
-        metacpo_ablation_section),
+        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section"),
     ResearchSection(
         "carcirclehazard_curriculum", RESEARCH / "carcirclehazard_curriculum.json",
         "CarCircleHazard: a curriculum, the family's own layouts, then denser hazards",
@@ -931,16 +919,14 @@ RESEARCH_SECTIONS = (
         "(`bt2+ucb1+fresh1`) on the 6 `test` tasks and evaluation episodes of the "
         "100-iteration dense section; the second row adds the room cap (`room1`), measured "
         "after the first, the third aims every adaptation step at half the limit "
-        "(`lim0.5`, `adaptation_limit_margin`; costs still scored against h = 5)",
-        metacpo_ablation_section),
+        "(`lim0.5`, `adaptation_limit_margin`; costs still scored against h = 5)"),
     ResearchSection(
         "carcirclehazard_curriculum_fresh_tasks",
         RESEARCH / "carcirclehazard_curriculum_fresh_tasks.json",
         "CarCircleHazard: the curriculum's θ on fresh test tasks",
         "the three θ of the section above, adapted with the check (and, second row, the "
         "room cap; third row, every step aimed at half the limit) on the 6 fresh `test` "
-        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section",
-        metacpo_ablation_section),
+        "tasks (task seed 54321) of the 100-iteration θ's fresh-task section"),
     ResearchSection(
         "carcirclehazard_curriculum_eval100",
         RESEARCH / "carcirclehazard_curriculum_eval100.json",
@@ -948,8 +934,7 @@ RESEARCH_SECTIONS = (
         "the first row of the curriculum section (the check, `bt2+ucb1+fresh1`, on its 6 "
         "`test` tasks) run again with 100 evaluation episodes per task and step instead of "
         "20; its learning batches and rejections equal that section's, so every adapted "
-        "policy is the same and only the evaluation is longer",
-        metacpo_ablation_section),
+        "policy is the same and only the evaluation is longer"),
     ResearchSection(
         "carcirclehazard_curriculum_eps64", RESEARCH / "carcirclehazard_curriculum_eps64.json",
         "CarCircleHazard: 64 episodes per adaptation batch, on 100 evaluation episodes",
@@ -960,8 +945,7 @@ RESEARCH_SECTIONS = (
         "section, every step scored on 100 evaluation episodes per task; the third row adds "
         "a first adaptation batch of 256 episodes per task (`+first256`, "
         "`adaptation_first_episodes_per_task`; the later batches keep 64), the fourth also "
-        "aims every step at half the limit (`+lim0.5`; costs still scored against h = 5)",
-        metacpo_ablation_section),
+        "aims every step at half the limit (`+lim0.5`; costs still scored against h = 5)"),
     ResearchSection(
         "carcirclehazard_curriculum_eps64_fresh_tasks",
         RESEARCH / "carcirclehazard_curriculum_eps64_fresh_tasks.json",
@@ -971,8 +955,7 @@ RESEARCH_SECTIONS = (
         "fresh-task section, every step scored on 100 evaluation episodes per task, "
         "(second row) with a first adaptation batch of 256 episodes per task as well, and "
         "(third row) with every step also aimed at half the limit "
-        "(`+lim0.5`; costs still scored against h = 5)",
-        metacpo_ablation_section),
+        "(`+lim0.5`; costs still scored against h = 5)"),
     ResearchSection(
         "pointbutton_boundary", RESEARCH / "pointbutton_boundary.json",
         "PointButton with a boundary: θ trained and adapted with it",
@@ -980,8 +963,7 @@ RESEARCH_SECTIONS = (
         "boundary (`env_config` `{\"boundary\": 0.2}`: a step that ends beyond extent + 0.2 "
         "costs 1 more, on training and test tasks alike), seeds 0–2, 60 iterations (θ "
         "evaluated at 30 and 60), adapted with the check (`bt2+ucb1+fresh1`) on the 6 "
-        "`test` tasks and evaluation episodes of that section; costs include the boundary's",
-        metacpo_ablation_section),
+        "`test` tasks and evaluation episodes of that section; costs include the boundary's"),
     ResearchSection(
         "pointbutton_boundary_plain", RESEARCH / "pointbutton_boundary_plain.json",
         "PointButton: the boundary-trained θ adapted without the boundary",
@@ -990,8 +972,7 @@ RESEARCH_SECTIONS = (
         "then adapted with the check and evaluated on the family as it is "
         "(`--continue-from 60 --continue-env-config '{\"boundary\": 0.2}' --env-config "
         "'{}'`: no more training), on the tasks and evaluation episodes of the PointButton "
-        "section below, whose untrained policy ran the same episodes",
-        metacpo_ablation_section),
+        "section below, whose untrained policy ran the same episodes"),
     ResearchSection(
         "pointbutton_retrained", RESEARCH / "pointbutton_retrained.json",
         "PointButton: 64 episodes per adaptation batch and a 256-episode first batch",
@@ -1003,8 +984,7 @@ RESEARCH_SECTIONS = (
         "6 `test` tasks and 20 evaluation episodes per task and step of that section; the "
         "untrained θ (seeds 0–2) adapted with the latter on the same tasks and episodes; "
         "each θ also adapted with either setting and twice the recovery radius "
-        "(`+rec12`)",
-        metacpo_ablation_section),
+        "(`+rec12`)"),
 )
 
 
