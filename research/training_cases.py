@@ -7,7 +7,7 @@ are the learning batches' mean episode costs: this records the training dynamics
 an evaluation of θ.
 
     python research/training_cases.py --family PointCircle --seeds 0 1 2 --iterations 30 \
-        --set inner_cost_free_scale=0.25 --out OUT
+        --set inner_cost_free_scale=0.25 [--env-config JSON] --out OUT
 
 Every record is written to ``--out`` as it comes; runs already there are skipped.
 ``--summarise`` prints each seed's figures from ``--out`` instead (:func:`summary`).
@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int, default=4)
     p.add_argument("--tasks-per-iteration", type=int, default=4)
     p.add_argument("--inner-delta", type=float, default=0.003)
+    p.add_argument("--env-config", type=json.loads, default={}, metavar="JSON",
+                   help="family overrides, e.g. '{\"ranges\": {\"train\": "
+                        "{\"factor\": [0.28, 0.75]}}}' (walls as close as test_tight's)")
     p.add_argument("--set", nargs="*", default=[], type=field_value, metavar="FIELD=VALUE",
                    help="extra .training() fields, numbers only (e.g. inner_cost_free_scale=0.25)")
     p.add_argument("--out", type=Path, required=True)
@@ -51,13 +54,22 @@ def field_value(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected FIELD=NUMBER, got {text!r}") from None
 
 
+#: The outer step's figures kept per iteration besides its case and c: the first-order
+#: predictions, the realised surrogate changes on the batch, and the line search's outcome.
+OUTER_DETAILS = ("outer_predicted_cost_change", "outer_surrogate_cost_change",
+                 "outer_predicted_reward_change", "outer_surrogate_reward_change",
+                 "outer_constraint_on_theta", "outer_kl", "line_search_accepted")
+
+
 def iteration_record(metrics: dict[str, Any]) -> dict[str, Any]:
     """The cases and costs of one iteration (``algo.train()["metacpo"]``)."""
     update, tasks = metrics["update"], metrics["per_task"]
     return {"outer_case": update["outer_case"],
             "outer_constraint_value": update["outer_constraint_value"],
+            **{k: update[k] for k in OUTER_DETAILS},
             "inner_cases": {k.removeprefix("inner_case_"): update[k] for k in update
                             if k.startswith("inner_case_")},
+            "cost_limit": tasks["cost_limit"],
             "pre_cost": tasks["pre_cost"], "post_cost": tasks["post_cost"],
             "pre_return": tasks["pre_return"], "post_return": tasks["post_return"]}
 
@@ -83,7 +95,7 @@ def summary(records: list[dict[str, Any]]) -> dict[str, float]:
 def run_one(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
-    config = (ALGO_CONFIGS[args.algo]().environment(args.family)
+    config = (ALGO_CONFIGS[args.algo]().environment(args.family, env_config=args.env_config)
               .training(seed=seed, episodes_per_task=args.episodes_per_task,
                         tasks_per_iteration=args.tasks_per_iteration,
                         inner_delta=args.inner_delta, **dict(args.set)))

@@ -1,6 +1,6 @@
 """research/training_cases.py on a tiny PointNav run (real Ray, real rollouts): one record
-per iteration with every task's batch costs and the inner steps' cases; a finished seed is
-not rerun."""
+per iteration with every task's batch costs and limit, the inner steps' cases and the outer
+step's figures, on the family ``--env-config`` sets; a finished seed is not rerun."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from research.training_cases import field_value, summary
+from research.training_cases import OUTER_DETAILS, field_value, summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,8 @@ def test_training_cases_records_every_iteration(tmp_path) -> None:
     command = [sys.executable, str(REPO / "research" / "training_cases.py"),
                "--family", "PointNav", "--seeds", "0", "--iterations", "2",
                "--episodes-per-task", "2", "--tasks-per-iteration", "3",
-               "--set", "inner_cost_free_scale=0.5", "--out", str(out)]
+               "--set", "inner_cost_free_scale=0.5",
+               "--env-config", '{"train_cost_limit": 3.0}', "--out", str(out)]
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=600)
     data = json.loads(out.read_text())
     assert data["settings"]["set"] == [["inner_cost_free_scale", 0.5]]
@@ -48,6 +49,9 @@ def test_training_cases_records_every_iteration(tmp_path) -> None:
     assert len(records) == 2
     for record in records:
         assert sum(record["inner_cases"].values()) == 3  # one inner step per task
+        assert record["cost_limit"] == [3.0, 3.0, 3.0]  # the family of --env-config
+        assert set(OUTER_DETAILS) <= set(record)
+        assert record["line_search_accepted"] in (0.0, 1.0)
         for key in ("pre_cost", "post_cost", "pre_return", "post_return"):
             assert len(record[key]) == 3
         assert all(cost >= 0.0 for cost in record["pre_cost"] + record["post_cost"])
