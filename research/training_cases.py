@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -55,10 +56,12 @@ def field_value(text: str) -> tuple[str, float]:
 
 
 #: The outer step's figures kept per iteration besides its case and c: the first-order
-#: predictions, the realised surrogate changes on the batch, and the line search's outcome.
+#: predictions, the realised surrogate changes on the batch (and of θ's own cost), and the
+#: line search's outcome.
 OUTER_DETAILS = ("outer_predicted_cost_change", "outer_surrogate_cost_change",
                  "outer_predicted_reward_change", "outer_surrogate_reward_change",
-                 "outer_constraint_on_theta", "outer_kl", "line_search_accepted")
+                 "outer_constraint_on_theta", "outer_theta_cost_change", "outer_kl",
+                 "line_search_accepted")
 
 
 def iteration_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -77,19 +80,42 @@ def iteration_record(metrics: dict[str, Any]) -> dict[str, Any]:
 def summary(records: list[dict[str, Any]]) -> dict[str, float]:
     """One seed's figures: outer recoveries (case 0), inner steps on batches that saw no
     cost, the mean cost of the query batches after them and the share of those that saw
-    cost, and the mean cost change of the other inner steps (query minus round 0)."""
+    cost, the mean cost change of the other inner steps (query minus round 0), and what the
+    recoveries did (:func:`recovery_summary`)."""
     after_free, change_other = [], []
     for record in records:
         for pre, post in zip(record["pre_cost"], record["post_cost"]):
             (after_free if pre == 0.0 else change_other).append(post - pre)
-    mean = (lambda xs: sum(xs) / len(xs) if xs else float("nan"))
     return {"iterations": len(records),
             "outer_recoveries": sum(r["outer_case"] == 0 for r in records),
             "cost_free_inner_steps": len(after_free),
-            "query_cost_after_cost_free": mean(after_free),
-            "share_of_those_with_cost": mean([float(c > 0) for c in after_free]),
+            "query_cost_after_cost_free": _mean(after_free),
+            "share_of_those_with_cost": _mean([float(c > 0) for c in after_free]),
             "other_inner_steps": len(change_other),
-            "cost_change_after_others": mean(change_other)}
+            "cost_change_after_others": _mean(change_other),
+            **recovery_summary(records)}
+
+
+def recovery_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """What the outer recoveries (case 0) promised and what followed: their mean predicted
+    cost change (first order, of the step the line search kept), the share of them where
+    c was θ's own cost (``theta_cost_constraint``), and the mean change of θ's batch cost
+    (round 0, mean over tasks) from that iteration to the next, a noisy realised change
+    (the next iteration samples other tasks); and θ's mean batch cost over the last ten
+    iterations. NaN for fields that records written before them lack."""
+    theta_cost = [_mean(r["pre_cost"]) for r in records]
+    recoveries = [i for i, r in enumerate(records) if r["outer_case"] == 0]
+    recorded = (lambda key: _mean([records[i].get(key, math.nan) for i in recoveries]))
+    return {"recovery_predicted_cost_change": recorded("outer_predicted_cost_change"),
+            "recovery_on_theta_cost": recorded("outer_constraint_on_theta"),
+            "theta_cost_change_after_recovery": _mean(
+                [theta_cost[i + 1] - theta_cost[i] for i in recoveries
+                 if i + 1 < len(records)]),
+            "theta_cost_last_10": _mean(theta_cost[-10:])}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def run_one(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Meta-CPO's outer step keeping θ's own cost beside its adapted policies' (pure torch)."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def test_a_violating_theta_makes_its_own_cost_the_constraint():
     change = float((own_cost(module, new, own) - own_cost(module, theta, own)).detach())
     assert change < 0.0  # the step lowers θ's own cost surrogate
     assert info["outer_surrogate_cost_change"] == pytest.approx(change, rel=1e-6, abs=1e-9)
+    assert info["outer_theta_cost_change"] == info["outer_surrogate_cost_change"]
     # off, the same data constrains the adapted policies only
     _, off = meta_update(module, theta, support, query, dataclasses.replace(
         cfg, theta_cost_constraint=False))
@@ -60,6 +62,11 @@ def test_a_theta_within_its_limit_changes_nothing():
                              dataclasses.replace(on, theta_cost_constraint=False))
     assert info["outer_constraint_on_theta"] == 0.0
     torch.testing.assert_close(flatten(with_own), flatten(without), rtol=0, atol=0)
+    # the step lowers the adapted policies' cost; what it does to θ's own is reported
+    own = [s[0] for s in support]
+    change = float((own_cost(module, with_own, own) - own_cost(module, theta, own)).detach())
+    assert info["outer_theta_cost_change"] == pytest.approx(change, rel=1e-6, abs=1e-9)
+    assert change != 0.0
 
 
 def test_cpo_has_no_theta_batch_and_ignores_the_switch():
@@ -72,5 +79,6 @@ def test_cpo_has_no_theta_batch_and_ignores_the_switch():
     plain, _ = meta_update(module, theta, [[], []], query,
                            dataclasses.replace(cfg, theta_cost_constraint=False))
     assert info["outer_constraint_on_theta"] == 0.0
+    assert math.isnan(info["outer_theta_cost_change"])  # no θ batch apart from the query
     torch.testing.assert_close(flatten(new), flatten(plain), rtol=0, atol=0)
 

@@ -460,6 +460,10 @@ def meta_update(
         decay=cfg.line_search_decay,
     )
     new_theta = result.params if result.accepted else detached(theta)
+    # θ's own cost surrogate along the kept step, whichever piece of the max was active
+    theta_cost_change = (math.nan if not own else result.cost_change if own_active
+                         else float((own_cost(module, new_theta, own)
+                                     - own_cost(module, theta, own)).detach()))
     info = {
         "outer_case": float(step.case),
         "outer_lam": float(step.lam),
@@ -472,6 +476,7 @@ def meta_update(
         "outer_delta": float(radius),
         "outer_constraint_value": c,
         "outer_constraint_on_theta": float(own_active),
+        "outer_theta_cost_change": theta_cost_change,
         "line_search_steps": float(result.steps_tried),
         "line_search_accepted": float(result.accepted),
     }

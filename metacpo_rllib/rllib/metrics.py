@@ -40,7 +40,7 @@ OUTER_STAT_DEFAULTS: dict[str, float] = {
         "outer_case", "outer_lam", "outer_nu", "outer_predicted_reward_change",
         "outer_predicted_cost_change", "outer_surrogate_reward_change",
         "outer_surrogate_cost_change", "outer_kl", "outer_delta", "outer_constraint_value",
-        "outer_constraint_on_theta",
+        "outer_constraint_on_theta", "outer_theta_cost_change",
         "line_search_steps", "line_search_accepted")
 }
 
