@@ -840,11 +840,11 @@ RESEARCH_SECTIONS = (
         "the training defaults on training tasks whose walls lie at U(0.28, 0.75) times the "
         "circle's radius (`env_config` `ranges`; the family's training walls are at "
         "U(0.55, 0.75) times it, `test_tight`'s at U(0.28, 0.36)), with `observe_cost`: "
-        "Meta-CPO seeds 0–5, CPO, Meta-TRPO and TRPO seeds 0–2, on the CPU model of the "
+        "Meta-CPO and CPO seeds 0–5, Meta-TRPO and TRPO seeds 0–2, on the CPU model of the "
         "sections above; the training evaluation is on tasks of these training walls. Each "
         "θ adapted with the adaptation defaults (`ad0.003`) on the same 6 tasks per split "
-        "and 20 evaluation episodes per task and step, the Meta-CPO and CPO θ also with the "
-        "step check, 64-episode batches, 256 in the first, half the limit and twice the "
+        "and 20 evaluation episodes per task and step, the Meta-CPO θ and CPO's of seeds 0–2 "
+        "also with the step check, 64-episode batches, 256 in the first, half the limit and twice the "
         "recovery radius (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`). `test_tight`'s "
         "walls lie inside this training range, so it is not tighter than training here, "
         "only its limit is (h = 5 against 10)"),
@@ -852,7 +852,7 @@ RESEARCH_SECTIONS = (
         "train_walls_defaults", RESEARCH / "train_walls_defaults_pointcircle.json",
         "PointCircle: training walls as close as `test_tight`'s, without the input",
         "the training defaults on the training walls of the section above without "
-        "`observe_cost`, its control: Meta-CPO seeds 0–5 and CPO seeds 0–2, the same tasks "
+        "`observe_cost`, its control: Meta-CPO and CPO seeds 0–5, the same tasks "
         "and evaluation episodes; the Meta-CPO θ also adapted on `test_tight` with the step "
         "check setting of the section above (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)"),
     ResearchSection(
