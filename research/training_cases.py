@@ -100,9 +100,11 @@ def recovery_summary(records: list[dict[str, Any]]) -> dict[str, float]:
     """What the outer recoveries (case 0) promised and what followed: their mean predicted
     cost change (first order, of the step the line search kept), the share of them where
     c was θ's own cost (``theta_cost_constraint``), and the mean change of θ's batch cost
-    (round 0, mean over tasks) from that iteration to the next, a noisy realised change
-    (the next iteration samples other tasks); and θ's mean batch cost over the last ten
-    iterations. NaN for fields that records written before them lack."""
+    (round 0, mean over tasks) from that iteration to the next; and θ's mean batch cost
+    over the last ten iterations. The next iteration samples other tasks, and a recovery
+    follows a costly batch, so that change includes the regression to the mean of a batch
+    cost selected for being high: compare it only between recoveries triggered alike (CPO's,
+    or Meta-CPO's on θ's own cost). NaN for fields that older records lack."""
     theta_cost = [_mean(r["pre_cost"]) for r in records]
     recoveries = [i for i, r in enumerate(records) if r["outer_case"] == 0]
     recorded = (lambda key: _mean([records[i].get(key, math.nan) for i in recoveries]))
