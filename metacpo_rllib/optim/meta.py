@@ -414,7 +414,9 @@ def meta_update(
     ``solves[i][k]``: the ``CPOStep.metric_solution`` of task i's inner step k, when the
     caller took the inner steps from θ already (the learner's rounds): the meta-gradient's
     replay of them skips their conjugate gradient.
-    Returns the new θ (detached leaves) and statistics.
+    Returns the new θ (detached leaves) and statistics; with ``theta_cost_constraint`` they
+    include ``outer_theta_cost_change``, the change of θ's own cost surrogate along the kept
+    step, whichever piece of the max was active.
     """
     if len(support) != len(query) or not query:
         raise ValueError("support/query: need one support list per query batch (>= 1 task)")
@@ -460,10 +462,6 @@ def meta_update(
         decay=cfg.line_search_decay,
     )
     new_theta = result.params if result.accepted else detached(theta)
-    # θ's own cost surrogate along the kept step, whichever piece of the max was active
-    theta_cost_change = (math.nan if not own else result.cost_change if own_active
-                         else float((own_cost(module, new_theta, own)
-                                     - own_cost(module, theta, own)).detach()))
     info = {
         "outer_case": float(step.case),
         "outer_lam": float(step.lam),
@@ -476,10 +474,14 @@ def meta_update(
         "outer_delta": float(radius),
         "outer_constraint_value": c,
         "outer_constraint_on_theta": float(own_active),
-        "outer_theta_cost_change": theta_cost_change,
         "line_search_steps": float(result.steps_tried),
         "line_search_accepted": float(result.accepted),
     }
+    if own:  # θ's own cost surrogate along the kept step, whichever piece was active
+        info["outer_theta_cost_change"] = (
+            result.cost_change if own_active
+            else float((own_cost(module, new_theta, own) - own_cost(module, theta, own))
+                       .detach()))
     info.update(inner_step_stats(inner))
     return new_theta, info
 
