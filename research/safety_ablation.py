@@ -129,6 +129,8 @@ from typing import Any
 
 import numpy as np
 
+#: The training flags' defaults; a checkpoint folder names every flag away from them.
+TRAINING_FLAG_DEFAULTS = {"episodes_per_task": 4, "tasks_per_iteration": 4, "inner_delta": 0.003}
 #: The switches (MetaCPOConfig.training fields) each variant turns on; the others are
 #: turned off (every switch is set, whatever the config's defaults).
 CORRECTIONS = ("cost_signal_share", "cost_upper_bound", "recover_when_violating")
@@ -209,9 +211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=15)
-    p.add_argument("--episodes-per-task", type=int, default=4)
-    p.add_argument("--tasks-per-iteration", type=int, default=4)
-    p.add_argument("--inner-delta", type=float, default=0.003)
+    p.add_argument("--episodes-per-task", type=int,
+                   default=TRAINING_FLAG_DEFAULTS["episodes_per_task"])
+    p.add_argument("--tasks-per-iteration", type=int,
+                   default=TRAINING_FLAG_DEFAULTS["tasks_per_iteration"])
+    p.add_argument("--inner-delta", type=float, default=TRAINING_FLAG_DEFAULTS["inner_delta"])
     p.add_argument("--train-cost-limit", type=float, default=None,
                    help="every training task's cost limit (default: the family's, h = 10 "
                         "on PointCircle); the test limit stays the family's")
@@ -399,14 +403,24 @@ def _env_tag(env_config: dict[str, Any]) -> str:
 def _saved_dir(args: argparse.Namespace, variant: str, algo: str, seed: int,
                iterations: int, first_stage: bool = False) -> Path | None:
     """Where the θ of one training run is kept under ``--checkpoints`` (None without it).
-    With ``--continue-env-config`` the run of ``--iterations`` is a curriculum, kept apart
-    from a run trained on one distribution throughout; ``first_stage``: the folder of its
-    first ``--continue-from`` iterations, trained on ``--continue-env-config``."""
+    Every training flag away from its default names the folder (e.g. '-t8' for 8 tasks per
+    iteration), so that no run restores a θ trained otherwise; at the defaults the name is
+    the one earlier runs used. With ``--continue-env-config`` the run of ``--iterations`` is
+    a curriculum, kept apart from a run trained on one distribution throughout;
+    ``first_stage``: the folder of its first ``--continue-from`` iterations, trained on
+    ``--continue-env-config``."""
     if args.checkpoints is None:
         return None
     limit = "" if args.train_cost_limit is None else f"-h{args.train_cost_limit:g}"
     if args.trust_region_delta is not None:
         limit += f"-tr{args.trust_region_delta:g}"
+    if args.tasks_per_iteration != TRAINING_FLAG_DEFAULTS["tasks_per_iteration"]:
+        limit += f"-t{args.tasks_per_iteration}"
+    if args.inner_delta != TRAINING_FLAG_DEFAULTS["inner_delta"]:
+        limit += f"-id{args.inner_delta:g}"
+    if ("episodes_per_task" not in VARIANTS[variant]  # else the variant's count wins
+            and args.episodes_per_task != TRAINING_FLAG_DEFAULTS["episodes_per_task"]):
+        limit += f"-e{args.episodes_per_task}"
     first_env = args.continue_env_config
     if first_env is None:
         limit += _env_tag(args.env_config)

@@ -78,7 +78,7 @@ def test_adaptation_settings_reuse_one_trained_policy(tmp_path) -> None:
         return json.loads(out.read_text())["runs"]
 
     trained = run(tmp_path / "a.json", "default")
-    assert (checkpoints / "all-meta-cpo-seed0-it1" / "training.json").exists()
+    assert (checkpoints / "all-meta-cpo-seed0-it1-t2-e2" / "training.json").exists()
     restored = run(tmp_path / "b.json", "default", "ad0.05", "win8", "eps3")
     assert set(restored) == {"all/meta-cpo/seed0", "all/meta-cpo/seed0/ad0.05",
                              "all/meta-cpo/seed0/win8", "all/meta-cpo/seed0/eps3"}
@@ -121,7 +121,7 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
     continued = run("continued", "--iterations", "2", "--continue-from", "1",
                     "--checkpoints", ckpt)
     straight = run("straight", "--iterations", "2")
-    assert continued["continued_from"].endswith("all-meta-cpo-seed0-it1")
+    assert continued["continued_from"].endswith("all-meta-cpo-seed0-it1-t2-e2")
     assert straight["continued_from"] is None
     assert [r["iteration"] for r in continued["training"]] == [1, 2]
     assert continued["training"] == straight["training"]
@@ -143,13 +143,14 @@ def test_continue_from_a_shorter_run_matches_the_uninterrupted_run(tmp_path) -> 
     moved = run("moved", "--iterations", "1", "--continue-from", "1",
                 "--continue-env-config", "{}", "--env-config", faster, "--checkpoints", ckpt)
     one = json.loads((tmp_path / "one.json").read_text())["runs"]["all/meta-cpo/seed0"]
-    assert moved["continued_from"].endswith("all-meta-cpo-seed0-it1")
+    assert moved["continued_from"].endswith("all-meta-cpo-seed0-it1-t2-e2")
     assert moved["env_config"]["max_speed"] == 0.08 and moved["training"] == one["training"]
     assert moved["adaptation"] != one["adaptation"]
     kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert len(kept) == 4 and kept[0] == "all-meta-cpo-seed0-it1"
-    assert kept[1].startswith("all-meta-cpo-seed0-it1-") and kept[1].endswith("-after1-default")
-    assert kept[2] == "all-meta-cpo-seed0-it2" and kept[3].endswith("-after1-default")
+    assert len(kept) == 4 and kept[0] == "all-meta-cpo-seed0-it1-t2-e2"
+    assert kept[1].startswith("all-meta-cpo-seed0-it1-t2-e2-")
+    assert kept[1].endswith("-after1-default")
+    assert kept[2] == "all-meta-cpo-seed0-it2-t2-e2" and kept[3].endswith("-after1-default")
     for flags, field in ((["--continue-from", "2"], "--continue-from 2"),
                          (["--continue-from", "3", "--continue-env-config", "{}"],
                           "--continue-from 3"),
@@ -194,8 +195,8 @@ def test_run_label_names_the_adaptation_batch_where_recorded() -> None:
 
 def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
     """--train-cost-limit is every training task's limit (θ's training evaluation uses it)
-    and names the checkpoint folder, as --trust-region-delta and --env-config (family
-    overrides) do; adaptation keeps the family's test limit."""
+    and names the checkpoint folder, as --trust-region-delta, the batch flags and
+    --env-config (family overrides) do; adaptation keeps the family's test limit."""
     from metacpo_rllib.rllib import ALGO_CONFIGS
 
     out, checkpoints = tmp_path / "h3.json", tmp_path / "ckpt"
@@ -213,7 +214,7 @@ def test_train_cost_limit_sets_training_limit_only(tmp_path) -> None:
     run = results["runs"]["all/cpo/seed0"]
     assert run["final_train_eval"]["cost_limit"] == 3.0
     assert results["settings"]["env_config"] == {"horizon": 30}
-    saved = list(checkpoints.glob("all-cpo-seed0-it1-h3-tr0.02-env*/training.json"))
+    saved = list(checkpoints.glob("all-cpo-seed0-it1-h3-tr0.02-t2-e2-env*/training.json"))
     assert len(saved) == 1
     # what the trained algorithm's config held
     assert (run["env_config"], run["trust_region_delta"]) == ({"horizon": 30}, 0.02)
@@ -290,3 +291,22 @@ def test_every_variant_has_a_meaning_on_the_page() -> None:
     finally:
         sys.path.remove(str(REPO / "research"))
     assert set(safety_ablation.VARIANTS) <= set(ablation_report.VARIANT_MEANING)
+
+
+def test_checkpoint_folders_name_the_training_flags_away_from_their_defaults(tmp_path) -> None:
+    """A θ trained with other batch flags is never restored for a run at the defaults (or the
+    other way round); at the defaults the folder keeps the name earlier runs used."""
+    from research.safety_ablation import _saved_dir, parse_args
+
+    def folder(*flags: str) -> str:
+        args = parse_args(["--checkpoints", str(tmp_path), "--out", "x.json", *flags])
+        return _saved_dir(args, "all", "cpo", 0, 30).name
+
+    assert folder() == "all-cpo-seed0-it30"
+    assert folder("--tasks-per-iteration", "8") == "all-cpo-seed0-it30-t8"
+    assert folder("--inner-delta", "0.01") == "all-cpo-seed0-it30-id0.01"
+    assert folder("--episodes-per-task", "8") == "all-cpo-seed0-it30-e8"
+    # a variant that fixes the episode count overrides the flag, so the flag names nothing
+    args = parse_args(["--checkpoints", str(tmp_path), "--out", "x.json",
+                       "--episodes-per-task", "8"])
+    assert _saved_dir(args, "all_eps8", "cpo", 0, 30).name == "all_eps8-cpo-seed0-it30"
