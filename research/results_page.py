@@ -856,6 +856,26 @@ RESEARCH_SECTIONS = (
         "and evaluation episodes; the Meta-CPO θ also adapted on `test_tight` with the step "
         "check setting of the section above (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`)"),
     ResearchSection(
+        "train_walls_tasks8", RESEARCH / "train_walls_tasks8_pointcircle.json",
+        "PointCircle: the close training walls with 8 tasks per iteration",
+        "the training defaults on the training walls of the two sections above, without "
+        "`observe_cost`, with 8 tasks per iteration instead of 4 (`--tasks-per-iteration 8`): "
+        "Meta-CPO seeds 0–5 and CPO seeds 0–2, adapted with the adaptation defaults on the "
+        "same tasks and evaluation episodes; the section above is its 4-task control"),
+    ResearchSection(
+        "tasks8", RESEARCH / "tasks8_pointcircle.json",
+        "PointCircle: 8 tasks per iteration",
+        "the training defaults on the family's training walls with 8 tasks per iteration "
+        "instead of 4: Meta-CPO and CPO seeds 0–5, adapted with the adaptation defaults "
+        "(`ad0.003`) on the 6 `test` and 6 `test_tight` tasks and 20 evaluation episodes per "
+        "task and step of the step-check section above, whose `ad0.003` rows are Meta-CPO's "
+        "4-task control; CPO's is the next section"),
+    ResearchSection(
+        "tasks4_cpo", RESEARCH / "tasks4_cpo_pointcircle.json",
+        "PointCircle: CPO with 4 tasks per iteration, the control of the section above",
+        "the training defaults (4 tasks per iteration), seeds 0–2, adapted as in the section "
+        "above"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
