@@ -46,9 +46,12 @@ def test_a_violating_theta_makes_its_own_cost_the_constraint():
     assert info["outer_surrogate_cost_change"] == pytest.approx(change, rel=1e-6, abs=1e-9)
     assert info["outer_theta_cost_change"] == info["outer_surrogate_cost_change"]
     # off, the same data constrains the adapted policies only
-    _, off = meta_update(module, theta, support, query, dataclasses.replace(
+    off_new, off = meta_update(module, theta, support, query, dataclasses.replace(
         cfg, theta_cost_constraint=False))
     assert off["outer_constraint_on_theta"] == 0.0 and off["outer_constraint_value"] == 0.5
+    # what that step did to θ's own cost is reported all the same
+    off_change = float((own_cost(module, off_new, own) - own_cost(module, theta, own)).detach())
+    assert off["outer_theta_cost_change"] == pytest.approx(off_change, rel=1e-6, abs=1e-9)
 
 
 def test_a_theta_within_its_limit_changes_nothing():
@@ -78,6 +81,7 @@ def test_cpo_has_no_theta_batch_and_ignores_the_switch():
     plain, _ = meta_update(module, theta, [[], []], query,
                            dataclasses.replace(cfg, theta_cost_constraint=False))
     assert info["outer_constraint_on_theta"] == 0.0
-    assert "outer_theta_cost_change" not in info  # no θ batch apart from the query
+    # θ's batches are the query batches: θ's cost change is the outer step's
+    assert info["outer_theta_cost_change"] == info["outer_surrogate_cost_change"]
     torch.testing.assert_close(flatten(new), flatten(plain), rtol=0, atol=0)
 

@@ -414,9 +414,9 @@ def meta_update(
     ``solves[i][k]``: the ``CPOStep.metric_solution`` of task i's inner step k, when the
     caller took the inner steps from θ already (the learner's rounds): the meta-gradient's
     replay of them skips their conjugate gradient.
-    Returns the new θ (detached leaves) and statistics; with ``theta_cost_constraint`` they
-    include ``outer_theta_cost_change``, the change of θ's own cost surrogate along the kept
-    step, whichever piece of the max was active.
+    Returns the new θ (detached leaves) and statistics, among them
+    ``outer_theta_cost_change``: the change of θ's own cost surrogate on θ's batches along
+    the kept step, whichever piece of the max was active.
     """
     if len(support) != len(query) or not query:
         raise ValueError("support/query: need one support list per query batch (>= 1 task)")
@@ -477,11 +477,13 @@ def meta_update(
         "line_search_steps": float(result.steps_tried),
         "line_search_accepted": float(result.accepted),
     }
-    if own:  # θ's own cost surrogate along the kept step, whichever piece was active
-        info["outer_theta_cost_change"] = (
-            result.cost_change if own_active
-            else float((own_cost(module, new_theta, own) - own_cost(module, theta, own))
-                       .detach()))
+    # θ's own cost surrogate along the kept step, whichever piece was active (without inner
+    # steps θ's batches are the query batches, whose change the line search measured)
+    theta_batches = [s[0] for s in support] if cfg.inner_steps > 0 else []
+    info["outer_theta_cost_change"] = (
+        float((own_cost(module, new_theta, theta_batches)
+               - own_cost(module, theta, theta_batches)).detach())
+        if theta_batches and not own_active else result.cost_change)
     info.update(inner_step_stats(inner))
     return new_theta, info
 
