@@ -192,6 +192,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "all_eps8_theta_outer_rec3_share_violating_inner_free": (
             (*CORRECTIONS, "theta_cost_constraint"),
             {**EPS8_REC3_SHARE_VIOLATING, "inner_cost_free_scale": 0.25}),
+        # the training defaults at 4 episodes per task and round (with 8 tasks per
+        # iteration: the defaults' samples per iteration over twice the tasks)
+        "all_eps4_theta_outer_rec3_share_violating_inner_free": (
+            (*CORRECTIONS, "theta_cost_constraint"),
+            {**EPS8_REC3_SHARE_VIOLATING, "inner_cost_free_scale": 0.25,
+             "episodes_per_task": 4}),
         # the training defaults, with the outer constraint aiming at 0.5 h
         "all_eps8_theta_outer_rec3_share_violating_inner_free_margin50": (
             (*CORRECTIONS, "theta_cost_constraint"),
