@@ -69,6 +69,8 @@ VARIANT_MEANING = {
         "`all_eps8_theta_outer_rec3_share_violating` with training's inner steps on batches "
         "that saw no cost at 1/4 of `inner_delta` (`inner_cost_free_scale` 0.25; the "
         "training defaults now)"),
+    "all_eps4_theta_outer_rec3_share_violating_inner_free": (
+        "the training defaults with 4 episodes per task and round instead of 8"),
     "all_eps8_theta_outer_rec3_share_violating_inner_free_margin50": (
         "the training defaults with the outer constraint aiming at 0.5 h "
         "(`train_limit_margin` 0.5; every cost still reported against h)"),

@@ -876,6 +876,13 @@ RESEARCH_SECTIONS = (
         "the training defaults (4 tasks per iteration), seeds 0–2, adapted as in the section "
         "above"),
     ResearchSection(
+        "tasks8_eps4", RESEARCH / "tasks8_eps4_pointcircle.json",
+        "PointCircle: 8 tasks per iteration at the defaults' episodes per iteration",
+        "the training defaults with 8 tasks per iteration and 4 episodes per task and round "
+        "instead of 4 and 8 (the same 32 episodes per round): Meta-CPO and CPO seeds 0–2, "
+        "adapted with the adaptation defaults on the tasks and evaluation episodes of the two "
+        "sections above"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
