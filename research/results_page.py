@@ -863,6 +863,14 @@ RESEARCH_SECTIONS = (
         "Meta-CPO seeds 0–5 and CPO seeds 0–2, adapted with the adaptation defaults on the "
         "same tasks and evaluation episodes; the section above is its 4-task control"),
     ResearchSection(
+        "train_walls_tasks8_check", RESEARCH / "train_walls_tasks8_check_pointcircle.json",
+        "PointCircle: the close training walls with 8 tasks, adapted with the step check",
+        "the training of the section above again for seeds 0–2 on another CPU (AMD EPYC, "
+        "family 25, model 1), where the same seeds train to other θ; each Meta-CPO θ "
+        "adapted with the adaptation defaults (`ad0.003`) and with the step-check setting "
+        "of the close-walls sections (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`), on "
+        "the same tasks and evaluation episodes"),
+    ResearchSection(
         "tasks8", RESEARCH / "tasks8_pointcircle.json",
         "PointCircle: 8 tasks per iteration",
         "the training defaults on the family's training walls with 8 tasks per iteration "
