@@ -868,8 +868,9 @@ RESEARCH_SECTIONS = (
         "the training of the section above again for seeds 0–2 on another CPU (AMD EPYC, "
         "family 25, model 1), where the same seeds train to other θ; each Meta-CPO θ "
         "adapted with the adaptation defaults (`ad0.003`) and with the step-check setting "
-        "of the close-walls sections (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`), on "
-        "the same tasks and evaluation episodes"),
+        "of the close-walls sections (`+bt2+ucb1+fresh1+eps64+first256+lim0.5+rec12`), "
+        "CPO's (trained alike, seeds 0–2) with the step check only, on the same tasks and "
+        "evaluation episodes"),
     ResearchSection(
         "tasks8", RESEARCH / "tasks8_pointcircle.json",
         "PointCircle: 8 tasks per iteration",
