@@ -17,10 +17,12 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 from scipy import stats
+
+from metacpo_rllib.evaluation_stats import across_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "research" / "results"
@@ -75,24 +77,18 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return {"diff": diff, "low": diff - half, "high": diff + half, "df": float(df)}
 
 
-def _spread(rows: Iterable[float]) -> dict[str, float]:
-    values = np.asarray(list(rows), float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "n": len(values)}
-
-
 def gap_table(meta: Sequence[Sequence[float]], cpo: Sequence[Sequence[float]]
               ) -> list[dict[str, Any]]:
     """Per adaptation step: return and gain over the runs of each algorithm, and Meta-CPO −
-    CPO with its Welch interval for both (the gain at step 0 is 0 by definition)."""
+    CPO with its Welch interval for both (at step 0 the gains, and their interval, are 0)."""
     table = []
     for step in range(min(len(r) for r in (*meta, *cpo))):
         row: dict[str, Any] = {"step": step}
         for figure, value in (("return", lambda r: r[step]),
                               ("gain", lambda r: r[step] - r[0])):
             m, c = [value(r) for r in meta], [value(r) for r in cpo]
-            row[figure] = {"meta-cpo": _spread(m), "cpo": _spread(c),
-                           "meta-cpo minus cpo": welch(m, c) if step or figure == "return"
-                           else {"diff": 0.0, "low": 0.0, "high": 0.0, "df": math.inf}}
+            row[figure] = {"meta-cpo": across_seeds(m), "cpo": across_seeds(c),
+                           "meta-cpo minus cpo": welch(m, c)}
         table.append(row)
     return table
 
