@@ -425,8 +425,9 @@ def meta_update(
     theta = detached(params)
     reward, cost, g, b, inner = meta_gradients(module, theta, support, query, cfg, solves)
     c = float(sum(q.constraint_value for q in query) / len(query))
-    watch_own = cfg.theta_cost_constraint and cfg.constrained and cfg.inner_steps > 0
-    own = [s[0] for s in support] if watch_own else []
+    # θ's own batches (round 0); without inner steps θ's batches are the query batches
+    theta_batches = [s[0] for s in support] if cfg.inner_steps > 0 else []
+    own = theta_batches if cfg.theta_cost_constraint and cfg.constrained else []
     c_own = float(sum(batch.constraint_value for batch in own) / len(own)) if own else -math.inf
     own_active = c_own > c
     if own_active:  # θ's own cost is the violated piece: its gradient and its value
@@ -478,8 +479,7 @@ def meta_update(
         "line_search_accepted": float(result.accepted),
     }
     # θ's own cost surrogate along the kept step, whichever piece was active (without inner
-    # steps θ's batches are the query batches, whose change the line search measured)
-    theta_batches = [s[0] for s in support] if cfg.inner_steps > 0 else []
+    # steps the line search measured it on the query batches)
     info["outer_theta_cost_change"] = (
         float((own_cost(module, new_theta, theta_batches)
                - own_cost(module, theta, theta_batches)).detach())
