@@ -97,8 +97,8 @@ bench: $(STAMP)
 # defaults: train at h = 10, evaluate training, adapt on held-out tasks at h = 5 with
 # evaluation episodes; about half an hour each on 2 cores), writing
 # docs/results/<folder>/comparison.json, then regenerates the page (the page lists the exact
-# commands of the committed runs); `make results-page` only regenerates the page and its figures
-# from the JSON.
+# commands of the committed runs); `make results-page` only regenerates the page, its figures
+# and the README's targets table from the JSON.
 # RESULTS_FLAGS: extra `metacpo compare` flags, e.g. "--seeds 0 --max-concurrent 8".
 .PHONY: results results-page
 RESULTS_RUNS ?= pointcircle_compare:PointCircle pointcircle_compare_tight:PointCircle-tight

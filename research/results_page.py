@@ -1,6 +1,10 @@
 """Renders docs/RESULTS.md and its figures from the comparison JSON of ``metacpo compare`` runs.
 
     python -m research.results_page [--results docs/results] [--out docs/RESULTS.md]
+                                    [--readme README.md]
+
+The README's targets table (between :data:`README_BEGIN` and :data:`README_END`) is the
+page's, rewritten in place.
 
 Reads ``<results>/<name>/comparison.json`` (one folder per comparison: a family and a held-out
 split), writes ``<results>/<name>/training.png`` and ``adaptation.png``, ``<results>/
@@ -27,6 +31,10 @@ from metacpo_rllib.evaluation_stats import (across_seeds, calibration_markdown,
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "docs" / "results"
 DEFAULT_OUT = REPO / "docs" / "RESULTS.md"
+DEFAULT_README = REPO / "README.md"
+#: The lines around the README's generated targets table.
+README_BEGIN = "<!-- targets table: written by `python -m research.results_page` -->"
+README_END = "<!-- end of targets table -->"
 DEFAULT_ABLATION = REPO / "research" / "results" / "safety_ablation_pointcircle.json"
 DEFAULT_INPUT_ABLATION = REPO / "research" / "results" / "input_ablation_pointcircle.json"
 
@@ -230,6 +238,17 @@ def targets_section(families: Mapping[str, Mapping[str, Any]]) -> list[str]:
         return []
     return [f"## Targets: {TARGET_FAMILY}", "", "Measured on the evaluation episodes; "
             "means over seeds.", "", "| target | measured | |", "|---|---|---|", *rows, ""]
+
+
+def with_targets_table(readme: str, families: Mapping[str, Mapping[str, Any]]) -> str:
+    """``readme`` with the lines between :data:`README_BEGIN` and :data:`README_END` replaced
+    by the table of :func:`targets_section` (ValueError if either line is missing)."""
+    if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
+        raise ValueError(f"the README needs one {README_BEGIN!r} and one {README_END!r} line")
+    head, rest = readme.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    table = [line for line in targets_section(families) if line.startswith("|")]
+    return "\n".join([head + README_BEGIN, *table, README_END + tail])
 
 
 def _every_step_rows(t: Mapping[str, Any], where: str) -> list[str]:
@@ -1177,6 +1196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="folder with <name>/comparison.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
+    parser.add_argument("--readme", type=Path, default=DEFAULT_README,
+                        help="the README whose targets table is rewritten ('': none)")
     parser.add_argument("--ablation", type=Path, default=DEFAULT_ABLATION,
                         help="safety_ablation.py's JSON ('' : no ablation section)")
     parser.add_argument("--training-ledger", type=Path, default=DEFAULT_TRAINING_LEDGER,
@@ -1203,11 +1224,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     chosen = vars(args)
     research = {s.key: chosen[s.key] for s in RESEARCH_SECTIONS
                 if str(chosen[s.key]) not in ("", ".")}
-    page = render(load(args.results), args.out.parent, results=args.results,
+    families = load(args.results)
+    page = render(families, args.out.parent, results=args.results,
                   other_families=args.other_families, research=research, **optional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")
+    if str(args.readme) not in ("", "."):
+        args.readme.write_text(with_targets_table(args.readme.read_text(), families))
+        print(f"wrote the targets table of {args.readme}")
     return args.out
 
 

@@ -38,6 +38,21 @@ def test_results_page_matches_the_committed_json() -> None:
     assert (RESULTS / "calibration.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_readme_targets_table_is_the_pages() -> None:
+    """The README's targets table is the one of docs/RESULTS.md, from the same JSON, between
+    its two marker lines; a README without them is refused."""
+    readme = (ROOT / "README.md").read_text()
+    comparisons = results_page.load(RESULTS)
+    assert results_page.with_targets_table(readme, comparisons) == readme, \
+        "README.md's targets table is stale: run `make results-page`"
+    table = readme.split(results_page.README_BEGIN)[1].split(results_page.README_END)[0]
+    page = (ROOT / "docs" / "RESULTS.md").read_text()
+    rows = [line for line in table.splitlines() if line]
+    assert len(rows) > 2 and all(row in page for row in rows)
+    with pytest.raises(ValueError, match="targets table"):
+        results_page.with_targets_table("# no markers\n", comparisons)
+
+
 def test_target_check_follows_its_definition() -> None:
     """The target verdicts agree with the per-seed evaluation numbers in the JSON."""
     for data in results_page.load(RESULTS).values():
