@@ -911,6 +911,16 @@ RESEARCH_SECTIONS = (
         "adapted with the adaptation defaults on the tasks and evaluation episodes of the two "
         "sections above"),
     ResearchSection(
+        "matched_adaptation", RESEARCH / "matched_adaptation_pointcircle.json",
+        "PointCircle: adapting with training's own inner step",
+        "the training defaults, Meta-CPO and CPO seeds 0–2, each θ adapted from the same "
+        "checkpoint with the adaptation defaults (`ad0.003`), with training's own inner step "
+        "(`eps8+ad0.003+free0.25+rec1+win0`: 8 episodes per batch, radius 0.003, a quarter "
+        "of it on a batch that saw no cost, c from the batch alone), with that step at radius "
+        "0.01, and with the adaptation defaults whose cost-free steps take radius 0.0025 "
+        "instead of 0.000375 (`ad0.003+free0.8333`), on the comparisons' 6 tasks per split "
+        "and 20 evaluation episodes per task and step"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "

@@ -9,6 +9,11 @@ for each algorithm, the mean and the std over runs, and the difference Meta-CPO 
 its two-sided 95% Welch interval, once for the return and once for the *gain* (return at
 step s minus step 0 of the same run: the adaptation itself, paired within each run).
 
+It does the same for the θ of ``MATCHED_FILE`` adapted with each of ``OTHER_SETTINGS``
+(CPO and Meta-CPO trained with the defaults, each θ also adapted with the defaults), and
+per θ the gain of that setting minus the gain of the defaults (paired on θ, tasks and
+evaluation episodes).
+
     python research/return_gap.py [--out research/results/return_gap_pointcircle.json]
 """
 from __future__ import annotations
@@ -41,6 +46,15 @@ class Source(NamedTuple):
     setting: Optional[str] = None
 
 
+#: θ trained with the defaults, each adapted with the defaults and with other settings.
+MATCHED_FILE = "research/results/matched_adaptation_pointcircle.json"
+#: Adaptation settings of ``MATCHED_FILE`` besides the defaults (``ad0.003``): training's
+#: own inner step (8 episodes, radius 0.003, a quarter of it on a batch that saw no cost, c
+#: from the batch alone), the same at radius 0.01, and the defaults with a cost-free step
+#: of radius 0.0025 (0.003 × 0.8333) instead of 0.000375.
+OTHER_SETTINGS = ("eps8+ad0.003+free0.25+rec1+win0", "eps8+ad0.01+free0.25+rec1+win0",
+                  "ad0.003+free0.8333")
+
 #: Every run of the defaults on PointCircle's `test` tasks on record (paths from the root).
 SOURCES: dict[str, tuple[Source, ...]] = {
     "meta-cpo": (
@@ -48,12 +62,14 @@ SOURCES: dict[str, tuple[Source, ...]] = {
                "ad0.003"),
         Source("docs/results/PointCircle/comparison.json", "MetaCPO"),
         Source("research/results/return_settings_seeds_pointcircle.json", "meta-cpo",
-               DEFAULTS, "ad0.003+free0.125")),
+               DEFAULTS, "ad0.003+free0.125"),
+        Source(MATCHED_FILE, "meta-cpo", DEFAULTS, "ad0.003")),
     "cpo": (
         Source("research/results/tasks4_cpo_pointcircle.json", "cpo", DEFAULTS, "ad0.003"),
         Source("docs/results/PointCircle/comparison.json", "CPO"),
         Source("research/results/return_settings_seeds_pointcircle.json", "cpo", FORMER,
-               "ad0.003+free0.125")),
+               "ad0.003+free0.125"),
+        Source(MATCHED_FILE, "cpo", DEFAULTS, "ad0.003")),
 }
 
 
@@ -62,9 +78,29 @@ def returns_on_test(source: Source, root: Path = ROOT) -> list[list[float]]:
     data = json.loads((root / source.path).read_text())
     if source.variant is None:  # a comparison file
         return [list(run["adapt"]["eval"]["mean_return"]) for run in data["runs"][source.algo]]
-    return [list(run["adaptation"]["test"]["eval_return"]) for run in data["runs"].values()
+    return list(returns_by_seed(data, source).values())
+
+
+def returns_by_seed(data: dict[str, Any], source: Source) -> dict[int, list[float]]:
+    """Training seed → mean `test` evaluation return at steps 0, 1, … of the runs of an
+    ablation file's ``data`` that ``source`` names."""
+    return {run["seed"]: list(run["adaptation"]["test"]["eval_return"])
+            for run in data["runs"].values()
             if (run["algo"], run["variant"], run["adapt_setting"])
-            == (source.algo, source.variant, source.setting) and "test" in run["adaptation"]]
+            == (source.algo, source.variant, source.setting) and "test" in run["adaptation"]}
+
+
+def setting_minus_defaults(setting: str, algo: str, root: Path = ROOT
+                           ) -> list[dict[str, float]]:
+    """Per adaptation step, over the θ of ``MATCHED_FILE`` trained by ``algo``: the gain
+    (return at step s minus step 0) adapted with ``setting`` minus the gain adapted with
+    the defaults, paired on θ (mean, std and n over θ, as ``across_seeds``)."""
+    data = json.loads((root / MATCHED_FILE).read_text())
+    ours = returns_by_seed(data, Source(MATCHED_FILE, algo, DEFAULTS, setting))
+    base = returns_by_seed(data, Source(MATCHED_FILE, algo, DEFAULTS, "ad0.003"))
+    seeds = sorted(set(ours) & set(base))
+    return [across_seeds([(ours[k][s] - ours[k][0]) - (base[k][s] - base[k][0])
+                          for k in seeds]) for s in range(len(base[seeds[0]]))]
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -117,10 +153,25 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     table = gap_table(runs["meta-cpo"], runs["cpo"])
     result = {"sources": {algo: [s._asdict() for s in sources]
                           for algo, sources in SOURCES.items()},
-              "runs": {algo: len(rows) for algo, rows in runs.items()}, "steps": table}
+              "runs": {algo: len(rows) for algo, rows in runs.items()}, "steps": table,
+              "settings": {}}
     print(f"runs: Meta-CPO {len(runs['meta-cpo'])}, CPO {len(runs['cpo'])} "
           "(mean ± std over runs; the difference with its two-sided 95% Welch interval)")
     print(markdown(table))
+    for setting in OTHER_SETTINGS:
+        rows = {algo: returns_on_test(Source(MATCHED_FILE, algo, DEFAULTS, setting))
+                for algo in SOURCES}
+        entry = {"runs": {algo: len(r) for algo, r in rows.items()},
+                 "steps": gap_table(rows["meta-cpo"], rows["cpo"]),
+                 "gain_minus_defaults": {algo: setting_minus_defaults(setting, algo)
+                                         for algo in SOURCES}}
+        result["settings"][setting] = entry
+        print(f"\n{MATCHED_FILE}, adapted with {setting}: runs Meta-CPO "
+              f"{entry['runs']['meta-cpo']}, CPO {entry['runs']['cpo']}")
+        print(markdown(entry["steps"]))
+        for algo, steps in entry["gain_minus_defaults"].items():
+            print(f"{algo}: gain minus the defaults' gain, same θ: " + ", ".join(
+                f"{d['mean']:+.2f} ± {d['std']:.2f}" for d in steps[1:]))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return result

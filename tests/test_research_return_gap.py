@@ -45,5 +45,26 @@ def test_runs_on_record(tmp_path) -> None:
             assert rows and all(len(r) == 6 for r in rows), source
     out = tmp_path / "gap.json"
     result = return_gap.main(["--out", str(out)])
-    assert result["runs"] == {"meta-cpo": 12, "cpo": 9}
+    assert result["runs"] == {"meta-cpo": 15, "cpo": 12}
     assert json.loads(out.read_text())["steps"][5]["step"] == 5
+    for setting in return_gap.OTHER_SETTINGS:  # each θ of seeds 0-2, adapted with each
+        entry = result["settings"][setting]
+        assert entry["runs"] == {"meta-cpo": 3, "cpo": 3}
+        for steps in entry["gain_minus_defaults"].values():
+            assert len(steps) == 6 and steps[0]["mean"] == 0.0 and steps[5]["n"] == 3
+
+
+def test_setting_minus_defaults_is_paired_on_theta() -> None:
+    """The defaults adapted against the defaults gain exactly as much; another setting's
+    difference is its own gain minus the defaults' gain of the same θ."""
+    same = return_gap.setting_minus_defaults("ad0.003", "cpo")
+    assert all(step["mean"] == 0.0 and step["std"] == 0.0 for step in same)
+    data = json.loads((return_gap.ROOT / return_gap.MATCHED_FILE).read_text())
+    setting = return_gap.OTHER_SETTINGS[0]
+    ours = return_gap.returns_by_seed(data, return_gap.Source(
+        return_gap.MATCHED_FILE, "meta-cpo", return_gap.DEFAULTS, setting))
+    base = return_gap.returns_by_seed(data, return_gap.Source(
+        return_gap.MATCHED_FILE, "meta-cpo", return_gap.DEFAULTS, "ad0.003"))
+    want = np.mean([(ours[k][5] - ours[k][0]) - (base[k][5] - base[k][0]) for k in base])
+    assert return_gap.setting_minus_defaults(setting, "meta-cpo")[5]["mean"] == \
+        pytest.approx(want)
