@@ -109,7 +109,7 @@ results: $(STAMP)
 	  $(VENV)/bin/metacpo compare --config tune_configs/$${run%%:*}.yaml \
 	    --out docs/results/$${run##*:} --quiet $(RESULTS_FLAGS) || exit 1; \
 	done
-	$(PY) -m research.results_page
+	$(PY) -m research.results_page --readme README.md
 
 results-page: $(STAMP)
-	$(PY) -m research.results_page
+	$(PY) -m research.results_page --readme README.md

@@ -3,8 +3,8 @@
     python -m research.results_page [--results docs/results] [--out docs/RESULTS.md]
                                     [--readme README.md]
 
-The README's targets table (between :data:`README_BEGIN` and :data:`README_END`) is the
-page's, rewritten in place.
+With ``--readme``, that README's targets table (between :data:`README_BEGIN` and
+:data:`README_END`) is rewritten in place as the page's.
 
 Reads ``<results>/<name>/comparison.json`` (one folder per comparison: a family and a held-out
 split), writes ``<results>/<name>/training.png`` and ``adaptation.png``, ``<results>/
@@ -1206,8 +1206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="folder with <name>/comparison.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the page to write")
-    parser.add_argument("--readme", type=Path, default=DEFAULT_README,
-                        help="the README whose targets table is rewritten ('': none)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help=f"also rewrite the targets table of this README (`make "
+                             f"results-page`: {DEFAULT_README.name}); default: none")
     parser.add_argument("--ablation", type=Path, default=DEFAULT_ABLATION,
                         help="safety_ablation.py's JSON ('' : no ablation section)")
     parser.add_argument("--training-ledger", type=Path, default=DEFAULT_TRAINING_LEDGER,
@@ -1240,7 +1241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")
-    if str(args.readme) not in ("", "."):
+    if args.readme is not None:
         args.readme.write_text(with_targets_table(args.readme.read_text(), families))
         print(f"wrote the targets table of {args.readme}")
     return args.out
