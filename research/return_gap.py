@@ -90,12 +90,12 @@ def returns_by_seed(data: dict[str, Any], source: Source) -> dict[int, list[floa
             == (source.algo, source.variant, source.setting) and "test" in run["adaptation"]}
 
 
-def setting_minus_defaults(setting: str, algo: str, root: Path = ROOT
+def setting_minus_defaults(data: dict[str, Any], setting: str, algo: str
                            ) -> list[dict[str, float]]:
-    """Per adaptation step, over the θ of ``MATCHED_FILE`` trained by ``algo``: the gain
-    (return at step s minus step 0) adapted with ``setting`` minus the gain adapted with
-    the defaults, paired on θ (mean, std and n over θ, as ``across_seeds``)."""
-    data = json.loads((root / MATCHED_FILE).read_text())
+    """Per adaptation step, over the θ in ``data`` (``MATCHED_FILE``'s) trained by
+    ``algo``: the gain (return at step s minus step 0) adapted with ``setting`` minus the
+    gain adapted with the defaults, paired on θ (mean, std and n over θ, as
+    ``across_seeds``)."""
     ours = returns_by_seed(data, Source(MATCHED_FILE, algo, DEFAULTS, setting))
     base = returns_by_seed(data, Source(MATCHED_FILE, algo, DEFAULTS, "ad0.003"))
     seeds = sorted(set(ours) & set(base))
@@ -158,12 +158,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(f"runs: Meta-CPO {len(runs['meta-cpo'])}, CPO {len(runs['cpo'])} "
           "(mean ± std over runs; the difference with its two-sided 95% Welch interval)")
     print(markdown(table))
+    matched = json.loads((ROOT / MATCHED_FILE).read_text())
     for setting in OTHER_SETTINGS:
-        rows = {algo: returns_on_test(Source(MATCHED_FILE, algo, DEFAULTS, setting))
+        rows = {algo: list(returns_by_seed(matched, Source(MATCHED_FILE, algo, DEFAULTS,
+                                                           setting)).values())
                 for algo in SOURCES}
         entry = {"runs": {algo: len(r) for algo, r in rows.items()},
                  "steps": gap_table(rows["meta-cpo"], rows["cpo"]),
-                 "gain_minus_defaults": {algo: setting_minus_defaults(setting, algo)
+                 "gain_minus_defaults": {algo: setting_minus_defaults(matched, setting, algo)
                                          for algo in SOURCES}}
         result["settings"][setting] = entry
         print(f"\n{MATCHED_FILE}, adapted with {setting}: runs Meta-CPO "

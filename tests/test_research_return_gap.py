@@ -57,14 +57,14 @@ def test_runs_on_record(tmp_path) -> None:
 def test_setting_minus_defaults_is_paired_on_theta() -> None:
     """The defaults adapted against the defaults gain exactly as much; another setting's
     difference is its own gain minus the defaults' gain of the same θ."""
-    same = return_gap.setting_minus_defaults("ad0.003", "cpo")
-    assert all(step["mean"] == 0.0 and step["std"] == 0.0 for step in same)
     data = json.loads((return_gap.ROOT / return_gap.MATCHED_FILE).read_text())
+    same = return_gap.setting_minus_defaults(data, "ad0.003", "cpo")
+    assert all(step["mean"] == 0.0 and step["std"] == 0.0 for step in same)
     setting = return_gap.OTHER_SETTINGS[0]
     ours = return_gap.returns_by_seed(data, return_gap.Source(
         return_gap.MATCHED_FILE, "meta-cpo", return_gap.DEFAULTS, setting))
     base = return_gap.returns_by_seed(data, return_gap.Source(
         return_gap.MATCHED_FILE, "meta-cpo", return_gap.DEFAULTS, "ad0.003"))
     want = np.mean([(ours[k][5] - ours[k][0]) - (base[k][5] - base[k][0]) for k in base])
-    assert return_gap.setting_minus_defaults(setting, "meta-cpo")[5]["mean"] == \
+    assert return_gap.setting_minus_defaults(data, setting, "meta-cpo")[5]["mean"] == \
         pytest.approx(want)
