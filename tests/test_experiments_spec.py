@@ -51,6 +51,15 @@ def test_shipped_configs_cover_the_families() -> None:
     assert specs["smoke_pointnav.yaml"].family == "PointNav"
 
 
+def test_family_sweeps_train_with_the_comparisons_batch_and_inner_radius() -> None:
+    """A sweep varies its grid around the measured training recipe, not around older settings."""
+    specs = {p.name: load_spec(p) for p in CONFIGS}
+    for family in ("pointcircle", "carcirclehazard", "pointbutton"):
+        sweep, compare = specs[f"{family}_sweep.yaml"], specs[f"{family}_compare.yaml"]
+        for field in ("tasks_per_iteration", "episodes_per_task", "inner_delta"):
+            assert sweep.training[field] == compare.training[field], (family, field)
+
+
 BAD = {
     # case: (text of GOOD to replace, its replacement, the key the error must start with)
     "unknown top-level key": ("iterations: 2", "iterations: 2\nlearning_rate: 3", "learning_rate"),
