@@ -921,6 +921,27 @@ RESEARCH_SECTIONS = (
         "instead of 0.000375 (`ad0.003+free0.8333`), on the comparisons' 6 tasks per split "
         "and 20 evaluation episodes per task and step"),
     ResearchSection(
+        "constrainedbandit_adaptation", RESEARCH / "constrainedbandit_adaptation.json",
+        "ConstrainedBandit: Meta-CPO against CPO where each task hides its reward",
+        "the training defaults on ConstrainedBandit (4 arms, 20 pulls per episode, the "
+        "observation only the time: a task's reward and cost means are hidden from the "
+        "policy), 50 iterations, seeds 0–4, each θ adapted from the same checkpoint at "
+        "radius 0.003, 0.03 and 0.3 on 12 held-out tasks per split, 40 evaluation episodes "
+        "per task and step; split `train`: fresh tasks of the training distribution at its "
+        "limit h = 10, where θ starts within h and the steps learn each task's reward; "
+        "`test`: riskier arms at h = 5"),
+    ResearchSection(
+        "constrainedbandit_inner0.03", RESEARCH / "constrainedbandit_inner0.03.json",
+        "ConstrainedBandit: training's inner radius 0.03",
+        "the section above with Meta-CPO's training inner steps at radius 0.03 instead of "
+        "0.003, adapted at 0.03 on the same `train` tasks and evaluation episodes (CPO has "
+        "no inner step: its θ is the section above's)"),
+    ResearchSection(
+        "constrainedbandit_inner0.3", RESEARCH / "constrainedbandit_inner0.3.json",
+        "ConstrainedBandit: training's inner radius 0.3",
+        "the section above with Meta-CPO's training inner steps at radius 0.3, adapted at "
+        "0.3 on the same `train` tasks and evaluation episodes"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
