@@ -80,6 +80,22 @@ def test_pointnav_hazard_on_the_path_costs_and_moving_it_away_does_not():
     assert cost_on_path >= 10 and cost_off_path == 0
 
 
+def test_pointnav_hiding_the_layout_leaves_the_position_and_the_same_episode():
+    """``observe_layout=False``: the observation is the position alone, and the task's
+    rewards and costs are those of the family that shows the layout."""
+    task = make_family("PointNav").sample_tasks(1, seed=3)[0]
+    actions = [np.array([0.7, -0.2], dtype=np.float32)] * 40
+    runs = {}
+    for shown in (True, False):
+        env = make_family("PointNav", observe_layout=shown).make_env(task)
+        obs, _ = env.reset(seed=11)
+        assert env.observation_space.shape == obs.shape == ((6,) if shown else (2,))
+        steps = rollout(env, actions)
+        runs[shown] = [(o[:2].tolist(), r, c) for o, r, c in steps]
+    assert runs[True] == runs[False]
+    assert any(c > 0 for _, _, c in runs[False]) or sum(r for _, r, _ in runs[False]) != 0
+
+
 def test_bandit_optimum_closed_form():
     # budget 0.5 per pull: mix the best (cost 1) and the safe arm (cost 0) half and half
     value, p = bandit_optimum([1.0, 0.2], [1.0, 0.0], cost_limit=10, horizon=20)
@@ -101,6 +117,7 @@ def test_bandit_pulls_follow_the_logits():
     (dict(name="Nope"), "family"),
     (dict(name="PointNav", train_cost_limit=-1.0), "train_cost_limit"),
     (dict(name="PointNav", horizon=0), "horizon"),
+    (dict(name="PointNav", observe_layout="no"), "observe_layout"),
     (dict(name="PointNav", bogus=1), "bogus"),
 ])
 def test_bad_family_arguments_name_the_field(bad, field):

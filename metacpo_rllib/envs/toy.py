@@ -139,14 +139,17 @@ class PointNavEnv(_ToyEnv):
 
     Action: velocity in [-1, 1]² scaled by ``max_speed``. Reward: 10 × the decrease of the
     distance to the goal. Cost: 1 for each step that ends inside the hazard disk.
-    Observation (float32, 6): [position, goal − position, hazard centre − position].
+    Observation (float32): [position, goal − position, hazard centre − position] (6), or
+    the position alone (2) where the family hides the layout (``observe_layout=False``).
     """
 
     def __init__(self, family: "PointNavFamily") -> None:
         super().__init__(family)
         self.horizon = family.horizon
         self.max_speed = family.max_speed
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (6,), np.float32)
+        self.observe_layout = family.observe_layout
+        size = 6 if self.observe_layout else 2
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._x = self._y = 0.0
         self._t = 0
@@ -158,6 +161,8 @@ class PointNavEnv(_ToyEnv):
 
     def _obs(self) -> np.ndarray:
         x, y = self._x, self._y
+        if not self.observe_layout:
+            return np.array([x, y], dtype=np.float32)
         return np.array([x, y, self._gx - x, self._gy - y, self._hx - x, self._hy - y],
                         dtype=np.float32)
 
@@ -187,19 +192,26 @@ class PointNavFamily(TaskFamily):
     ``test_tight``: a hazard of radius U(0.55, 0.65), larger than any seen in training,
     on the straight path (offset U(-0.05, 0.05)) with its edge 0.05-0.15 from the start,
     and the goal 0.1-0.3 beyond its far edge: the straight path crosses the hazard for
-    more than a diameter (> 20 steps, h = 5), going around it takes most of the horizon."""
+    more than a diameter (> 20 steps, h = 5), going around it takes most of the horizon.
+    ``observe_layout=False``: the policy sees only its position, so a task's goal and
+    hazard are known only from its rewards and costs (the 2-D navigation task of MAML,
+    with a hazard), and only adaptation can find them."""
 
     name = "PointNav"
     param_keys = ("goal_x", "goal_y", "hazard_x", "hazard_y", "hazard_radius")
     extra_splits = (TIGHT_SPLIT,)
 
-    def __init__(self, horizon: int = 60, max_speed: float = 0.05, **limits: float) -> None:
+    def __init__(self, horizon: int = 60, max_speed: float = 0.05, observe_layout: bool = True,
+                 **limits: float) -> None:
         super().__init__(**limits)
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon: expected an integer >= 1, got {horizon!r}")
         if not isinstance(max_speed, (int, float)) or not max_speed > 0:
             raise ValueError(f"max_speed: expected a number > 0, got {max_speed!r}")
+        if not isinstance(observe_layout, bool):
+            raise ValueError(f"observe_layout: expected true or false, got {observe_layout!r}")
         self.horizon, self.max_speed = horizon, float(max_speed)
+        self.observe_layout = observe_layout
 
     def _sample_params(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
         if split == TIGHT_SPLIT:
