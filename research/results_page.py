@@ -942,6 +942,27 @@ RESEARCH_SECTIONS = (
         "the section above with Meta-CPO's training inner steps at radius 0.3, adapted at "
         "0.3 on the same `train` tasks and evaluation episodes"),
     ResearchSection(
+        "pointnav_hidden_layout", RESEARCH / "pointnav_hidden_layout.json",
+        "PointNav with its layout hidden: Meta-CPO against CPO",
+        "the training defaults on PointNav with `observe_layout` false (the policy sees only "
+        "its position, so a task's goal and the hazard near the path to it are known only "
+        "from rewards and costs), 50 iterations, seeds 0–4, each θ adapted from the same "
+        "checkpoint at radius 0.03 and 0.3 on 12 held-out tasks per split, 40 evaluation "
+        "episodes per task and step; split `train`: fresh tasks of the training distribution "
+        "at h = 10; `test`: farther goals and larger hazards at h = 5"),
+    ResearchSection(
+        "pointnav_hidden_layout_inner0.3", RESEARCH / "pointnav_hidden_layout_inner0.3.json",
+        "PointNav with its layout hidden: Meta-CPO's training inner radius 0.3",
+        "the section above with Meta-CPO's training inner steps at radius 0.3 instead of "
+        "0.003, adapted at 0.3 on the same tasks and evaluation episodes (CPO, which has no "
+        "inner step: the section above)"),
+    ResearchSection(
+        "pointnav_hidden_layout_trpo", RESEARCH / "pointnav_hidden_layout_trpo.json",
+        "PointNav with its layout hidden: Meta-TRPO against TRPO",
+        "the unconstrained check of the two sections above: Meta-TRPO (training inner steps "
+        "at radius 0.3) and TRPO, both blind to the cost, 50 iterations, seeds 0–4, adapted "
+        "at radius 0.3 on the same `train` tasks and evaluation episodes"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
