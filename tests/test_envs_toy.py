@@ -93,7 +93,7 @@ def test_pointnav_hiding_the_layout_leaves_the_position_and_the_same_episode():
         steps = rollout(env, actions)
         runs[shown] = [(o[:2].tolist(), r, c) for o, r, c in steps]
     assert runs[True] == runs[False]
-    assert any(c > 0 for _, _, c in runs[False]) or sum(r for _, r, _ in runs[False]) != 0
+    assert sum(abs(r) for _, r, _ in runs[False]) > 0  # the episode moved the goal distance
 
 
 def test_bandit_optimum_closed_form():
