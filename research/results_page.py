@@ -963,6 +963,18 @@ RESEARCH_SECTIONS = (
         "at radius 0.3) and TRPO, both blind to the cost, 50 iterations, seeds 0–4, adapted "
         "at radius 0.3 on the same `train` tasks and evaluation episodes"),
     ResearchSection(
+        "pointnav_hidden_layout_slack", RESEARCH / "pointnav_hidden_layout_slack.json",
+        "PointNav with its layout hidden: Meta-CPO against CPO where the limit never binds",
+        "Meta-CPO (training inner radius 0.3) and CPO trained and adapted at h = 60, a limit "
+        "no 60-step episode can exceed, otherwise as the section above: seeds 0–4, adapted "
+        "at radius 0.3 on the same `train` tasks and evaluation episodes"),
+    ResearchSection(
+        "pointnav_hidden_layout_slack_h10", RESEARCH / "pointnav_hidden_layout_slack_h10.json",
+        "PointNav with its layout hidden: the same θ adapted under h = 10",
+        "the θ of the section above (trained at h = 60; equal training evaluations), adapted "
+        "at radius 0.3 under the family's limit h = 10, which binds, on the same tasks and "
+        "evaluation episodes"),
+    ResearchSection(
         "carcirclehazard_step0_splits", RESEARCH / "carcirclehazard_step0_splits.json",
         "CarCircleHazard: θ's cost by hazard density, before adaptation",
         "the settings of the CarCircleHazard section below (the defaults and "
